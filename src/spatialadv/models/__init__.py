@@ -1,0 +1,267 @@
+"""The papers' classifier architectures, training, and a safetensors checkpoint cache.
+
+Registry names (all map ``(N, C, H, W)`` images in [0, 1] to logits ``(N, K)``):
+
+==========  ==============================================================================
+``mnist-a`` stAdv Table 4 model A: Conv(64,5×5)+ReLU, Conv(64,5×5)+ReLU, Dropout(0.25),
+            FC(128)+ReLU, Dropout(0.5), FC(K)
+``mnist-b`` stAdv Table 4 model B **as in Tramèr et al.'s original** (which the table
+            abbreviates): Dropout(0.2) on the input, Conv(64,8×8, stride 2, 'same'
+            padding)+ReLU, Conv(128,6×6, stride 2)+ReLU, Conv(128,5×5)+ReLU, Dropout(0.5), FC(K)
+``mnist-c`` stAdv Table 4 model C: Conv(128,3×3)+ReLU, Conv(64,3×3)+ReLU, Dropout(0.25),
+            FC(128)+ReLU, Dropout(0.5), FC(K)
+``c4``      SdpAdv Model-A / Smooth-adv C4: Conv(64,8×8,s2,'same')+ReLU, Conv(128,6×6,s2)+ReLU,
+            Conv(128,5×5,s1)+ReLU, FC(K)
+``fc-200``  SdpAdv Model-B: FC(200)+ReLU, FC(200)+ReLU, FC(K)
+``fc-500``  one hidden layer (certificates, seed 002 §4): FC(500)+ReLU, FC(K)
+==========  ==============================================================================
+
+Convolutions are unpadded ('valid') unless marked 'same'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..data import Dataset
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MODELS", "build_model", "TrainConfig", "train_model", "accuracy", "load_or_train", "cache_dir", "save_checkpoint", "load_checkpoint"]
+
+
+def _flat_dim(features: nn.Module, in_channels: int, image_size: int) -> int:
+    with torch.no_grad():
+        return int(features(torch.zeros(1, in_channels, image_size, image_size)).flatten(1).shape[1])
+
+
+def _conv_head(features: nn.Sequential, head: Callable[[int], list[nn.Module]], c: int, s: int) -> nn.Sequential:
+    return nn.Sequential(*features, nn.Flatten(), *head(_flat_dim(features, c, s)))
+
+
+def _mnist_a(c: int, s: int, k: int) -> nn.Module:
+    f = nn.Sequential(nn.Conv2d(c, 64, 5), nn.ReLU(), nn.Conv2d(64, 64, 5), nn.ReLU(), nn.Dropout(0.25))
+    return _conv_head(f, lambda d: [nn.Linear(d, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, k)], c, s)
+
+
+def _mnist_b(c: int, s: int, k: int) -> nn.Module:
+    f = nn.Sequential(
+        nn.Dropout(0.2),
+        nn.Conv2d(c, 64, 8, stride=2, padding=3), nn.ReLU(),
+        nn.Conv2d(64, 128, 6, stride=2), nn.ReLU(),
+        nn.Conv2d(128, 128, 5), nn.ReLU(), nn.Dropout(0.5),
+    )
+    return _conv_head(f, lambda d: [nn.Linear(d, k)], c, s)
+
+
+def _mnist_c(c: int, s: int, k: int) -> nn.Module:
+    f = nn.Sequential(nn.Conv2d(c, 128, 3), nn.ReLU(), nn.Conv2d(128, 64, 3), nn.ReLU(), nn.Dropout(0.25))
+    return _conv_head(f, lambda d: [nn.Linear(d, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, k)], c, s)
+
+
+def _c4(c: int, s: int, k: int) -> nn.Module:
+    f = nn.Sequential(
+        nn.Conv2d(c, 64, 8, stride=2, padding=3), nn.ReLU(),
+        nn.Conv2d(64, 128, 6, stride=2), nn.ReLU(),
+        nn.Conv2d(128, 128, 5), nn.ReLU(),
+    )
+    return _conv_head(f, lambda d: [nn.Linear(d, k)], c, s)
+
+
+def _fc(hidden: tuple[int, ...]) -> Callable[[int, int, int], nn.Module]:
+    def build(c: int, s: int, k: int) -> nn.Module:
+        layers: list[nn.Module] = [nn.Flatten()]
+        d = c * s * s
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        layers.append(nn.Linear(d, k))
+        return nn.Sequential(*layers)
+
+    return build
+
+
+MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "mnist-a": _mnist_a,
+    "mnist-b": _mnist_b,
+    "mnist-c": _mnist_c,
+    "c4": _c4,
+    "fc-200": _fc((200, 200)),
+    "fc-500": _fc((500,)),
+}
+
+
+def build_model(name: str, *, in_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> nn.Module:
+    """Build an untrained registry model.
+
+    Args:
+        name: a key of :data:`MODELS`.
+        in_channels: C of the input images.
+        image_size: H = W of the input images, in pixels (≥ 28 for the
+            unpadded 8×8/6×6/5×5 stacks of ``mnist-b`` and ``c4``).
+        num_classes: K, number of logits.
+
+    Raises:
+        ValueError: unknown name, or an image too small for the architecture.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    try:
+        return MODELS[name](in_channels, image_size, num_classes)
+    except RuntimeError as e:
+        raise ValueError(f"model {name!r} does not accept {image_size}×{image_size} images: {e}") from e
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of :func:`train_model` (Adam, cross-entropy).
+
+    ``shift`` > 0 adds random integer translations of up to ``shift`` pixels
+    (zero fill) as data augmentation; MNIST-5k has only 4 000 training images.
+    """
+
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    shift: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.shift < 0 or self.weight_decay < 0:
+            raise ValueError(f"invalid TrainConfig {self}")
+
+
+def _random_shift(x: Tensor, shift: int, gen: torch.Generator) -> Tensor:
+    if shift == 0:
+        return x
+    n = x.shape[0]
+    pad = torch.nn.functional.pad(x, (shift, shift, shift, shift))
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    h, w = x.shape[2:]
+    out = torch.empty_like(x)
+    for i in range(n):
+        out[i] = pad[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
+    return out
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``, in [0, 1]. The model's mode is not changed."""
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    return correct / max(len(x), 1)
+
+
+def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *, progress: bool = True) -> nn.Module:
+    """Train ``model`` in place with Adam on cross-entropy; returns it in eval mode.
+
+    Deterministic for a given ``config.seed`` on one machine (seeded parameter
+    re-initialisation is the caller's job: :func:`load_or_train` seeds before building).
+    """
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n = len(data)
+    model.train()
+    bar = tqdm(range(config.epochs), desc=f"train {data.name}", disable=not progress, unit="epoch")
+    for _ in bar:
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for i in range(0, n, config.batch_size):
+            idx = perm[i : i + config.batch_size]
+            xb = _random_shift(data.x[idx], config.shift, gen)
+            loss = nn.functional.cross_entropy(model(xb), data.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        bar.set_postfix(loss=f"{total / n:.4f}")
+    model.eval()
+    return model
+
+
+def cache_dir() -> Path:
+    """Checkpoint cache: ``$SPATIALADV_CACHE`` or ``~/.cache/spatialadv``."""
+    return Path(os.environ.get("SPATIALADV_CACHE", Path.home() / ".cache" / "spatialadv"))
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Save the state dict as safetensors (no pickle); ``metadata`` is stored as JSON strings."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load safetensors weights into ``model``; returns the decoded metadata.
+
+    Raises:
+        FileNotFoundError: missing file. RuntimeError: keys or shapes do not match.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    model.load_state_dict(load_file(str(path)))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return {k: json.loads(v) for k, v in meta.items()}
+
+
+def _key(name: str, data: Dataset, config: TrainConfig, seed: int) -> str:
+    blob = json.dumps({"model": name, "data": data.name, "split": data.split, "n": len(data), "shape": list(data.x.shape[1:]),
+                       "config": asdict(config), "seed": seed}, sort_keys=True)
+    return f"{name}-{data.name}-seed{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def load_or_train(name: str, train: Dataset, test: Dataset | None = None, *, config: TrainConfig = TrainConfig(),
+                  seed: int = 0, progress: bool = True, directory: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
+    """Return a trained registry model in eval mode, from the cache when present.
+
+    The cache key covers the model name, dataset name/split/size/shape, the
+    training config and the seed. A fresh model is trained with
+    ``torch.manual_seed(seed)`` before construction, then saved as
+    ``<cache>/models/<key>.safetensors`` with its metadata (clean test accuracy
+    when ``test`` is given).
+
+    Returns:
+        ``(model, info)`` with ``info`` keys ``path``, ``cached`` (bool),
+        ``test_accuracy`` (float or None), ``key``.
+    """
+    key = _key(name, train, config, seed)
+    path = Path(directory or cache_dir() / "models") / f"{key}.safetensors"
+    c, s = train.x.shape[1], train.x.shape[2]
+    torch.manual_seed(seed)
+    model = build_model(name, in_channels=c, image_size=s, num_classes=train.num_classes)
+    if path.is_file():
+        meta = load_checkpoint(model, path)
+        model.eval()
+        log.info("loaded %s from %s", name, path)
+        acc = meta.get("test_accuracy")
+        if acc is None and test is not None:
+            acc = accuracy(model, test.x, test.y)
+        return model, {"path": str(path), "cached": True, "test_accuracy": acc, "key": key}
+    train_model(model, train, TrainConfig(**{**asdict(config), "seed": seed}), progress=progress)
+    acc = accuracy(model, test.x, test.y) if test is not None else None
+    save_checkpoint(model, path, {"model": name, "data": train.name, "config": asdict(config), "seed": seed, "test_accuracy": acc})
+    return model, {"path": str(path), "cached": False, "test_accuracy": acc, "key": key}

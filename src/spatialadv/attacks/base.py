@@ -1,0 +1,172 @@
+"""The attack contract: immutable attack objects returning :class:`AttackResult`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .._validation import check_images, check_labels, check_logits, warn_if_training
+
+__all__ = ["AttackResult", "Attack", "margin", "predict_logits", "input_grad"]
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What every attack returns. All tensors are per example (first dim N).
+
+    Attributes:
+        x_adv: adversarial images ``(N, C, H, W)`` in [0, 1]; equal to the input
+            where ``success`` is False.
+        success: ``(N,)`` bool, recomputed from the model on ``x_adv``:
+            ``argmax f(x_adv) == target`` (targeted) or ``!= y`` (untargeted).
+        pred: ``(N,)`` int64 predicted class on ``x_adv``.
+        size: ``(N,)`` the perturbation's size in the threat model's units
+            (``norm``); 0 where the attack failed.
+        norm: name of ``size``'s unit: ``"linf"``, ``"l2"`` (pixel values in
+            [0, 1]) or ``"flow_tv"`` (stAdv Eq. 5, pixels).
+        iterations: ``(N,)`` int64 iterations (gradient evaluations) used per example.
+        time_s: wall-clock seconds of the whole call.
+        targeted: whether ``target`` was used.
+        target: ``(N,)`` target classes, or None.
+        flow: ``(N, 2, H, W)`` flow in pixels (spatial attacks), zero where failed.
+        delta: ``(N, C, H, W)`` additive perturbation ``x_adv − x`` (L_p attacks).
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    pred: Tensor
+    size: Tensor
+    norm: str
+    iterations: Tensor
+    time_s: float
+    targeted: bool
+    target: Tensor | None = None
+    flow: Tensor | None = None
+    delta: Tensor | None = None
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of examples with ``success`` (all examples count)."""
+        return float(self.success.float().mean())
+
+
+def predict_logits(model: nn.Module, x: Tensor, num_classes: int | None = None) -> Tensor:
+    """Run ``model`` and validate its logits ``(N, K)``."""
+    return check_logits(model(x), x.shape[0], num_classes)
+
+
+def margin(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float = 0.0) -> Tensor:
+    """C&W / stAdv margin loss per example (stAdv Eq. 3), ``(N,)``.
+
+    Targeted: ``max(max_{i≠t} Z_i − Z_t, −κ)``; untargeted:
+    ``max(Z_y − max_{i≠y} Z_i, −κ)``. The max over other classes masks the
+    reference class with ``−inf`` (never 0), so negative logits are handled.
+    The loss is ≤ 0 exactly when the attack criterion holds (up to ties).
+    """
+    ref = target if target is not None else y
+    z_ref = logits.gather(1, ref[:, None]).squeeze(1)
+    other = logits.masked_fill(torch.nn.functional.one_hot(ref, logits.shape[1]).bool(), float("-inf")).amax(1)
+    diff = other - z_ref if target is not None else z_ref - other
+    return diff.clamp(min=-kappa)
+
+
+def _criterion(pred: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    return pred == target if target is not None else pred != y
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack:
+    """Base class. Subclasses are frozen dataclasses of hyper-parameters that
+    implement :meth:`_run`; calling the attack validates inputs, runs it, and
+    recomputes success from the model.
+
+    Call: ``attack(model, x, y, *, target=None) -> AttackResult``.
+
+    Args (of the call):
+        model: ``nn.Module`` mapping ``(N, C, H, W)`` images in [0, 1] to logits
+            ``(N, K)``. Its train/eval mode is never changed (a warning is
+            issued in train mode); its parameters receive no gradients.
+        x: images ``(N, C, H, W)`` float in [0, 1]; never modified.
+        y: true labels ``(N,)`` int64 in [0, K).
+        target: optional target classes ``(N,)`` in [0, K), each ≠ ``y``.
+
+    Raises:
+        TypeError, ValueError: see :mod:`spatialadv._validation`; also a
+            target equal to the label, or an attack that does not support
+            targeted mode.
+    """
+
+    norm: ClassVar[str] = "l2"
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, target: Tensor | None = None) -> AttackResult:
+        check_images(x)
+        warn_if_training(model)
+        n = x.shape[0]
+        with torch.no_grad():
+            num_classes = predict_logits(model, x).shape[1]
+        y = check_labels(y, n, num_classes).to(x.device)
+        if target is not None:
+            target = check_labels(target, n, num_classes, name="target").to(x.device)
+            if bool((target == y).any()):
+                raise ValueError("target must differ from the true label y for every example")
+        t0 = time.perf_counter()
+        x_in = x.detach()
+        parts = self._run(model, x_in, y, target)
+        return self._finish(model, x_in, y, target, parts, time.perf_counter() - t0, num_classes)
+
+    # -- to implement -------------------------------------------------------------------------
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> dict:
+        """Return a dict with ``x_adv`` ``(N, C, H, W)``, ``iterations`` ``(N,)`` and
+        optionally ``flow``. Must not modify ``x``."""
+        raise NotImplementedError
+
+    def _size(self, x: Tensor, x_adv: Tensor, parts: dict) -> Tensor:
+        d = (x_adv - x).flatten(1)
+        return d.abs().amax(1) if self.norm == "linf" else d.norm(dim=1)
+
+    # -- shared -------------------------------------------------------------------------------
+    def _finish(self, model, x, y, target, parts, elapsed, num_classes) -> AttackResult:
+        x_adv = parts["x_adv"].detach().clamp(0, 1)
+        with torch.no_grad():
+            pred = predict_logits(model, x_adv, num_classes).argmax(1)
+        success = _criterion(pred, y, target)
+        keep = success.view(-1, 1, 1, 1)
+        x_adv = torch.where(keep, x_adv, x)
+        pred = torch.where(success, pred, self._clean_pred(model, x, pred, success))
+        flow = parts.get("flow")
+        if flow is not None:
+            flow = torch.where(keep, flow.detach(), torch.zeros_like(flow))
+        size = torch.where(success, self._size(x, x_adv, {**parts, "flow": flow}), torch.zeros(len(x), dtype=x.dtype, device=x.device))
+        return AttackResult(
+            x_adv=x_adv, success=success, pred=pred, size=size, norm=self.norm,
+            iterations=parts["iterations"].long(), time_s=elapsed, targeted=target is not None,
+            target=target, flow=flow, delta=None if flow is not None else x_adv - x,
+        )
+
+    @staticmethod
+    def _clean_pred(model, x, pred, success) -> Tensor:
+        if bool(success.all()):
+            return pred
+        with torch.no_grad():
+            return model(x).argmax(1)
+
+    def replace(self, **changes) -> "Attack":
+        """A copy with some hyper-parameters changed (validated again)."""
+        return replace(self, **changes)
+
+
+def input_grad(model: nn.Module, x: Tensor, loss_fn) -> tuple[Tensor, Tensor]:
+    """Gradient of ``loss_fn(logits).sum()`` w.r.t. ``x`` only (no parameter grads).
+
+    Returns ``(grad (N, C, H, W), logits (N, K))``.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        loss = loss_fn(logits)
+        (g,) = torch.autograd.grad(loss.sum(), x)
+    return g, logits.detach()

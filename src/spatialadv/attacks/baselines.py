@@ -1,0 +1,522 @@
+"""L_p baseline attacks: FGSM, I-FGSM (BIM), PGD (L∞ / L2), MIM and Carlini-Wagner L2.
+
+All attacks work on images ``(N, C, H, W)`` with pixels in [0, 1]; budgets
+(``eps``) and step sizes are in the same [0, 1] pixel units. Perturbations are
+additive (``AttackResult.delta = x_adv − x``) and ``AttackResult.size`` is the
+per-example L∞ or L2 norm of ``delta`` (see each attack's ``norm``).
+
+Conventions shared by every attack here:
+
+* Losses are per example; input gradients come from
+  :func:`~spatialadv.attacks.base.input_grad` (``torch.autograd.grad`` w.r.t.
+  the input only), so model parameters never receive ``.grad``.
+* Untargeted attacks ascend the cross-entropy of the true label ``y``;
+  targeted attacks descend the cross-entropy of ``target``.
+* Every iterate is projected onto the ε-ball around ``x`` and then clipped to
+  [0, 1]. Clipping moves each coordinate towards ``x``, so the iterate stays
+  inside the ball.
+* ``early_stop`` freezes an example at the first iterate that meets the attack
+  criterion (decided per example, never for the whole batch); frozen examples
+  are no longer evaluated.
+* ``iterations`` counts the gradient evaluations spent on each example (with
+  ``early_stop``, including the one that found the example successful).
+* An example's result never depends on the other images in its batch. The
+  random start of :class:`PGD` depends only on ``seed`` and the example's
+  position ``i`` in the batch (see :class:`PGD`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import check_int, check_positive
+from .base import Attack, _criterion, input_grad, margin
+
+__all__ = ["FGSM", "IFGSM", "PGD", "MIM", "CarliniWagnerL2"]
+
+_NORMS = ("linf", "l2")
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _check_bool(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__}")
+
+
+def _check_norm(value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"norm must be a str, one of {_NORMS}, got {type(value).__name__}")
+    if value not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, got {value!r}")
+
+
+def _per_example(v: Tensor) -> Tensor:
+    """Reshape ``(N,)`` to ``(N, 1, 1, 1)`` for broadcasting over images."""
+    return v.view(-1, 1, 1, 1)
+
+
+def _ce_loss(y: Tensor, target: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """Per-example loss to *ascend*: CE(y) (untargeted) or −CE(target) (targeted)."""
+    if target is None:
+        return lambda logits: F.cross_entropy(logits, y, reduction="none")
+    return lambda logits: -F.cross_entropy(logits, target, reduction="none")
+
+
+def _project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Project onto ``{‖x_adv − x‖∞ ≤ eps} ∩ [0, 1]``."""
+    return (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
+
+
+def _project_l2(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Project onto the per-example L2 ball ``{‖x_adv − x‖₂ ≤ eps}``, then clip to [0, 1]."""
+    d = x_adv - x
+    n = d.flatten(1).norm(dim=1)
+    factor = (eps / n.clamp_min(torch.finfo(d.dtype).tiny)).clamp(max=1.0)
+    return (x + d * _per_example(factor)).clamp(0.0, 1.0)
+
+
+def _normalize(g: Tensor, p: int) -> Tensor:
+    """``g / ‖g‖_p`` per example (0 where the gradient is exactly 0)."""
+    n = g.flatten(1).norm(p=p, dim=1).clamp_min(torch.finfo(g.dtype).tiny)
+    return g / _per_example(n)
+
+
+def _example_generator(seed: int, index: int) -> torch.Generator:
+    """A CPU generator whose state depends only on ``(seed, index)``."""
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _iterate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    target: Tensor | None,
+    x_start: Tensor,
+    steps: int,
+    early_stop: bool,
+    step: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor],
+) -> dict:
+    """Shared loop of the gradient-sign / gradient-normalised attacks.
+
+    ``step(idx, x_adv_sub, x_sub, grad_sub)`` returns the projected next iterate
+    of the examples ``idx``; ``grad_sub`` is the gradient of the loss to ascend.
+    With ``early_stop`` an example leaves the loop at the first iterate whose
+    prediction meets the criterion. Returns ``{"x_adv", "iterations"}``.
+    """
+    n = x.shape[0]
+    x_adv = x_start.clone()
+    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+    active = torch.ones(n, dtype=torch.bool, device=x.device)
+    for _ in range(steps):
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        y_s = y[idx]
+        t_s = None if target is None else target[idx]
+        x_s = x_adv[idx]
+        grad, logits = input_grad(model, x_s, _ce_loss(y_s, t_s))
+        iterations[idx] += 1
+        if early_stop:
+            done = _criterion(logits.argmax(1), y_s, t_s)
+            active[idx[done]] = False
+            keep = ~done
+            idx, x_s, grad = idx[keep], x_s[keep], grad[keep]
+            if idx.numel() == 0:
+                break
+        x_adv[idx] = step(idx, x_s, x[idx], grad).detach()
+    return {"x_adv": x_adv, "iterations": iterations}
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient-sign attacks (L∞)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class FGSM(Attack):
+    """Fast Gradient Sign Method (Goodfellow et al., 2015, "Explaining and
+    Harnessing Adversarial Examples", Eq. in Sec. 4).
+
+    One step ``x_adv = clip_[0,1](x + eps · sign(∇_x CE(f(x), y)))`` (untargeted),
+    or ``x − eps · sign(∇_x CE(f(x), target))`` (targeted).
+
+    Args:
+        eps: L∞ budget in [0, 1] pixel units, > 0.
+
+    Call: ``attack(model, x, y, *, target=None) -> AttackResult`` with
+    ``x (N, C, H, W)`` in [0, 1]; ``size`` is the L∞ norm of ``x_adv − x``;
+    ``iterations`` is 1 for every example.
+
+    Raises:
+        TypeError: ``eps`` is not a number.
+        ValueError: ``eps`` ≤ 0 or not finite.
+    """
+
+    norm: ClassVar[str] = "linf"
+    eps: float = 0.3
+
+    def __post_init__(self) -> None:
+        check_positive(self.eps, "eps")
+
+    def _run(self, model, x, y, target):
+        eps = float(self.eps)
+        return _iterate(
+            model, x, y, target, x, 1, False,
+            lambda idx, xa, x0, g: _project_linf(xa + eps * g.sign(), x0, eps),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class IFGSM(Attack):
+    """Iterative FGSM, a.k.a. Basic Iterative Method (Kurakin et al., 2017,
+    "Adversarial Examples in the Physical World", Sec. 2.2).
+
+    From ``x_0 = x`` (no random start):
+    ``x_{t+1} = Clip_{x,eps}(x_t + step_size · sign(∇_x L(x_t)))`` with
+    ``L = CE(y)`` (untargeted) or ``L = −CE(target)`` (targeted), clipped to
+    the L∞ ball and to [0, 1]. Returns the last iterate (or, with
+    ``early_stop``, the first successful one).
+
+    Args:
+        eps: L∞ budget in [0, 1] pixel units, > 0.
+        step_size: per-step change in [0, 1] pixel units, > 0.
+        steps: number of iterations, int ≥ 1.
+        early_stop: freeze each example at its first successful iterate.
+
+    Raises:
+        TypeError: a hyper-parameter has the wrong type.
+        ValueError: ``eps`` or ``step_size`` ≤ 0, ``steps`` < 1.
+    """
+
+    norm: ClassVar[str] = "linf"
+    eps: float = 0.3
+    step_size: float = 0.01
+    steps: int = 40
+    early_stop: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive(self.eps, "eps")
+        check_positive(self.step_size, "step_size")
+        check_int(self.steps, "steps", minimum=1)
+        _check_bool(self.early_stop, "early_stop")
+
+    def _run(self, model, x, y, target):
+        eps, a = float(self.eps), float(self.step_size)
+        return _iterate(
+            model, x, y, target, x, self.steps, self.early_stop,
+            lambda idx, xa, x0, g: _project_linf(xa + a * g.sign(), x0, eps),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MIM(Attack):
+    """Momentum Iterative Method, MI-FGSM (Dong et al., 2018, "Boosting
+    Adversarial Attacks with Momentum", Algorithm 1, Eqs. 6-7), L∞.
+
+    ``g_{t+1} = decay · g_t + ∇_x L(x_t) / ‖∇_x L(x_t)‖₁`` (per example),
+    ``x_{t+1} = Clip_{x,eps}(x_t + step_size · sign(g_{t+1}))``, from ``x_0 = x``,
+    ``g_0 = 0``; ``L`` as in :class:`IFGSM`.
+
+    Args:
+        eps: L∞ budget in [0, 1] pixel units, > 0.
+        step_size: per-step change in [0, 1] pixel units, > 0 (the paper uses
+            ``eps / steps``).
+        steps: number of iterations, int ≥ 1.
+        decay: momentum decay factor μ ≥ 0 (``0`` gives I-FGSM).
+        early_stop: freeze each example at its first successful iterate.
+
+    Raises:
+        TypeError: a hyper-parameter has the wrong type.
+        ValueError: ``eps`` or ``step_size`` ≤ 0, ``decay`` < 0, ``steps`` < 1.
+    """
+
+    norm: ClassVar[str] = "linf"
+    eps: float = 0.3
+    step_size: float = 0.01
+    steps: int = 40
+    decay: float = 1.0
+    early_stop: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive(self.eps, "eps")
+        check_positive(self.step_size, "step_size")
+        check_int(self.steps, "steps", minimum=1)
+        check_positive(self.decay, "decay", allow_zero=True)
+        _check_bool(self.early_stop, "early_stop")
+
+    def _run(self, model, x, y, target):
+        eps, a, mu = float(self.eps), float(self.step_size), float(self.decay)
+        momentum = torch.zeros_like(x)
+
+        def step(idx, xa, x0, g):
+            m = mu * momentum[idx] + _normalize(g, 1)
+            momentum[idx] = m
+            return _project_linf(xa + a * m.sign(), x0, eps)
+
+        return _iterate(model, x, y, target, x, self.steps, self.early_stop, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# PGD (L∞ or L2)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class PGD(Attack):
+    """Projected Gradient Descent (Madry et al., 2018, "Towards Deep Learning
+    Models Resistant to Adversarial Attacks", Eq. 2), L∞ or L2.
+
+    ``x_{t+1} = Π_{B(x, eps) ∩ [0,1]}(x_t + step_size · s_t)`` with
+    ``s_t = sign(∇L)`` (``"linf"``) or ``s_t = ∇L / ‖∇L‖₂`` per example
+    (``"l2"``); ``L = CE(y)`` (untargeted) or ``−CE(target)`` (targeted). The
+    L2 projection rescales ``x_adv − x`` to norm ≤ eps per example. Returns
+    the last iterate (or, with ``early_stop``, the first successful one).
+
+    Random start: ``x_0 = clip_[0,1](x + δ_0)`` with ``δ_0`` uniform in the
+    ball — ``U[−eps, eps]^d`` for L∞; for L2 a Gaussian direction normalised
+    to unit length times radius ``eps · U^(1/d)`` (``d = C·H·W``).
+
+    Reproducibility and batch independence: the noise of the example at
+    position ``i`` is drawn on the CPU from a ``torch.Generator`` seeded by
+    ``numpy.random.SeedSequence([seed, i])`` and then moved to ``x.device``.
+    It therefore depends only on ``(seed, i)`` — never on the other images of
+    the batch — so a sub-batch ``x[:k]`` reproduces the first ``k`` results of
+    ``x``, and replacing other examples does not change example ``i``. An
+    image attacked alone (position 0) gets the noise of position 0.
+
+    Args:
+        norm: threat model, ``"linf"`` or ``"l2"``; also the unit of
+            ``AttackResult.size``.
+        eps: budget in [0, 1] pixel units (L∞ or L2 norm of ``x_adv − x``), > 0.
+        step_size: step length in the same units, > 0.
+        steps: number of iterations, int ≥ 1.
+        random_start: start from a uniform random point in the ball.
+        seed: int ≥ 0, seed of the random start.
+        early_stop: freeze each example at its first successful iterate.
+
+    Raises:
+        TypeError: a hyper-parameter has the wrong type.
+        ValueError: ``norm`` not in ``("linf", "l2")``, ``eps`` or
+            ``step_size`` ≤ 0, ``steps`` < 1, ``seed`` < 0.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+        >>> x, y = torch.rand(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+        >>> res = PGD(norm="l2", eps=0.5, steps=10)(model, x, y)
+        >>> res.norm, tuple(res.x_adv.shape), bool((res.size <= 0.5 + 1e-5).all())
+        ('l2', (5, 1, 2, 2), True)
+    """
+
+    # An instance field here (the base class declares ``norm`` as a ClassVar):
+    # it selects the threat model and is what ``_size`` and ``AttackResult.norm``
+    # read, so ``PGD(norm="l2")`` reports L2 sizes.
+    norm: str = "linf"  # type: ignore[misc]
+    eps: float = 0.3
+    step_size: float = 0.01
+    steps: int = 40
+    random_start: bool = True
+    seed: int = 0
+    early_stop: bool = False
+
+    def __post_init__(self) -> None:
+        _check_norm(self.norm)
+        check_positive(self.eps, "eps")
+        check_positive(self.step_size, "step_size")
+        check_int(self.steps, "steps", minimum=1)
+        _check_bool(self.random_start, "random_start")
+        check_int(self.seed, "seed", minimum=0)
+        _check_bool(self.early_stop, "early_stop")
+
+    def _random_delta(self, x: Tensor) -> Tensor:
+        """Random start ``δ_0 (N, C, H, W)`` in the eps-ball, from ``(seed, i)`` only."""
+        d = x[0].numel()
+        eps = float(self.eps)
+        rows = []
+        for i in range(x.shape[0]):
+            g = _example_generator(self.seed, i)
+            if self.norm == "linf":
+                rows.append((torch.rand(d, generator=g, dtype=x.dtype) * 2 - 1) * eps)
+            else:
+                u = torch.randn(d, generator=g, dtype=x.dtype)
+                u = u / u.norm().clamp_min(torch.finfo(x.dtype).tiny)
+                r = eps * torch.rand(1, generator=g, dtype=x.dtype).pow(1.0 / d)
+                rows.append(u * r)
+        return torch.stack(rows).view_as(x).to(x.device)
+
+    def _run(self, model, x, y, target):
+        eps, a = float(self.eps), float(self.step_size)
+        if self.norm == "linf":
+            x0 = _project_linf(x + self._random_delta(x), x, eps) if self.random_start else x
+
+            def step(idx, xa, xs, g):
+                return _project_linf(xa + a * g.sign(), xs, eps)
+        else:
+            x0 = _project_l2(x + self._random_delta(x), x, eps) if self.random_start else x
+
+            def step(idx, xa, xs, g):
+                return _project_l2(xa + a * _normalize(g, 2), xs, eps)
+
+        return _iterate(model, x, y, target, x0, self.steps, self.early_stop, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Carlini-Wagner L2
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class CarliniWagnerL2(Attack):
+    """Carlini-Wagner L2 attack (Carlini & Wagner, 2017, "Towards Evaluating
+    the Robustness of Neural Networks", Sec. V-A; objective f6, Eq. in Sec. IV).
+
+    Change of variables ``x_adv = (tanh(w) + 1) / 2`` (always in [0, 1]),
+    minimise per example
+    ``‖x_adv − x‖₂² + c · max(Z_y − max_{i≠y} Z_i, −κ)`` (untargeted) or
+    ``… + c · max(max_{i≠t} Z_i − Z_t, −κ)`` (targeted) — see
+    :func:`~spatialadv.attacks.base.margin` — with Adam on ``w`` (lr ``lr``,
+    β = (0.9, 0.999), ε = 1e-8; per-coordinate, so per example). ``w`` starts
+    at ``atanh((2x − 1)(1 − 1e-6))`` (pixels at exactly 0 or 1 are pulled in by
+    1e-6 so ``atanh`` stays finite) at every binary-search step.
+
+    Per-example binary search on ``c`` (Sec. V-A): after each search step, an
+    example that succeeded sets ``upper = min(upper, c)``, one that failed sets
+    ``lower = max(lower, c)``; then ``c = (lower + upper) / 2`` once an upper
+    bound is known, else ``c = 10 c``. The smallest-L2 successful iterate of
+    each example over all steps is returned (the input where none succeeded).
+    An iterate counts as successful when the attack criterion holds and the
+    margin is ≤ −κ.
+
+    ``abort_early``: every ``max(steps // 10, 1)`` iterations, an example whose
+    loss has not decreased by at least 0.01 % since the last check stops for
+    the rest of this binary-search step (decided per example).
+
+    Args:
+        kappa: confidence margin κ ≥ 0 in logit units.
+        initial_const: initial trade-off constant ``c`` > 0.
+        binary_search_steps: number of binary-search steps on ``c``, int ≥ 1.
+        steps: Adam iterations per binary-search step, int ≥ 1.
+        lr: Adam learning rate (in tanh space), > 0.
+        abort_early: stop an example's inner loop when its loss stalls.
+
+    Call: ``attack(model, x, y, *, target=None) -> AttackResult``;
+    ``size`` is ``‖x_adv − x‖₂`` in [0, 1] pixel units; ``iterations`` is the
+    total number of gradient evaluations per example.
+
+    Raises:
+        TypeError: a hyper-parameter has the wrong type.
+        ValueError: ``kappa`` < 0, ``initial_const`` or ``lr`` ≤ 0,
+            ``binary_search_steps`` or ``steps`` < 1.
+    """
+
+    norm: ClassVar[str] = "l2"
+    kappa: float = 0.0
+    initial_const: float = 1.0
+    binary_search_steps: int = 6
+    steps: int = 200
+    lr: float = 0.05
+    abort_early: bool = True
+
+    _BETAS: ClassVar[tuple[float, float]] = (0.9, 0.999)
+    _ADAM_EPS: ClassVar[float] = 1e-8
+    _NO_UPPER: ClassVar[float] = 1e10
+
+    def __post_init__(self) -> None:
+        check_positive(self.kappa, "kappa", allow_zero=True)
+        check_positive(self.initial_const, "initial_const")
+        check_int(self.binary_search_steps, "binary_search_steps", minimum=1)
+        check_int(self.steps, "steps", minimum=1)
+        check_positive(self.lr, "lr")
+        _check_bool(self.abort_early, "abort_early")
+
+    @classmethod
+    def _search_update(cls, found: Tensor, c: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One per-example binary-search update of ``c`` (Carlini & Wagner's reference code).
+
+        Args:
+            found: ``(N,)`` bool, whether the example succeeded with constant ``c``.
+            c, lower, upper: ``(N,)`` current constant and bounds (``upper`` starts
+                at 1e10, meaning "no upper bound yet").
+
+        Returns:
+            ``(c, lower, upper)`` for the next binary-search step.
+        """
+        upper = torch.where(found, torch.minimum(upper, c), upper)
+        lower = torch.where(found, lower, torch.maximum(lower, c))
+        c = torch.where(upper < cls._NO_UPPER / 10, (lower + upper) / 2, c * 10)
+        return c, lower, upper
+
+    def _run(self, model, x, y, target):
+        n = x.shape[0]
+        opts = {"dtype": x.dtype, "device": x.device}
+        kappa, lr = float(self.kappa), float(self.lr)
+        b1, b2 = self._BETAS
+        shrink = 1.0 - max(1e-6, 4 * torch.finfo(x.dtype).eps)
+        w0 = torch.atanh((x * 2 - 1) * shrink)
+        check_every = max(self.steps // 10, 1)
+
+        c = torch.full((n,), float(self.initial_const), **opts)
+        lower = torch.zeros(n, **opts)
+        upper = torch.full((n,), self._NO_UPPER, **opts)
+        best_l2 = torch.full((n,), float("inf"), **opts)
+        best_x = x.clone()
+        iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+
+        def record(idx: Tensor, xa: Tensor, l2: Tensor, logits: Tensor, found: Tensor) -> None:
+            t_s = None if target is None else target[idx]
+            ok = _criterion(logits.argmax(1), y[idx], t_s) & (margin(logits, y[idx], t_s, kappa) <= -kappa)
+            found[idx[ok]] = True
+            better = ok & (l2 < best_l2[idx])
+            best_l2[idx[better]] = l2[better]
+            best_x[idx[better]] = xa[better]
+
+        for _ in range(self.binary_search_steps):
+            w = w0.clone()
+            m = torch.zeros_like(w)
+            v = torch.zeros_like(w)
+            active = torch.ones(n, dtype=torch.bool, device=x.device)
+            found = torch.zeros(n, dtype=torch.bool, device=x.device)
+            prev = torch.zeros(n, **opts)
+            for it in range(self.steps):
+                idx = active.nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                w_s = w[idx].requires_grad_(True)
+                with torch.enable_grad():
+                    xa = (torch.tanh(w_s) + 1) / 2
+                    logits = model(xa)
+                    l2 = (xa - x[idx]).flatten(1).pow(2).sum(1)
+                    loss = l2 + c[idx] * margin(logits, y[idx], None if target is None else target[idx], kappa)
+                    (grad,) = torch.autograd.grad(loss.sum(), w_s)
+                iterations[idx] += 1
+                with torch.no_grad():
+                    record(idx, xa.detach(), l2.detach(), logits.detach(), found)
+                    loss = loss.detach()
+                    if self.abort_early and it % check_every == 0:
+                        if it > 0:
+                            stalled = loss > prev[idx] - 1e-4 * prev[idx].abs()
+                            active[idx[stalled]] = False
+                            keep = ~stalled
+                            idx, grad, loss = idx[keep], grad[keep], loss[keep]
+                        prev[idx] = loss
+                    # Adam (Kingma & Ba, 2015, Algorithm 1); every active example has taken
+                    # exactly `it` previous steps in this binary-search step.
+                    t = it + 1
+                    m[idx] = b1 * m[idx] + (1 - b1) * grad
+                    v[idx] = b2 * v[idx] + (1 - b2) * grad * grad
+                    m_hat = m[idx] / (1 - b1**t)
+                    v_hat = v[idx] / (1 - b2**t)
+                    w[idx] = w[idx] - lr * m_hat / (v_hat.sqrt() + self._ADAM_EPS)
+            # the last update of the still-active examples has not been evaluated yet
+            idx = active.nonzero().squeeze(1)
+            if idx.numel() > 0:
+                with torch.no_grad():
+                    xa = (torch.tanh(w[idx]) + 1) / 2
+                    record(idx, xa, (xa - x[idx]).flatten(1).pow(2).sum(1), model(xa), found)
+
+            c, lower, upper = self._search_update(found, c, lower, upper)
+
+        return {"x_adv": best_x, "iterations": iterations}

@@ -1,0 +1,155 @@
+"""Resumable attack runner and the evaluation metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, is_dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..attacks.base import Attack
+from ..ops.flow import flow_l2, flow_tv
+from .store import ResultStore, encode_array
+
+__all__ = ["attack_config", "run_key", "make_pairs", "run_attack", "summarize", "first_correct"]
+
+
+def attack_config(attack: Attack) -> dict:
+    """JSON-able description of an attack: its class name and hyper-parameters."""
+    params = asdict(attack) if is_dataclass(attack) else {}
+    return {"attack": type(attack).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}}
+
+
+def run_key(model_key: str, attack: Attack, data_key: str, mode: str) -> str:
+    """Stable key of one (model, attack config, data, targeting mode) run."""
+    blob = json.dumps({"model": model_key, "attack": attack_config(attack), "data": data_key, "mode": mode}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def first_correct(model: nn.Module, x: Tensor, y: Tensor, n: int, *, batch_size: int = 500) -> Tensor:
+    """Indices (int64) of the first ``n`` images that ``model`` classifies correctly."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        ok = (model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).nonzero().squeeze(1) + i
+        out.append(ok)
+        if sum(len(o) for o in out) >= n:
+            break
+    return torch.cat(out)[:n] if out else torch.zeros(0, dtype=torch.long)
+
+
+def make_pairs(idx: Tensor, y: Tensor, num_classes: int, mode: str, *, seed: int = 0) -> list[tuple[int, int]]:
+    """The ``(image index, target)`` pairs to attack.
+
+    Args:
+        idx: dataset indices ``(M,)``.
+        y: labels of the whole dataset ``(N,)``.
+        mode: ``"untargeted"`` (target −1), ``"all"`` (every class ≠ y: K−1
+            pairs per image, stAdv Table 1) or ``"random"`` (one uniformly
+            drawn class ≠ y per image, from ``numpy.random.default_rng(seed)``).
+    """
+    if mode == "untargeted":
+        return [(int(i), -1) for i in idx]
+    if mode == "all":
+        return [(int(i), t) for i in idx for t in range(num_classes) if t != int(y[i])]
+    if mode == "random":
+        rng = np.random.default_rng(seed)
+        pairs = []
+        for i in idx:
+            t = int(rng.integers(num_classes - 1))
+            pairs.append((int(i), t + (t >= int(y[i]))))
+        return pairs
+    raise ValueError(f"mode must be 'untargeted', 'all' or 'random', got {mode!r}")
+
+
+def run_attack(store: ResultStore, key: str, model: nn.Module, attack: Attack, x: Tensor, y: Tensor,
+               pairs: list[tuple[int, int]], *, batch_size: int = 256, progress: bool = True, desc: str = "") -> int:
+    """Attack the pairs not yet in ``store`` under ``key``, committing each batch.
+
+    Args:
+        x, y: the whole dataset (images ``(N, C, H, W)``, labels ``(N,)``);
+            ``pairs`` index into it.
+        pairs: ``(idx, target)`` with target −1 for untargeted.
+
+    Returns:
+        Number of pairs attacked now (0 when everything was already stored).
+        Attacks are per example, so the stored results do not depend on
+        where a previous run was interrupted.
+    """
+    from tqdm.auto import tqdm
+
+    done = store.done(key)
+    todo = [p for p in pairs if p not in done]
+    if not todo:
+        return 0
+    targeted = todo[0][1] >= 0
+    bar = tqdm(total=len(todo), desc=desc or type(attack).__name__, disable=not progress, unit="ex")
+    for s in range(0, len(todo), batch_size):
+        chunk = todo[s : s + batch_size]
+        ii = torch.tensor([p[0] for p in chunk], dtype=torch.long)
+        xb, yb = x[ii], y[ii]
+        tb = torch.tensor([p[1] for p in chunk], dtype=torch.long) if targeted else None
+        res = attack(model, xb, yb, target=tb)
+        d = (res.x_adv - xb).flatten(1)
+        l2, linf = d.norm(dim=1), d.abs().amax(1)
+        ftv = flow_tv(res.flow) if res.flow is not None else None
+        fl2 = flow_l2(res.flow) if res.flow is not None else None
+        per = res.time_s / len(chunk)
+        rows = []
+        for j, (i, t) in enumerate(chunk):
+            rows.append(dict(
+                run_key=key, idx=i, target=t, label=int(yb[j]), success=int(res.success[j]), pred=int(res.pred[j]),
+                l2=float(l2[j]), linf=float(linf[j]), size=float(res.size[j]),
+                flow_tv=None if ftv is None else float(ftv[j]), flow_l2=None if fl2 is None else float(fl2[j]),
+                iterations=int(res.iterations[j]), time_s=per,
+                x_adv=encode_array(res.x_adv[j].cpu().numpy().astype(np.float32)),
+                flow=None if res.flow is None else encode_array(res.flow[j].cpu().numpy().astype(np.float32)),
+            ))
+        store.add(rows)
+        bar.update(len(chunk))
+    bar.close()
+    return len(todo)
+
+
+def _mean_std(v: list[float]) -> tuple[float, float]:
+    if not v:
+        return math.nan, math.nan
+    a = np.asarray(v, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summarize(records: list[dict]) -> dict:
+    """Metrics of one run from its records.
+
+    Returns a dict with
+        ``pairs`` attacked (image, target) pairs, all on correctly classified images;
+        ``images`` distinct images;
+        ``success_rate`` successes / pairs (targeted: over all targets per image, stAdv Table 1);
+        ``acc_under_attack`` fraction of pairs whose adversarial prediction is still the true label;
+        ``l2_mean`` D̄, mean L2 distortion over successes only (Smooth-adv Eq. 21), pixels in [0, 1];
+        ``linf_mean`` mean L∞ over successes;
+        ``flow_tv_mean/std``, ``flow_l2_mean/std`` over successes (stAdv Eqs. 5-6, pixels), flow attacks only;
+        ``time_s`` total attack seconds, ``ms_per_example``; ``iterations_mean``.
+    """
+    n = len(records)
+    succ = [r for r in records if r["success"]]
+    out = {
+        "pairs": n,
+        "images": len({r["idx"] for r in records}),
+        "successes": len(succ),
+        "success_rate": len(succ) / n if n else math.nan,
+        "acc_under_attack": sum(r["pred"] == r["label"] for r in records) / n if n else math.nan,
+        "l2_mean": _mean_std([r["l2"] for r in succ])[0],
+        "linf_mean": _mean_std([r["linf"] for r in succ])[0],
+        "time_s": float(sum(r["time_s"] for r in records)),
+        "ms_per_example": 1000.0 * sum(r["time_s"] for r in records) / n if n else math.nan,
+        "iterations_mean": float(np.mean([r["iterations"] for r in records])) if n else math.nan,
+    }
+    if any(r["flow_tv"] is not None for r in records):
+        out["flow_tv_mean"], out["flow_tv_std"] = _mean_std([r["flow_tv"] for r in succ])
+        out["flow_l2_mean"], out["flow_l2_std"] = _mean_std([r["flow_l2"] for r in succ])
+    return out

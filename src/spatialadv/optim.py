@@ -1,0 +1,171 @@
+"""Batched, per-example L-BFGS: N independent problems solved in lock-step.
+
+Each example keeps its own curvature history, its own Armijo backtracking
+line search and its own stopping decision, so an example's iterates never
+depend on the other examples in the batch (unlike one L-BFGS problem over the
+flattened batch, where one image's line search steers all of them). Only the
+examples still running are evaluated, so the batch shrinks as they converge.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["lbfgs_per_example"]
+
+# fun(z, idx) -> (loss (M,), grad (M, D), aux) evaluated for the rows idx of the batch
+Objective = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, object]]
+
+
+def lbfgs_per_example(
+    fun: Objective,
+    z0: Tensor,
+    *,
+    max_iter: int = 100,
+    history: int = 10,
+    max_ls: int = 10,
+    c1: float = 1e-4,
+    init_step: float = 0.1,
+    ftol: float = 1e-6,
+    gtol: float = 1e-7,
+    callback: Callable[[Tensor, Tensor, Tensor, object], Tensor | None] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Minimise N independent objectives with L-BFGS and backtracking line search.
+
+    Args:
+        fun: ``fun(z, idx) -> (loss, grad, aux)`` for the rows ``idx`` (int64
+            ``(M,)``) of the batch at points ``z`` ``(M, D)``; ``loss`` ``(M,)``,
+            ``grad`` ``(M, D)``; ``aux`` is passed to ``callback``.
+        z0: starting points ``(N, D)``.
+        max_iter: iterations (accepted steps) per example.
+        history: number of curvature pairs kept per example.
+        max_ls: backtracking halvings before an example is declared converged.
+        c1: Armijo sufficient-decrease constant.
+        init_step: length (∞-norm, in the units of z) of the first step and of
+            steps after a history reset.
+        ftol: stop an example when its relative decrease is below ``ftol``.
+        gtol: stop an example when its gradient ∞-norm is below ``gtol``.
+        callback: ``callback(idx, z, loss, aux)`` after every accepted step
+            (and at the start); may return a bool ``(M,)`` mask of examples
+            to stop now.
+
+    Returns:
+        ``(z, iterations, evaluations)``: final points ``(N, D)`` and per-example
+        counts ``(N,)`` of accepted steps and objective evaluations.
+    """
+    n, d = z0.shape
+    dev, dt = z0.device, z0.dtype
+    z = z0.detach().clone()
+    all_idx = torch.arange(n, device=dev)
+    loss, grad, aux = fun(z, all_idx)
+    loss, grad = loss.detach(), grad.detach()
+    iters = torch.zeros(n, dtype=torch.long, device=dev)
+    evals = torch.ones(n, dtype=torch.long, device=dev)
+    active = torch.ones(n, dtype=torch.bool, device=dev)
+    if callback is not None:
+        stop = callback(all_idx, z, loss, aux)
+        if stop is not None:
+            active &= ~stop
+    S = torch.zeros(history, n, d, device=dev, dtype=dt)
+    Y = torch.zeros(history, n, d, device=dev, dtype=dt)
+    rho = torch.zeros(history, n, device=dev, dtype=dt)
+    gamma = torch.zeros(n, device=dev, dtype=dt)  # 0 = no history yet
+    slot = 0
+    for _ in range(max_iter):
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        g = grad[idx]
+        # two-loop recursion, per example; slots with rho == 0 are empty
+        q = g.clone()
+        alphas = []
+        order = [(slot - 1 - i) % history for i in range(history)]
+        for j in order:
+            a = rho[j, idx] * (S[j, idx] * q).sum(1)
+            q -= a[:, None] * Y[j, idx]
+            alphas.append(a)
+        gam = gamma[idx]
+        has_hist = gam > 0
+        r = q * torch.where(has_hist, gam, torch.zeros_like(gam))[:, None]
+        for j, a in zip(reversed(order), reversed(alphas)):
+            b = rho[j, idx] * (Y[j, idx] * r).sum(1)
+            r += S[j, idx] * (a - b)[:, None]
+        gmax = g.abs().amax(1).clamp_min(torch.finfo(dt).tiny)
+        steepest = -g * (init_step / gmax)[:, None]
+        direction = torch.where(has_hist[:, None], -r, steepest)
+        slope = (g * direction).sum(1)
+        bad = slope >= 0  # not a descent direction: reset this example's history
+        if bool(bad.any()):
+            direction[bad] = steepest[bad]
+            slope = (g * direction).sum(1)
+            rho[:, idx[bad]] = 0
+            gamma[idx[bad]] = 0
+        # per-example Armijo backtracking
+        t = torch.ones(idx.numel(), device=dev, dtype=dt)
+        f0 = loss[idx]
+        searching = torch.ones(idx.numel(), dtype=torch.bool, device=dev)
+        new_loss = f0.clone()
+        new_grad = g.clone()
+        new_aux_rows: list[tuple[Tensor, object]] = []
+        for _ls in range(max_ls):
+            sidx = searching.nonzero().squeeze(1)
+            if sidx.numel() == 0:
+                break
+            zt = z[idx[sidx]] + t[sidx, None] * direction[sidx]
+            lt, gt, at = fun(zt, idx[sidx])
+            lt, gt = lt.detach(), gt.detach()
+            evals[idx[sidx]] += 1
+            ok = torch.isfinite(lt) & (lt <= f0[sidx] + c1 * t[sidx] * slope[sidx])
+            acc = sidx[ok]
+            new_loss[acc] = lt[ok]
+            new_grad[acc] = gt[ok]
+            if bool(ok.any()):
+                new_aux_rows.append((acc, _rows(at, ok)))
+            searching[acc] = False
+            t[sidx[~ok]] *= 0.5
+        failed = searching  # line search found no decrease: converged (or stuck)
+        accepted = ~failed
+        aidx = idx[accepted]
+        if aidx.numel():
+            s = t[accepted, None] * direction[accepted]
+            yv = new_grad[accepted] - g[accepted]
+            z[aidx] = z[aidx] + s
+            sy = (s * yv).sum(1)
+            yy = (yv * yv).sum(1)
+            good = sy > 1e-10 * yy.clamp_min(1e-30).sqrt() * s.norm(dim=1)
+            S[slot, aidx] = s
+            Y[slot, aidx] = yv
+            rho[slot, aidx] = torch.where(good, 1.0 / sy.where(good, torch.ones_like(sy)), torch.zeros_like(sy))
+            gamma[aidx] = torch.where(good, sy / yy.clamp_min(1e-30), gamma[aidx])
+            rel = (f0[accepted] - new_loss[accepted]).abs() / f0[accepted].abs().clamp_min(1.0)
+            loss[aidx] = new_loss[accepted]
+            grad[aidx] = new_grad[accepted]
+            iters[aidx] += 1
+            done = (rel < ftol) | (new_grad[accepted].abs().amax(1) < gtol)
+            active[aidx[done]] = False
+            if callback is not None:
+                for rows, a in new_aux_rows:
+                    stop = callback(idx[rows], z[idx[rows]], loss[idx[rows]], a)
+                    if stop is not None:
+                        active[idx[rows][stop]] = False
+        # rows of the history slot not written this round are cleared
+        keep = torch.zeros(n, dtype=torch.bool, device=dev)
+        keep[aidx] = True
+        rho[slot, ~keep] = 0
+        active[idx[failed]] = False
+        slot = (slot + 1) % history
+    return z, iters, evals
+
+
+def _rows(aux: object, mask: Tensor) -> object:
+    """Select rows of an aux object (a tensor, or a tuple/dict of tensors)."""
+    if isinstance(aux, Tensor):
+        return aux[mask]
+    if isinstance(aux, tuple):
+        return tuple(_rows(a, mask) for a in aux)
+    if isinstance(aux, dict):
+        return {k: _rows(v, mask) for k, v in aux.items()}
+    return aux

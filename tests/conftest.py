@@ -55,3 +55,15 @@ def digits_model() -> Iterator[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
         yield model, test.x[ok][:64].clone(), test.y[ok][:64].clone()
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run a test with one intra-op torch thread (tiny tensors: OpenMP's
+    spinning threads only slow them down on a busy machine); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

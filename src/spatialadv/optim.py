@@ -31,6 +31,7 @@ def lbfgs_per_example(
     init_step: float = 0.1,
     ftol: float = 1e-6,
     gtol: float = 1e-7,
+    max_step: float | None = None,
     callback: Callable[[Tensor, Tensor, Tensor, object], Tensor | None] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Minimise N independent objectives with L-BFGS and backtracking line search.
@@ -48,6 +49,9 @@ def lbfgs_per_example(
             steps after a history reset.
         ftol: stop an example when its relative decrease is below ``ftol``.
         gtol: stop an example when its gradient ∞-norm is below ``gtol``.
+        max_step: if given, the first trial step of each line search is
+            shortened so its ∞-norm is at most ``max_step`` (a trust-region
+            cap for piecewise-smooth objectives such as bilinear warps).
         callback: ``callback(idx, z, loss, aux)`` after every accepted step
             (and at the start); may return a bool ``(M,)`` mask of examples
             to stop now.
@@ -105,6 +109,8 @@ def lbfgs_per_example(
             gamma[idx[bad]] = 0
         # per-example Armijo backtracking
         t = torch.ones(idx.numel(), device=dev, dtype=dt)
+        if max_step is not None:
+            t = torch.minimum(t, max_step / direction.abs().amax(1).clamp_min(torch.finfo(dt).tiny))
         f0 = loss[idx]
         searching = torch.ones(idx.numel(), dtype=torch.bool, device=dev)
         new_loss = f0.clone()
@@ -126,8 +132,14 @@ def lbfgs_per_example(
                 new_aux_rows.append((acc, _rows(at, ok)))
             searching[acc] = False
             t[sidx[~ok]] *= 0.5
-        failed = searching  # line search found no decrease: converged (or stuck)
-        accepted = ~failed
+        # line search found no decrease: with history, drop it and retry steepest
+        # descent next round; without history, the example has converged (or is stuck)
+        failed = searching & ~has_hist
+        retry = searching & has_hist
+        if bool(retry.any()):
+            rho[:, idx[retry]] = 0
+            gamma[idx[retry]] = 0
+        accepted = ~searching
         aidx = idx[accepted]
         if aidx.numel():
             s = t[accepted, None] * direction[accepted]

@@ -6,3 +6,21 @@ from .baselines import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2
 from .stadv import StAdv
 
 __all__ = ["Attack", "AttackResult", "margin", "StAdv", "FGSM", "IFGSM", "PGD", "MIM", "CarliniWagnerL2"]
+
+#: CLI names of the attacks.
+ATTACKS = {"stadv": StAdv, "fgsm": FGSM, "ifgsm": IFGSM, "pgd": PGD, "mim": MIM, "cw": CarliniWagnerL2}
+
+
+def make_attack(name: str, **params) -> Attack:
+    """Build an attack by CLI name (see :data:`ATTACKS`) with keyword hyper-parameters.
+
+    Raises:
+        ValueError: unknown name; TypeError/ValueError: invalid hyper-parameters.
+    """
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    return ATTACKS[name](**params)
+
+
+__all__ += ["ATTACKS", "make_attack"]

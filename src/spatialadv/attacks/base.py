@@ -28,7 +28,8 @@ class AttackResult:
             (``norm``); 0 where the attack failed.
         norm: name of ``size``'s unit: ``"linf"``, ``"l2"`` (pixel values in
             [0, 1]) or ``"flow_tv"`` (stAdv Eq. 5, pixels).
-        iterations: ``(N,)`` int64 iterations (gradient evaluations) used per example.
+        iterations: ``(N,)`` int64 gradient evaluations of the model used per
+            example (line-search trials included).
         time_s: wall-clock seconds of the whole call.
         targeted: whether ``target`` was used.
         target: ``(N,)`` target classes, or None.

@@ -87,6 +87,8 @@ def run_attack(store: ResultStore, key: str, model: nn.Module, attack: Attack, x
     if not todo:
         return 0
     targeted = todo[0][1] >= 0
+    if any((t >= 0) != targeted for _, t in todo):
+        raise ValueError("pairs mix targeted (target >= 0) and untargeted (target -1) entries; run them under separate keys")
     bar = tqdm(total=len(todo), desc=desc or type(attack).__name__, disable=not progress, unit="ex")
     for s in range(0, len(todo), batch_size):
         chunk = todo[s : s + batch_size]

@@ -240,7 +240,7 @@ def load_or_train(name: str, train: Dataset, test: Dataset | None = None, *, con
 
     The cache key covers the model name, dataset name/split/size/shape, the
     training config and the seed. A fresh model is trained with
-    ``torch.manual_seed(seed)`` before construction, then saved as
+    ``torch.manual_seed(seed)`` (in a forked RNG state) before construction, then saved as
     ``<cache>/models/<key>.safetensors`` with its metadata (clean test accuracy
     when ``test`` is given).
 
@@ -248,20 +248,21 @@ def load_or_train(name: str, train: Dataset, test: Dataset | None = None, *, con
         ``(model, info)`` with ``info`` keys ``path``, ``cached`` (bool),
         ``test_accuracy`` (float or None), ``key``.
     """
+    config = TrainConfig(**{**asdict(config), "seed": seed})
     key = _key(name, train, config, seed)
     path = Path(directory or cache_dir() / "models") / f"{key}.safetensors"
     c, s = train.x.shape[1], train.x.shape[2]
-    torch.manual_seed(seed)
-    model = build_model(name, in_channels=c, image_size=s, num_classes=train.num_classes)
+    with torch.random.fork_rng():  # seeded initialisation without touching the caller's RNG state
+        torch.manual_seed(seed)
+        model = build_model(name, in_channels=c, image_size=s, num_classes=train.num_classes)
     if path.is_file():
         meta = load_checkpoint(model, path)
         model.eval()
         log.info("loaded %s from %s", name, path)
-        acc = meta.get("test_accuracy")
-        if acc is None and test is not None:
-            acc = accuracy(model, test.x, test.y)
+        acc = accuracy(model, test.x, test.y) if test is not None else meta.get("test_accuracy")
         return model, {"path": str(path), "cached": True, "test_accuracy": acc, "key": key}
-    train_model(model, train, TrainConfig(**{**asdict(config), "seed": seed}), progress=progress)
+    with torch.random.fork_rng():
+        train_model(model, train, config, progress=progress)
     acc = accuracy(model, test.x, test.y) if test is not None else None
     save_checkpoint(model, path, {"model": name, "data": train.name, "config": asdict(config), "seed": seed, "test_accuracy": acc})
     return model, {"path": str(path), "cached": False, "test_accuracy": acc, "key": key}

@@ -1,0 +1,173 @@
+"""Command-line interface: ``spatialadv {train, attack, evaluate, report, reproduce}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _param(s: str) -> tuple[str, object]:
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    k, v = s.split("=", 1)
+    try:
+        return k.strip().replace("-", "_"), json.loads(v)
+    except json.JSONDecodeError:
+        return k.strip().replace("-", "_"), v
+
+
+def _load_model(args, train, test):
+    from .models import TrainConfig, load_or_train
+
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+    return load_or_train(args.model, train, test, config=cfg, seed=args.seed, progress=not args.quiet)
+
+
+def cmd_train(args) -> int:
+    from .data import load_dataset
+
+    train = load_dataset(args.data, "train", seed=args.seed)
+    test = load_dataset(args.data, "test", seed=args.seed)
+    _, info = _load_model(args, train, test)
+    print(f"{args.model} on {args.data}: test accuracy {100 * info['test_accuracy']:.2f}% "
+          f"({'loaded from' if info['cached'] else 'saved to'} {info['path']})")
+    return 0
+
+
+def _print_summary(rows: list[tuple[str, str, dict]]) -> None:
+    head = f"{'model':<10} {'attack':<12} {'attacks':>7} {'success%':>9} {'acc_adv%':>9} {'D_L2':>7} {'flowTV':>8} {'ms/atk':>8}"
+    print(head)
+    for m, a, s in rows:
+        tv = s.get("flow_tv_mean")
+        print(f"{m:<10} {a:<12} {s['pairs']:>7} {100 * s['success_rate']:>9.2f} {100 * s['acc_under_attack']:>9.2f} "
+              f"{s['l2_mean']:>7.3f} {'' if tv is None else f'{tv:.4f}':>8} {s['ms_per_example']:>8.1f}")
+
+
+def cmd_attack(args) -> int:
+    from .attacks import make_attack
+    from .data import load_dataset
+    from .eval import ResultStore, attack_config, first_correct, make_pairs, run_attack, run_key, summarize
+
+    attack = make_attack(args.attack, **dict(args.param or []))
+    train = load_dataset(args.data, "train", seed=args.seed)
+    test = load_dataset(args.data, "test", seed=args.seed)
+    model, info = _load_model(args, train, test)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    idx = first_correct(model, test.x, test.y, args.n)
+    pairs = make_pairs(idx, test.y, test.num_classes, args.mode, seed=args.seed)
+    key = run_key(info["key"], attack, f"{args.data}-test-seed{args.seed}", args.mode)
+    with ResultStore(args.store) as store:
+        store.register_run(key, args.model, args.attack, attack_config(attack))
+        done = run_attack(store, key, model, attack, test.x, test.y, pairs, batch_size=args.batch_size, progress=not args.quiet)
+        recs = [r for r in store.records(key) if (r["idx"], r["target"]) in set(pairs)]
+    print(f"clean accuracy {100 * info['test_accuracy']:.2f}%; attacked {done} new of {len(pairs)} pairs; store {args.store}")
+    _print_summary([(args.model, args.attack, summarize(recs))])
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .eval import ResultStore, summarize
+
+    if not Path(args.store).is_file():
+        print(f"error: no results store at {args.store}", file=sys.stderr)
+        return 2
+    with ResultStore(args.store) as store:
+        rows = [(r["model"], r["attack"], summarize(store.records(r["run_key"]))) for r in store.runs()]
+    rows = [r for r in rows if r[2]["pairs"]]
+    if args.json:
+        print(json.dumps([{"model": m, "attack": a, **s} for m, a, s in rows], indent=2))
+    else:
+        _print_summary(rows)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .eval.reproduce import build_stadv_report
+
+    build_stadv_report(args.out)
+    print(f"wrote {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .eval.reproduce import reproduce_stadv_mnist
+    from .models import TrainConfig
+
+    rep = reproduce_stadv_mnist(args.out, n=args.n, n_baselines=args.n_baselines, models=tuple(args.models), seed=args.seed,
+                                train_config=TrainConfig(epochs=args.epochs, seed=args.seed), progress=not args.quiet)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"report: {Path(args.out) / 'report.md'} (JSON: report.json; figures: {', '.join(rep['figures'])})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .attacks import ATTACKS
+    from .data import DATASETS
+    from .models import MODELS
+
+    p = argparse.ArgumentParser(prog="spatialadv", description="Adversarial examples beyond L_p norms: attacks, evaluation, reports.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, model_default="mnist-a"):
+        sp.add_argument("--model", default=model_default, choices=sorted(MODELS))
+        sp.add_argument("--data", default="mnist", choices=sorted(DATASETS))
+        sp.add_argument("--seed", type=int, default=0, help="seed of the data split and of training")
+        sp.add_argument("--epochs", type=int, default=12, help="training epochs when the model is not cached")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sp = sub.add_parser("train", help="train a registry model (or load it from the cache) and print its test accuracy")
+    common(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("attack", help="attack the first N correctly classified test images; records go to a SQLite store")
+    common(sp)
+    sp.add_argument("--attack", default="stadv", choices=sorted(ATTACKS))
+    sp.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE",
+                    help="attack hyper-parameter (JSON value), e.g. --param tau=0.005 --param 'tau_search=[0.005,0.0005]'")
+    sp.add_argument("--n", type=int, default=10, help="number of correctly classified test images")
+    sp.add_argument("--mode", default="all", choices=["all", "random", "untargeted"], help="targets: all 9, one random, or none")
+    sp.add_argument("--store", default="runs/attacks.sqlite", help="results store (resumable)")
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.set_defaults(func=cmd_attack)
+
+    sp = sub.add_parser("evaluate", help="print the metrics of every run in a results store")
+    sp.add_argument("--store", default="runs/attacks.sqlite")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("report", help="rebuild report.md / report.json / figures of a reproduce folder from its store")
+    sp.add_argument("out", help="folder written by `spatialadv reproduce`")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("reproduce", help="reproduce a paper's experiment end to end")
+    sp.add_argument("experiment", choices=["stadv-mnist"])
+    sp.add_argument("--out", default="runs/stadv-mnist", help="output folder (results.sqlite, report.md, report.json, PNGs)")
+    sp.add_argument("--n", type=int, default=30, help="correctly classified test images attacked by stAdv (x 9 targets)")
+    sp.add_argument("--n-baselines", type=int, default=10, help="of those, images also attacked by the L_p baselines")
+    sp.add_argument("--models", nargs="+", default=["mnist-a", "mnist-b", "mnist-c"], choices=sorted(MODELS))
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--epochs", type=int, default=12)
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_reproduce)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Figures (matplotlib, Agg backend): targeted grids, attack comparisons, flow fields.
+
+All functions take NumPy arrays of images ``(C, H, W)`` in [0, 1] and write a
+PNG to ``path``; they return the path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["targeted_grid", "comparison_figure", "flow_quiver"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _show(ax, img: np.ndarray | None) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if img is None:
+        ax.set_facecolor("0.85")
+        ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, fontsize=7)
+        return
+    img = np.asarray(img)
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1), interpolation="nearest")
+
+
+def targeted_grid(cells: dict[tuple[int, int], np.ndarray], num_classes: int, path: str | Path, *,
+                  title: str = "", class_names: list[str] | None = None) -> Path:
+    """10×10 targeted grid as stAdv Fig. 2: row = true class, column = target
+    class, originals on the diagonal. ``cells[(row, col)]`` is an image
+    ``(C, H, W)``; missing cells are drawn grey with "n/a"."""
+    plt = _plt()
+    k = num_classes
+    names = class_names or [str(i) for i in range(k)]
+    fig, axes = plt.subplots(k, k, figsize=(k * 0.9, k * 0.9 + 0.5))
+    for r in range(k):
+        for c in range(k):
+            _show(axes[r, c], cells.get((r, c)))
+            if r == 0:
+                axes[r, c].set_title(names[c], fontsize=7)
+            if c == 0:
+                axes[r, c].set_ylabel(names[r], fontsize=7)
+    fig.suptitle(title or "targeted adversarial examples (rows: true class, columns: target; diagonal: original)", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def comparison_figure(columns: list[str], rows: list[list[np.ndarray | None]], path: str | Path, *,
+                      row_labels: list[str] | None = None, title: str = "") -> Path:
+    """Grid of images: one column per method (e.g. original, FGSM, C&W, stAdv
+    as stAdv Fig. 4), one row per example."""
+    plt = _plt()
+    nr, nc = len(rows), len(columns)
+    fig, axes = plt.subplots(nr, nc, figsize=(nc * 1.3, nr * 1.3 + 0.4), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            _show(axes[i, j], img)
+            if i == 0:
+                axes[i, j].set_title(columns[j], fontsize=8)
+        if row_labels:
+            axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def flow_quiver(panels: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], path: str | Path, *, min_px: float = 0.05) -> Path:
+    """Flow fields over the image as stAdv Fig. 5.
+
+    Args:
+        panels: ``(x, x_adv, flow, label)`` with images ``(C, H, W)`` and flow
+            ``(2, H, W)`` in pixels (channel 0 Δu along W, channel 1 Δv along H).
+        min_px: arrows shorter than this many pixels are not drawn.
+
+    Each row shows the original, the adversarial image, and the adversarial
+    image with an arrow at every pixel from its position to the position it
+    samples in the original (the flow's sign convention of ``flow_warp``).
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(len(panels), 3, figsize=(7.5, 2.6 * len(panels)), squeeze=False)
+    for i, (x, xa, flow, label) in enumerate(panels):
+        _show(axes[i, 0], x)
+        _show(axes[i, 1], xa)
+        _show(axes[i, 2], xa)
+        h, w = flow.shape[1:]
+        vv, uu = np.mgrid[0:h, 0:w]
+        mag = np.hypot(flow[0], flow[1])
+        m = mag > min_px
+        axes[i, 2].quiver(uu[m], vv[m], flow[0][m], flow[1][m], mag[m], cmap="autumn", angles="xy",
+                          scale_units="xy", scale=1, width=0.006)
+        axes[i, 0].set_title("original", fontsize=8)
+        axes[i, 1].set_title(label, fontsize=8)
+        axes[i, 2].set_title(f"flow (max {mag.max():.2f} px)", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

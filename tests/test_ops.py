@@ -1,0 +1,245 @@
+"""Known answers, gradchecks, exceptions and a reference check for ``spatialadv.ops``."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import spatialadv.ops.flow as flow_mod
+import spatialadv.ops.warp as warp_mod
+from spatialadv.ops import flow_l2, flow_tv, flow_tv_loss, flow_warp
+
+DTYPES = [torch.float32, torch.float64]
+MODES = ["zeros", "border"]
+
+
+def _rand(*shape, dtype=torch.float64, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _const_flow(n, h, w, du, dv, dtype=torch.float64):
+    f = torch.zeros(n, 2, h, w, dtype=dtype)
+    f[:, 0] = du
+    f[:, 1] = dv
+    return f
+
+
+def _fractional_flow(n, h, w, *, seed=1, scale=2.0):
+    """Flow with every component at least 0.1 px away from an integer (floor is
+    locally constant there, so finite differences see a smooth function)."""
+    g = torch.Generator().manual_seed(seed)
+    whole = torch.randint(-int(scale), int(scale) + 1, (n, 2, h, w), generator=g).double()
+    frac = 0.1 + 0.8 * torch.rand(n, 2, h, w, generator=g, dtype=torch.float64)
+    return whole + frac
+
+
+# -- flow_warp: known answers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_zero_flow_is_identity_bit_exact(dtype, mode):
+    x = _rand(3, 2, 5, 7, dtype=dtype)
+    out = flow_warp(x, torch.zeros(3, 2, 5, 7, dtype=dtype), padding_mode=mode)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_integer_horizontal_shift(dtype):
+    x = _rand(2, 3, 4, 6, dtype=dtype, seed=3) + 0.1  # no zeros in x: a 0 in the output means padding
+    f = _const_flow(2, 4, 6, 1.0, 0.0, dtype)
+    z = flow_warp(x, f, padding_mode="zeros")
+    assert torch.equal(z[..., :-1], x[..., 1:])  # Δu = +1: content moves one pixel left
+    assert torch.equal(z[..., -1], torch.zeros_like(z[..., -1]))
+    b = flow_warp(x, f, padding_mode="border")
+    assert torch.equal(b[..., :-1], x[..., 1:])
+    assert torch.equal(b[..., -1], x[..., -1])  # replicated last column
+
+    f = _const_flow(2, 4, 6, -2.0, 0.0, dtype)
+    z = flow_warp(x, f, padding_mode="zeros")
+    assert torch.equal(z[..., 2:], x[..., :-2])
+    assert torch.equal(z[..., :2], torch.zeros_like(z[..., :2]))
+    b = flow_warp(x, f, padding_mode="border")
+    assert torch.equal(b[..., 2:], x[..., :-2])
+    assert torch.equal(b[..., :2], x[..., :1].expand_as(b[..., :2]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_integer_vertical_shift(dtype):
+    x = _rand(2, 1, 5, 4, dtype=dtype, seed=4) + 0.1
+    f = _const_flow(2, 5, 4, 0.0, -1.0, dtype)  # Δv = −1: out row i = x row i−1 (content moves down)
+    z = flow_warp(x, f, padding_mode="zeros")
+    assert torch.equal(z[:, :, 1:], x[:, :, :-1])
+    assert torch.equal(z[:, :, 0], torch.zeros_like(z[:, :, 0]))
+    b = flow_warp(x, f, padding_mode="border")
+    assert torch.equal(b[:, :, 1:], x[:, :, :-1])
+    assert torch.equal(b[:, :, 0], x[:, :, 0])
+
+    f = _const_flow(2, 5, 4, 0.0, 2.0, dtype)
+    z = flow_warp(x, f, padding_mode="zeros")
+    assert torch.equal(z[:, :, :-2], x[:, :, 2:])
+    assert torch.equal(z[:, :, -2:], torch.zeros_like(z[:, :, -2:]))
+
+
+def test_integer_diagonal_shift_and_per_example_flow():
+    x = _rand(2, 1, 4, 4, seed=5) + 0.1
+    f = torch.zeros(2, 2, 4, 4, dtype=torch.float64)
+    f[0, 0], f[0, 1] = 1.0, 1.0  # example 0: diagonal shift; example 1: identity
+    z = flow_warp(x, f)
+    assert torch.equal(z[0, :, :-1, :-1], x[0, :, 1:, 1:])
+    assert torch.equal(z[0, :, -1], torch.zeros(1, 4, dtype=torch.float64))
+    assert torch.equal(z[0, :, :, -1], torch.zeros(1, 4, dtype=torch.float64))
+    assert torch.equal(z[1], x[1])
+
+
+def test_half_pixel_flow_averages_neighbours():
+    x = _rand(1, 1, 3, 5, seed=6)
+    z = flow_warp(x, _const_flow(1, 3, 5, 0.5, 0.0))
+    torch.testing.assert_close(z[..., :-1], (x[..., :-1] + x[..., 1:]) / 2, rtol=0, atol=1e-15)
+    torch.testing.assert_close(z[..., -1], x[..., -1] / 2, rtol=0, atol=1e-15)  # right neighbour is outside
+
+
+def test_flow_dtype_follows_x():
+    x = _rand(1, 1, 4, 4, dtype=torch.float32)
+    out = flow_warp(x, _const_flow(1, 4, 4, 0.25, -0.5, torch.float64))
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_grid_sample_align_corners(seed):
+    n, c, h, w = 2, 3, 6, 9
+    x = _rand(n, c, h, w, seed=seed)
+    flow = (torch.rand(n, 2, h, w, generator=torch.Generator().manual_seed(seed + 10), dtype=torch.float64) - 0.5) * 3
+    gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    sx, sy = gx + flow[:, 0], gy + flow[:, 1]
+    grid = torch.stack([2 * sx / (w - 1) - 1, 2 * sy / (h - 1) - 1], dim=-1)  # (N, H, W, 2), (x, y) order
+    ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    torch.testing.assert_close(flow_warp(x, flow), ref, rtol=0, atol=1e-12)
+    ref_b = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    torch.testing.assert_close(flow_warp(x, flow, padding_mode="border"), ref_b, rtol=0, atol=1e-12)
+
+    # and the gradients w.r.t. the flow agree (zeros mode)
+    f1 = flow.clone().requires_grad_(True)
+    g1 = torch.autograd.grad(flow_warp(x, f1).square().sum(), f1)[0]
+    f2 = flow.clone().requires_grad_(True)
+    grid2 = torch.stack([2 * (gx + f2[:, 0]) / (w - 1) - 1, 2 * (gy + f2[:, 1]) / (h - 1) - 1], dim=-1)
+    g2 = torch.autograd.grad(F.grid_sample(x, grid2, padding_mode="zeros", align_corners=True).square().sum(), f2)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-10)
+
+
+# -- gradcheck -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_flow_warp_gradcheck(mode):
+    x = _rand(2, 2, 4, 5, seed=7).requires_grad_(True)
+    # every sampling coordinate is >= 0.1 px from an integer, so neither floor nor the
+    # border clamp (at 0 and W-1 / H-1) has a kink within reach of the finite differences;
+    # positions outside the image probe the zero padding / the flat clamped region
+    flow = _fractional_flow(2, 4, 5, seed=8)
+    flow.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: flow_warp(a, b, padding_mode=mode), (x, flow), eps=1e-6, atol=1e-5)
+
+
+def test_flow_tv_loss_gradcheck():
+    f = (_rand(2, 2, 4, 3, seed=9) - 0.5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: flow_tv_loss(t, eps=1e-3), (f,), eps=1e-6, atol=1e-5)
+    # also with the tiny default eps at a flow whose differences are all non-zero
+    assert torch.autograd.gradcheck(lambda t: flow_tv_loss(t), (f,), eps=1e-7, atol=1e-5)
+
+
+def test_flow_metrics_gradcheck():
+    f = (_rand(1, 2, 3, 3, seed=10) - 0.5).requires_grad_(True)
+    assert torch.autograd.gradcheck(flow_tv, (f,), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(flow_l2, (f,), eps=1e-6, atol=1e-5)
+
+
+# -- TV and flow metrics: known answers --------------------------------------------------------
+
+
+def test_docstring_examples_run():
+    for mod in (warp_mod, flow_mod):
+        res = doctest.testmod(mod, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
+        assert res.failed == 0 and res.attempted > 0, mod.__name__
+
+
+def test_flow_tv_loss_step_known_answer():
+    f = torch.zeros(1, 2, 3, 3)
+    f[0, 0, :, 2] = 1.0
+    assert float(flow_tv_loss(f, eps=0.0)) == 6.0
+    # eps > 0 only perturbs by O(eps): sqrt(1 + eps) − sqrt(eps) per crossing pair
+    eps = 1e-4
+    expected = 6 * ((1 + eps) ** 0.5 - eps**0.5)
+    assert float(flow_tv_loss(f.double(), eps=eps)) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-8, 1e-2])
+def test_constant_flow_has_zero_tv(eps):
+    f = _const_flow(3, 4, 5, 0.7, -1.3)
+    assert torch.equal(flow_tv_loss(f, eps=eps), torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(flow_tv(f), torch.zeros(3, dtype=torch.float64))
+    torch.testing.assert_close(flow_l2(f), torch.full((3,), (0.7**2 + 1.3**2) ** 0.5, dtype=torch.float64))
+
+
+def test_hand_computed_tv_and_l2():
+    # u = [[0, 1], [0, 0]], v = [[0, 0], [2, 0]]
+    f = torch.zeros(2, 2, 2, 2, dtype=torch.float64)
+    f[0, 0, 0, 1] = 1.0
+    f[0, 1, 1, 0] = 2.0
+    # undirected pairs: (0,0)-(0,1): 1; (1,0)-(1,1): 4; (0,0)-(1,0): 4; (0,1)-(1,1): 1
+    # L_flow (eps=0) = 2 · (1 + 2 + 2 + 1) = 12;  TV = sqrt(2 · 10 / 4);  L2 = sqrt((1 + 4) / 4)
+    torch.testing.assert_close(flow_tv_loss(f, eps=0.0), torch.tensor([12.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(flow_tv(f), torch.tensor([5.0**0.5, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(flow_l2(f), torch.tensor([1.25**0.5, 0.0], dtype=torch.float64))
+
+
+def test_tv_is_per_example():
+    a = _rand(1, 2, 4, 4, seed=11)
+    b = _rand(1, 2, 4, 4, seed=12)
+    both = torch.cat([a, b])
+    for fn in (flow_tv_loss, flow_tv, flow_l2):
+        out = fn(both)
+        assert out.shape == (2,)
+        torch.testing.assert_close(out, torch.cat([fn(a), fn(b)]), rtol=0, atol=1e-14)
+
+
+# -- exceptions -------------------------------------------------------------------------------
+
+
+def test_flow_warp_rejects_bad_inputs():
+    x = torch.rand(2, 1, 4, 4)
+    f = torch.zeros(2, 2, 4, 4)
+    with pytest.raises(ValueError):
+        flow_warp(x[0], f[0])  # 3-D
+    with pytest.raises(ValueError):
+        flow_warp(x, torch.zeros(2, 2, 4, 5))
+    with pytest.raises(ValueError):
+        flow_warp(x, torch.zeros(1, 2, 4, 4))  # batch mismatch
+    with pytest.raises(ValueError):
+        flow_warp(x, torch.zeros(2, 3, 4, 4))  # 3 flow channels
+    with pytest.raises(TypeError):
+        flow_warp((x * 255).to(torch.uint8), f)
+    with pytest.raises(TypeError):
+        flow_warp(x, f.long())
+    with pytest.raises(TypeError):
+        flow_warp(x.numpy(), f)
+    with pytest.raises(ValueError, match="padding_mode"):
+        flow_warp(x, f, padding_mode="reflection")
+
+
+def test_flow_metrics_reject_bad_inputs():
+    for fn in (flow_tv_loss, flow_tv, flow_l2):
+        with pytest.raises(TypeError):
+            fn(torch.zeros(1, 2, 3, 3, dtype=torch.long))
+        with pytest.raises(TypeError):
+            fn([[0.0]])
+        with pytest.raises(ValueError):
+            fn(torch.zeros(1, 3, 3, 3))
+        with pytest.raises(ValueError):
+            fn(torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match="eps"):
+        flow_tv_loss(torch.zeros(1, 2, 3, 3), eps=-1e-3)

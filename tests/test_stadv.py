@@ -250,7 +250,7 @@ def test_tau_search_warm_starts_failures(digits_model, monkeypatch):
     calls = _spy_lbfgs(monkeypatch)
     res = StAdv(tau_search=(0.5, 0.005), max_iter=20)(m, x, y, target=t)
     assert len(calls) == 2
-    assert torch.equal(calls[0]["z0"], torch.zeros_like(calls[0]["z0"]))
+    assert torch.equal(calls[0]["z0"], torch.full_like(calls[0]["z0"], StAdv().init_offset))  # constant start, zero L_flow
     first_ok = torch.zeros(len(y), dtype=torch.bool)
     for idx, _, ok, _ in calls[0]["steps"]:
         first_ok[idx[ok]] = True

@@ -63,6 +63,9 @@ class StAdv(Attack):
         max_step: largest displacement change (pixels, ∞-norm) of one L-BFGS
             step: the bilinear warp is only piecewise smooth in the flow, so
             unbounded quasi-Newton steps can jump far across pixel cells.
+        init_offset: starting flow, the same displacement (pixels) for every
+            pixel in both directions; 0 starts at the identity, which is a kink
+            of the bilinear warp in every coordinate.
 
     Result: ``AttackResult`` with ``flow`` ``(N, 2, H, W)`` in pixels (zero for
     failures), ``norm = "flow_tv"`` and ``size`` = TV of Eq. 5 in pixels.
@@ -89,6 +92,7 @@ class StAdv(Attack):
     padding_mode: str = "zeros"
     eps: float = 1e-4
     max_step: float = 1.0
+    init_offset: float = 1e-3
 
     def __post_init__(self) -> None:
         check_positive(self.tau, "tau", allow_zero=True)
@@ -99,6 +103,9 @@ class StAdv(Attack):
         check_positive(self.rel_improvement, "rel_improvement", allow_zero=True)
         check_positive(self.eps, "eps")
         check_positive(self.max_step, "max_step")
+        check_positive(self.init_offset, "init_offset", allow_zero=True)
+        if self.init_offset >= 0.5:
+            raise ValueError(f"init_offset must be < 0.5 pixel, got {self.init_offset}")
         if self.padding_mode not in ("zeros", "border"):
             raise ValueError(f"padding_mode must be 'zeros' or 'border', got {self.padding_mode!r}")
         if self.tau_search is not None:
@@ -117,7 +124,10 @@ class StAdv(Attack):
         best_flow = torch.zeros(n, 2, h, w, device=x.device, dtype=x.dtype)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
-        start = torch.zeros_like(best_flow)
+        # Start from a tiny constant flow: it has zero L_flow and moves every
+        # sampling position off the integer grid, where the bilinear warp has a
+        # kink in every pixel (one-sided gradients would not give a descent direction).
+        start = torch.full_like(best_flow, self.init_offset)
         for tau in self.tau_search or (self.tau,):
             todo = (~found).nonzero().squeeze(1)
             if todo.numel() == 0:

@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau-search", type=float, nargs="+", default=[0.005, 0.0005], metavar="TAU",
                    help="StAdv tau_search, decreasing (default 0.005 0.0005)")
     p.add_argument("--max-iter", type=int, default=100, help="StAdv L-BFGS steps per tau (default 100)")
+    p.add_argument("--restart-offsets", type=float, nargs="*", default=[0.01], metavar="PX",
+                   help="StAdv constant starting flows (pixels) for restarts of still-failing images (default 0.01)")
     p.add_argument("--adv-initial-const", type=float, default=0.05, help="advertorch initial_const (default 0.05)")
     p.add_argument("--adv-max-iterations", type=int, default=1000, help="advertorch max_iterations (default 1000)")
     p.add_argument("--skip-advertorch", action="store_true", help="run only StAdv (quick check)")
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, load avg {load_start[0]:.2f}", flush=True)
 
     # ---- ours
-    attack = StAdv(tau_search=tuple(args.tau_search), max_iter=args.max_iter)
+    attack = StAdv(tau_search=tuple(args.tau_search), max_iter=args.max_iter, restart_offsets=tuple(args.restart_offsets))
     t0 = time.perf_counter()
     res = attack(model, x, y, target=t)
     ours_wall = time.perf_counter() - t0

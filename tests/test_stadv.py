@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from _contract import run_checked
 from torch import nn
 
 from spatialadv.attacks import StAdv
@@ -25,20 +26,9 @@ def _targets(y: torch.Tensor, shift: int = 1) -> torch.Tensor:
 
 def _check_invariants(attack: StAdv, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target=None):
     """Run ``attack`` and assert the attack contract on every example; return the result."""
-    x_ref, y_ref = x.clone(), y.clone()
-    t_ref = None if target is None else target.clone()
-    res = attack(model, x, y, target=target)
-
-    assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
-    if target is not None:
-        assert torch.equal(target, t_ref)
-    assert all(p.grad is None for p in model.parameters())
-
+    res = run_checked(attack, model, x, y, target)
     n, _, h, w = x.shape
-    assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
     assert res.flow.shape == (n, 2, h, w) and res.flow.dtype == x.dtype
-    assert res.success.shape == (n,) and res.success.dtype == torch.bool
-    assert res.iterations.shape == (n,) and res.iterations.dtype == torch.int64
     # gradient evaluations: >= 1 per τ tried, <= 1 + max_iter × 10 line-search trials per τ
     n_tau = len(attack.tau_search or (attack.tau,))
     assert torch.all(res.iterations >= 1)
@@ -472,3 +462,23 @@ def test_lbfgs_callback_stops_single_examples():
     torch.testing.assert_close(z[1:], c[1:], rtol=0, atol=1e-8)
     z, iters, _ = lbfgs_per_example(_objective(a, c, torch.arange(n), {}), z0, max_iter=3)
     assert torch.all(iters == 3)
+
+
+def test_restarts_only_touch_failures(digits_model):
+    """restart_offsets re-attacks only still-failing images; earlier successes are kept as they were."""
+    model, x, y = digits_model
+    m = copy.deepcopy(model).double()
+    x, y = x[:24].double(), y[:24]
+    t = _targets(y, 3)
+    base = MIXED.replace(tau=2.0)(m, x, y, target=t)
+    more = MIXED.replace(tau=2.0, restart_offsets=(0.01, -0.01))(m, x, y, target=t)
+    ok, bad = base.success, ~base.success
+    assert 0 < int(bad.sum())
+    torch.testing.assert_close(more.flow[ok], base.flow[ok], rtol=0, atol=0)
+    assert torch.all(more.success[ok])
+    assert torch.all(more.iterations[bad] > base.iterations[bad])  # restarts ran on the failures
+    assert torch.equal(more.iterations[ok], base.iterations[ok])
+    with pytest.raises(ValueError):
+        StAdv(restart_offsets=(0.7,))
+    with pytest.raises(TypeError):
+        StAdv(restart_offsets=[0.01])

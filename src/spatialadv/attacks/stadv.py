@@ -66,6 +66,10 @@ class StAdv(Attack):
         init_offset: starting flow, the same displacement (pixels) for every
             pixel in both directions; 0 starts at the identity, which is a kink
             of the bilinear warp in every coordinate.
+        restart_offsets: images still failing after the τ search are attacked
+            again (whole τ search) from each of these constant starting flows
+            in turn, in pixels. The objective is non-convex and its gradient
+            vanishes where the image is flat, so another start often succeeds.
 
     Result: ``AttackResult`` with ``flow`` ``(N, 2, H, W)`` in pixels (zero for
     failures), ``norm = "flow_tv"`` and ``size`` = TV of Eq. 5 in pixels.
@@ -93,6 +97,7 @@ class StAdv(Attack):
     eps: float = 1e-4
     max_step: float = 1.0
     init_offset: float = 1e-3
+    restart_offsets: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_positive(self.tau, "tau", allow_zero=True)
@@ -103,9 +108,11 @@ class StAdv(Attack):
         check_positive(self.rel_improvement, "rel_improvement", allow_zero=True)
         check_positive(self.eps, "eps")
         check_positive(self.max_step, "max_step")
-        check_positive(self.init_offset, "init_offset", allow_zero=True)
-        if self.init_offset >= 0.5:
-            raise ValueError(f"init_offset must be < 0.5 pixel, got {self.init_offset}")
+        if not isinstance(self.restart_offsets, tuple):
+            raise TypeError("restart_offsets must be a tuple of floats, e.g. (0.01, -0.01)")
+        for o in (self.init_offset, *self.restart_offsets):
+            if isinstance(o, bool) or not isinstance(o, (int, float)) or not abs(o) < 0.5:
+                raise ValueError(f"init_offset and restart_offsets must be numbers in (-0.5, 0.5) pixel, got {o!r}")
         if self.padding_mode not in ("zeros", "border"):
             raise ValueError(f"padding_mode must be 'zeros' or 'border', got {self.padding_mode!r}")
         if self.tau_search is not None:
@@ -127,16 +134,17 @@ class StAdv(Attack):
         # Start from a tiny constant flow: it has zero L_flow and moves every
         # sampling position off the integer grid, where the bilinear warp has a
         # kink in every pixel (one-sided gradients would not give a descent direction).
-        start = torch.full_like(best_flow, self.init_offset)
-        for tau in self.tau_search or (self.tau,):
-            todo = (~found).nonzero().squeeze(1)
-            if todo.numel() == 0:
-                break
-            flow, ok, it, last = self._solve(model, x[todo], y[todo], None if target is None else target[todo], tau, start[todo])
-            best_flow[todo] = flow
-            found[todo] = ok
-            start[todo] = last  # warm start of the next, smaller τ
-            iterations[todo] += it
+        for offset in (self.init_offset, *self.restart_offsets):
+            start = torch.full_like(best_flow, offset)
+            for tau in self.tau_search or (self.tau,):
+                todo = (~found).nonzero().squeeze(1)
+                if todo.numel() == 0:
+                    break
+                flow, ok, it, last = self._solve(model, x[todo], y[todo], None if target is None else target[todo], tau, start[todo])
+                best_flow[todo] = flow
+                found[todo] = ok
+                start[todo] = last  # warm start of the next, smaller τ
+                iterations[todo] += it
         x_adv = flow_warp(x, best_flow, padding_mode=self.padding_mode).clamp(0, 1)
         return {"x_adv": x_adv, "flow": best_flow, "iterations": iterations}
 

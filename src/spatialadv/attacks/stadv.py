@@ -90,8 +90,8 @@ class StAdv(Attack):
     kappa: float = 0.0
     max_iter: int = 200
     history: int = 10
-    patience: int = 10
-    rel_improvement: float = 1e-3
+    patience: int = 5
+    rel_improvement: float = 1e-2
     tau_search: tuple[float, ...] | None = None
     padding_mode: str = "zeros"
     eps: float = 1e-4

@@ -255,17 +255,19 @@ def load_or_train(name: str, train: Dataset, test: Dataset | None = None, *, con
     key = _key(name, train, config, seed)
     path = Path(directory or cache_dir() / "models") / f"{key}.safetensors"
     c, s = train.x.shape[1], train.x.shape[2]
-    with torch.random.fork_rng():  # seeded initialisation without touching the caller's RNG state
+    # Seeded initialisation and training (dropout draws from the global RNG) without
+    # touching the caller's RNG state: the same seed gives the same model on one machine.
+    with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_model(name, in_channels=c, image_size=s, num_classes=train.num_classes)
+        if not path.is_file():
+            train_model(model, train, config, progress=progress)
     if path.is_file():
         meta = load_checkpoint(model, path)
         model.eval()
         log.info("loaded %s from %s", name, path)
         acc = accuracy(model, test.x, test.y) if test is not None else meta.get("test_accuracy")
         return model, {"path": str(path), "cached": True, "test_accuracy": acc, "key": key}
-    with torch.random.fork_rng():
-        train_model(model, train, config, progress=progress)
     acc = accuracy(model, test.x, test.y) if test is not None else None
     save_checkpoint(model, path, {"model": name, "data": train.name, "config": asdict(config), "seed": seed, "test_accuracy": acc})
     return model, {"path": str(path), "cached": False, "test_accuracy": acc, "key": key}

@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau-search", type=float, nargs="+", default=[0.005, 0.0005], metavar="TAU",
                    help="StAdv tau_search, decreasing (default 0.005 0.0005)")
     p.add_argument("--max-iter", type=int, default=100, help="StAdv L-BFGS steps per tau (default 100)")
-    p.add_argument("--restart-offsets", type=float, nargs="*", default=[0.01], metavar="PX",
-                   help="StAdv constant starting flows (pixels) for restarts of still-failing images (default 0.01)")
+    p.add_argument("--restart-offsets", type=float, nargs="*", default=[0.01, -0.01, 0.05, -0.05], metavar="PX",
+                   help="StAdv constant starting flows (pixels) for restarts of still-failing images (default: as the main job)")
     p.add_argument("--adv-initial-const", type=float, default=0.05, help="advertorch initial_const (default 0.05)")
     p.add_argument("--adv-max-iterations", type=int, default=1000, help="advertorch max_iterations (default 1000)")
     p.add_argument("--skip-advertorch", action="store_true", help="run only StAdv (quick check)")

@@ -65,7 +65,8 @@ def cmd_attack(args) -> int:
     with ResultStore(args.store) as store:
         store.register_run(key, args.model, args.attack, attack_config(attack))
         done = run_attack(store, key, model, attack, test.x, test.y, pairs, batch_size=args.batch_size, progress=not args.quiet)
-        recs = [r for r in store.records(key) if (r["idx"], r["target"]) in set(pairs)]
+        wanted = set(pairs)
+        recs = [r for r in store.records(key) if (r["idx"], r["target"]) in wanted]
     print(f"clean accuracy {100 * info['test_accuracy']:.2f}%; attacked {done} new of {len(pairs)} pairs; store {args.store}")
     _print_summary([(args.model, args.attack, summarize(recs))])
     return 0

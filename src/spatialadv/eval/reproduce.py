@@ -160,10 +160,17 @@ def build_stadv_report(out: str | Path) -> dict:
 def _figures(store, runs, test, out, targeted_grid, comparison_figure, flow_quiver) -> list[Path]:
     figs = []
     by = {(r["model"], r["attack"]): r for r in runs}
+    cache: dict[str, list[dict]] = {}
+
+    def records(run_key: str) -> list[dict]:  # each run's arrays are read from the store once
+        if run_key not in cache:
+            cache[run_key] = store.records(run_key, arrays=True)
+        return cache[run_key]
+
     for (model, attack), r in by.items():
         if attack != "stAdv":
             continue
-        recs = store.records(r["run_key"], arrays=True)
+        recs = records(r["run_key"])
         first_of_class: dict[int, int] = {}
         for rec in recs:
             first_of_class.setdefault(rec["label"], rec["idx"])
@@ -177,7 +184,7 @@ def _figures(store, runs, test, out, targeted_grid, comparison_figure, flow_quiv
                                   title=f"stAdv on MNIST {model}: rows true class, columns target, diagonal original"))
     first_model = runs[0]["model"] if runs else None
     if first_model and (first_model, "stAdv") in by:
-        recs = {a: {(x["idx"], x["target"]): x for x in store.records(by[(first_model, a)]["run_key"], arrays=True)}
+        recs = {a: {(x["idx"], x["target"]): x for x in records(by[(first_model, a)]["run_key"])}
                 for a in ("FGSM", "C&W-L2", "stAdv") if (first_model, a) in by}
         if "FGSM" in recs:
             keys = sorted({k[0] for k in recs["FGSM"]})[:5]

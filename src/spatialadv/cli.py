@@ -89,19 +89,28 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .eval.reproduce import build_stadv_report
+    from .eval import ResultStore
+    from .experiments import experiments
 
-    build_stadv_report(args.out)
+    store_path = Path(args.out) / "results.sqlite"
+    if not store_path.is_file():
+        print(f"error: no results store at {store_path}", file=sys.stderr)
+        return 2
+    with ResultStore(store_path) as store:
+        name = (store.get_meta("config") or {}).get("experiment", "stadv-mnist")
+    exps = experiments()
+    if name not in exps:
+        print(f"error: {store_path} was written by unknown experiment {name!r}", file=sys.stderr)
+        return 2
+    exps[name].rebuild(Path(args.out))
     print(f"wrote {Path(args.out) / 'report.md'}")
     return 0
 
 
 def cmd_reproduce(args) -> int:
-    from .eval.reproduce import reproduce_stadv_mnist
-    from .models import TrainConfig
+    from .experiments import experiments
 
-    rep = reproduce_stadv_mnist(args.out, n=args.n, n_baselines=args.n_baselines, models=tuple(args.models), seed=args.seed,
-                                train_config=TrainConfig(epochs=args.epochs, seed=args.seed), progress=not args.quiet)
+    rep = experiments()[args.experiment].run(args)
     print((Path(args.out) / "report.md").read_text())
     print(f"report: {Path(args.out) / 'report.md'} (JSON: report.json; figures: {', '.join(rep['figures'])})")
     return 0
@@ -110,6 +119,7 @@ def cmd_reproduce(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .attacks import ATTACKS
     from .data import DATASETS
+    from .experiments import experiments
     from .models import MODELS
 
     p = argparse.ArgumentParser(prog="spatialadv", description="Adversarial examples beyond L_p norms: attacks, evaluation, reports.")
@@ -148,15 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("reproduce", help="reproduce a paper's experiment end to end")
-    sp.add_argument("experiment", choices=["stadv-mnist"])
-    sp.add_argument("--out", default="runs/stadv-mnist", help="output folder (results.sqlite, report.md, report.json, PNGs)")
-    sp.add_argument("--n", type=int, default=30, help="correctly classified test images attacked by stAdv (x 9 targets)")
-    sp.add_argument("--n-baselines", type=int, default=10, help="of those, images also attacked by the L_p baselines")
-    sp.add_argument("--models", nargs="+", default=["mnist-a", "mnist-b", "mnist-c"], choices=sorted(MODELS))
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--epochs", type=int, default=12)
-    sp.add_argument("--quiet", action="store_true")
-    sp.set_defaults(func=cmd_reproduce)
+    exp_sub = sp.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    for name, exp in experiments().items():
+        esp = exp_sub.add_parser(name, help=exp.help, description=exp.help)
+        esp.add_argument("--out", default=f"runs/{name}", help="output folder (results.sqlite, report.md, report.json, PNGs)")
+        esp.add_argument("--quiet", action="store_true", help="no progress bars")
+        exp.add_arguments(esp)
+        esp.set_defaults(func=cmd_reproduce)
     return p
 
 

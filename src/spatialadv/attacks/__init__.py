@@ -3,12 +3,16 @@
 
 from .base import Attack, AttackResult, margin
 from .baselines import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2
+from .smooth import SmoothCarliniWagnerL2, SmoothPGDL2
 from .stadv import StAdv
+from .sweep import MinDistortionSweep
 
 __all__ = ["Attack", "AttackResult", "margin", "StAdv", "FGSM", "IFGSM", "PGD", "MIM", "CarliniWagnerL2"]
 
 #: CLI names of the attacks.
 ATTACKS = {"stadv": StAdv, "fgsm": FGSM, "ifgsm": IFGSM, "pgd": PGD, "mim": MIM, "cw": CarliniWagnerL2}
+ATTACKS["spgd2"] = SmoothPGDL2
+ATTACKS["scw"] = SmoothCarliniWagnerL2
 
 
 def make_attack(name: str, **params) -> Attack:
@@ -24,3 +28,4 @@ def make_attack(name: str, **params) -> Attack:
 
 
 __all__ += ["ATTACKS", "make_attack"]
+__all__ += ["SmoothPGDL2", "SmoothCarliniWagnerL2", "MinDistortionSweep"]

@@ -449,13 +449,29 @@ class CarliniWagnerL2(Attack):
         c = torch.where(upper < cls._NO_UPPER / 10, (lower + upper) / 2, c * 10)
         return c, lower, upper
 
+    # -- parametrisation hooks (overridden by SmoothCarliniWagnerL2) ---------------------------
+    def _prepare(self, x: Tensor) -> object:
+        """Per-call context shared by the hooks below (none for plain C&W)."""
+        return None
+
+    def _latent_init(self, x: Tensor, ctx: object) -> Tensor:
+        """Starting value of the optimised variable: ``w = atanh(2x − 1)`` (pulled in by 1e-6)."""
+        shrink = 1.0 - max(1e-6, 4 * torch.finfo(x.dtype).eps)
+        return torch.atanh((x * 2 - 1) * shrink)
+
+    def _image(self, w: Tensor, x: Tensor, idx: Tensor, ctx: object) -> tuple[Tensor, Tensor]:
+        """Map the variable of examples ``idx`` to ``(x_adv, penalty (M,))``: here
+        ``x_adv = (tanh(w) + 1)/2`` and the penalty is ``‖x_adv − x‖₂²``."""
+        xa = (torch.tanh(w) + 1) / 2
+        return xa, (xa - x).flatten(1).pow(2).sum(1)
+
     def _run(self, model, x, y, target):
         n = x.shape[0]
         opts = {"dtype": x.dtype, "device": x.device}
         kappa, lr = float(self.kappa), float(self.lr)
         b1, b2 = self._BETAS
-        shrink = 1.0 - max(1e-6, 4 * torch.finfo(x.dtype).eps)
-        w0 = torch.atanh((x * 2 - 1) * shrink)
+        ctx = self._prepare(x)
+        w0 = self._latent_init(x, ctx)
         check_every = max(self.steps // 10, 1)
 
         c = torch.full((n,), float(self.initial_const), **opts)
@@ -465,14 +481,16 @@ class CarliniWagnerL2(Attack):
         best_x = x.clone()
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
 
-        def record(idx: Tensor, xa: Tensor, l2: Tensor, logits: Tensor, found: Tensor) -> None:
+        def record(idx: Tensor, xa: Tensor, logits: Tensor, found: Tensor) -> None:
             t_s = None if target is None else target[idx]
+            l2 = (xa - x[idx]).flatten(1).pow(2).sum(1)
             ok = _criterion(logits.argmax(1), y[idx], t_s) & (margin(logits, y[idx], t_s, kappa) <= -kappa)
             found[idx[ok]] = True
             better = ok & (l2 < best_l2[idx])
             best_l2[idx[better]] = l2[better]
             best_x[idx[better]] = xa[better]
 
+        all_idx = torch.arange(n, device=x.device)
         for _ in range(self.binary_search_steps):
             w = w0.clone()
             m = torch.zeros_like(w)
@@ -481,19 +499,18 @@ class CarliniWagnerL2(Attack):
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
             prev = torch.zeros(n, **opts)
             for it in range(self.steps):
-                idx = active.nonzero().squeeze(1)
+                idx = all_idx if bool(active.all()) else active.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
                 w_s = w[idx].requires_grad_(True)
                 with torch.enable_grad():
-                    xa = (torch.tanh(w_s) + 1) / 2
+                    xa, penalty = self._image(w_s, x[idx], idx, ctx)
                     logits = model(xa)
-                    l2 = (xa - x[idx]).flatten(1).pow(2).sum(1)
-                    loss = l2 + c[idx] * margin(logits, y[idx], None if target is None else target[idx], kappa)
+                    loss = penalty + c[idx] * margin(logits, y[idx], None if target is None else target[idx], kappa)
                     (grad,) = torch.autograd.grad(loss.sum(), w_s)
                 iterations[idx] += 1
                 with torch.no_grad():
-                    record(idx, xa.detach(), l2.detach(), logits.detach(), found)
+                    record(idx, xa.detach(), logits.detach(), found)
                     loss = loss.detach()
                     if self.abort_early and it % check_every == 0:
                         if it > 0:
@@ -514,8 +531,8 @@ class CarliniWagnerL2(Attack):
             idx = active.nonzero().squeeze(1)
             if idx.numel() > 0:
                 with torch.no_grad():
-                    xa = (torch.tanh(w[idx]) + 1) / 2
-                    record(idx, xa, (xa - x[idx]).flatten(1).pow(2).sum(1), model(xa), found)
+                    xa, _ = self._image(w[idx], x[idx], idx, ctx)
+                    record(idx, xa, model(xa), found)
 
             c, lower, upper = self._search_update(found, c, lower, upper)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 
 import numpy as np
 import torch
@@ -19,9 +19,18 @@ __all__ = ["attack_config", "run_key", "make_pairs", "run_attack", "summarize", 
 
 
 def attack_config(attack: Attack) -> dict:
-    """JSON-able description of an attack: its class name and hyper-parameters."""
-    params = asdict(attack) if is_dataclass(attack) else {}
-    return {"attack": type(attack).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}}
+    """JSON-able description of an attack: its class name and hyper-parameters
+    (attacks nested in a hyper-parameter, e.g. a sweep's, are described the same way)."""
+
+    def value(v):
+        if isinstance(v, Attack):
+            return attack_config(v)
+        if isinstance(v, (tuple, list)):
+            return [value(u) for u in v]
+        return v
+
+    params = {f.name: getattr(attack, f.name) for f in fields(attack)} if is_dataclass(attack) else {}
+    return {"attack": type(attack).__name__, **{k: value(v) for k, v in params.items()}}
 
 
 def run_key(model_key: str, attack: Attack, data_key: str, mode: str) -> str:

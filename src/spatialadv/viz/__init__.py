@@ -112,3 +112,95 @@ def flow_quiver(panels: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], pa
         axes[i, 1].set_title(label, fontsize=8)
         axes[i, 2].set_title(f"flow (max {mag.max():.2f} px)", fontsize=8)
     return _save(plt, fig, path)
+
+
+__all__ += ["operating_characteristic_plot", "magnification_figure", "perturbation_panels", "scale_unit"]
+
+
+def scale_unit(a: np.ndarray) -> np.ndarray:
+    """Map an array ``(C, H, W)`` to [0, 1], each channel independently (min → 0,
+    max → 1; a constant channel → 0.5), as the smooth-adversarial figures scale
+    perturbations (Zhang et al. 2020, Fig. 4 caption)."""
+    a = np.asarray(a, dtype=np.float64)
+    lo = a.min(axis=(1, 2), keepdims=True)
+    hi = a.max(axis=(1, 2), keepdims=True)
+    span = hi - lo
+    return np.where(span > 0, (a - lo) / np.where(span > 0, span, 1), 0.5)
+
+
+def operating_characteristic_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *,
+                                  title: str = "", d_max: float | None = None) -> Path:
+    """Operating characteristics ``P(D)`` of several attacks (smooth-adv Fig. 2).
+
+    Args:
+        curves: label → ``(D, P)`` from :func:`spatialadv.eval.operating_characteristic`.
+        d_max: right end of the distortion axis (default: the largest D).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    right = d_max if d_max is not None else max((float(d[-1]) for d, _ in curves.values() if len(d)), default=1.0)
+    for label, (d, p) in curves.items():
+        d = np.append(d, right)
+        p = np.append(p, p[-1] if len(p) else 0.0)
+        ax.step(d, p, where="post", label=label)
+    ax.set_xlim(0, right)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("distortion D (L2, pixels in [0, 1])")
+    ax.set_ylabel("P(D): fraction broken with distortion ≤ D")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(plt, fig, path)
+
+
+def magnification_figure(original: np.ndarray, magnified_original: np.ndarray,
+                         rows: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, *, title: str = "") -> Path:
+    """Smooth-adv Fig. 1: the original and each attack's adversarial image, above
+    their adversarial magnifications (:func:`spatialadv.ops.filters.magnify`, shown
+    scaled per image with :func:`scale_unit`).
+
+    Args:
+        original, magnified_original: ``(C, H, W)``.
+        rows: ``(label, x_adv, magnified x_adv)`` per attack; ``x_adv`` None → "n/a".
+    """
+    plt = _plt()
+    cols = 1 + len(rows)
+    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols, 3.4), squeeze=False)
+    items = [("original", original, magnified_original)] + rows
+    for j, (label, img, mag) in enumerate(items):
+        _show(axes[0, j], img)
+        _show(axes[1, j], None if mag is None else scale_unit(mag))
+        axes[0, j].set_title(label, fontsize=8)
+    axes[0, 0].set_ylabel("image", fontsize=8)
+    axes[1, 0].set_ylabel("magnified", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(plt, fig, path)
+
+
+def perturbation_panels(original: np.ndarray, rows: list[tuple[str, np.ndarray | None, float | None]],
+                        path: str | Path, *, title: str = "") -> Path:
+    """Smooth-adv Figs. 4-5: the original, then per attack the adversarial image
+    (top) and its perturbation ``x_adv − x`` scaled to [0, 1] per channel (bottom,
+    titled with ``D = ‖r‖₂``).
+
+    Args:
+        original: ``(C, H, W)``.
+        rows: ``(label, x_adv or None, D or None)`` per attack.
+    """
+    plt = _plt()
+    cols = 1 + len(rows)
+    fig, axes = plt.subplots(2, cols, figsize=(1.5 * cols, 3.5), squeeze=False)
+    _show(axes[0, 0], original)
+    axes[0, 0].set_title("original", fontsize=8)
+    axes[1, 0].axis("off")
+    for j, (label, adv, dist) in enumerate(rows, start=1):
+        _show(axes[0, j], adv)
+        axes[0, j].set_title(label, fontsize=8)
+        _show(axes[1, j], None if adv is None else scale_unit(np.asarray(adv) - np.asarray(original)))
+        if dist is not None:
+            axes[1, j].set_xlabel(f"D = {dist:.2f}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(plt, fig, path)

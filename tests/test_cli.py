@@ -40,6 +40,31 @@ def test_reproduce_stadv_mnist_tiny(cache, capsys):
         [(r["model"], r["attack"], r["successes"], r["l2_mean"]) for r in rep["results"]]
 
 
+def test_reproduce_smooth_mnist_tiny(cache, capsys, one_thread):
+    out = cache / "smooth"
+    args = ["reproduce", "smooth-mnist", "--out", str(out), "--n", "3", "--n-budget", "2", "--epochs", "1",
+            "--max-train", "500", "--steps", "5", "--binary-search-steps", "1", "--budgets", "1x3", "2x3", "--quiet"]
+    assert main(args) == 0
+    md = (out / "report.md").read_text()
+    assert "Table 1" in md and "sC&W vs C&W" in md and "iteration budgets" in md
+    rep = json.loads((out / "report.json").read_text())
+    assert [r["attack"] for r in rep["results"]] == ["FGSM", "I-FGSM", "PGD2", "C&W", "sPGD2", "sC&W"]
+    for r in rep["results"]:
+        assert r["N"] == 3 and 0 <= r["P_suc"] <= 1
+    assert [b["schedule"] for b in rep["budget"]] == ["1×5", "1×3", "2×3"]
+    assert all(b["C&W"]["N"] == 2 for b in rep["budget"])
+    for f in rep["figures"]:
+        assert (out / f).stat().st_size > 1000
+    assert "fig2_operating_characteristic.png" in rep["figures"]
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == md
+    # resume: nothing new to attack, same numbers
+    assert main(args) == 0
+    rep2 = json.loads((out / "report.json").read_text())
+    assert rep2["results"] == rep["results"]
+
+
 def test_train_attack_evaluate(cache, capsys):
     assert main(["train", "--model", "fc-200", "--data", "digits", "--epochs", "3", "--quiet"]) == 0
     assert "test accuracy" in capsys.readouterr().out

@@ -44,7 +44,11 @@ LINF_EPS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 L2_EPS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0)
 
 
-def smooth_attacks(*, sigma: float = 0.1, steps: int = 100, binary_search_steps: int = 5) -> dict:
+#: Extra C&W / sC&W schedules (binary-search steps, Adam steps) run on the first ``n_budget`` images.
+BUDGETS = ((1, 100), (5, 100))
+
+
+def smooth_attacks(*, sigma: float = 0.1, steps: int = 50, binary_search_steps: int = 5) -> dict:
     """The six attacks of Table 1 with the paper's MNIST settings (§5.2), by report label.
 
     * FGSM: ε ∈ :data:`LINF_EPS` (paper ε = 0.3).
@@ -74,19 +78,34 @@ def smooth_attacks(*, sigma: float = 0.1, steps: int = 100, binary_search_steps:
     }
 
 
-def reproduce_smooth(out: str | Path, *, experiment: str = "smooth-mnist", n: int = 300, seed: int = 0,
-                     epochs: int = 12, max_train: int | None = None, sigma: float = 0.1, steps: int = 100,
-                     binary_search_steps: int = 5, batch_size: int = 100, progress: bool = True) -> dict:
+def budget_attacks(*, sigma: float = 0.1, budgets=BUDGETS) -> dict:
+    """C&W and sC&W at other (binary-search steps × Adam steps) schedules, by report label."""
+    from ..attacks import CarliniWagnerL2, SmoothCarliniWagnerL2
+
+    out = {}
+    for bs, st in budgets:
+        cw = dict(kappa=1.0, lr=0.1, initial_const=15.0, binary_search_steps=bs, steps=st)
+        out[f"C&W {bs}×{st}"] = CarliniWagnerL2(**cw)
+        out[f"sC&W {bs}×{st}"] = SmoothCarliniWagnerL2(**cw, alpha=0.95, sigma=sigma)
+    return out
+
+
+def reproduce_smooth(out: str | Path, *, experiment: str = "smooth-mnist", n: int = 300, n_budget: int = 100,
+                     seed: int = 0, epochs: int = 12, max_train: int | None = None, sigma: float = 0.1, steps: int = 50,
+                     binary_search_steps: int = 5, budgets=BUDGETS, batch_size: int = 100, progress: bool = True) -> dict:
     """Run the experiment into ``out`` and build its report; resumable.
 
     Args:
         out: output folder.
         experiment: ``"smooth-mnist"`` or ``"smooth-fashion"``.
         n: number of correctly classified test images attacked (untargeted).
+        n_budget: the first ``n_budget`` of them are also attacked by C&W and sC&W
+            at the other ``budgets`` schedules (0: none).
         seed: seed of the data split and of training.
         epochs: C4 training epochs when the model is not cached.
         max_train: use only the first ``max_train`` training images (None: all).
         sigma, steps, binary_search_steps: see :func:`smooth_attacks`.
+        budgets: extra ``(binary_search_steps, steps)`` schedules, see :func:`budget_attacks`.
 
     Returns:
         The report dict (also written as ``report.json``).
@@ -100,8 +119,8 @@ def reproduce_smooth(out: str | Path, *, experiment: str = "smooth-mnist", n: in
 
     if experiment not in _DATA:
         raise ValueError(f"experiment must be one of {sorted(_DATA)}, got {experiment!r}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if n < 1 or not 0 <= n_budget <= n:
+        raise ValueError(f"need n >= 1 and 0 <= n_budget <= n, got n={n}, n_budget={n_budget}")
     if max_train is not None and max_train < 10:
         raise ValueError(f"max_train must be >= 10 or None, got {max_train}")
     data = _DATA[experiment]
@@ -114,7 +133,8 @@ def reproduce_smooth(out: str | Path, *, experiment: str = "smooth-mnist", n: in
     attacks = smooth_attacks(sigma=sigma, steps=steps, binary_search_steps=binary_search_steps)
     t_start = time.perf_counter()
     with ResultStore(out / "results.sqlite") as store:
-        config = {"experiment": experiment, "data": data, "n": n, "seed": seed, "epochs": epochs, "max_train": max_train,
+        config = {"experiment": experiment, "data": data, "n": n, "n_budget": n_budget,
+                  "budgets": [list(b) for b in budgets], "seed": seed, "epochs": epochs, "max_train": max_train,
                   "train_images": len(train), "sigma": sigma, "steps": steps, "binary_search_steps": binary_search_steps,
                   "data_key": f"{data}-test-seed{seed}"}
         prev = store.get_meta("config")
@@ -139,6 +159,14 @@ def reproduce_smooth(out: str | Path, *, experiment: str = "smooth-mnist", n: in
             run_attack(store, key, model, attack, test.x, test.y, pairs, batch_size=batch_size, progress=progress,
                        desc=f"c4 {label}")
             runs.append({"attack": label, "run_key": key})
+        if n_budget:
+            bpairs = pairs[:n_budget]
+            for label, attack in budget_attacks(sigma=sigma, budgets=budgets).items():
+                key = run_key(info["key"], attack, config["data_key"], "untargeted")
+                store.register_run(key, "c4", label, attack_config(attack))
+                run_attack(store, key, model, attack, test.x, test.y, bpairs, batch_size=batch_size, progress=progress,
+                           desc=f"c4 {label}")
+                runs.append({"attack": label, "run_key": key, "budget": True})
         store.set_meta("runs", runs)
         store.set_meta("environment", {"torch": torch.__version__, "python": platform.python_version(),
                                        "threads": torch.get_num_threads(), "machine": platform.machine()})
@@ -178,7 +206,9 @@ def build_smooth_report(out: str | Path) -> dict:
         runs = store.get_meta("runs", [])
         env = store.get_meta("environment", {})
         elapsed = store.get_meta("elapsed_s")
-        recs = {r["attack"]: sorted(store.records(r["run_key"], arrays=True), key=lambda d: d["idx"]) for r in runs}
+        recs = {r["attack"]: sorted(store.records(r["run_key"], arrays=True), key=lambda d: d["idx"])
+                for r in runs if not r.get("budget")}
+        brecs = {r["attack"]: sorted(store.records(r["run_key"]), key=lambda d: d["idx"]) for r in runs if r.get("budget")}
     test = load_dataset(config["data"], "test", seed=config["seed"])
     results, curves, energies = [], {}, {}
     for label, rr in recs.items():
@@ -199,13 +229,38 @@ def build_smooth_report(out: str | Path) -> dict:
             energies[label] = (float("nan"), float("nan"))
         results.append({"attack": label, **proto, "ms_per_image": s["ms_per_example"], "iterations_mean": s["iterations_mean"],
                         "flat_energy": energies[label][0], "edge_energy": energies[label][1]})
+    budget = _budget_rows(config, recs, brecs, protocol_summary, summarize)
     figures = _figures(out, config, test, recs, curves, magnify, magnification_figure, operating_characteristic_plot,
                        perturbation_panels)
     rep = {"experiment": config["experiment"], "config": config, "environment": env, "elapsed_s": elapsed, "model": model,
-           "paper": SMOOTH_MNIST_PAPER, "results": results, "figures": [p.name for p in figures]}
+           "paper": SMOOTH_MNIST_PAPER, "results": results, "budget": budget, "figures": [p.name for p in figures]}
     (out / "report.json").write_text(json.dumps(rep, indent=2, default=float))
     (out / "report.md").write_text(_markdown(rep))
     return rep
+
+
+def _budget_rows(config, recs, brecs, protocol_summary, summarize) -> list[dict]:
+    """C&W vs sC&W per schedule on the first ``n_budget`` images (main runs restricted to them)."""
+    if not brecs:
+        return []
+    ids = sorted({r["idx"] for rr in brecs.values() for r in rr})
+    keep = set(ids)
+    table = {f"{config['binary_search_steps']}×{config['steps']}": {"C&W": recs.get("C&W", []), "sC&W": recs.get("sC&W", [])}}
+    for label, rr in brecs.items():
+        attack, sched = label.split(" ", 1)
+        table.setdefault(sched, {})[attack] = rr
+    rows = []
+    for sched, d in table.items():
+        row = {"schedule": sched}
+        for attack in ("C&W", "sC&W"):
+            rr = [r for r in d.get(attack, []) if r["idx"] in keep]
+            if not rr:
+                continue
+            p = protocol_summary(np.array([bool(r["success"]) for r in rr]), np.array([r["l2"] for r in rr]))
+            s = summarize(rr)
+            row[attack] = {**p, "iterations_mean": s["iterations_mean"], "ms_per_image": s["ms_per_example"]}
+        rows.append(row)
+    return rows
 
 
 def _figures(out, config, test, recs, curves, magnify, magnification_figure, oc_plot, panels) -> list[Path]:
@@ -279,6 +334,20 @@ def _markdown(rep: dict) -> str:
                  f"{b['P_suc']:.3f}; D̄ {a['D_bar']:.3f} vs {b['D_bar']:.3f} — sC&W's distortion is **{verdict}** "
                  f"(paper: 1.97 vs 2.49).")
         L.append("")
+    if rep.get("budget"):
+        L.append(f"### C&W vs sC&W across iteration budgets (first {cfg['n_budget']} images)")
+        L.append("")
+        L.append("| schedule (binary-search × Adam steps) | C&W P_suc | C&W D̄ | C&W iterations | sC&W P_suc | sC&W D̄ | sC&W iterations |")
+        L.append("|---|---|---|---|---|---|---|")
+        for row in rep["budget"]:
+            a, b = row.get("C&W", {}), row.get("sC&W", {})
+            L.append(f"| {row['schedule']} | {_fmt(a.get('P_suc'), 3)} | {_fmt(a.get('D_bar'), 3)} | {_fmt(a.get('iterations_mean'), 1)} "
+                     f"| {_fmt(b.get('P_suc'), 3)} | {_fmt(b.get('D_bar'), 3)} | {_fmt(b.get('iterations_mean'), 1)} |")
+        L.append("")
+        L.append("Both attacks stop an example's inner loop when its loss stalls (abort_early, checked every steps/10 "
+                 "iterations), so 'iterations' is the mean number actually used. The paper does not state its schedule; "
+                 "the table shows how the comparison depends on it.")
+        L.append("")
     L.append("*Flat / edge energy* (mean over successes, :func:`spatialadv.eval.edge_flat_energy`): Σ(r_i − r_j)² / Σ(r_i² + r_j²) "
              "over the 4-neighbour pixel pairs where the image is flat (|Δx| ≤ 0.05) / crosses a strong edge (|Δx| ≥ 0.5); "
              "0 for a perturbation constant across those pairs, ≈ 1 for white noise. A perturbation smooth like the image "
@@ -300,13 +369,26 @@ def _markdown(rep: dict) -> str:
     return "\n".join(L) + "\n"
 
 
+def _schedule(s: str) -> tuple[int, int]:
+    try:
+        b, st = (int(v) for v in s.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BxS, e.g. 5x100, got {s!r}") from None
+    if b < 1 or st < 1:
+        raise argparse.ArgumentTypeError(f"binary-search steps and Adam steps must be >= 1, got {s!r}")
+    return b, st
+
+
 def _add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--n", type=int, default=300, help="correctly classified test images attacked (untargeted)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--epochs", type=int, default=None, help="C4 training epochs (default 12 on MNIST, 3 on Fashion-MNIST)")
     sp.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
     sp.add_argument("--sigma", type=float, default=0.1, help="bandwidth of the Laplacian feature kernel, [0, 1] scale")
-    sp.add_argument("--steps", type=int, default=100, help="C&W / sC&W Adam steps per binary-search step")
+    sp.add_argument("--n-budget", type=int, default=100, help="of those, images also attacked by C&W / sC&W at other schedules")
+    sp.add_argument("--budgets", nargs="*", type=_schedule, default=list(BUDGETS), metavar="BxS",
+                    help="extra C&W / sC&W schedules, binary-search steps x Adam steps (default: 1x100 5x100)")
+    sp.add_argument("--steps", type=int, default=50, help="C&W / sC&W Adam steps per binary-search step")
     sp.add_argument("--binary-search-steps", type=int, default=5)
     sp.add_argument("--batch-size", type=int, default=100)
 
@@ -314,9 +396,9 @@ def _add_arguments(sp: argparse.ArgumentParser) -> None:
 def _runner(name: str):
     def run(args: argparse.Namespace) -> dict:
         epochs = args.epochs if args.epochs is not None else (12 if name == "smooth-mnist" else 3)
-        return reproduce_smooth(args.out, experiment=name, n=args.n, seed=args.seed, epochs=epochs, max_train=args.max_train,
+        return reproduce_smooth(args.out, experiment=name, n=args.n, n_budget=min(args.n_budget, args.n), seed=args.seed, epochs=epochs, max_train=args.max_train,
                                 sigma=args.sigma, steps=args.steps, binary_search_steps=args.binary_search_steps,
-                                batch_size=args.batch_size, progress=not args.quiet)
+                                budgets=tuple(args.budgets), batch_size=args.batch_size, progress=not args.quiet)
 
     return run
 

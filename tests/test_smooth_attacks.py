@@ -13,6 +13,8 @@ from spatialadv.eval import edge_flat_energy, operating_characteristic, protocol
 from spatialadv.ops.filters import joint_bilateral, magnify
 from spatialadv.ops.smoothing import smooth
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread
+
 SPGD = SmoothPGDL2(eps=2.0, step_size=0.5, steps=20)
 SCW = SmoothCarliniWagnerL2(binary_search_steps=3, steps=50, initial_const=1.0, kappa=0.0, lr=0.05)
 MODES = ["untargeted", "targeted"]

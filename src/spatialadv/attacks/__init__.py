@@ -24,3 +24,8 @@ def make_attack(name: str, **params) -> Attack:
 
 
 __all__ += ["ATTACKS", "make_attack"]
+
+from .rotation import RotationTranslation, worst_transform  # noqa: E402
+
+__all__ += ["RotationTranslation", "worst_transform"]
+ATTACKS["stm"] = RotationTranslation

@@ -29,3 +29,7 @@ from .rotation import RotationTranslation, worst_transform  # noqa: E402
 
 __all__ += ["RotationTranslation", "worst_transform"]
 ATTACKS["stm"] = RotationTranslation
+
+from .generative import GeneratorNets, SdpAdv, advgan, sdadv  # noqa: E402
+
+__all__ += ["SdpAdv", "GeneratorNets", "sdadv", "advgan"]

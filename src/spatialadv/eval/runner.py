@@ -20,7 +20,10 @@ __all__ = ["attack_config", "run_key", "make_pairs", "run_attack", "summarize", 
 
 def attack_config(attack: Attack) -> dict:
     """JSON-able description of an attack: its class name and hyper-parameters."""
-    params = asdict(attack) if is_dataclass(attack) else {}
+    if hasattr(attack, "hyperparameters"):  # attacks holding trained networks (SdpAdv) describe themselves
+        params = attack.hyperparameters()
+    else:
+        params = asdict(attack) if is_dataclass(attack) else {}
     return {"attack": type(attack).__name__, **{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}}
 
 

@@ -341,7 +341,7 @@ class SdpAdv(Attack):
                         p.grad = g
                     opt_d.step()
                     opt_d.zero_grad(set_to_none=True)
-                    parts["d"] = float(d_loss)
+                    parts["d"] = float(d_loss.detach())
                 for k, v in parts.items():
                     sums[k] += v
                 steps += 1

@@ -98,9 +98,10 @@ def spatial_attacks():
 
 def generator_settings(epochs: int, seed: int, val_fraction: float) -> dict:
     """SdpAdv §4.1 settings (γ = 0.3, α 5.0 → ×0.8 → 0.8, β = λ = 1, Adam 5e-4 / 5e-5) with
-    ``epochs`` passes and the α schedule compressed to them (decay every ``max(1, epochs // 10)``)."""
+    ``epochs`` passes and the α schedule compressed to them (decay every ``max(1, epochs // 10)``).
+    The paper gives no batch size; 64 is used."""
     return dict(gamma=0.3, alpha=5.0, alpha_decay=0.8, alpha_every=max(1, epochs // 10), alpha_min=0.8, beta=1.0, lam=1.0,
-                lr_g=5e-4, lr_d=5e-5, epochs=epochs, batch_size=128, val_fraction=val_fraction, seed=seed)
+                lr_g=5e-4, lr_d=5e-5, epochs=epochs, batch_size=64, val_fraction=val_fraction, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,9 +116,9 @@ def _subset(data, n: int | None, seed: int):
     return Dataset(data.name, f"{data.split}[{n}]", data.x[idx], data.y[idx], data.classes)
 
 
-def reproduce_sdpadv(out: str | Path, *, experiment: str = "sdpadv-mnist", n_eval: int = 200, n_stadv: int = 50,
+def reproduce_sdpadv(out: str | Path, *, experiment: str = "sdpadv-mnist", n_eval: int = 200, n_stadv: int = 40,
                      models: tuple[str, ...] = ("c4", "fc-200"), defenses: tuple[str, ...] = DEFENSES,
-                     gen_epochs: int = 10, gen_train: int = 4000, val_fraction: float = 0.2, clf_train: int | None = None,
+                     gen_epochs: int = 10, gen_train: int = 2000, val_fraction: float = 0.2, clf_train: int | None = None,
                      clf_epochs: int = 12, seed: int = 0, progress: bool = True) -> dict:
     """Run the SdpAdv job into ``out`` (resumable) and build its report.
 
@@ -440,7 +441,7 @@ def _add_arguments(defaults: dict):
         sp.add_argument("--models", nargs="+", default=["c4", "fc-200"], choices=["c4", "fc-200"])
         sp.add_argument("--defenses", nargs="+", default=list(DEFENSES), choices=list(DEFENSES))
         sp.add_argument("--gen-epochs", type=int, default=defaults["gen_epochs"], help="generator training epochs (paper: 100)")
-        sp.add_argument("--gen-train", type=int, default=4000, help="training images used to fit the generators")
+        sp.add_argument("--gen-train", type=int, default=2000, help="training images used to fit the generators")
         sp.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction of those for generator model selection")
         sp.add_argument("--clf-train", type=int, default=defaults["clf_train"], help="classifier training images (0: all)")
         sp.add_argument("--clf-epochs", type=int, default=defaults["clf_epochs"])
@@ -459,8 +460,8 @@ def _run(name: str):
     return run
 
 
-_MNIST = {"n_stadv": 50, "gen_epochs": 10, "clf_train": 0, "clf_epochs": 12}
-_FASHION = {"n_stadv": 50, "gen_epochs": 10, "clf_train": 12000, "clf_epochs": 8}
+_MNIST = {"n_stadv": 40, "gen_epochs": 10, "clf_train": 0, "clf_epochs": 12}
+_FASHION = {"n_stadv": 40, "gen_epochs": 10, "clf_train": 6000, "clf_epochs": 8}
 
 EXPERIMENTS = [
     Experiment("sdpadv-mnist", "SdpAdv/SdAdv/AdvGAN vs STM, stAdv, FGSM/PGD/MIM on MNIST models A/B, non-robust and Adv-Train "

@@ -181,6 +181,10 @@ def test_stm_grid_contract_and_batch_independence(digits_model):
     torch.testing.assert_close(res.x_adv[s], affine_warp(x, res.theta)[s], rtol=0, atol=1e-6)
     with torch.no_grad():
         assert torch.equal(res.success, model(res.x_adv).argmax(1) != y)
+    # the class is the function with its candidates (same choice, same images)
+    with torch.no_grad():
+        fn = worst_transform(model, x, y, atk.candidates(len(x)))
+    assert torch.equal(fn["success"], res.success) and torch.equal(fn["x_t"][s], res.x_adv[s])
     sub = atk(model, x[5:9], y[5:9])
     assert torch.equal(sub.x_adv, res.x_adv[5:9]) and torch.equal(sub.theta, res.theta[5:9])
     # targeted mode: success means classified as the target

@@ -194,8 +194,8 @@ def rotation_translation_theta(angle: Tensor | float, tx: Tensor | float, ty: Te
 
     Example:
         >>> rotation_translation_theta(90.0, 0.0, 0.0)
-        tensor([[[ 0., -1., 0.],
-                 [ 1.,  0., 0.]]])
+        tensor([[[ 0., -1.,  0.],
+                 [ 1.,  0.,  0.]]])
     """
     a = torch.as_tensor(angle, dtype=torch.float64).reshape(-1)
     tx_ = torch.as_tensor(tx, dtype=torch.float64).reshape(-1)

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared machine OpenMP spinning makes 2 much slower)")
     p.add_argument("--generator", default=str(ROOT / "docs/results/sdpadv-mnist/generators/c4-none-SdpAdv-eps0.1.safetensors"))
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/generators.json"))
     args = p.parse_args(argv)

@@ -216,6 +216,9 @@ def test_stm_early_stop_and_validation(digits_model):
     fast = RotationTranslation(max_translation=1.0, early_stop=True, max_batch=64 * 25)(model, x, y)
     assert torch.equal(fast.success, full.success)  # same candidates, only fewer evaluated
     assert fast.iterations.sum() < full.iterations.sum()
+    # fixed chunk boundaries (1, 2, 4, ...): an image's chosen transform does not depend on its batch
+    sub = RotationTranslation(max_translation=1.0, early_stop=True, max_batch=7)(model, x[20:30], y[20:30])
+    assert torch.equal(sub.x_adv, fast.x_adv[20:30]) and torch.equal(sub.iterations, fast.iterations[20:30])
     with pytest.raises(ValueError, match="num_rotations"):
         RotationTranslation(num_rotations=0)
     with pytest.raises(ValueError, match="padding_mode"):

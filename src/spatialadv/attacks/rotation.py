@@ -24,6 +24,41 @@ from .baselines import _check_bool, _example_generator
 __all__ = ["RotationTranslation", "worst_transform"]
 
 
+_EARLY_CAP = 128
+
+
+def _update_chunk(model, x, y, target, p, idx, padding_mode, best_succ, best_loss, best_x, best_p) -> Tensor:
+    """Evaluate candidates ``p (m, Tc, 3)`` on the examples ``idx (m,)`` and update the running best
+    in place; returns ``(m,)`` whether each example had a successful candidate in this chunk."""
+    dev, dt = x.device, x.dtype
+    m, tc = p.shape[0], p.shape[1]
+    theta = rotation_translation_theta(p[..., 0].reshape(-1), p[..., 1].reshape(-1), p[..., 2].reshape(-1),
+                                       dtype=dt, device=dev)  # (m·Tc, 2, 3), pixel units
+    xt = affine_warp(x[idx].repeat_interleave(tc, dim=0), theta, units="pixels", padding_mode=padding_mode)
+    logits = model(xt)
+    yr = y[idx].repeat_interleave(tc)
+    if target is None:
+        loss = F.cross_entropy(logits, yr, reduction="none")
+        succ = logits.argmax(1) != yr
+    else:
+        tr = target[idx].repeat_interleave(tc)
+        loss = -F.cross_entropy(logits, tr, reduction="none")
+        succ = logits.argmax(1) == tr
+    loss, succ = loss.view(m, tc).to(dt), succ.view(m, tc)
+    # lexicographic key: success first, then loss; argmax keeps the first maximum
+    any_succ = succ.any(1)
+    j = torch.where(any_succ, torch.where(succ, loss, loss.new_full((), float("-inf"))).argmax(1), loss.argmax(1))
+    c_loss = loss.gather(1, j[:, None]).squeeze(1)
+    better = (any_succ & ~best_succ[idx]) | ((any_succ == best_succ[idx]) & (c_loss > best_loss[idx]))
+    upd = idx[better]
+    flat = torch.arange(m, device=dev)[better] * tc + j[better]
+    best_succ[upd] = any_succ[better]
+    best_loss[upd] = c_loss[better]
+    best_x[upd] = xt[flat]
+    best_p[upd] = p.reshape(-1, 3)[flat]
+    return any_succ
+
+
 def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, target: Tensor | None = None,
                     max_batch: int = 8192, active_only_until_success: bool = False,
                     padding_mode: str = "zeros") -> dict:
@@ -39,8 +74,11 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
             (rotate about the centre, then translate).
         target: optional target classes ``(N,)``.
         max_batch: at most this many warped images per model call.
-        active_only_until_success: stop evaluating an example after the first
-            chunk in which a candidate meets the criterion (per example).
+        active_only_until_success: evaluate the candidates in chunks of 1, 2, 4,
+            … (at most 128) candidates in ``params`` order and stop evaluating an
+            example after the first chunk in which one of its candidates meets
+            the criterion (the choice is then the best of that chunk). The chunk
+            boundaries do not depend on the batch.
         padding_mode: border fill of the warp (``"zeros"``: black).
 
     Selection rule (per example):
@@ -71,45 +109,28 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
     best_p = torch.zeros(n, 3, dtype=torch.float64, device=dev)
     evaluated = torch.zeros(n, dtype=torch.long, device=dev)
     active = torch.ones(n, dtype=torch.bool, device=dev)
-    per_chunk = max(1, max_batch // max(n, 1))
+    if active_only_until_success:
+        # fixed chunk boundaries 1, 2, 4, ... (≤ _EARLY_CAP candidates), the same for every batch, so the
+        # transform chosen for an image never depends on the other images of its batch
+        bounds, s, size = [], 0, 1
+        while s < t_total:
+            bounds.append((s, min(s + size, t_total)))
+            s, size = s + size, min(2 * size, _EARLY_CAP)
+    else:  # the choice is the arg-max over all candidates: chunking does not change it
+        per_chunk = max(1, max_batch // max(n, 1))
+        bounds = [(s, min(s + per_chunk, t_total)) for s in range(0, t_total, per_chunk)]
     with torch.no_grad():
-        for s in range(0, t_total, per_chunk):
-            idx = active.nonzero().squeeze(1)
-            if idx.numel() == 0:
+        for s, e in bounds:
+            idx_all = active.nonzero().squeeze(1)
+            if idx_all.numel() == 0:
                 break
-            m = idx.numel()
-            p = params[idx, s : s + per_chunk].to(torch.float64)  # (m, Tc, 3)
-            tc = p.shape[1]
-            theta = rotation_translation_theta(p[..., 0].reshape(-1), p[..., 1].reshape(-1), p[..., 2].reshape(-1),
-                                               dtype=dt, device=dev)  # (m·Tc, 2, 3), pixel units
-            xr = x[idx].repeat_interleave(tc, dim=0)
-            xt = affine_warp(xr, theta, units="pixels", padding_mode=padding_mode)
-            logits = model(xt)
-            yr = y[idx].repeat_interleave(tc)
-            if target is None:
-                loss = F.cross_entropy(logits, yr, reduction="none")
-                succ = logits.argmax(1) != yr
-            else:
-                tr = target[idx].repeat_interleave(tc)
-                loss = -F.cross_entropy(logits, tr, reduction="none")
-                succ = logits.argmax(1) == tr
-            loss, succ = loss.view(m, tc).to(dt), succ.view(m, tc)
-            # lexicographic key: success first, then loss; argmax keeps the first maximum
-            key_loss = torch.where(succ, loss, loss.new_full((), float("-inf")))
-            any_succ = succ.any(1)
-            j = torch.where(any_succ, key_loss.argmax(1), loss.argmax(1))
-            c_succ = any_succ
-            c_loss = loss.gather(1, j[:, None]).squeeze(1)
-            better = (c_succ & ~best_succ[idx]) | ((c_succ == best_succ[idx]) & (c_loss > best_loss[idx]))
-            upd = idx[better]
-            flat = torch.arange(m, device=dev)[better] * tc + j[better]
-            best_succ[upd] = c_succ[better]
-            best_loss[upd] = c_loss[better]
-            best_x[upd] = xt[flat]
-            best_p[upd] = p.reshape(-1, 3)[flat]
-            evaluated[idx] += tc
-            if active_only_until_success:
-                active[idx[any_succ]] = False
+            tc = e - s
+            for idx in idx_all.split(max(1, max_batch // tc)):
+                any_succ = _update_chunk(model, x, y, target, params[idx, s:e].to(torch.float64), idx, padding_mode,
+                                         best_succ, best_loss, best_x, best_p)
+                evaluated[idx] += tc
+                if active_only_until_success:
+                    active[idx[any_succ]] = False
     theta = rotation_translation_theta(best_p[:, 0], best_p[:, 1], best_p[:, 2], dtype=dt, device=dev)
     return {"x_t": best_x, "params": best_p, "theta": theta, "success": best_succ, "loss": best_loss, "evaluated": evaluated}
 
@@ -151,9 +172,10 @@ class RotationTranslation(Attack):
         grid: exhaustive grid (True) or random worst-of-k (False).
         random_tries: k, int ≥ 1 (random mode).
         seed: int ≥ 0 (random mode).
-        early_stop: stop evaluating an example after the first chunk of
-            candidates containing a successful one (faster; the choice is then
-            the best within that chunk, not over the whole grid).
+        early_stop: evaluate candidates in grid order in chunks of 1, 2, 4, …
+            (≤ 128) and stop evaluating an example after the first chunk that
+            contains a successful candidate (much faster; the choice is then the
+            best of that chunk, not of the whole grid; success is the same).
         max_batch: warped images per model call, int ≥ 1.
         padding_mode: ``"zeros"`` or ``"border"``.
 

@@ -29,3 +29,12 @@ def make_attack(name: str, **params) -> Attack:
 
 __all__ += ["ATTACKS", "make_attack"]
 __all__ += ["SmoothPGDL2", "SmoothCarliniWagnerL2", "MinDistortionSweep"]
+
+from .rotation import RotationTranslation, worst_transform  # noqa: E402
+
+__all__ += ["RotationTranslation", "worst_transform"]
+ATTACKS["stm"] = RotationTranslation
+
+from .generative import GeneratorNets, SdpAdv, advgan, sdadv  # noqa: E402
+
+__all__ += ["SdpAdv", "GeneratorNets", "sdadv", "advgan"]

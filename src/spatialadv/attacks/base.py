@@ -35,6 +35,11 @@ class AttackResult:
         target: ``(N,)`` target classes, or None.
         flow: ``(N, 2, H, W)`` flow in pixels (spatial attacks), zero where failed.
         delta: ``(N, C, H, W)`` additive perturbation ``x_adv − x`` (L_p attacks).
+        theta: ``(N, 2, 3)`` affine transform in **normalised** coordinates
+            (:func:`~spatialadv.ops.affine_warp` convention), the identity where
+            failed (STM, SdpAdv/SdAdv).
+        eta: ``(N, C, H, W)`` additive perturbation applied after the affine
+            warp (SdpAdv/AdvGAN), zero where failed.
     """
 
     x_adv: Tensor
@@ -48,6 +53,8 @@ class AttackResult:
     target: Tensor | None = None
     flow: Tensor | None = None
     delta: Tensor | None = None
+    theta: Tensor | None = None
+    eta: Tensor | None = None
 
     @property
     def success_rate(self) -> float:
@@ -141,11 +148,20 @@ class Attack:
         flow = parts.get("flow")
         if flow is not None:
             flow = torch.where(keep, flow.detach(), torch.zeros_like(flow))
-        size = torch.where(success, self._size(x, x_adv, {**parts, "flow": flow}), torch.zeros(len(x), dtype=x.dtype, device=x.device))
+        theta, eta = parts.get("theta"), parts.get("eta")
+        if theta is not None:
+            eye = torch.zeros_like(theta)
+            eye[:, 0, 0] = 1
+            eye[:, 1, 1] = 1
+            theta = torch.where(success.view(-1, 1, 1), theta.detach(), eye)
+        if eta is not None:
+            eta = torch.where(keep, eta.detach(), torch.zeros_like(eta))
+        size = torch.where(success, self._size(x, x_adv, {**parts, "flow": flow, "theta": theta, "eta": eta}),
+                           torch.zeros(len(x), dtype=x.dtype, device=x.device))
         return AttackResult(
             x_adv=x_adv, success=success, pred=pred, size=size, norm=self.norm,
             iterations=parts["iterations"].long(), time_s=elapsed, targeted=target is not None,
-            target=target, flow=flow, delta=None if flow is not None else x_adv - x,
+            target=target, flow=flow, delta=None if flow is not None else x_adv - x, theta=theta, eta=eta,
         )
 
     @staticmethod

@@ -20,7 +20,8 @@ __all__ = ["attack_config", "run_key", "make_pairs", "run_attack", "summarize", 
 
 def attack_config(attack: Attack) -> dict:
     """JSON-able description of an attack: its class name and hyper-parameters
-    (attacks nested in a hyper-parameter, e.g. a sweep's, are described the same way)."""
+    (attacks nested in a hyper-parameter, e.g. a sweep's, are described the same way; attacks
+    holding trained networks, e.g. SdpAdv, describe themselves with ``hyperparameters()``)."""
 
     def value(v):
         if isinstance(v, Attack):
@@ -29,7 +30,10 @@ def attack_config(attack: Attack) -> dict:
             return [value(u) for u in v]
         return v
 
-    params = {f.name: getattr(attack, f.name) for f in fields(attack)} if is_dataclass(attack) else {}
+    if hasattr(attack, "hyperparameters"):
+        params = attack.hyperparameters()
+    else:
+        params = {f.name: getattr(attack, f.name) for f in fields(attack)} if is_dataclass(attack) else {}
     return {"attack": type(attack).__name__, **{k: value(v) for k, v in params.items()}}
 
 

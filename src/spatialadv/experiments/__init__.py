@@ -43,6 +43,7 @@ class Experiment:
 _MODULES = (
     "spatialadv.experiments.stadv_mnist",
     "spatialadv.experiments.smooth",
+    "spatialadv.experiments.sdpadv",
 )
 
 

@@ -167,11 +167,19 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500) -
     return correct / max(len(x), 1)
 
 
-def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *, progress: bool = True) -> nn.Module:
+def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *, progress: bool = True,
+                adversary: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None, adv_weight: float = 0.5) -> nn.Module:
     """Train ``model`` in place with Adam on cross-entropy; returns it in eval mode.
 
     Deterministic for a given ``config.seed`` on one machine (seeded parameter
     re-initialisation is the caller's job: :func:`load_or_train` seeds before building).
+
+    Adversarial training hook: with ``adversary``, each batch's loss is
+    ``(1 − adv_weight) · CE(f(x), y) + adv_weight · CE(f(x_adv), y)`` with
+    ``x_adv = adversary(model, x, y)`` computed on the current model
+    (Goodfellow et al. 2015, Eq. 3; Tramèr et al. 2018). The adversary must
+    not leave gradients on the model's parameters; see
+    :mod:`spatialadv.defenses.adversarial`.
     """
     from tqdm.auto import tqdm
 
@@ -187,6 +195,9 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
             idx = perm[i : i + config.batch_size]
             xb = _random_shift(data.x[idx], config.shift, gen)
             loss = nn.functional.cross_entropy(model(xb), data.y[idx])
+            if adversary is not None:
+                xa = adversary(model, xb, data.y[idx]).detach()
+                loss = (1 - adv_weight) * loss + adv_weight * nn.functional.cross_entropy(model(xa), data.y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -231,15 +242,26 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
     return {k: json.loads(v) for k, v in meta.items()}
 
 
-def _key(name: str, data: Dataset, config: TrainConfig, seed: int) -> str:
-    blob = json.dumps({"model": name, "data": data.name, "split": data.split, "n": len(data), "shape": list(data.x.shape[1:]),
-                       "config": asdict(config), "seed": seed}, sort_keys=True)
-    return f"{name}-{data.name}-seed{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+def _key(name: str, data: Dataset, config: TrainConfig, seed: int, defense: dict | None = None) -> str:
+    spec = {"model": name, "data": data.name, "split": data.split, "n": len(data), "shape": list(data.x.shape[1:]),
+            "config": asdict(config), "seed": seed}
+    if defense is not None:  # only present for defended models, so plain models keep their keys
+        spec["defense"] = defense
+    blob = json.dumps(spec, sort_keys=True)
+    tag = f"-{defense['name']}" if defense is not None else ""
+    return f"{name}{tag}-{data.name}-seed{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
 def load_or_train(name: str, train: Dataset, test: Dataset | None = None, *, config: TrainConfig = TrainConfig(),
-                  seed: int = 0, progress: bool = True, directory: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
+                  seed: int = 0, progress: bool = True, directory: str | os.PathLike | None = None,
+                  adversary: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+                  defense: dict | None = None) -> tuple[nn.Module, dict]:
     """Return a trained registry model in eval mode, from the cache when present.
+
+    ``adversary`` (with ``defense``, a JSON-able description holding at least
+    ``"name"`` and ``"adv_weight"``, which becomes part of the cache key) trains
+    adversarially through :func:`train_model`'s hook; see
+    :func:`spatialadv.defenses.adversarial.adversarially_trained`.
 
     The cache key covers the model name, dataset name/split/size/shape, the
     training config and the seed. A fresh model is trained with
@@ -252,7 +274,9 @@ def load_or_train(name: str, train: Dataset, test: Dataset | None = None, *, con
         ``test_accuracy`` (float or None), ``key``.
     """
     config = TrainConfig(**{**asdict(config), "seed": seed})
-    key = _key(name, train, config, seed)
+    if (adversary is None) != (defense is None):
+        raise ValueError("adversary and defense must be given together (defense describes the adversary for the cache key)")
+    key = _key(name, train, config, seed, defense)
     path = Path(directory or cache_dir() / "models") / f"{key}.safetensors"
     c, s = train.x.shape[1], train.x.shape[2]
     # Seeded initialisation and training (dropout draws from the global RNG) without
@@ -261,7 +285,8 @@ def load_or_train(name: str, train: Dataset, test: Dataset | None = None, *, con
         torch.manual_seed(seed)
         model = build_model(name, in_channels=c, image_size=s, num_classes=train.num_classes)
         if not path.is_file():
-            train_model(model, train, config, progress=progress)
+            extra = {} if adversary is None else {"adversary": adversary, "adv_weight": float(defense.get("adv_weight", 0.5))}
+            train_model(model, train, config, progress=progress, **extra)
     if path.is_file():
         meta = load_checkpoint(model, path)
         model.eval()
@@ -269,5 +294,6 @@ def load_or_train(name: str, train: Dataset, test: Dataset | None = None, *, con
         acc = accuracy(model, test.x, test.y) if test is not None else meta.get("test_accuracy")
         return model, {"path": str(path), "cached": True, "test_accuracy": acc, "key": key}
     acc = accuracy(model, test.x, test.y) if test is not None else None
-    save_checkpoint(model, path, {"model": name, "data": train.name, "config": asdict(config), "seed": seed, "test_accuracy": acc})
+    save_checkpoint(model, path, {"model": name, "data": train.name, "config": asdict(config), "seed": seed, "test_accuracy": acc,
+                                  **({"defense": defense} if defense is not None else {})})
     return model, {"path": str(path), "cached": False, "test_accuracy": acc, "key": key}

@@ -1,0 +1,227 @@
+"""Affine warp (``spatialadv.ops.affine``) against hand-computed transforms, and the
+rotation-translation attack STM (``RotationTranslation``, ``worst_transform``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _contract import run_checked
+from torch import nn
+
+from spatialadv.attacks import RotationTranslation, worst_transform
+from spatialadv.ops import (affine_warp, identity_theta, rotation_translation_theta, theta_to_normalized,
+                            theta_to_pixels)
+
+
+def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Content moved dx pixels right and dy down, zero fill (hand-computed reference)."""
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[..., yd, xd] = x[..., ys, xs]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# ops
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("units", ["normalized", "pixels"])
+def test_identity_is_exact(units):
+    x = torch.rand(3, 2, 7, 5)
+    assert torch.equal(affine_warp(x, identity_theta(3), units=units), x)
+
+
+def test_integer_shift_and_quarter_turns_are_exact():
+    x = torch.rand(4, 1, 6, 6)
+    theta = rotation_translation_theta(torch.tensor([0.0, 0.0, 90.0, -90.0]), torch.tensor([2.0, -1.0, 0.0, 0.0]),
+                                       torch.tensor([-1.0, 3.0, 0.0, 0.0]))
+    y = affine_warp(x, theta, units="pixels")
+    assert torch.equal(y[0], _shift(x[0], 2, -1))
+    assert torch.equal(y[1], _shift(x[1], -1, 3))
+    # positive angle = counter-clockwise as displayed, which is torch.rot90(k=1) on (H, W)
+    assert torch.equal(y[2], torch.rot90(x[2], 1, dims=(1, 2)))
+    assert torch.equal(y[3], torch.rot90(x[3], -1, dims=(1, 2)))
+
+
+def test_rotate_then_translate_order():
+    x = torch.zeros(1, 1, 9, 9)
+    x[0, 0, 4, 6] = 1.0  # 2 px right of the centre (4, 4)
+    # rotate 90° ccw: the dot goes 2 px *above* the centre -> (2, 4); then translate +1 right -> (2, 5)
+    y = affine_warp(x, rotation_translation_theta(90.0, 1.0, 0.0), units="pixels")
+    assert y[0, 0, 2, 5] == 1.0 and float(y.sum()) == 1.0
+
+
+def test_matches_grid_sample_align_corners_and_units_round_trip():
+    torch.manual_seed(0)
+    x = torch.rand(3, 2, 7, 9, dtype=torch.float64)
+    theta = identity_theta(3, dtype=torch.float64) + 0.3 * torch.randn(3, 2, 3, dtype=torch.float64)
+    ref = F.grid_sample(x, F.affine_grid(theta, x.shape, align_corners=True), align_corners=True, padding_mode="zeros")
+    torch.testing.assert_close(affine_warp(x, theta), ref, rtol=0, atol=1e-12)
+    pix = theta_to_pixels(theta, (7, 9))
+    torch.testing.assert_close(theta_to_normalized(pix, (7, 9)), theta)
+    torch.testing.assert_close(affine_warp(x, pix, units="pixels"), ref, rtol=0, atol=1e-12)
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(1)
+    x = torch.rand(2, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    theta = (identity_theta(2, dtype=torch.float64) + 0.1 * torch.randn(2, 2, 3, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: affine_warp(a, b), (x, theta))
+
+
+def test_affine_warp_errors():
+    x = torch.rand(2, 1, 5, 5)
+    with pytest.raises(ValueError, match="theta"):
+        affine_warp(x, torch.zeros(3, 2, 3))
+    with pytest.raises(ValueError, match="units"):
+        affine_warp(x, identity_theta(2), units="degrees")
+    with pytest.raises(TypeError, match="theta"):
+        affine_warp(x, identity_theta(2).long())
+    with pytest.raises(ValueError, match="NaN"):
+        affine_warp(x, torch.full((2, 2, 3), float("nan")))
+
+
+# ------------------------------------------------------------------------------------------------
+# STM
+# ------------------------------------------------------------------------------------------------
+def test_stm_single_integer_shift_is_hand_computed(digits_model):
+    model, x, y = digits_model
+    # one candidate: linspace(-2, 2, 1) = [-2] -> content 2 px left and 2 px up, no rotation
+    atk = RotationTranslation(max_rotation=0.0, num_rotations=1, max_translation=2.0, num_translations=1)
+    res = run_checked(atk, model, x, y)
+    s = res.success
+    assert s.any() and (~s).any()
+    ref = _shift(x, -2, -2)
+    assert torch.equal(res.x_adv[s], ref[s])
+    assert torch.equal(res.x_adv[~s], x[~s])
+    with torch.no_grad():
+        assert torch.equal(res.success, model(ref).argmax(1) != y)
+    # θ in normalised units: translation (+2 px) / ((W − 1)/2)
+    torch.testing.assert_close(res.theta[s][:, :, 2], torch.full((int(s.sum()), 2), 2.0 / 3.5))
+    assert torch.equal(res.theta[~s], identity_theta(int((~s).sum())))
+    assert torch.all(res.iterations == 1)
+
+
+def test_stm_single_quarter_turn_is_hand_computed(digits_model):
+    model, x, y = digits_model
+    atk = RotationTranslation(max_rotation=90.0, num_rotations=1, max_translation=0.0, num_translations=1)  # −90°: clockwise
+    res = run_checked(atk, model, x, y)
+    ref = torch.rot90(x, -1, dims=(2, 3))
+    s = res.success
+    assert s.sum() > len(x) // 2
+    assert torch.equal(res.x_adv[s], ref[s])
+    with torch.no_grad():
+        assert torch.equal(res.success, model(ref).argmax(1) != y)
+
+
+class _Scorer(nn.Module):
+    """Logits from pixel sums in the 4 quadrants (a hand-made, fully known model)."""
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        q = [x[..., : h // 2, : w // 2], x[..., : h // 2, w // 2 :], x[..., h // 2 :, : w // 2], x[..., h // 2 :, w // 2 :]]
+        return torch.stack([t.sum((1, 2, 3)) for t in q], 1) * 3.0
+
+
+def _brute_force(model, x, y, cands, target=None):
+    """Per candidate, one image and one transform at a time: (success (N, T), loss (N, T))."""
+    succ, loss = [], []
+    for a, tx, ty in cands.tolist():
+        xt = affine_warp(x, rotation_translation_theta(a, tx, ty).expand(len(x), 2, 3), units="pixels")
+        z = model(xt)
+        if target is None:
+            succ.append(z.argmax(1) != y)
+            loss.append(F.cross_entropy(z, y, reduction="none"))
+        else:
+            succ.append(z.argmax(1) == target)
+            loss.append(-F.cross_entropy(z, target, reduction="none"))
+    return torch.stack(succ, 1), torch.stack(loss, 1)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_worst_transform_selection_rule(targeted):
+    torch.manual_seed(0)
+    model = _Scorer().eval()
+    x = torch.rand(40, 1, 8, 8).round() * torch.rand(40, 1, 8, 8)  # random images: easy to break
+    x[20:] *= 0.05
+    for i in range(20, 40):  # a bright 2×2 block in a corner: no candidate moves it to another quadrant
+        r, c = (i % 2) * 6, ((i // 2) % 2) * 6
+        x[i, 0, r : r + 2, c : c + 2] = 1.0
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    target = (y + 1) % 4 if targeted else None
+    cands = torch.tensor([[0.0, 0, 0], [0, 2, 0], [0, -2, 0], [0, 0, 2], [30, 0, 0], [-30, 1, 1], [10, -1, 2]], dtype=torch.float64)
+    with torch.no_grad():
+        out = worst_transform(model, x, y, cands, target=target, max_batch=50)  # 50 // 40 = 1 candidate per chunk
+        succ, loss = _brute_force(model, x, y, cands, target)
+    for i in range(len(x)):
+        if succ[i].any():
+            j = int(torch.where(succ[i], loss[i], torch.tensor(float("-inf"))).argmax())
+        else:
+            j = int(loss[i].argmax())
+        assert torch.equal(out["params"][i], cands[j]), (i, out["params"][i], cands[j])
+        assert bool(out["success"][i]) == bool(succ[i].any())
+        torch.testing.assert_close(out["loss"][i], loss[i, j])
+    assert out["success"].any() and (~out["success"]).any()
+    # one chunk for everything gives the same choice
+    with torch.no_grad():
+        out2 = worst_transform(model, x, y, cands, target=target, max_batch=10_000)
+    assert torch.equal(out2["params"], out["params"]) and torch.equal(out2["x_t"], out["x_t"])
+
+
+def test_stm_grid_contract_and_batch_independence(digits_model):
+    model, x, y = digits_model
+    atk = RotationTranslation(max_translation=1.0, max_batch=4096)
+    res = run_checked(atk, model, x, y)
+    assert res.success_rate > 0.5
+    assert torch.all(res.iterations == 5 * 5 * 31)
+    s = res.success
+    torch.testing.assert_close(res.x_adv[s], affine_warp(x, res.theta)[s], rtol=0, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(res.success, model(res.x_adv).argmax(1) != y)
+    # the class is the function with its candidates (same choice, same images)
+    with torch.no_grad():
+        fn = worst_transform(model, x, y, atk.candidates(len(x)))
+    assert torch.equal(fn["success"], res.success) and torch.equal(fn["x_t"][s], res.x_adv[s])
+    sub = atk(model, x[5:9], y[5:9])
+    assert torch.equal(sub.x_adv, res.x_adv[5:9]) and torch.equal(sub.theta, res.theta[5:9])
+    # targeted mode: success means classified as the target
+    t = (y + 3) % 10
+    rt = run_checked(atk, model, x, y, t)
+    with torch.no_grad():
+        assert torch.equal(rt.success, model(rt.x_adv).argmax(1) == t)
+    assert 0 < rt.success_rate < res.success_rate
+
+
+def test_stm_random_worst_of_k(digits_model):
+    model, x, y = digits_model
+    atk = RotationTranslation(max_translation=1.0, grid=False, random_tries=10, seed=3)
+    res = run_checked(atk, model, x, y)
+    assert torch.all(res.iterations == 10)
+    cands = atk.candidates(len(x))
+    assert cands.shape == (len(x), 10, 3)
+    assert float(cands[..., 0].abs().max()) <= 30 and float(cands[..., 1:].abs().max()) <= 1
+    again = atk(model, x[10:20], y[10:20])  # per-example draws: position i in the sub-batch is a different draw
+    assert again.x_adv.shape == (10, *x.shape[1:])
+    assert torch.equal(atk.candidates(5), cands[:5])
+    grid = RotationTranslation(max_translation=1.0)(model, x, y)
+    assert res.success_rate <= grid.success_rate + 1e-9
+
+
+def test_stm_early_stop_and_validation(digits_model):
+    model, x, y = digits_model
+    full = RotationTranslation(max_translation=1.0)(model, x, y)
+    fast = RotationTranslation(max_translation=1.0, early_stop=True, max_batch=64 * 25)(model, x, y)
+    assert torch.equal(fast.success, full.success)  # same candidates, only fewer evaluated
+    assert fast.iterations.sum() < full.iterations.sum()
+    # fixed chunk boundaries (1, 2, 4, ...): an image's chosen transform does not depend on its batch
+    sub = RotationTranslation(max_translation=1.0, early_stop=True, max_batch=7)(model, x[20:30], y[20:30])
+    assert torch.equal(sub.x_adv, fast.x_adv[20:30]) and torch.equal(sub.iterations, fast.iterations[20:30])
+    with pytest.raises(ValueError, match="num_rotations"):
+        RotationTranslation(num_rotations=0)
+    with pytest.raises(ValueError, match="padding_mode"):
+        RotationTranslation(padding_mode="reflect")
+    with pytest.raises(TypeError, match="grid"):
+        RotationTranslation(grid=1)

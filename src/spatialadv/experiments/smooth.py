@@ -348,7 +348,7 @@ def _markdown(rep: dict) -> str:
                  "iterations), so 'iterations' is the mean number actually used. The paper does not state its schedule; "
                  "the table shows how the comparison depends on it.")
         L.append("")
-    L.append("*Flat / edge energy* (mean over successes, :func:`spatialadv.eval.edge_flat_energy`): Σ(r_i − r_j)² / Σ(r_i² + r_j²) "
+    L.append("*Flat / edge energy* (mean over successes, `spatialadv.eval.edge_flat_energy`): Σ(r_i − r_j)² / Σ(r_i² + r_j²) "
              "over the 4-neighbour pixel pairs where the image is flat (|Δx| ≤ 0.05) / crosses a strong edge (|Δx| ≥ 0.5); "
              "0 for a perturbation constant across those pairs, ≈ 1 for white noise. A perturbation smooth like the image "
              "has a small flat energy.")

@@ -190,3 +190,14 @@ def test_bad_inputs():
         smooth(x, bad)
     with pytest.raises(ValueError, match="rows"):
         GuidedSmoothing(x)(torch.zeros(3, 1, 5, 5, dtype=torch.float64))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import spatialadv.attacks.sweep as sweep_mod
+    import spatialadv.ops.smoothing as smoothing_mod
+
+    res = doctest.testmod(smoothing_mod, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
+    assert res.failed == 0 and res.attempted > 0
+    assert doctest.testmod(sweep_mod).failed == 0

@@ -13,7 +13,7 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_reproduce_stadv_mnist_tiny(cache, capsys):
+def test_reproduce_stadv_mnist_tiny(cache, capsys, one_thread):
     out = cache / "rep"
     rc = main(["reproduce", "stadv-mnist", "--out", str(out), "--models", "fc-200", "--n", "2", "--n-baselines", "1",
                "--epochs", "1", "--quiet"])

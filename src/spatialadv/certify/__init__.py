@@ -12,10 +12,13 @@
 
 from .bounds import (METHODS, Certificate, NetworkWeights, brute_force_max, certify, dual_objective, network_weights,
                      optimize_dual, pair_bounds, pair_matrices, ritz_top_eigen, sdp_dual_bound, sdp_exact)
+from .lower_bound import LowerBoundResult, SmoothFlowPGD, lower_bound_attack, pair_margin_change, rescale_to_budget, warp_derivative
+from .stadv_search import StAdvTauBinarySearch
 from .smoothness import (BORDERS, box_half_widths, flow_smoothness, gram_inverse, gram_inverse_sqrt, neighbour_matrices,
                          smoothness_gram)
 
 __all__ = ["METHODS", "Certificate", "NetworkWeights", "brute_force_max", "certify", "dual_objective", "network_weights",
            "optimize_dual", "pair_bounds", "pair_matrices", "ritz_top_eigen", "sdp_dual_bound", "sdp_exact",
            "BORDERS", "box_half_widths", "flow_smoothness", "gram_inverse", "gram_inverse_sqrt", "neighbour_matrices",
-           "smoothness_gram"]
+           "smoothness_gram", "LowerBoundResult", "SmoothFlowPGD", "lower_bound_attack", "pair_margin_change",
+           "rescale_to_budget", "warp_derivative", "StAdvTauBinarySearch"]

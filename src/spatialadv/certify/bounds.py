@@ -212,10 +212,14 @@ def brute_force_max(bmat) -> float:
 # ------------------------------------------------------------------------------------- dual bound
 def _matvec(w: Tensor, dv: Tensor, lam: Tensor, c: Tensor, x: Tensor) -> Tensor:
     """``(P_k − diag c_k) X_k`` for every pair k without forming P: X ``(Kp, m+D, b)``."""
-    m = w.shape[0]
+    m, d = w.shape
+    kp, _, nb = x.shape
     xs, xt = x[:, :m], x[:, m:]
-    ys = dv[:, :, None] * torch.einsum("md,kdb->kmb", w, lam[None, :, None] * xt)
-    yt = lam[None, :, None] * torch.einsum("md,kmb->kdb", w, dv[:, :, None] * xs)
+    # one GEMM for all pairs: (m, D) @ (D, Kp·b)
+    t = (lam[None, :, None] * xt).permute(1, 0, 2).reshape(d, kp * nb)
+    ys = dv[:, :, None] * (w @ t).reshape(m, kp, nb).permute(1, 0, 2)
+    s = (dv[:, :, None] * xs).permute(1, 0, 2).reshape(m, kp * nb)
+    yt = lam[None, :, None] * (w.T @ s).reshape(d, kp, nb).permute(1, 0, 2)
     return torch.cat([ys, yt], 1) - c[:, :, None] * x
 
 
@@ -329,12 +333,18 @@ def sdp_dual_bound(bmat: Tensor, c: Tensor) -> Tensor:
 
 
 def _initial_dual(bmat: Tensor) -> Tensor:
-    """A feasible c (``diag(c) ⪰ P``): the better of the diagonal-dominance and
-    the spectral (``αβ = ‖B‖₂²``) choices, per pair."""
+    """A starting c: the better of the diagonal-dominance choice (feasible,
+    ``diag(c) ⪰ P``) and the spectral one (``αβ = σ²``, σ ≈ ‖B‖₂ by 30 power
+    iterations, so feasible only up to that estimate), per pair. Feasibility is
+    not needed: :func:`optimize_dual` certifies whatever c it ends with."""
     kp, m, d = bmat.shape
     ab = bmat.abs()
     c_dd = torch.cat([ab.sum(2), ab.sum(1)], 1)
-    sig = torch.linalg.matrix_norm(bmat, ord=2)
+    vec = torch.ones(kp, d, 1, dtype=bmat.dtype) / math.sqrt(d)
+    for _ in range(30):
+        vec = bmat.transpose(1, 2) @ (bmat @ vec)
+        vec = vec / vec.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    sig = (bmat @ vec).norm(dim=(1, 2)) * 1.01
     c_sp = torch.cat([(sig * math.sqrt(d / m))[:, None].expand(kp, m), (sig * math.sqrt(m / d))[:, None].expand(kp, d)], 1)
     use_dd = c_dd.sum(1) < c_sp.sum(1)
     return torch.where(use_dd[:, None], c_dd, c_sp).clone()

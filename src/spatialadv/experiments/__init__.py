@@ -42,6 +42,7 @@ class Experiment:
 
 _MODULES = (
     "spatialadv.experiments.stadv_mnist",
+    "spatialadv.experiments.certify",
 )
 
 

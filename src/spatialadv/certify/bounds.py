@@ -392,9 +392,10 @@ def optimize_dual(w: Tensor, dv: Tensor, lam: Tensor, *, steps: int = 300, lr: f
             for g in opt.param_groups:
                 g["lr"] = lr * (1 - step / steps) + 1e-3 * lr
         c = best_c
-    # shift c by its exact λ_max so that λ_max(P − diag c) ≈ 0, then certify
-    shift = torch.stack([_safe_lambda_max(_dense_a(bmat[k], c[k])) for k in range(c.shape[0])])
-    c = c + shift[:, None]
+    # shift c by its (Ritz) λ_max so that λ_max(P − diag c) ≈ 0, then certify with the exact eigen-solver:
+    # the certified value D·λ⁺_max + Σc⁺ is valid whatever the shift was.
+    theta, _ = ritz_top_eigen(w, dv, lam, c, iters=60, generator=gen)
+    c = c + theta[:, None]
     return sdp_dual_bound(bmat, c), c
 
 
@@ -408,7 +409,8 @@ def _dense_a(b: Tensor, c: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------------------ pair bounds
 def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_range=(0.0, 1.0), border: str = "zeros",
-                ridge: float = 0.0, dual_steps: int = 300, exact: bool = False, solver: str = "CLARABEL") -> Tensor:
+                ridge: float = 0.0, dual_steps: int = 300, ritz_iters: int = 4, exact: bool = False,
+                solver: str = "CLARABEL") -> Tensor:
     """Per-class-pair bound ``Q`` ``(K, K)`` float64 on the margin change per unit ε (see the module docstring).
 
     ``(z_i − z_j)(g(r; x)) − (z_i − z_j)(x) ≤ ε·Q[i, j]`` for every image with
@@ -423,7 +425,7 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
             for hidden-layer models ``"linear"`` is rejected).
         input_range: ``(lo, hi)`` pixel range; ρ = hi − lo scales every bound.
         border, ridge: the smoothness operator (:mod:`~spatialadv.certify.smoothness`).
-        dual_steps: Adam steps of :func:`optimize_dual`.
+        dual_steps, ritz_iters: Adam steps of :func:`optimize_dual` and Ritz iterations per step.
         exact: solve each pair's SDP with cvxpy (slow for large nets; the
             solver's optimum, not a certified dual value).
 
@@ -466,7 +468,7 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
                 bm = dv[:, :, None] * Wd[None] * lam[None, None, :]
                 vals = torch.tensor([sdp_exact(bm[p], solver=solver) for p in range(len(pairs))], dtype=torch.float64) * rho
             else:
-                vals = optimize_dual(Wd, dv, lam, steps=dual_steps)[0] * rho
+                vals = optimize_dual(Wd, dv, lam, steps=dual_steps, ritz_iters=ritz_iters)[0] * rho
     q = torch.zeros(k, k, dtype=torch.float64)
     for (i, j), val in zip(pairs, vals):
         q[i, j] = q[j, i] = val

@@ -18,13 +18,14 @@ def _bounds_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--dual-steps", type=int, default=100, help="Adam steps of the SDP dual search per network")
     sp.add_argument("--pgd-steps", type=int, default=50)
     sp.add_argument("--pair", type=int, nargs=2, default=[1, 0], help="class pair (i, j) of Fig. 2")
+    sp.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
 
 
 def _bounds_run(args: argparse.Namespace) -> dict:
     from ..certify.experiments import run_certify_bounds
 
     return run_certify_bounds(args.out, n_attack=args.n_attack, epochs=args.epochs, seed=args.seed, pair=tuple(args.pair),
-                              dual_steps=args.dual_steps, pgd_steps=args.pgd_steps, progress=not args.quiet)
+                              dual_steps=args.dual_steps, pgd_steps=args.pgd_steps, threads=args.threads, progress=not args.quiet)
 
 
 def _stadv_args(sp: argparse.ArgumentParser) -> None:
@@ -35,13 +36,14 @@ def _stadv_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--max-iter", type=int, default=100, help="L-BFGS steps per stAdv run")
     sp.add_argument("--search-steps", type=int, default=6, help="τ binary-search runs per image (thesis experiment)")
     sp.add_argument("--flow-budget", type=float, default=7.0, help="hinge budget on L_flow (thesis: 7.0)")
+    sp.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
 
 
 def _stadv_run(args: argparse.Namespace) -> dict:
     from ..certify.experiments import run_certify_stadv
 
     return run_certify_stadv(args.out, n=args.n, n_thesis=args.n_thesis, epochs=args.epochs, seed=args.seed,
-                             max_iter=args.max_iter, search_steps=args.search_steps, flow_budget=args.flow_budget,
+                             max_iter=args.max_iter, search_steps=args.search_steps, flow_budget=args.flow_budget, threads=args.threads,
                              progress=not args.quiet)
 
 

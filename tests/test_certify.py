@@ -279,3 +279,61 @@ def test_certify_bad_inputs(nets):
         lower_bound_attack(mlp, (1, 8, 8), 1.0, pair=(2, 2))
     with pytest.raises(ValueError, match="eps"):
         SmoothFlowPGD(eps=0.0)
+
+
+def test_flow_smoothness_gradcheck():
+    gen = torch.Generator().manual_seed(4)
+    flow = torch.randn(2, 2, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    for border in ("zeros", "replicate"):
+        torch.autograd.gradcheck(lambda f: flow_smoothness(f, border=border), (flow,))
+
+
+# ---------------------------------------------------------------------------------- stAdv hinge and τ search
+def test_stadv_hinge_and_tau_binary_search(digits_model):
+    from spatialadv.certify import StAdvTauBinarySearch
+    from spatialadv.ops.flow import flow_tv_loss
+
+    model, x, y = digits_model
+    x, y = x[:12], y[:12]
+    target = (y + 1) % 10
+    with pytest.raises(ValueError, match="flow_hinge"):
+        StAdv(flow_hinge=-1.0)
+    with pytest.raises(ValueError, match="tau_high"):
+        StAdvTauBinarySearch(tau_low=5.0, tau_high=1.0)
+    assert StAdv().flow_hinge is None  # default keeps the plain L_flow
+    budget = 45.0  # digits need L_flow ≈ 35-100 for a targeted flow
+    attack = StAdvTauBinarySearch(tau_high=1000.0, search_steps=4, flow_hinge=budget, max_iter=40)
+    res = run_checked(attack, model, x, y, target)
+    assert res.success.any()
+    lflow = flow_tv_loss(res.flow, eps=0.0)
+    assert torch.all(lflow[res.success] <= budget + 1e-5)          # successes respect the hinge budget
+    with torch.no_grad():
+        assert torch.equal(model(flow_warp(x, res.flow)).argmax(1)[res.success], target[res.success])
+    # batch independence: the first images alone give the same result
+    res2 = attack(model, x[:3], y[:3], target=target[:3])
+    assert torch.equal(res2.success, res.success[:3])
+    assert torch.allclose(res2.flow, res.flow[:3], atol=1e-6)
+    # a looser budget never succeeds less
+    loose = StAdvTauBinarySearch(tau_high=1000.0, search_steps=4, flow_hinge=90.0, max_iter=40)(model, x, y, target=target)
+    assert int(loose.success.sum()) >= int(res.success.sum())
+
+
+# ---------------------------------------------------------------------------------- training hooks
+def test_training_variants_hooks(tmp_path):
+    from spatialadv.certify.training import VARIANTS, train_variant
+    from spatialadv.models import TrainConfig
+
+    tr, te = load_dataset("digits", "train"), load_dataset("digits", "test")
+    cfg = TrainConfig(epochs=3, batch_size=128)
+    nets = {v: train_variant(v, tr, te, config=cfg, directory=tmp_path, progress=False) for v in ("normal", "sdp", "frobenius")}
+    assert nets["normal"][1]["test_accuracy"] > 0.85 and nets["sdp"][1]["test_accuracy"] > 0.7
+    q = {v: pair_bounds(m, (1, 8, 8), method="sdp", dual_steps=60) for v, (m, _) in nets.items()}
+    # the SDP penalty lowers the certified SDP bound; the Frobenius penalty lowers ‖W‖_F
+    assert float(q["sdp"].sum()) < 0.9 * float(q["normal"].sum())
+    fro = {v: float(m[1].weight.norm()) for v, (m, _) in nets.items()}
+    assert fro["frobenius"] < fro["normal"]
+    again, info = train_variant("sdp", tr, te, config=cfg, directory=tmp_path, progress=False)
+    assert info["cached"] and torch.equal(again[1].weight, nets["sdp"][0][1].weight)
+    with pytest.raises(ValueError, match="variant"):
+        train_variant("madry", tr, te, directory=tmp_path)
+    assert set(VARIANTS) >= {"normal", "frobenius", "spectral", "sdp", "stn", "stadv-at"}

@@ -330,7 +330,7 @@ def test_training_variants_hooks(tmp_path):
     q = {v: pair_bounds(m, (1, 8, 8), method="sdp", dual_steps=60) for v, (m, _) in nets.items()}
     # the SDP penalty lowers the certified SDP bound; the Frobenius penalty lowers ‖W‖_F
     assert float(q["sdp"].sum()) < 0.9 * float(q["normal"].sum())
-    fro = {v: float(m[1].weight.norm()) for v, (m, _) in nets.items()}
+    fro = {v: float(m[1].weight.detach().norm()) for v, (m, _) in nets.items()}
     assert fro["frobenius"] < fro["normal"]
     again, info = train_variant("sdp", tr, te, config=cfg, directory=tmp_path, progress=False)
     assert info["cached"] and torch.equal(again[1].weight, nets["sdp"][0][1].weight)

@@ -260,6 +260,16 @@ def test_soundness_on_every_example(nets, eps):
     assert bool(cert.certified.all())  # tiny budget: everything with a positive clean margin is certified
 
 
+def test_certify_computes_bounds_itself(nets):
+    mlp, x, y = nets["mlp"], nets["x"][:5], nets["y"][:5]
+    cert = certify(mlp, x, y, 0.01, method="sdp", dual_steps=20)
+    assert cert.bound.shape == (5,) and cert.certified.dtype == torch.bool
+    assert torch.all(cert.pair_bounds >= nets["q"]["sdp"] * 0.5)  # a valid (if less searched) dual bound
+    cert2 = certify(mlp, x, y, torch.full((5,), 0.01), method="spectral")
+    assert torch.allclose(cert2.pair_bounds, nets["q"]["spectral"])
+    assert torch.equal(cert2.clean_margin, cert.clean_margin)
+
+
 def test_certify_bad_inputs(nets):
     mlp, x, y = nets["mlp"], nets["x"], nets["y"]
     with pytest.raises(ValueError, match="eps"):

@@ -20,8 +20,9 @@ differentiable); no linearisation is involved. Then
 * ``∇σ ∈ [0, 1]ᵐ`` (ReLU), relaxed to ``s ∈ [−1, 1]ᵐ`` as in the paper;
 * output pixel p depends only on its own flow ``r_p``, and
   ``∂g_p/∂r_u,p``, ``∂g_p/∂r_v,p`` are convex combinations of differences of
-  two neighbouring pixels, so lie in ``[−ρ, ρ]`` with ``ρ = hi − lo``
-  (ρ = 1 for images in [0, 1]: the paper's "Dg ∈ [−2, 2]" for ``r_u = r_v``);
+  two neighbouring pixels (or of a pixel and the zero padding), so lie in
+  ``[−ρ, ρ]`` with ``ρ = max(hi, 0) − min(lo, 0)`` (ρ = 1 for images in
+  [0, 1]: the paper's "Dg ∈ [−2, 2]" for ``r_u = r_v``; ρ = 2 on [−1, 1]);
 * ``|r_u,p|, |r_v,p| ≤ ε λ_p`` (Prop. 2, box of the ellipsoid).
 
 Hence ``Δ ≤ 2ερ · max_{‖s‖∞≤1, ‖t‖∞≤1} sᵀ B t`` with ``B = diag(v) W diag(λ)``,
@@ -123,12 +124,13 @@ def _check_shape(image_shape) -> tuple[int, int, int]:
 
 
 def _check_range(input_range) -> float:
+    """ρ, the largest difference of two sampled values: ``max(hi, 0) − min(lo, 0)`` (zero padding samples 0)."""
     if not (isinstance(input_range, (tuple, list)) and len(input_range) == 2):
         raise ValueError(f"input_range must be (lo, hi), got {input_range!r}")
     lo, hi = map(float, input_range)
     if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
         raise ValueError(f"input_range must be finite with hi > lo, got {input_range!r}")
-    return hi - lo
+    return max(hi, 0.0) - min(lo, 0.0)
 
 
 def _lam_d(image_shape, border: str, ridge: float, dtype=torch.float64) -> Tensor:
@@ -372,26 +374,8 @@ def optimize_dual(w: Tensor, dv: Tensor, lam: Tensor, *, steps: int = 300, lr: f
     c = _initial_dual(bmat)
     gen = torch.Generator().manual_seed(seed)
     if steps > 0:
-        scale = c.abs().mean(1, keepdim=True).clamp_min(1e-12)
-        c = c.clone().requires_grad_(True)
-        opt = torch.optim.Adam([c], lr=lr)
-        u = None
-        best_val = torch.full((c.shape[0],), float("inf"), dtype=torch.float64)
-        best_c = c.detach().clone()
-        for step in range(steps):
-            theta, u = ritz_top_eigen(w, dv, lam, c.detach(), u, iters=ritz_iters if step else 30, generator=gen)
-            val = c.detach().sum(1) + c.shape[1] * theta
-            better = val < best_val
-            best_val = torch.where(better, val, best_val)
-            best_c[better] = c.detach()[better]
-            obj = dual_objective(w, dv, lam, c, u)
-            opt.zero_grad()
-            (obj / scale[:, 0]).sum().backward()
-            c.grad *= scale  # per-pair learning rate proportional to the pair's scale
-            opt.step()
-            for g in opt.param_groups:
-                g["lr"] = lr * (1 - step / steps) + 1e-3 * lr
-        c = best_c
+        with torch.enable_grad():
+            c = _adam_dual(w, dv, lam, c, steps, lr, ritz_iters, gen)
     # shift c by its (Ritz) λ_max so that λ_max(P − diag c) ≈ 0, then certify with the exact eigen-solver:
     # the certified value D·λ⁺_max + Σc⁺ is valid whatever the shift was.
     theta, _ = ritz_top_eigen(w, dv, lam, c, iters=60, generator=gen)
@@ -399,12 +383,27 @@ def optimize_dual(w: Tensor, dv: Tensor, lam: Tensor, *, steps: int = 300, lr: f
     return sdp_dual_bound(bmat, c), c
 
 
-def _dense_a(b: Tensor, c: Tensor) -> Tensor:
-    m, d = b.shape
-    a = torch.zeros(m + d, m + d, dtype=torch.float64)
-    a[:m, m:] = b
-    a[m:, :m] = b.T
-    return a - torch.diag(c.to(torch.float64))
+def _adam_dual(w, dv, lam, c, steps, lr, ritz_iters, gen):
+    scale = c.abs().mean(1, keepdim=True).clamp_min(1e-12)
+    c = c.clone().requires_grad_(True)
+    opt = torch.optim.Adam([c], lr=lr)
+    u = None
+    best_val = torch.full((c.shape[0],), float("inf"), dtype=torch.float64)
+    best_c = c.detach().clone()
+    for step in range(steps):
+        theta, u = ritz_top_eigen(w, dv, lam, c.detach(), u, iters=ritz_iters if step else 30, generator=gen)
+        val = c.detach().sum(1) + c.shape[1] * theta
+        better = val < best_val
+        best_val = torch.where(better, val, best_val)
+        best_c[better] = c.detach()[better]
+        obj = dual_objective(w, dv, lam, c, u)
+        opt.zero_grad()
+        (obj / scale[:, 0]).sum().backward()
+        c.grad *= scale  # per-pair learning rate proportional to the pair's scale
+        opt.step()
+        for g in opt.param_groups:
+            g["lr"] = lr * (1 - step / steps) + 1e-3 * lr
+    return best_c
 
 
 # ------------------------------------------------------------------------------------ pair bounds
@@ -423,7 +422,7 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
         method: ``"sdp"`` (dual bound, or the cvxpy optimum with ``exact=True``),
             ``"spectral"``, ``"frobenius"`` or ``"linear"`` (linear models only, Eq. 16;
             for hidden-layer models ``"linear"`` is rejected).
-        input_range: ``(lo, hi)`` pixel range; ρ = hi − lo scales every bound.
+        input_range: ``(lo, hi)`` pixel range; ρ = max(hi, 0) − min(lo, 0) scales every bound.
         border, ridge: the smoothness operator (:mod:`~spatialadv.certify.smoothness`).
         dual_steps, ritz_iters: Adam steps of :func:`optimize_dual` and Ritz iterations per step.
         exact: solve each pair's SDP with cvxpy (slow for large nets; the
@@ -498,7 +497,6 @@ class Certificate:
     method: str
 
 
-@torch.no_grad()
 def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp", q: Tensor | None = None,
             input_range=(0.0, 1.0), border: str = "zeros", ridge: float = 0.0, dual_steps: int = 300) -> Certificate:
     """Certify images against every flow with ``ℓ_diff(r) ≤ ε`` (seed 002 §6.7 criterion).
@@ -527,7 +525,8 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp",
               and float(x.min()) >= lo and float(x.max()) <= hi):
         raise ValueError(f"x must be a finite float tensor (N, C, H, W) with values in [{lo}, {hi}]")
     n = x.shape[0]
-    logits = model(x).to(torch.float64)
+    with torch.no_grad():
+        logits = model(x).to(torch.float64)
     k = logits.shape[1]
     y = check_labels(y, n, k)
     eps_t = torch.as_tensor(eps, dtype=torch.float64).flatten()

@@ -36,7 +36,7 @@ def _stadv_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--max-iter", type=int, default=100, help="L-BFGS steps per stAdv run")
     sp.add_argument("--thesis-max-iter", type=int, default=60, help="L-BFGS steps per run of the τ binary search")
     sp.add_argument("--search-steps", type=int, default=5, help="τ binary-search runs per image (thesis experiment)")
-    sp.add_argument("--flow-budgets", type=float, nargs="+", default=[7.0, 94.5],
+    sp.add_argument("--flow-budgets", type=float, nargs="+", default=[7.0, 94.5, 250.0],
                     help="hinge budgets on L_flow (thesis: 7.0, units unstated; 94.5 = 7.0 in normalised coordinates)")
     sp.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
 

@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 
 
-def _exact_worker(bmat, solver, q):
+def _exact_worker(bmat, solver, scs_eps, q):
     from spatialadv.certify import sdp_exact
 
     t0 = time.perf_counter()
     try:
         kwargs = {"verbose": False}
         if solver == "SCS":
-            kwargs.update(eps=1e-4)
+            kwargs.update(eps=scs_eps)
         val = sdp_exact(bmat, solver=solver, **kwargs)
         q.put({"value": val, "time_s": time.perf_counter() - t0, "status": "ok"})
     except Exception as e:  # reported, not hidden: the JSON records the failure and its message
@@ -41,6 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--exact-timeout", type=float, default=600.0)
     ap.add_argument("--solver", default="SCS", choices=["SCS", "CLARABEL"])
+    ap.add_argument("--scs-eps", type=float, default=1e-4, help="SCS tolerance of the exact SDP")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/certify.json")
     args = ap.parse_args()
@@ -110,17 +111,17 @@ def main() -> None:
     # exact SDP, one pair, in a subprocess with a time limit
     ctx = mp.get_context("spawn")
     qd = ctx.Queue()
-    p = ctx.Process(target=_exact_worker, args=(bmat[0].numpy(), args.solver, qd))
+    p = ctx.Process(target=_exact_worker, args=(bmat[0].numpy(), args.solver, args.scs_eps, qd))
     t0 = time.perf_counter()
     p.start()
     p.join(args.exact_timeout)
     if p.is_alive():
         p.terminate()
         p.join()
-        res["exact_one_pair"] = {"solver": args.solver, "status": f"timeout after {args.exact_timeout:.0f} s", "value": None,
+        res["exact_one_pair"] = {"solver": args.solver, "scs_eps": args.scs_eps, "status": f"timeout after {args.exact_timeout:.0f} s", "value": None,
                                  "time_s": time.perf_counter() - t0}
     else:
-        res["exact_one_pair"] = {"solver": args.solver, **qd.get()}
+        res["exact_one_pair"] = {"solver": args.solver, "scs_eps": args.scs_eps, **qd.get()}
     if res["exact_one_pair"]["value"] is not None:
         ex = res["exact_one_pair"]["value"]
         res["dual_over_exact_one_pair"] = {k: res[k]["value"] / ex for k in ("dual_one_pair_steps100", "dual_one_pair_steps300",

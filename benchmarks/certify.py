@@ -48,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from spatialadv.certify import certify, optimize_dual, pair_bounds, sdp_dual_bound
-    from spatialadv.certify.bounds import _initial_dual, _pairs
+    from spatialadv.certify.bounds import _initial_dual
     from spatialadv.certify.smoothness import box_half_widths
     from spatialadv.certify.training import SDPPenalty, train_variant
     from spatialadv.data import load_dataset

@@ -14,7 +14,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..data import load_dataset

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_images, check_labels, check_positive, check_int
+from .._validation import check_int, check_positive
 from ..attacks.base import Attack
 from ..ops.warp import flow_warp
 from .bounds import _check_range, network_weights

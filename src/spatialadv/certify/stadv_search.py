@@ -61,7 +61,6 @@ class StAdvTauBinarySearch(StAdv):
         best_lflow = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         budget = float("inf") if self.flow_hinge is None else self.flow_hinge
-        all_idx = torch.arange(n, device=x.device)
         for _ in range(self.search_steps):
             tau = (lo + hi) / 2
             start = torch.full((n, 2, h, w), self.init_offset, dtype=x.dtype, device=x.device)
@@ -77,6 +76,5 @@ class StAdvTauBinarySearch(StAdv):
             best_lflow[better] = lflow[better]
             lo = torch.where(ok, tau, lo)
             hi = torch.where(ok, hi, tau)
-        del all_idx
         x_adv = flow_warp(x, best_flow, padding_mode=self.padding_mode).clamp(0, 1)
         return {"x_adv": x_adv, "flow": best_flow, "iterations": iterations}

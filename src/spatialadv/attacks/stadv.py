@@ -98,6 +98,7 @@ class StAdv(Attack):
     max_step: float = 1.0
     init_offset: float = 1e-3
     restart_offsets: tuple[float, ...] = ()
+    flow_hinge: float | None = None
 
     def __post_init__(self) -> None:
         check_positive(self.tau, "tau", allow_zero=True)
@@ -113,6 +114,8 @@ class StAdv(Attack):
         for o in (self.init_offset, *self.restart_offsets):
             if isinstance(o, bool) or not isinstance(o, (int, float)) or not abs(o) < 0.5:
                 raise ValueError(f"init_offset and restart_offsets must be numbers in (-0.5, 0.5) pixel, got {o!r}")
+        if self.flow_hinge is not None:
+            check_positive(self.flow_hinge, "flow_hinge", allow_zero=True)
         if self.padding_mode not in ("zeros", "border"):
             raise ValueError(f"padding_mode must be 'zeros' or 'border', got {self.padding_mode!r}")
         if self.tau_search is not None:
@@ -164,7 +167,8 @@ class StAdv(Attack):
                 logits = model(flow_warp(x[idx], f, padding_mode=pm))
                 l_adv = margin(logits, y[idx], None if target is None else target[idx], kappa)
                 l_flow = flow_tv_loss(f, eps=eps)
-                loss = l_adv + tau * l_flow
+                penal = l_flow if self.flow_hinge is None else (l_flow - self.flow_hinge).clamp_min(0)
+                loss = l_adv + (tau[idx] if isinstance(tau, Tensor) else tau) * penal
                 (g,) = torch.autograd.grad(loss.sum(), f)
             pred = logits.detach().argmax(1)
             ok = pred == target[idx] if target is not None else pred != y[idx]

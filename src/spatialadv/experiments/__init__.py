@@ -44,6 +44,7 @@ _MODULES = (
     "spatialadv.experiments.stadv_mnist",
     "spatialadv.experiments.smooth",
     "spatialadv.experiments.sdpadv",
+    "spatialadv.experiments.certify",
 )
 
 

@@ -168,7 +168,10 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500) -
 
 
 def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *, progress: bool = True,
-                adversary: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None, adv_weight: float = 0.5) -> nn.Module:
+                adversary: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None, adv_weight: float = 0.5,
+                criterion: Callable[[Tensor, Tensor], Tensor] | None = None,
+                penalty: Callable[[nn.Module, Tensor, Tensor, Tensor, int], Tensor] | None = None,
+                extra_parameters: tuple = ()) -> nn.Module:
     """Train ``model`` in place with Adam on cross-entropy; returns it in eval mode.
 
     Deterministic for a given ``config.seed`` on one machine (seeded parameter
@@ -180,24 +183,36 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
     (Goodfellow et al. 2015, Eq. 3; Tramèr et al. 2018). The adversary must
     not leave gradients on the model's parameters; see
     :mod:`spatialadv.defenses.adversarial`.
+
+    Hooks (for regularised / adversarial training, e.g. :mod:`spatialadv.certify.training`):
+        criterion: ``criterion(logits, y) -> scalar`` replaces cross-entropy
+            (also on the adversarial batch when ``adversary`` is given).
+        penalty: ``penalty(model, xb, yb, logits, epoch) -> scalar`` added to the
+            loss of every batch (``epoch`` counts from 0).
+        extra_parameters: further tensors optimised by the same Adam (e.g. the
+            dual variables of a penalty).
     """
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(config.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.Adam([*model.parameters(), *extra_parameters], lr=config.lr, weight_decay=config.weight_decay)
     n = len(data)
     model.train()
     bar = tqdm(range(config.epochs), desc=f"train {data.name}", disable=not progress, unit="epoch")
-    for _ in bar:
+    for epoch in bar:
         perm = torch.randperm(n, generator=gen)
         total = 0.0
         for i in range(0, n, config.batch_size):
             idx = perm[i : i + config.batch_size]
             xb = _random_shift(data.x[idx], config.shift, gen)
-            loss = nn.functional.cross_entropy(model(xb), data.y[idx])
+            logits = model(xb)
+            ce = criterion or nn.functional.cross_entropy
+            loss = ce(logits, data.y[idx])
             if adversary is not None:
                 xa = adversary(model, xb, data.y[idx]).detach()
-                loss = (1 - adv_weight) * loss + adv_weight * nn.functional.cross_entropy(model(xa), data.y[idx])
+                loss = (1 - adv_weight) * loss + adv_weight * ce(model(xa), data.y[idx])
+            if penalty is not None:
+                loss = loss + penalty(model, xb, data.y[idx], logits, epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

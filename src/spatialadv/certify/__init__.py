@@ -1,0 +1,24 @@
+"""Certified robustness to smooth spatial flows (seed 002: Zhang, Nguyen & Wang; seed 003 §4).
+
+* :mod:`~spatialadv.certify.smoothness` — the neighbour matrices M⁽ᵗ'ᵇ'ˡ'ʳ⁾,
+  ``MᵀM`` (Prop. 1), box half-widths λ (Prop. 2), ℓ_diff of a flow.
+* :mod:`~spatialadv.certify.bounds` — upper bounds (linear Eq. 16, Frobenius,
+  spectral, SDP exact and dual) and :func:`certify`.
+* :mod:`~spatialadv.certify.lower_bound` — the lower-bound attack (Thms. 1-2,
+  Algs. 1-2) and a budget-restricted flow attack, all evaluated on the true
+  bilinear warp.
+* :mod:`~spatialadv.certify.training` — the training variants of seed 002 §6.8.
+"""
+
+from .bounds import (METHODS, Certificate, NetworkWeights, brute_force_max, certify, dual_objective, network_weights,
+                     optimize_dual, pair_bounds, pair_matrices, ritz_top_eigen, sdp_dual_bound, sdp_exact)
+from .lower_bound import LowerBoundResult, SmoothFlowPGD, lower_bound_attack, pair_margin_change, rescale_to_budget, warp_derivative
+from .stadv_search import StAdvTauBinarySearch
+from .smoothness import (BORDERS, box_half_widths, flow_smoothness, gram_inverse, gram_inverse_sqrt, neighbour_matrices,
+                         smoothness_gram)
+
+__all__ = ["METHODS", "Certificate", "NetworkWeights", "brute_force_max", "certify", "dual_objective", "network_weights",
+           "optimize_dual", "pair_bounds", "pair_matrices", "ritz_top_eigen", "sdp_dual_bound", "sdp_exact",
+           "BORDERS", "box_half_widths", "flow_smoothness", "gram_inverse", "gram_inverse_sqrt", "neighbour_matrices",
+           "smoothness_gram", "LowerBoundResult", "SmoothFlowPGD", "lower_bound_attack", "pair_margin_change",
+           "rescale_to_budget", "warp_derivative", "StAdvTauBinarySearch"]

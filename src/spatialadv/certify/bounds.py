@@ -1,0 +1,571 @@
+"""Upper bounds on the margin change a smooth flow can cause (seed 002 §4.1, §6.5, §6.7; seed 003 §4.1).
+
+What is bounded
+---------------
+For a one-hidden-layer ReLU network ``z(x) = V σ(W x + b) + c`` (or a linear
+one, ``z(x) = V x + c``), an image ``x`` with pixels in ``[lo, hi]`` and a
+two-channel flow ``r`` with ``ℓ_diff(r) ≤ ε`` (:func:`~spatialadv.certify.smoothness.flow_smoothness`,
+``border`` as chosen), the *true bilinear warp* ``g(r; x)``
+(:func:`spatialadv.ops.flow_warp`, zero or border padding) changes the
+margin of class i over class j by at most ``ε · Q[i, j]``:
+
+    (z_i − z_j)(g(r; x)) − (z_i − z_j)(x)  ≤  ε · Q[i, j].
+
+Derivation (seed 002 Eqs. 4, 15 and §4.1, extended to two flow channels as in
+seed 003 Eq. 11). Along the path ``t ↦ g(t r; x)`` the fundamental theorem of
+calculus gives ``Δ = ∫₀¹ ∇σᵀ diag(v) W Dg(t r) r dt`` with ``v = V_i − V_j``.
+This is exact for the bilinear warp (piecewise smooth, so almost everywhere
+differentiable); no linearisation is involved. Then
+
+* ``∇σ ∈ [0, 1]ᵐ`` (ReLU), relaxed to ``s ∈ [−1, 1]ᵐ`` as in the paper;
+* output pixel p depends only on its own flow ``r_p``, and
+  ``∂g_p/∂r_u,p``, ``∂g_p/∂r_v,p`` are convex combinations of differences of
+  two neighbouring pixels (or of a pixel and the zero padding), so lie in
+  ``[−ρ, ρ]`` with ``ρ = max(hi, 0) − min(lo, 0)`` (ρ = 1 for images in
+  [0, 1]: the paper's "Dg ∈ [−2, 2]" for ``r_u = r_v``; ρ = 2 on [−1, 1]);
+* ``|r_u,p|, |r_v,p| ≤ ε λ_p`` (Prop. 2, box of the ellipsoid).
+
+Hence ``Δ ≤ 2ερ · max_{‖s‖∞≤1, ‖t‖∞≤1} sᵀ B t`` with ``B = diag(v) W diag(λ)``,
+i.e. ``Δ ≤ ερ · max_{‖z‖∞≤1} zᵀPz``, ``P = [[0, B], [Bᵀ, 0]]`` (Eq. 9). With C
+image channels λ is repeated per channel. The bound does not depend on x, so
+``Q`` is computed once per network (as the paper notes for Eq. 16).
+
+The certificate therefore covers the true bilinear warp of images in
+``[lo, hi]`` — not only a first-order model of it — for every flow in the
+(Dirichlet-border by default) ℓ_diff ball.
+
+Bounds on ``max_{‖z‖∞≤1} zᵀPz`` (all sound, loosest first):
+
+* ``"frobenius"`` / ``"spectral"`` (§6.8, made sound): ``sᵀdiag(v)Wu ≤ ‖v‖₂‖W‖‖u‖₂``
+  with ``‖u‖₂ ≤ ρε·min(sqrt(2C/μ_min), 2‖λ‖₂)`` (``μ_min`` the smallest
+  eigenvalue of MᵀM); ‖W‖ is ‖W‖_F or ‖W‖₂. The paper writes ``ε‖W‖‖v‖₂``
+  without these constants.
+* ``"sdp"``: ``max tr(ZP)`` s.t. ``diag(Z) ≤ 1, Z ⪰ 0`` (Eq. 9's relaxation),
+  bounded from above by its dual: for *any* ``c``,
+  ``D·λ⁺_max(P − diag c) + Σ max(c, 0)`` (D = dim P) is a valid bound
+  (weak duality). :func:`sdp_dual_bound` evaluates it with a dense float64
+  eigen-solver plus a safety margin; :func:`optimize_dual` searches c;
+  :func:`sdp_exact` solves the SDP with cvxpy (small networks only).
+* ``"linear"`` (linear classifiers only, Eq. 16): ``2ερ‖v ⊙ λ‖₁``, exact for the box.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._validation import check_images, check_labels
+from .smoothness import box_half_widths, gram_min_eigenvalue
+
+__all__ = ["NetworkWeights", "network_weights", "pair_matrices", "sdp_exact", "brute_force_max", "sdp_dual_bound",
+           "ritz_top_eigen", "dual_objective", "optimize_dual", "pair_bounds", "Certificate", "certify", "METHODS"]
+
+METHODS = ("sdp", "spectral", "frobenius", "linear")
+
+
+@dataclass(frozen=True)
+class NetworkWeights:
+    """Weights of a one-hidden-layer ReLU network (``W``, ``b`` set) or a linear one (``W is None``).
+
+    Attributes:
+        W: ``(m, D)`` first layer, or None for a linear classifier.
+        b: ``(m,)`` first-layer bias, or None.
+        V: ``(K, m)`` output layer (``(K, D)`` for a linear classifier).
+        c: ``(K,)`` output bias.
+    """
+
+    W: Tensor | None
+    b: Tensor | None
+    V: Tensor
+    c: Tensor
+
+    @property
+    def hidden(self) -> bool:
+        return self.W is not None
+
+
+def network_weights(model: nn.Module) -> NetworkWeights:
+    """Read the weights of ``Flatten → Linear → ReLU → Linear`` or ``Flatten → Linear``.
+
+    ``nn.Dropout`` and ``nn.Identity`` layers are ignored (the model is meant to be
+    in eval mode). The tensors are the model's parameters (not copies), so bounds
+    built from them are differentiable with respect to the weights.
+
+    Raises:
+        TypeError: any other architecture (the bounds hold only for these).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    leaves = [m for m in model.modules() if len(list(m.children())) == 0]
+    leaves = [m for m in leaves if not isinstance(m, (nn.Flatten, nn.Dropout, nn.Identity))]
+    kinds = [type(m) for m in leaves]
+    if kinds == [nn.Linear, nn.ReLU, nn.Linear]:
+        w, v = leaves[0], leaves[2]
+        b = w.bias if w.bias is not None else torch.zeros(w.out_features, dtype=w.weight.dtype)
+        c = v.bias if v.bias is not None else torch.zeros(v.out_features, dtype=v.weight.dtype)
+        return NetworkWeights(w.weight, b, v.weight, c)
+    if kinds == [nn.Linear]:
+        v = leaves[0]
+        c = v.bias if v.bias is not None else torch.zeros(v.out_features, dtype=v.weight.dtype)
+        return NetworkWeights(None, None, v.weight, c)
+    raise TypeError("the spatial certificate supports Flatten→Linear→ReLU→Linear (one hidden layer) or "
+                    f"Flatten→Linear models; got layers {[k.__name__ for k in kinds]}")
+
+
+def _check_shape(image_shape) -> tuple[int, int, int]:
+    if not (isinstance(image_shape, (tuple, list, torch.Size)) and len(image_shape) == 3
+            and all(isinstance(s, int) and s >= 1 for s in image_shape)):
+        raise ValueError(f"image_shape must be (C, H, W) of positive ints, got {image_shape!r}")
+    return tuple(image_shape)
+
+
+def _check_range(input_range) -> float:
+    """ρ, the largest difference of two sampled values: ``max(hi, 0) − min(lo, 0)`` (zero padding samples 0)."""
+    if not (isinstance(input_range, (tuple, list)) and len(input_range) == 2):
+        raise ValueError(f"input_range must be (lo, hi), got {input_range!r}")
+    lo, hi = map(float, input_range)
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(f"input_range must be finite with hi > lo, got {input_range!r}")
+    return max(hi, 0.0) - min(lo, 0.0)
+
+
+def _lam_d(image_shape, border: str, ridge: float, dtype=torch.float64) -> Tensor:
+    ch, h, w = _check_shape(image_shape)
+    lam = torch.as_tensor(box_half_widths(h, w, border=border, ridge=ridge), dtype=dtype)
+    return lam.repeat(ch)  # flatten order (C, H, W)
+
+
+def _pairs(k: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(k) for j in range(i + 1, k)]
+
+
+def pair_matrices(weights: NetworkWeights, lam_d: Tensor, pairs: list[tuple[int, int]]) -> Tensor:
+    """``B_ij = diag(V_i − V_j) W diag(λ)`` for each pair, ``(len(pairs), m, D)`` (seed 002 §6.7).
+
+    ``P_ij = [[0, B_ij], [B_ijᵀ, 0]]``. Raises ValueError for a linear network.
+    """
+    if not weights.hidden:
+        raise ValueError("pair_matrices needs a one-hidden-layer network")
+    idx_i = torch.tensor([p[0] for p in pairs])
+    idx_j = torch.tensor([p[1] for p in pairs])
+    dv = weights.V[idx_i] - weights.V[idx_j]
+    return dv[:, :, None] * weights.W[None] * lam_d.to(weights.W.dtype)[None, None, :]
+
+
+def _dense_p(bmat: np.ndarray) -> np.ndarray:
+    m, d = bmat.shape
+    p = np.zeros((m + d, m + d))
+    p[:m, m:] = bmat
+    p[m:, :m] = bmat.T
+    return p
+
+
+def sdp_exact(bmat, *, solver: str = "CLARABEL", **solver_kwargs) -> float:
+    """Solve ``max tr(ZP) s.t. diag(Z) ≤ 1, Z ⪰ 0`` with cvxpy (seed 002 Eq. 9).
+
+    Args:
+        bmat: ``B`` ``(m, D)`` (array or tensor); ``P = [[0, B], [Bᵀ, 0]]``.
+        solver: a cvxpy SDP solver (``"CLARABEL"`` or ``"SCS"``).
+
+    Returns:
+        The optimal value (solver precision; not itself a certified bound — use
+        :func:`sdp_dual_bound` for one). Memory grows as ``(m + D)²``: meant for
+        small networks, tests and benchmarks.
+
+    Raises:
+        RuntimeError: the solver did not reach an optimal status.
+    """
+    import cvxpy as cp
+
+    b = np.asarray(bmat.detach().cpu() if isinstance(bmat, Tensor) else bmat, dtype=np.float64)
+    p = _dense_p(b)
+    z = cp.Variable(p.shape, PSD=True)
+    prob = cp.Problem(cp.Maximize(cp.trace(p @ z)), [cp.diag(z) <= 1])
+    prob.solve(solver=solver, **solver_kwargs)
+    if prob.status not in ("optimal", "optimal_inaccurate"):
+        raise RuntimeError(f"SDP solver {solver} ended with status {prob.status}")
+    return float(prob.value)
+
+
+def brute_force_max(bmat) -> float:
+    """``max_{z ∈ {±1}ⁿ} zᵀPz`` by enumerating every z (n = m + D ≤ 22), the exact
+    value of ``max_{‖z‖∞≤1} zᵀPz`` (P has a zero diagonal, so the maximum of this
+    multilinear form is at a vertex). Raises ValueError for n > 22."""
+    b = np.asarray(bmat.detach().cpu() if isinstance(bmat, Tensor) else bmat, dtype=np.float64)
+    p = _dense_p(b)
+    n = p.shape[0]
+    if n > 22:
+        raise ValueError(f"brute force over 2^{n} sign vectors is too large (n ≤ 22)")
+    best = -np.inf
+    # fix z_0 = +1 (zᵀPz is even in z) and enumerate the rest in chunks
+    rest = n - 1
+    for start in range(0, 2 ** rest, 1 << 16):
+        codes = np.arange(start, min(start + (1 << 16), 2 ** rest))
+        bits = ((codes[:, None] >> np.arange(rest)[None, :]) & 1).astype(np.float64) * 2 - 1
+        z = np.concatenate([np.ones((len(codes), 1)), bits], 1)
+        best = max(best, float(np.einsum("ni,ij,nj->n", z, p, z).max()))
+    return best
+
+
+# ------------------------------------------------------------------------------------- dual bound
+def _matvec(w: Tensor, dv: Tensor, lam: Tensor, c: Tensor, x: Tensor) -> Tensor:
+    """``(P_k − diag c_k) X_k`` for every pair k without forming P: X ``(Kp, m+D, b)``."""
+    m, d = w.shape
+    kp, _, nb = x.shape
+    xs, xt = x[:, :m], x[:, m:]
+    # one GEMM for all pairs: (m, D) @ (D, Kp·b)
+    t = (lam[None, :, None] * xt).permute(1, 0, 2).reshape(d, kp * nb)
+    ys = dv[:, :, None] * (w @ t).reshape(m, kp, nb).permute(1, 0, 2)
+    s = (dv[:, :, None] * xs).permute(1, 0, 2).reshape(m, kp * nb)
+    yt = lam[None, :, None] * (w.T @ s).reshape(d, kp, nb).permute(1, 0, 2)
+    return torch.cat([ys, yt], 1) - c[:, :, None] * x
+
+
+def ritz_top_eigen(w: Tensor, dv: Tensor, lam: Tensor, c: Tensor, u0: Tensor | None = None, *, iters: int = 20,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Approximate top eigenpair of ``A_k = P_k − diag(c_k)`` for each pair k, matrix-free.
+
+    A LOBPCG-style iteration (Rayleigh-Ritz on ``span{u, A u − θ u, u_prev}``),
+    warm-started from ``u0``. The Ritz value never exceeds λ_max (it is a
+    Rayleigh quotient), so it is **not** a certified bound: use it to train or to
+    search c, and :func:`sdp_dual_bound` to certify.
+
+    Args:
+        w: ``(m, D)``; dv: ``(Kp, m)`` (``V_i − V_j``); lam: ``(D,)``; c: ``(Kp, m + D)``.
+        u0: ``(Kp, m + D)`` start, random if None.
+        iters: iterations.
+
+    Returns:
+        ``(theta (Kp,), u (Kp, m + D))`` unit vectors, detached.
+    """
+    with torch.no_grad():
+        kp, n = c.shape
+        w, dv, lam, c = (t.detach() for t in (w, dv, lam, c))
+        u = u0.detach().clone() if u0 is not None else torch.randn(kp, n, dtype=c.dtype, generator=generator)
+        u = u / u.norm(dim=1, keepdim=True)
+        prev = None
+        for _ in range(iters):
+            au = _matvec(w, dv, lam, c, u[:, :, None])[:, :, 0]
+            theta = (u * au).sum(1, keepdim=True)
+            res = au - theta * u
+            cols = [u, res] + ([prev] if prev is not None else [])
+            s = torch.stack(cols, 2)
+            q, _ = torch.linalg.qr(s)
+            t = q.transpose(1, 2) @ _matvec(w, dv, lam, c, q)
+            t = 0.5 * (t + t.transpose(1, 2))
+            evals, evecs = torch.linalg.eigh(t)
+            prev = u
+            u = (q @ evecs[:, :, -1:])[:, :, 0]
+            u = u / u.norm(dim=1, keepdim=True)
+        au = _matvec(w, dv, lam, c, u[:, :, None])[:, :, 0]
+        return (u * au).sum(1), u
+
+
+def dual_objective(w: Tensor, dv: Tensor, lam: Tensor, c: Tensor, u: Tensor) -> Tensor:
+    """Differentiable surrogate of the SDP dual, ``Σ c + D · uᵀ(P − diag c)u`` per pair ``(Kp,)``.
+
+    With ``u`` the top eigenvector of ``P − diag c`` this is ``Σc + D·λ_max``,
+    which is a valid bound once ``c + λ_max ≥ 0`` (weak duality) and whose
+    gradient in ``(W, V, c)`` is that of the eigenvalue. ``u`` is treated as a
+    constant. This is the training penalty of the SDP-regularised network
+    (seed 002 §6.8 item 6, following Raghunathan et al. 2018); its value with
+    an approximate ``u`` under-estimates λ_max, so never report it as a certificate.
+    """
+    n = c.shape[1]
+    au = _matvec(w, dv, lam, c, u.detach()[:, :, None])[:, :, 0]
+    return c.sum(1) + n * (u.detach() * au).sum(1)
+
+
+def _safe_lambda_max(a: np.ndarray | Tensor) -> Tensor:
+    """λ_max of symmetric matrices ``(Kp, n, n)`` in float64 plus a rounding margin.
+
+    LAPACK's symmetric eigen-solver is backward stable: the computed
+    eigenvalues are exact for ``A + E`` with ``‖E‖₂ ≲ n·eps·‖A‖₂``; Weyl's
+    inequality then bounds the error of λ_max. We add ``16·n·eps·‖A‖_F``
+    (``‖A‖₂ ≤ ‖A‖_F``) so the returned value is never below the true λ_max.
+    """
+    a = torch.as_tensor(a, dtype=torch.float64)
+    a = 0.5 * (a + a.transpose(-1, -2))
+    top = torch.linalg.eigvalsh(a)[..., -1]
+    n = a.shape[-1]
+    margin = 16 * n * torch.finfo(torch.float64).eps * torch.linalg.matrix_norm(a)
+    return top + margin
+
+
+def sdp_dual_bound(bmat: Tensor, c: Tensor) -> Tensor:
+    """Certified upper bound on ``max tr(ZP)`` (hence on ``max_{‖z‖∞≤1} zᵀPz``) from any dual vector c.
+
+    ``D·λ⁺_max(P − diag c) + Σ max(c, 0)`` (weak duality; REFERENCE §4), with
+    λ_max from a dense float64 eigen-solver plus a rounding margin
+    (:func:`_safe_lambda_max`). Not differentiable (use :func:`dual_objective`).
+
+    Args:
+        bmat: ``(Kp, m, D)`` or ``(m, D)``: ``P = [[0, B], [Bᵀ, 0]]``.
+        c: ``(Kp, m + D)`` or ``(m + D,)``, any real values.
+
+    Returns:
+        ``(Kp,)`` (or a 0-d tensor) float64.
+
+    Raises:
+        ValueError: shapes that do not match, non-finite c.
+    """
+    single = bmat.dim() == 2
+    b = bmat.detach().to(torch.float64)
+    cc = c.detach().to(torch.float64)
+    if single:
+        b, cc = b[None], cc[None]
+    kp, m, d = b.shape
+    if cc.shape != (kp, m + d):
+        raise ValueError(f"c must have shape {(kp, m + d)}, got {tuple(c.shape)}")
+    if not torch.isfinite(cc).all():
+        raise ValueError("c must be finite")
+    out = torch.empty(kp, dtype=torch.float64)
+    for k in range(kp):
+        a = torch.zeros(m + d, m + d, dtype=torch.float64)
+        a[:m, m:] = b[k]
+        a[m:, :m] = b[k].T
+        a -= torch.diag(cc[k])
+        lam_max = _safe_lambda_max(a)
+        out[k] = (m + d) * lam_max.clamp_min(0) + cc[k].clamp_min(0).sum()
+    return out[0] if single else out
+
+
+def _initial_dual(bmat: Tensor) -> Tensor:
+    """A starting c: the better of the diagonal-dominance choice (feasible,
+    ``diag(c) ⪰ P``) and the spectral one (``αβ = σ²``, σ ≈ ‖B‖₂ by 30 power
+    iterations, so feasible only up to that estimate), per pair. Feasibility is
+    not needed: :func:`optimize_dual` certifies whatever c it ends with."""
+    kp, m, d = bmat.shape
+    ab = bmat.abs()
+    c_dd = torch.cat([ab.sum(2), ab.sum(1)], 1)
+    vec = torch.ones(kp, d, 1, dtype=bmat.dtype) / math.sqrt(d)
+    for _ in range(30):
+        vec = bmat.transpose(1, 2) @ (bmat @ vec)
+        vec = vec / vec.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    sig = (bmat @ vec).norm(dim=(1, 2)) * 1.01
+    c_sp = torch.cat([(sig * math.sqrt(d / m))[:, None].expand(kp, m), (sig * math.sqrt(m / d))[:, None].expand(kp, d)], 1)
+    use_dd = c_dd.sum(1) < c_sp.sum(1)
+    return torch.where(use_dd[:, None], c_dd, c_sp).clone()
+
+
+def optimize_dual(w: Tensor, dv: Tensor, lam: Tensor, *, steps: int = 300, lr: float = 0.05, ritz_iters: int = 4,
+                  block: int = 8, smoothing: float = 0.05, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Search dual vectors c minimising the SDP dual for each pair, then certify them.
+
+    Adam (learning rate ``lr`` times the mean ``|c|`` of the start) on
+    ``Σc + D·λ_max(P − diag c)``, with λ_max replaced by a soft-max of the
+    top ``block`` Ritz values (temperature ``smoothing``·mean|c|, annealed;
+    warm-started block Ritz iterations, ``ritz_iters`` per step); the c with
+    the best value is shifted by its Ritz λ_max (so that ``P − diag c ⪯ 0``
+    approximately) and evaluated with :func:`sdp_dual_bound`. The result is a
+    valid bound whatever the search did.
+
+    Args:
+        w: ``(m, D)``; dv: ``(Kp, m)``; lam: ``(D,)`` (float64 recommended).
+        steps: Adam steps (0 returns the certified feasible start).
+
+    Returns:
+        ``(bound (Kp,) float64, c (Kp, m + D))``.
+    """
+    w, dv, lam = (t.detach().to(torch.float64) for t in (w, dv, lam))
+    bmat = dv[:, :, None] * w[None] * lam[None, None, :]
+    c = _initial_dual(bmat)
+    gen = torch.Generator().manual_seed(seed)
+    if steps > 0:
+        with torch.enable_grad():
+            c = _adam_dual(w, dv, lam, c, steps, lr, ritz_iters, gen, min(block, c.shape[1]), smoothing)
+    # shift c by its (Ritz) λ_max so that λ_max(P − diag c) ≈ 0, then certify with the exact eigen-solver:
+    # the certified value D·λ⁺_max + Σc⁺ is valid whatever the shift was.
+    theta, _ = ritz_top_eigen(w, dv, lam, c, iters=60, generator=gen)
+    c = c + theta[:, None]
+    return sdp_dual_bound(bmat, c), c
+
+
+def _ritz_block(w, dv, lam, c, vb, iters):
+    """Top-b Ritz pairs of every ``P_k − diag c_k`` (block LOBPCG-style, warm start ``vb`` ``(Kp, n, b)``)."""
+    prev = None
+    for _ in range(iters):
+        av = _matvec(w, dv, lam, c, vb)
+        theta = (vb * av).sum(1, keepdim=True)
+        s = torch.cat([vb, av - vb * theta] + ([prev] if prev is not None else []), 2)
+        q, _ = torch.linalg.qr(s)
+        t = q.transpose(1, 2) @ _matvec(w, dv, lam, c, q)
+        _, evecs = torch.linalg.eigh(0.5 * (t + t.transpose(1, 2)))
+        prev = vb
+        vb = q @ evecs[:, :, -vb.shape[2]:]
+    return (vb * _matvec(w, dv, lam, c, vb)).sum(1), vb
+
+
+def _adam_dual(w, dv, lam, c, steps, lr, ritz_iters, gen, block, smoothing):
+    """Adam on ``Σc + D·smax_μ(top-b Ritz values of P − diag c)`` (soft-max over the top ``block``
+    eigenvalues with temperature μ = ``smoothing``·mean|c₀|, annealed to 0): at the optimum the top
+    eigenvalue is highly degenerate, and the smoothed objective converges much faster than the plain
+    top-eigenvector subgradient. Returns the c with the best (Ritz) dual value seen."""
+    kp, n = c.shape
+    scale = c.abs().mean(1, keepdim=True).clamp_min(1e-12)
+    c = c.clone().requires_grad_(True)
+    opt = torch.optim.Adam([c], lr=lr)
+    vb, _ = torch.linalg.qr(torch.randn(kp, n, block, dtype=c.dtype, generator=gen))
+    best_val = torch.full((kp,), float("inf"), dtype=torch.float64)
+    best_c = c.detach().clone()
+    for step in range(steps):
+        theta, vb = _ritz_block(w, dv, lam, c.detach(), vb, ritz_iters if step else 30)
+        val = c.detach().sum(1) + n * theta.max(1).values
+        better = val < best_val
+        best_val = torch.where(better, val, best_val)
+        best_c[better] = c.detach()[better]
+        mu = smoothing * scale[:, 0] * (1 - step / steps) + 1e-12
+        wts = torch.softmax(theta / mu[:, None], 1)
+        obj = c.sum(1) + n * (wts * (vb * _matvec(w, dv, lam, c, vb)).sum(1)).sum(1)
+        opt.zero_grad()
+        (obj / scale[:, 0]).sum().backward()
+        c.grad *= scale  # per-pair learning rate proportional to the pair's scale
+        opt.step()
+        for g in opt.param_groups:
+            g["lr"] = lr * (1 - step / steps) + 1e-3 * lr
+    return best_c
+
+
+# ------------------------------------------------------------------------------------ pair bounds
+def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_range=(0.0, 1.0), border: str = "zeros",
+                ridge: float = 0.0, dual_steps: int = 100, ritz_iters: int = 4, exact: bool = False,
+                solver: str = "CLARABEL") -> Tensor:
+    """Per-class-pair bound ``Q`` ``(K, K)`` float64 on the margin change per unit ε (see the module docstring).
+
+    ``(z_i − z_j)(g(r; x)) − (z_i − z_j)(x) ≤ ε·Q[i, j]`` for every image with
+    pixels in ``input_range`` and every flow with ``ℓ_diff(r) ≤ ε``. Q is
+    symmetric with a zero diagonal.
+
+    Args:
+        model: a one-hidden-layer or linear network (:func:`network_weights`).
+        image_shape: ``(C, H, W)`` of the model's input.
+        method: ``"sdp"`` (dual bound, or the cvxpy optimum with ``exact=True``),
+            ``"spectral"``, ``"frobenius"`` or ``"linear"`` (linear models only, Eq. 16;
+            for hidden-layer models ``"linear"`` is rejected).
+        input_range: ``(lo, hi)`` pixel range; ρ = max(hi, 0) − min(lo, 0) scales every bound.
+        border, ridge: the smoothness operator (:mod:`~spatialadv.certify.smoothness`).
+        dual_steps, ritz_iters: Adam steps of :func:`optimize_dual` and Ritz iterations per step.
+        exact: solve each pair's SDP with cvxpy (slow for large nets; the
+            solver's optimum, not a certified dual value).
+
+    Raises:
+        ValueError: unknown method, bad shape/range, singular MᵀM; TypeError: unsupported model.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    ch, h, w = _check_shape(image_shape)
+    rho = _check_range(input_range)
+    net = network_weights(model)
+    lam = _lam_d(image_shape, border, ridge)
+    d = ch * h * w
+    in_dim = net.W.shape[1] if net.hidden else net.V.shape[1]
+    if in_dim != d:
+        raise ValueError(f"image_shape {image_shape} has {d} pixels but the model's first layer takes {in_dim}")
+    k = net.V.shape[0]
+    pairs = _pairs(k)
+    V = net.V.detach().to(torch.float64)
+    dv = torch.stack([V[i] - V[j] for i, j in pairs])
+    if method == "linear":
+        if net.hidden:
+            raise ValueError("method='linear' (Eq. 16) is for linear classifiers; use sdp, spectral or frobenius")
+        vals = 2 * rho * (dv * lam).abs().sum(1)
+    elif method in ("spectral", "frobenius"):
+        mu = gram_min_eigenvalue(h, w, border=border, ridge=ridge)
+        u_norm = rho * min(math.sqrt(2 * ch / mu), 2 * float(lam.norm()))
+        if net.hidden:
+            Wd = net.W.detach().to(torch.float64)
+            wn = torch.linalg.matrix_norm(Wd, ord=2 if method == "spectral" else "fro")
+        else:
+            wn = torch.tensor(1.0, dtype=torch.float64)
+        vals = dv.norm(dim=1) * wn * u_norm
+    else:
+        if not net.hidden:
+            vals = 2 * rho * (dv * lam).abs().sum(1)  # the SDP of a linear model is Eq. 16
+        else:
+            Wd = net.W.detach().to(torch.float64)
+            if exact:
+                bm = dv[:, :, None] * Wd[None] * lam[None, None, :]
+                vals = torch.tensor([sdp_exact(bm[p], solver=solver) for p in range(len(pairs))], dtype=torch.float64) * rho
+            else:
+                vals = optimize_dual(Wd, dv, lam, steps=dual_steps, ritz_iters=ritz_iters)[0] * rho
+    q = torch.zeros(k, k, dtype=torch.float64)
+    for (i, j), val in zip(pairs, vals):
+        q[i, j] = q[j, i] = val
+    return q
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Result of :func:`certify`.
+
+    Attributes:
+        bound: ``(N,)`` upper bound on ``max_{j≠y} (z_j − z_y)(g(r; x))`` over all
+            flows with ``ℓ_diff(r) ≤ ε`` (logit units).
+        certified: ``(N,)`` bool, ``bound < 0``: no such flow changes the prediction
+            away from y (and the clean prediction is y).
+        clean_margin: ``(N,)`` ``z_y − max_{j≠y} z_j`` on the clean image.
+        eps: ``(N,)`` the budget ε per example (pixels, ℓ_diff units).
+        pair_bounds: ``(K, K)`` Q used (per unit ε).
+        method: the bound used.
+    """
+
+    bound: Tensor
+    certified: Tensor
+    clean_margin: Tensor
+    eps: Tensor
+    pair_bounds: Tensor
+    method: str
+
+
+def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp", q: Tensor | None = None,
+            input_range=(0.0, 1.0), border: str = "zeros", ridge: float = 0.0, dual_steps: int = 100) -> Certificate:
+    """Certify images against every flow with ``ℓ_diff(r) ≤ ε`` (seed 002 §6.7 criterion).
+
+    ``bound = max_{j≠y} [z_j(x) − z_y(x) + ε·Q[j, y]]``; ``certified = bound < 0``.
+    Valid for the true bilinear warp (zero or border padding) of images with
+    pixels in ``input_range`` (see the module docstring).
+
+    Args:
+        model: one-hidden-layer or linear network (eval mode; not modified).
+        x: ``(N, C, H, W)`` images in ``input_range`` (checked for [0, 1] when
+            that is the range).
+        y: ``(N,)`` int64 labels.
+        eps: budget ε ≥ 0 (float or ``(N,)`` tensor), ℓ_diff units (pixels).
+        method: see :func:`pair_bounds`.
+        q: a precomputed Q (reuse it across ε; it does not depend on x).
+
+    Raises:
+        ValueError, TypeError: bad inputs (shapes, ranges, labels, negative eps).
+    """
+    lo, hi = map(float, input_range)
+    _check_range(input_range)
+    if (lo, hi) == (0.0, 1.0):
+        check_images(x)
+    elif not (isinstance(x, Tensor) and x.is_floating_point() and x.dim() == 4 and bool(torch.isfinite(x).all())
+              and float(x.min()) >= lo and float(x.max()) <= hi):
+        raise ValueError(f"x must be a finite float tensor (N, C, H, W) with values in [{lo}, {hi}]")
+    n = x.shape[0]
+    with torch.no_grad():
+        logits = model(x).to(torch.float64)
+    k = logits.shape[1]
+    y = check_labels(y, n, k)
+    eps_t = torch.as_tensor(eps, dtype=torch.float64).flatten()
+    if eps_t.numel() == 1:
+        eps_t = eps_t.expand(n)
+    if eps_t.shape != (n,) or not torch.isfinite(eps_t).all() or bool((eps_t < 0).any()):
+        raise ValueError(f"eps must be a finite float >= 0 or an (N,) tensor of them, got {eps!r}")
+    q = q if q is not None else pair_bounds(
+        model, tuple(x.shape[1:]), method=method, input_range=input_range, border=border, ridge=ridge, dual_steps=dual_steps)
+    if q.shape != (k, k):
+        raise ValueError(f"q must be ({k}, {k}), got {tuple(q.shape)}")
+    zy = logits.gather(1, y[:, None])
+    diff = logits - zy + eps_t[:, None] * q.to(torch.float64)[:, y].T
+    diff = diff.masked_fill(torch.nn.functional.one_hot(y, k).bool(), float("-inf"))
+    bound = diff.amax(1)
+    others = logits.masked_fill(torch.nn.functional.one_hot(y, k).bool(), float("-inf")).amax(1)
+    return Certificate(bound=bound, certified=bound < 0, clean_margin=zy[:, 0] - others, eps=eps_t,
+                       pair_bounds=q, method=method)

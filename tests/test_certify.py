@@ -1,0 +1,349 @@
+"""Spatial certificate (seed 002): smoothness operator, bounds, lower-bound attack, soundness."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spatialadv.attacks import StAdv
+from spatialadv.certify import (box_half_widths, brute_force_max, certify, dual_objective, flow_smoothness,
+                                neighbour_matrices, optimize_dual, pair_bounds, ritz_top_eigen, sdp_dual_bound, sdp_exact,
+                                smoothness_gram)
+from spatialadv.certify.lower_bound import SmoothFlowPGD, lower_bound_attack, pair_margin_change, rescale_to_budget, warp_derivative
+from spatialadv.data import load_dataset
+from spatialadv.ops.flow import flow_tv
+from spatialadv.ops.warp import flow_warp
+
+from _contract import run_checked
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train(hidden: int | None, seed: int = 0, epochs: int = 25):
+    tr = load_dataset("digits", "train")
+    torch.manual_seed(seed)
+    layers = [nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10)] if hidden else [nn.Flatten(), nn.Linear(64, 10)]
+    model = nn.Sequential(*layers)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(tr), generator=gen)
+        for i in range(0, len(tr), 64):
+            b = perm[i : i + 64]
+            loss = nn.functional.cross_entropy(model(tr.x[b]), tr.y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def nets():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mlp, lin = _train(16), _train(None)
+        te = load_dataset("digits", "test")
+        with torch.no_grad():
+            ok = (mlp(te.x).argmax(1) == te.y) & (lin(te.x).argmax(1) == te.y)
+        assert float((mlp(te.x).argmax(1) == te.y).float().mean()) > 0.9
+        x, y = te.x[ok][:40].clone(), te.y[ok][:40].clone()
+        q = {m: pair_bounds(mlp, (1, 8, 8), method=m, dual_steps=200) for m in ("sdp", "spectral", "frobenius")}
+        yield {"mlp": mlp, "lin": lin, "x": x, "y": y, "q": q}
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------- smoothness
+@pytest.mark.parametrize("border", ["zeros", "replicate"])
+def test_gram_is_sum_of_neighbour_terms_and_matches_eq2(border):
+    h, w = 5, 7
+    ms = neighbour_matrices(h, w, border=border)
+    eye = np.eye(h * w)
+    g = smoothness_gram(h, w, border=border).toarray()
+    assert np.allclose(g, sum((eye - m.toarray()).T @ (eye - m.toarray()) for m in ms.values()))
+    # each row of a neighbour matrix is one-hot (or zero at the border with border='zeros')
+    for m in ms.values():
+        rows = np.asarray(m.sum(1)).ravel()
+        assert set(rows.tolist()) <= ({0.0, 1.0} if border == "zeros" else {1.0})
+    gen = torch.Generator().manual_seed(0)
+    flow = torch.randn(3, 2, h, w, generator=gen, dtype=torch.float64)
+    # Eq. 2 written out: Σ_p Σ_{q∈N(p)} (Δu_p−Δu_q)² + (Δv_p−Δv_q)², outside flow = 0 or = own flow
+    ref = torch.zeros(3, dtype=torch.float64)
+    for r in range(h):
+        for c in range(w):
+            for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                rr, cc = r + dr, c + dc
+                inside = 0 <= rr < h and 0 <= cc < w
+                other = flow[:, :, rr, cc] if inside else (torch.zeros_like(flow[:, :, 0, 0]) if border == "zeros" else flow[:, :, r, c])
+                ref += (flow[:, :, r, c] - other).pow(2).sum(1)
+    m_norm = np.sqrt(np.einsum("ncp,pq,ncq->n", flow.flatten(2).numpy(), g, flow.flatten(2).numpy()))
+    assert torch.allclose(flow_smoothness(flow, border=border), ref.sqrt())
+    assert np.allclose(m_norm, ref.sqrt().numpy())
+    if border == "replicate":  # same neighbourhood as stAdv's flow metrics
+        assert torch.allclose(flow_smoothness(flow, border="replicate"), math.sqrt(h * w) * flow_tv(flow))
+
+
+def test_box_half_widths_finite_and_tight():
+    h, w = 6, 5
+    lam = box_half_widths(h, w)
+    assert lam.shape == (h * w,) and np.all(np.isfinite(lam)) and np.all(lam > 0)
+    g = smoothness_gram(h, w).toarray()
+    ginv = np.linalg.inv(g)
+    for p in (0, 7, 14):  # Prop. 2: max r_p on the ellipsoid ‖M r‖ ≤ 1 is λ_p, attained by G⁻¹e_p/λ_p
+        r = ginv[:, p] / lam[p]
+        assert np.isclose(r @ g @ r, 1.0) and np.isclose(r[p], lam[p])
+        rnd = np.random.default_rng(p).standard_normal((200, h * w))
+        rnd /= np.sqrt(np.einsum("np,pq,nq->n", rnd, g, rnd))[:, None]
+        assert np.all(np.abs(rnd[:, p]) <= lam[p] + 1e-12)
+    # λ larger in the centre than at the Dirichlet border
+    assert lam.reshape(h, w)[h // 2, w // 2] > lam.reshape(h, w)[0, 0]
+    assert np.all(np.isfinite(box_half_widths(h, w, border="replicate", ridge=0.1)))
+
+
+def test_smoothness_bad_inputs():
+    with pytest.raises(ValueError, match="singular"):
+        box_half_widths(4, 4, border="replicate")
+    with pytest.raises(ValueError, match="border"):
+        neighbour_matrices(4, 4, border="reflect")
+    with pytest.raises(ValueError, match="h must"):
+        smoothness_gram(0, 4)
+    with pytest.raises(ValueError, match="ridge"):
+        smoothness_gram(3, 3, ridge=-1.0)
+    with pytest.raises(ValueError, match="shape"):
+        flow_smoothness(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(TypeError):
+        flow_smoothness(torch.zeros(1, 2, 4, 4, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------------- warp Jacobian
+def test_warp_derivative_matches_finite_differences():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 1, 6, 6, generator=gen, dtype=torch.float64)
+    flow = (torch.rand(2, 2, 6, 6, generator=gen, dtype=torch.float64) - 0.5) * 1.6
+    flow = flow + 0.013  # off the integer kinks
+    gu, gv = warp_derivative(x, flow)
+    h = 1e-6
+    for ch, g in ((0, gu), (1, gv)):
+        d = torch.zeros_like(flow)
+        d[:, ch] = h
+        fd = (flow_warp(x, flow + d) - flow_warp(x, flow - d)) / (2 * h)
+        assert torch.allclose(g, fd, atol=1e-6)
+    assert gu.abs().max() <= 1 and gv.abs().max() <= 1  # the |Dg| ≤ ρ fact the bound uses
+
+
+# ---------------------------------------------------------------------------------- SDP
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_sdp_vs_brute_force_and_dual(seed):
+    gen = torch.Generator().manual_seed(seed)
+    m, d = 4, 9
+    b = torch.randn(m, d, generator=gen, dtype=torch.float64)
+    brute = brute_force_max(b)
+    # brute force over z ∈ {±1}ⁿ equals the closed form 2·max_s ‖Bᵀs‖₁ over s ∈ {±1}ᵐ
+    s = torch.tensor([[1 if (k >> i) & 1 else -1 for i in range(m)] for k in range(2 ** m)], dtype=torch.float64)
+    assert math.isclose(brute, float(2 * (s @ b).abs().sum(1).max()), rel_tol=1e-12)
+    exact = sdp_exact(b)
+    assert exact >= brute - 1e-6 * abs(brute)          # a relaxation
+    assert exact <= 1.7822 * brute                      # Grothendieck: the bipartite SDP is within K_G
+    assert math.isclose(sdp_exact(b, solver="SCS", eps=1e-7), exact, rel_tol=1e-3)
+    # rank-one B: the relaxation is tight, so the SDP equals the brute force maximum
+    a, c = torch.randn(m, generator=gen, dtype=torch.float64), torch.randn(d, generator=gen, dtype=torch.float64)
+    b1 = a[:, None] * c[None, :]
+    assert math.isclose(sdp_exact(b1), brute_force_max(b1), rel_tol=1e-5)
+    # dual bounds: any c gives an upper bound; the optimised one is close to the SDP
+    lam = torch.ones(d, dtype=torch.float64)
+    bound, cvec = optimize_dual(b, torch.ones(1, m, dtype=torch.float64), lam, steps=300)
+    assert float(bound[0]) >= exact - 1e-6 * exact
+    assert float(bound[0]) <= 1.05 * exact
+    for _ in range(3):
+        rnd = torch.randn(m + d, generator=gen, dtype=torch.float64) * 3
+        assert float(sdp_dual_bound(b, rnd)) >= exact - 1e-6 * exact
+
+
+def test_ritz_and_dual_objective_gradient():
+    gen = torch.Generator().manual_seed(3)
+    m, d = 5, 7
+    w = torch.randn(m, d, generator=gen, dtype=torch.float64)
+    dv = torch.randn(2, m, generator=gen, dtype=torch.float64)
+    lam = torch.rand(d, generator=gen, dtype=torch.float64) + 0.5
+    c = torch.randn(2, m + d, generator=gen, dtype=torch.float64)
+    theta, u = ritz_top_eigen(w, dv, lam, c, iters=60, generator=gen)
+    for k in range(2):
+        b = dv[k][:, None] * w * lam[None]
+        a = torch.zeros(m + d, m + d, dtype=torch.float64)
+        a[:m, m:], a[m:, :m] = b, b.T
+        a -= torch.diag(c[k])
+        assert math.isclose(float(theta[k]), float(torch.linalg.eigvalsh(a)[-1]), rel_tol=1e-8)
+    # gradient of the surrogate in (W, v, c) with the eigenvector held fixed
+    wq, dq, cq = (t.clone().requires_grad_(True) for t in (w, dv, c))
+    torch.autograd.gradcheck(lambda w_, d_, c_: dual_objective(w_, d_, lam, c_, u), (wq, dq, cq))
+
+
+# ---------------------------------------------------------------------------------- bounds vs attacks
+def test_linear_bound_eq16_and_lower_bound_attack(nets):
+    lin = nets["lin"]
+    q = pair_bounds(lin, (1, 8, 8), method="linear", input_range=(-1, 1))
+    lam = torch.tensor(box_half_widths(8, 8))
+    v = (lin[1].weight[3] - lin[1].weight[5]).detach().double()
+    assert math.isclose(float(q[3, 5]), 2 * 2 * float((v * lam).abs().sum()), rel_tol=1e-6)  # ρ = 2 on [-1, 1]
+    assert torch.equal(q, q.T) and torch.all(q.diagonal() == 0)
+    for eps in (0.5, 4.0):
+        res = lower_bound_attack(lin, (1, 8, 8), eps, pair=(3, 5), iters=10)
+        assert float(flow_smoothness(res.flow.double())) <= eps * (1 + 1e-6)
+        assert res.x.min() >= -1 and res.x.max() <= 1
+        assert float(pair_margin_change(lin, res.x.double(), res.flow.double(), 3, 5)) == pytest.approx(res.margin, rel=1e-4)
+        assert 0 < res.margin <= eps * float(q[3, 5])
+        assert res.margin >= res.history[0]  # refinement never loses the best
+    with pytest.raises(ValueError, match="linear"):
+        pair_bounds(nets["mlp"], (1, 8, 8), method="linear")
+
+
+@pytest.mark.parametrize("eps", [0.2, 2.0])
+def test_lower_bound_attack_below_every_upper_bound(nets, eps):
+    mlp = nets["mlp"]
+    qs = {m: pair_bounds(mlp, (1, 8, 8), method=m, input_range=(-1, 1), dual_steps=100) for m in ("sdp", "spectral", "frobenius")}
+    for pair in ((1, 0), (7, 2)):
+        res = lower_bound_attack(mlp, (1, 8, 8), eps, pair=pair, iters=15)
+        assert float(flow_smoothness(res.flow.double())) <= eps * (1 + 1e-6)
+        assert res.margin > 0
+        assert res.margin > res.history[0] or res.margin == max(res.history)
+        for q in qs.values():
+            assert res.margin <= eps * float(q[pair])
+        assert res.margin_midpoint <= eps * float(qs["sdp"][pair])  # every midpoint term obeys the bound too
+        assert res.margin_theorem <= eps * float(qs["sdp"][pair])
+
+
+def _attack_margins(mlp, x, y, flow):
+    """Per example: max over j≠y of the exact change of z_j − z_y, and whether the prediction left y."""
+    with torch.no_grad():
+        z0, z1 = mlp(x).double(), mlp(flow_warp(x, flow)).double()
+    d = (z1 - z1.gather(1, y[:, None])) - (z0 - z0.gather(1, y[:, None]))
+    return d, z1.argmax(1) != y
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.3, 1.5])
+def test_soundness_on_every_example(nets, eps):
+    mlp, x, y, q = nets["mlp"], nets["x"], nets["y"], nets["q"]
+    pgd = run_checked(SmoothFlowPGD(eps=eps, steps=40, step_size=0.2), mlp, x, y)
+    assert torch.all(pgd.size <= eps * (1 + 1e-5))
+    st = run_checked(StAdv(tau=0.0005, max_iter=60), mlp, x, y)
+    st_flow = rescale_to_budget(st.flow.double(), eps).to(x.dtype)  # stAdv restricted to the same budget
+    assert torch.all(flow_smoothness(st_flow.double()) <= eps * (1 + 1e-6))
+    for method, qm in q.items():
+        cert = certify(mlp, x, y, eps, method=method, q=qm)
+        for flow in (pgd.flow, st_flow):
+            d, broken = _attack_margins(mlp, x, y, flow)
+            # upper bound ≥ achieved margin change for every class pair (j, y), on every example
+            assert torch.all(d <= eps * qm[:, y].T + 1e-6)
+            # no certified example is broken
+            assert not bool((cert.certified & broken).any())
+            with torch.no_grad():
+                z1 = mlp(flow_warp(x, flow)).double()
+            worst = (z1 - z1.gather(1, y[:, None])).masked_fill(torch.nn.functional.one_hot(y, 10).bool(), -math.inf).amax(1)
+            assert torch.all(worst <= cert.bound + 1e-6)
+    # sanity: the bounds order as derived, and the attack breaks something at the large budget
+    if eps == 1.5:
+        assert bool(pgd.success.any())
+    cert = certify(mlp, x, y, 1e-4, q=q["sdp"])
+    assert bool(cert.certified.all())  # tiny budget: everything with a positive clean margin is certified
+
+
+def test_certify_computes_bounds_itself(nets):
+    mlp, x, y = nets["mlp"], nets["x"][:5], nets["y"][:5]
+    cert = certify(mlp, x, y, 0.01, method="sdp", dual_steps=20)
+    assert cert.bound.shape == (5,) and cert.certified.dtype == torch.bool
+    assert torch.all(cert.pair_bounds >= nets["q"]["sdp"] * 0.5)  # a valid (if less searched) dual bound
+    cert2 = certify(mlp, x, y, torch.full((5,), 0.01), method="spectral")
+    assert torch.allclose(cert2.pair_bounds, nets["q"]["spectral"])
+    assert torch.equal(cert2.clean_margin, cert.clean_margin)
+
+
+def test_certify_bad_inputs(nets):
+    mlp, x, y = nets["mlp"], nets["x"], nets["y"]
+    with pytest.raises(ValueError, match="eps"):
+        certify(mlp, x, y, -1.0, q=nets["q"]["sdp"])
+    with pytest.raises(ValueError, match="method"):
+        certify(mlp, x, y, 0.1, method="lp")
+    with pytest.raises(ValueError, match="range"):
+        certify(mlp, x * 2, y, 0.1, q=nets["q"]["sdp"])
+    with pytest.raises(ValueError):
+        certify(mlp, x, y[:3], 0.1, q=nets["q"]["sdp"])
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 10))
+    with pytest.raises(TypeError, match="one hidden layer"):
+        pair_bounds(conv, (1, 8, 8))
+    with pytest.raises(ValueError, match="pixels"):
+        pair_bounds(mlp, (1, 7, 7))
+    with pytest.raises(ValueError, match="pair"):
+        lower_bound_attack(mlp, (1, 8, 8), 1.0, pair=(2, 2))
+    with pytest.raises(ValueError, match="eps"):
+        SmoothFlowPGD(eps=0.0)
+
+
+def test_flow_smoothness_gradcheck():
+    gen = torch.Generator().manual_seed(4)
+    flow = torch.randn(2, 2, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    for border in ("zeros", "replicate"):
+        torch.autograd.gradcheck(lambda f: flow_smoothness(f, border=border), (flow,))
+
+
+# ---------------------------------------------------------------------------------- stAdv hinge and τ search
+def test_stadv_hinge_and_tau_binary_search(digits_model):
+    from spatialadv.certify import StAdvTauBinarySearch
+    from spatialadv.ops.flow import flow_tv_loss
+
+    model, x, y = digits_model
+    x, y = x[:12], y[:12]
+    target = (y + 1) % 10
+    with pytest.raises(ValueError, match="flow_hinge"):
+        StAdv(flow_hinge=-1.0)
+    with pytest.raises(ValueError, match="tau_high"):
+        StAdvTauBinarySearch(tau_low=5.0, tau_high=1.0)
+    assert StAdv().flow_hinge is None  # default keeps the plain L_flow
+    budget = 45.0  # digits need L_flow ≈ 35-100 for a targeted flow
+    attack = StAdvTauBinarySearch(tau_high=1000.0, search_steps=4, flow_hinge=budget, max_iter=40)
+    res = run_checked(attack, model, x, y, target)
+    assert res.success.any()
+    lflow = flow_tv_loss(res.flow, eps=0.0)
+    assert torch.all(lflow[res.success] <= budget + 1e-5)          # successes respect the hinge budget
+    with torch.no_grad():
+        assert torch.equal(model(flow_warp(x, res.flow)).argmax(1)[res.success], target[res.success])
+    # batch independence: the first images alone give the same result
+    res2 = attack(model, x[:3], y[:3], target=target[:3])
+    assert torch.equal(res2.success, res.success[:3])
+    assert torch.allclose(res2.flow, res.flow[:3], atol=1e-6)
+    # a looser budget never succeeds less
+    loose = StAdvTauBinarySearch(tau_high=1000.0, search_steps=4, flow_hinge=90.0, max_iter=40)(model, x, y, target=target)
+    assert int(loose.success.sum()) >= int(res.success.sum())
+
+
+# ---------------------------------------------------------------------------------- training hooks
+def test_training_variants_hooks(tmp_path):
+    from spatialadv.certify.training import VARIANTS, train_variant
+    from spatialadv.models import TrainConfig
+
+    tr, te = load_dataset("digits", "train"), load_dataset("digits", "test")
+    cfg = TrainConfig(epochs=3, batch_size=128)
+    nets = {v: train_variant(v, tr, te, config=cfg, directory=tmp_path, progress=False) for v in ("normal", "sdp", "frobenius")}
+    assert nets["normal"][1]["test_accuracy"] > 0.85 and nets["sdp"][1]["test_accuracy"] > 0.7
+    q = {v: pair_bounds(m, (1, 8, 8), method="sdp", dual_steps=60) for v, (m, _) in nets.items()}
+    # the SDP penalty lowers the certified SDP bound; the Frobenius penalty lowers ‖W‖_F
+    assert float(q["sdp"].sum()) < 0.9 * float(q["normal"].sum())
+    fro = {v: float(m[1].weight.detach().norm()) for v, (m, _) in nets.items()}
+    assert fro["frobenius"] < fro["normal"]
+    again, info = train_variant("sdp", tr, te, config=cfg, directory=tmp_path, progress=False)
+    assert info["cached"] and torch.equal(again[1].weight, nets["sdp"][0][1].weight)
+    with pytest.raises(ValueError, match="variant"):
+        train_variant("madry", tr, te, directory=tmp_path)
+    assert set(VARIANTS) >= {"normal", "frobenius", "spectral", "sdp", "stn", "stadv-at"}

@@ -44,6 +44,22 @@ _DEF_EPS_UPPER = (0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1)
 _DEF_EPS_LOWER = (0.05, 0.1, 0.5, 1.0, 2.0, 4.0, 7.84)
 
 
+def _threads(fn):
+    """Run ``fn`` with its ``threads`` keyword as torch's intra-op thread count, restored afterwards."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, threads: int = 1, **kwargs):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # small tensors: OpenMP spinning threads only slow a shared machine down
+        try:
+            return fn(*args, threads=threads, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
+
+
 def _env() -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "machine": platform.machine()}
@@ -68,6 +84,7 @@ def _store(out: Path, name: str, config: dict, results: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------ certify-bounds
+@_threads
 def run_certify_bounds(out: str | Path, *, n_attack: int = 500, epochs: int = 10, seed: int = 0, pair: tuple[int, int] = (1, 0),
                        eps_upper=_DEF_EPS_UPPER, eps_lower=_DEF_EPS_LOWER, dual_steps: int = 100, pgd_steps: int = 50,
                        threads: int = 1, progress: bool = True) -> dict:
@@ -88,7 +105,6 @@ def run_certify_bounds(out: str | Path, *, n_attack: int = 500, epochs: int = 10
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    torch.set_num_threads(threads)  # small tensors; OpenMP spinning threads only slow a shared machine down
     train, test = load_dataset("mnist", "train", seed=seed), load_dataset("mnist", "test", seed=seed)
     shape = tuple(test.x.shape[1:])
     variants = ("normal", "random", "stadv-at", "frobenius", "spectral", "sdp", "stn")
@@ -146,6 +162,7 @@ def run_certify_bounds(out: str | Path, *, n_attack: int = 500, epochs: int = 10
 
 
 # ------------------------------------------------------------------------------------ certify-stadv
+@_threads
 def run_certify_stadv(out: str | Path, *, n: int = 200, n_thesis: int = 1000, epochs: int = 10, seed: int = 0,
                       taus=(0.0, 0.025, 0.05, 0.075, 0.1), max_iter: int = 100, thesis_max_iter: int = 60,
                       search_steps: int = 5, flow_budgets=(7.0, 94.5, 250.0), threads: int = 1, progress: bool = True) -> dict:
@@ -169,7 +186,6 @@ def run_certify_stadv(out: str | Path, *, n: int = 200, n_thesis: int = 1000, ep
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    torch.set_num_threads(threads)
     train, test = load_dataset("mnist", "train", seed=seed), load_dataset("mnist", "test", seed=seed)
     variants = ("normal", "frobenius", "spectral", "sdp", "stn", "stadv-at")
     models = _models(variants, train, test, epochs, seed, progress)

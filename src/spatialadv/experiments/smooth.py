@@ -90,7 +90,7 @@ def budget_attacks(*, sigma: float = 0.1, budgets=BUDGETS) -> dict:
     return out
 
 
-def reproduce_smooth(out: str | Path, *, experiment: str = "smooth-mnist", n: int = 300, n_budget: int = 100,
+def reproduce_smooth(out: str | Path, *, experiment: str = "smooth-mnist", n: int = 1000, n_budget: int = 200,
                      seed: int = 0, epochs: int = 12, max_train: int | None = None, sigma: float = 0.1, steps: int = 50,
                      binary_search_steps: int = 5, budgets=BUDGETS, batch_size: int = 100, progress: bool = True) -> dict:
     """Run the experiment into ``out`` and build its report; resumable.
@@ -380,12 +380,12 @@ def _schedule(s: str) -> tuple[int, int]:
 
 
 def _add_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--n", type=int, default=300, help="correctly classified test images attacked (untargeted)")
+    sp.add_argument("--n", type=int, default=1000, help="correctly classified test images attacked, untargeted (on MNIST 1000 is the whole test split)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--epochs", type=int, default=None, help="C4 training epochs (default 12 on MNIST, 3 on Fashion-MNIST)")
     sp.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
     sp.add_argument("--sigma", type=float, default=0.1, help="bandwidth of the Laplacian feature kernel, [0, 1] scale")
-    sp.add_argument("--n-budget", type=int, default=100, help="of those, images also attacked by C&W / sC&W at other schedules")
+    sp.add_argument("--n-budget", type=int, default=200, help="of those, images also attacked by C&W / sC&W at other schedules")
     sp.add_argument("--budgets", nargs="*", type=_schedule, default=list(BUDGETS), metavar="BxS",
                     help="extra C&W / sC&W schedules, binary-search steps x Adam steps (default: 1x100 5x100)")
     sp.add_argument("--steps", type=int, default=50, help="C&W / sC&W Adam steps per binary-search step")

@@ -261,11 +261,12 @@ def build_report(out: str | Path) -> dict:
     plt = _plt()
     figures = []
     lines = [f"# spatialadv reproduce {name}", "", f"config: `{json.dumps(config)}`  ", f"environment: `{json.dumps(env)}`  ",
-             f"wall time: {res['wall_s']:.0f} s (2 shared CPU cores; timings are inflated by contention)", "",
+             f"wall time: {res['wall_s']:.0f} s", "",
              "## Models (fc-500 = 784-500-10, MNIST-5k: 4000 train / 1000 test)", "",
              "| variant | clean test accuracy | notes |", "|---|---|---|"]
     for v, m in res["models"].items():
-        lines.append(f"| {v} | {m['test_accuracy']:.3f} | {json.dumps(m.get('notes') or {})} {json.dumps(m.get('options') or {})} |")
+        extra = "; ".join(f"{k}: {json.dumps(d)}" for k, d in (("training notes", m.get("notes")), ("options", m.get("options"))) if d)
+        lines.append(f"| {v} | {m['test_accuracy']:.3f} | {extra or '–'} |")
     lines.append("")
     if name == "certify-bounds":
         f2, f5 = res["fig2"], res["fig5"]

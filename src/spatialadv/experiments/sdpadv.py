@@ -343,7 +343,7 @@ def _markdown(rep) -> str:
     el = rep.get("elapsed_s")
     if el:
         L.append(f"Run: torch {env.get('torch')}, {env.get('threads')} CPU threads; wall time of the job (all runs into this folder, "
-                 f"training included): **{el:.0f} s** (the machine was shared with other jobs: timings are inflated).")
+                 f"training included): **{el:.0f} s**.")
         L.append("")
     dw = rep["done_when"]
     L.append("## Done-when check (non-robust Model A)")

@@ -20,6 +20,7 @@ from ..attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2, StAdv
 from ..attacks.base import Attack
 from ..data import load_dataset
 from ..models import TrainConfig, load_or_train
+from .report import fmt, open_results
 from .runner import attack_config, first_correct, make_pairs, run_attack, run_key, summarize
 from .store import ResultStore
 
@@ -120,10 +121,7 @@ def reproduce_stadv_mnist(out: str | Path, *, n: int = 30, n_baselines: int = 10
     return build_stadv_report(out)
 
 
-def _fmt(v, digits=2, pct=False):
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "–"
-    return f"{100 * v:.{digits}f}" if pct else f"{v:.{digits}f}"
+_fmt = fmt
 
 
 def build_stadv_report(out: str | Path) -> dict:
@@ -135,9 +133,7 @@ def build_stadv_report(out: str | Path) -> dict:
     from ..viz import comparison_figure, flow_quiver, targeted_grid
 
     out = Path(out)
-    if not (out / "results.sqlite").is_file():
-        raise FileNotFoundError(f"no results store at {out / 'results.sqlite'}: run `spatialadv reproduce stadv-mnist --out {out}` first")
-    with ResultStore(out / "results.sqlite") as store:
+    with open_results(out, "stadv-mnist") as store:
         config = store.get_meta("config")
         models = store.get_meta("models", {})
         runs = store.get_meta("runs", [])

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..eval.report import fmt, open_results
 from . import Experiment
 
 log = logging.getLogger(__name__)
@@ -229,9 +230,7 @@ def reproduce_sdpadv(out: str | Path, *, experiment: str = "sdpadv-mnist", n_eva
 # report
 # ------------------------------------------------------------------------------------------------
 def _f(v, d=4):
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "–"
-    return f"{v:.{d}f}"
+    return fmt(v, d)
 
 
 def build_sdpadv_report(out: str | Path) -> dict:
@@ -242,12 +241,9 @@ def build_sdpadv_report(out: str | Path) -> dict:
     """
     from ..data import load_dataset
     from ..eval.runner import summarize
-    from ..eval.store import ResultStore
 
     out = Path(out)
-    if not (out / "results.sqlite").is_file():
-        raise FileNotFoundError(f"no results store at {out / 'results.sqlite'}: run `spatialadv reproduce sdpadv-mnist --out {out}` first")
-    with ResultStore(out / "results.sqlite") as store:
+    with open_results(out, "sdpadv-mnist") as store:
         config = store.get_meta("config")
         models = store.get_meta("models", {})
         gens = store.get_meta("generators", {})

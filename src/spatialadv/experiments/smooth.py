@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..eval.report import fmt as _fmt
 from . import Experiment
 
 log = logging.getLogger(__name__)
@@ -180,10 +181,6 @@ def _head(ds, k: int):
     return replace(ds, x=ds.x[:k], y=ds.y[:k])
 
 
-def _fmt(v, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "–"
-    return f"{v:.{digits}f}"
 
 
 def build_smooth_report(out: str | Path) -> dict:
@@ -193,14 +190,13 @@ def build_smooth_report(out: str | Path) -> dict:
         FileNotFoundError: no results store in ``out``.
     """
     from ..data import load_dataset
-    from ..eval import ResultStore, edge_flat_energy, operating_characteristic, protocol_summary, summarize
+    from ..eval import edge_flat_energy, operating_characteristic, protocol_summary, summarize
+    from ..eval.report import open_results
     from ..ops.filters import magnify
     from ..viz import magnification_figure, operating_characteristic_plot, perturbation_panels
 
     out = Path(out)
-    if not (out / "results.sqlite").is_file():
-        raise FileNotFoundError(f"no results store at {out / 'results.sqlite'}: run `spatialadv reproduce smooth-mnist --out {out}` first")
-    with ResultStore(out / "results.sqlite") as store:
+    with open_results(out, "smooth-mnist") as store:
         config = store.get_meta("config")
         model = store.get_meta("model", {})
         runs = store.get_meta("runs", [])

@@ -29,28 +29,38 @@ from .baselines import CarliniWagnerL2, _check_bool, _iterate, _normalize, _proj
 __all__ = ["SmoothPGDL2", "SmoothCarliniWagnerL2"]
 
 
-def _check_smoothing(obj) -> None:
-    a = obj.alpha
-    if isinstance(a, bool) or not isinstance(a, (int, float)):
-        raise TypeError(f"alpha must be a float in [0, 1), got {type(a).__name__}")
-    if not 0 <= a < 1 or math.isnan(a):
-        raise ValueError(f"alpha must be in [0, 1), got {a!r}")
-    check_positive(obj.sigma, "sigma")
-    if obj.kernel not in ("laplacian", "gaussian"):
-        raise ValueError(f"kernel must be 'laplacian' or 'gaussian', got {obj.kernel!r}")
-    if obj.solver not in ("auto", "direct", "cg"):
-        raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {obj.solver!r}")
-    check_positive(obj.tol, "tol")
-    check_int(obj.max_iter, "max_iter", minimum=1)
+@dataclass(frozen=True, kw_only=True)
+class _Smoothing:
+    """The smoothing hyper-parameters shared by sPGD2 and sC&W (see the module docstring)."""
 
+    alpha: float = 0.95
+    sigma: float = 0.1
+    kernel: str = "laplacian"
+    solver: str = "auto"
+    tol: float = 1e-5
+    max_iter: int = 1000
 
-def _smoother(obj, x: Tensor) -> GuidedSmoothing:
-    return GuidedSmoothing(x, alpha=float(obj.alpha), sigma=float(obj.sigma), kernel=obj.kernel, solver=obj.solver,
-                           tol=float(obj.tol), max_iter=int(obj.max_iter))
+    def _check_smoothing(self) -> None:
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)):
+            raise TypeError(f"alpha must be a float in [0, 1), got {type(a).__name__}")
+        if not 0 <= a < 1 or math.isnan(a):
+            raise ValueError(f"alpha must be in [0, 1), got {a!r}")
+        check_positive(self.sigma, "sigma")
+        if self.kernel not in ("laplacian", "gaussian"):
+            raise ValueError(f"kernel must be 'laplacian' or 'gaussian', got {self.kernel!r}")
+        if self.solver not in ("auto", "direct", "cg"):
+            raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {self.solver!r}")
+        check_positive(self.tol, "tol")
+        check_int(self.max_iter, "max_iter", minimum=1)
+
+    def _smoother(self, x: Tensor) -> GuidedSmoothing:
+        return GuidedSmoothing(x, alpha=float(self.alpha), sigma=float(self.sigma), kernel=self.kernel,
+                               solver=self.solver, tol=float(self.tol), max_iter=int(self.max_iter))
 
 
 @dataclass(frozen=True, kw_only=True)
-class SmoothPGDL2(Attack):
+class SmoothPGDL2(Attack, _Smoothing):
     """sPGD2: L2 PGD whose gradient is smoothed like the image before normalisation (Eq. 12).
 
     ``x_{k+1} = Π(x_k + step_size · n(ŝ_α(g_k)))`` where ``g_k`` is the input
@@ -79,22 +89,16 @@ class SmoothPGDL2(Attack):
     step_size: float = 3.0
     steps: int = 20
     early_stop: bool = True
-    alpha: float = 0.95
-    sigma: float = 0.1
-    kernel: str = "laplacian"
-    solver: str = "auto"
-    tol: float = 1e-5
-    max_iter: int = 1000
 
     def __post_init__(self) -> None:
         check_positive(self.eps, "eps")
         check_positive(self.step_size, "step_size")
         check_int(self.steps, "steps", minimum=1)
         _check_bool(self.early_stop, "early_stop")
-        _check_smoothing(self)
+        self._check_smoothing()
 
     def _run(self, model, x, y, target):
-        smoother = _smoother(self, x)
+        smoother = self._smoother(x)
         eps, a = float(self.eps), float(self.step_size)
 
         def step(idx, xa, xs, g):
@@ -104,7 +108,7 @@ class SmoothPGDL2(Attack):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SmoothCarliniWagnerL2(CarliniWagnerL2):
+class SmoothCarliniWagnerL2(CarliniWagnerL2, _Smoothing):
     """sC&W: C&W L2 on a latent variable whose smoothing is the perturbation (Eqs. 16-18).
 
     Minimise per example ``‖r‖₂² + c · ℓ(f(clip(x + r)))`` with ``r = ŝ_α(z)``
@@ -134,19 +138,13 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2):
     binary_search_steps: int = 5
     steps: int = 100
     lr: float = 0.1
-    alpha: float = 0.95
-    sigma: float = 0.1
-    kernel: str = "laplacian"
-    solver: str = "auto"
-    tol: float = 1e-5
-    max_iter: int = 1000
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_smoothing(self)
+        self._check_smoothing()
 
     def _prepare(self, x: Tensor) -> GuidedSmoothing:
-        return _smoother(self, x)
+        return self._smoother(x)
 
     def _latent_init(self, x: Tensor, ctx: GuidedSmoothing) -> Tensor:
         return torch.zeros_like(x)

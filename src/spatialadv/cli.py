@@ -8,7 +8,19 @@ import logging
 import sys
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "UsageError"]
+
+
+class UsageError(ValueError):
+    """Bad user input on the command line: printed as one line, exit status 2."""
+
+
+def _user(fn, *args, **kwargs):
+    """Call ``fn``; a ValueError/TypeError it raises about user-given values becomes a :class:`UsageError`."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from e
 
 
 def _param(s: str) -> tuple[str, object]:
@@ -21,19 +33,23 @@ def _param(s: str) -> tuple[str, object]:
         return k.strip().replace("-", "_"), v
 
 
-def _load_model(args, train, test):
-    from .models import TrainConfig, load_or_train
+def _spec(args):
+    from .data import DataSpec
+    from .models import ModelSpec, TrainConfig
 
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
-    return load_or_train(args.model, train, test, config=cfg, seed=args.seed, progress=not args.quiet)
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    return _user(ModelSpec, args.model, DataSpec(args.data, seed=args.seed), _user(TrainConfig, epochs=args.epochs, seed=args.seed))
+
+
+def _load_model(args):
+    from .models import load_or_train
+
+    return load_or_train(_spec(args), progress=not args.quiet)
 
 
 def cmd_train(args) -> int:
-    from .data import load_dataset
-
-    train = load_dataset(args.data, "train", seed=args.seed)
-    test = load_dataset(args.data, "test", seed=args.seed)
-    _, info = _load_model(args, train, test)
+    _, info = _load_model(args)
     print(f"{args.model} on {args.data}: test accuracy {100 * info['test_accuracy']:.2f}% "
           f"({'loaded from' if info['cached'] else 'saved to'} {info['path']})")
     return 0
@@ -53,17 +69,19 @@ def cmd_attack(args) -> int:
     from .data import load_dataset
     from .eval import ResultStore, attack_config, first_correct, make_pairs, run_attack, run_key, summarize
 
-    attack = make_attack(args.attack, **dict(args.param or []))
-    train = load_dataset(args.data, "train", seed=args.seed)
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    attack = _user(make_attack, args.attack, **dict(args.param or []))
+    _spec(args)  # validate the model options before any work
     test = load_dataset(args.data, "test", seed=args.seed)
-    model, info = _load_model(args, train, test)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    idx = first_correct(model, test.x, test.y, args.n)
-    pairs = make_pairs(idx, test.y, test.num_classes, args.mode, seed=args.seed)
-    key = run_key(info["key"], attack, f"{args.data}-test-seed{args.seed}", args.mode)
-    with ResultStore(args.store) as store:
-        store.register_run(key, args.model, args.attack, attack_config(attack))
+    with ResultStore(args.store) as store:  # opened (and checked) before any training
+        model, info = _load_model(args)
+        idx = first_correct(model, test.x, test.y, args.n)
+        pairs = make_pairs(idx, test.y, test.num_classes, args.mode, seed=args.seed)
+        key = run_key(info["key"], attack, f"{args.data}-test-seed{args.seed}", args.mode)
+        store.register_run(key, args.model, args.attack, attack_config(attack), planned=len(pairs))
         done = run_attack(store, key, model, attack, test.x, test.y, pairs, batch_size=args.batch_size, progress=not args.quiet)
         wanted = set(pairs)
         recs = [r for r in store.records(key) if (r["idx"], r["target"]) in wanted]
@@ -81,6 +99,9 @@ def cmd_evaluate(args) -> int:
     with ResultStore(args.store) as store:
         rows = [(r["model"], r["attack"], summarize(store.records(r["run_key"]))) for r in store.runs()]
     rows = [r for r in rows if r[2]["pairs"]]
+    if not rows:
+        print(f"error: no attack records in {args.store}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([{"model": m, "attack": a, **s} for m, a, s in rows], indent=2))
     else:
@@ -89,28 +110,22 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .eval import ResultStore
-    from .experiments import experiments
+    from .experiments.framework import rebuild, stored_experiment
 
-    store_path = Path(args.out) / "results.sqlite"
-    if not store_path.is_file():
-        print(f"error: no results store at {store_path}", file=sys.stderr)
-        return 2
-    with ResultStore(store_path) as store:
-        name = (store.get_meta("config") or {}).get("experiment", "stadv-mnist")
-    exps = experiments()
-    if name not in exps:
-        print(f"error: {store_path} was written by unknown experiment {name!r}", file=sys.stderr)
-        return 2
-    exps[name].rebuild(Path(args.out))
+    _user(stored_experiment, args.out)
+    rebuild(args.out)
     print(f"wrote {Path(args.out) / 'report.md'}")
     return 0
 
 
 def cmd_reproduce(args) -> int:
-    from .experiments import experiments
+    from .experiments import experiments, run_experiment
+    from .experiments.framework import config_from_args, validate_config
 
-    rep = experiments()[args.experiment].run(args)
+    exp = experiments()[args.experiment]
+    cfg = _user(config_from_args, exp.config, args)
+    _user(validate_config, cfg)
+    rep = run_experiment(exp, cfg, args.out, progress=not args.quiet)
     print((Path(args.out) / "report.md").read_text())
     print(f"report: {Path(args.out) / 'report.md'} (JSON: report.json; figures: {', '.join(rep['figures'])})")
     return 0
@@ -120,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .attacks import ATTACKS
     from .data import DATASETS
     from .experiments import experiments
+    from .experiments.framework import add_config_arguments
     from .models import MODELS
 
     p = argparse.ArgumentParser(prog="spatialadv", description="Adversarial examples beyond L_p norms: attacks, evaluation, reports.")
@@ -163,17 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
         esp = exp_sub.add_parser(name, help=exp.help, description=exp.help)
         esp.add_argument("--out", default=f"runs/{name}", help="output folder (results.sqlite, report.md, report.json, PNGs)")
         esp.add_argument("--quiet", action="store_true", help="no progress bars")
-        exp.add_arguments(esp)
+        add_config_arguments(esp, exp.config)
         esp.set_defaults(func=cmd_reproduce)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 success, 2 bad user input: one line on stderr).
+
+    User errors are bad options, missing data or store files, an unusable results store; any other
+    exception is an internal error and keeps its traceback.
+    """
+    from .eval.store import StoreError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
+    except (UsageError, StoreError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -110,7 +110,7 @@ class Attack:
 
     norm: ClassVar[str] = "l2"
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, target: Tensor | None = None) -> AttackResult:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, target: Tensor | None = None, index: Tensor | None = None) -> AttackResult:  # TEMP index until merge
         check_images(x)
         warn_if_training(model)
         n = x.shape[0]

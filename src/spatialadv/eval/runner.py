@@ -13,9 +13,9 @@ from torch import Tensor, nn
 
 from ..attacks.base import Attack
 from ..ops.flow import flow_l2, flow_tv
-from .store import ResultStore, encode_array
+from .store import ResultStore, encode_array, encode_arrays
 
-__all__ = ["attack_config", "run_key", "make_pairs", "run_attack", "summarize", "first_correct"]
+__all__ = ["attack_config", "run_key", "make_pairs", "example_index", "run_attack", "summarize", "first_correct"]
 
 
 def attack_config(attack: Attack) -> dict:
@@ -79,22 +79,45 @@ def make_pairs(idx: Tensor, y: Tensor, num_classes: int, mode: str, *, seed: int
     raise ValueError(f"mode must be 'untargeted', 'all' or 'random', got {mode!r}")
 
 
+def example_index(pairs: list[tuple[int, int]]) -> Tensor:
+    """The identity rows ``(M, 2)`` int64 of ``(image index, target)`` pairs: ``[idx, target + 1]``.
+
+    Attacks seed their per-example randomness from these rows (``index`` of
+    :meth:`~spatialadv.attacks.Attack.__call__`), so a pair's result does not
+    depend on which batch, or which position in it, the runner gives it.
+    """
+    return torch.tensor([[i, t + 1] for i, t in pairs], dtype=torch.long).reshape(-1, 2)
+
+
 def run_attack(store: ResultStore, key: str, model: nn.Module, attack: Attack, x: Tensor, y: Tensor,
                pairs: list[tuple[int, int]], *, batch_size: int = 256, progress: bool = True, desc: str = "") -> int:
     """Attack the pairs not yet in ``store`` under ``key``, committing each batch.
 
     Args:
-        x, y: the whole dataset (images ``(N, C, H, W)``, labels ``(N,)``);
-            ``pairs`` index into it.
+        store: the results store; the run must be registered by the caller.
+        key: run key (:func:`run_key`).
+        model: the attacked classifier (eval mode, frozen).
+        attack: the attack.
+        x: the whole dataset's images ``(N, C, H, W)`` in [0, 1]; ``pairs`` index into it.
+        y: the whole dataset's labels ``(N,)``.
         pairs: ``(idx, target)`` with target −1 for untargeted.
+        batch_size: pairs per attack call (≥ 1).
+        progress: show a progress bar.
+        desc: the progress bar's label.
 
     Returns:
         Number of pairs attacked now (0 when everything was already stored).
-        Attacks are per example, so the stored results do not depend on
-        where a previous run was interrupted.
+        Each pair is attacked with its identity row (:func:`example_index`),
+        so the stored results do not depend on where a previous run was
+        interrupted or on the batch size.
+
+    Raises:
+        ValueError: ``batch_size`` < 1, or pairs mixing targeted and untargeted entries.
     """
     from tqdm.auto import tqdm
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     done = store.done(key)
     todo = [p for p in pairs if p not in done]
     if not todo:
@@ -108,19 +131,24 @@ def run_attack(store: ResultStore, key: str, model: nn.Module, attack: Attack, x
         ii = torch.tensor([p[0] for p in chunk], dtype=torch.long)
         xb, yb = x[ii], y[ii]
         tb = torch.tensor([p[1] for p in chunk], dtype=torch.long) if targeted else None
-        res = attack(model, xb, yb, target=tb)
+        with torch.no_grad():
+            clean = model(xb).argmax(1)
+        res = attack(model, xb, yb, target=tb, index=example_index(chunk))
         d = (res.x_adv - xb).flatten(1)
         l2, linf = d.norm(dim=1), d.abs().amax(1)
         ftv = flow_tv(res.flow) if res.flow is not None else None
         fl2 = flow_l2(res.flow) if res.flow is not None else None
+        params = getattr(res, "params", None) or {}
+        fwd = getattr(res, "forward_evals", None)
         per = res.time_s / len(chunk)
         rows = []
         for j, (i, t) in enumerate(chunk):
             rows.append(dict(
-                run_key=key, idx=i, target=t, label=int(yb[j]), success=int(res.success[j]), pred=int(res.pred[j]),
-                l2=float(l2[j]), linf=float(linf[j]), size=float(res.size[j]),
+                run_key=key, idx=i, target=t, label=int(yb[j]), clean_pred=int(clean[j]), success=int(res.success[j]),
+                pred=int(res.pred[j]), l2=float(l2[j]), linf=float(linf[j]), size=float(res.size[j]),
                 flow_tv=None if ftv is None else float(ftv[j]), flow_l2=None if fl2 is None else float(fl2[j]),
-                iterations=int(res.iterations[j]), time_s=per,
+                iterations=int(res.iterations[j]), forward_evals=None if fwd is None else int(fwd[j]), time_s=per,
+                params=encode_arrays({k: v[j].detach().cpu().numpy() for k, v in params.items()}),
                 x_adv=encode_array(res.x_adv[j].cpu().numpy().astype(np.float32)),
                 flow=None if res.flow is None else encode_array(res.flow[j].cpu().numpy().astype(np.float32)),
             ))
@@ -138,32 +166,52 @@ def _mean_std(v: list[float]) -> tuple[float, float]:
 
 
 def summarize(records: list[dict]) -> dict:
-    """Metrics of one run from its records.
+    """Metrics of one run from its records; each metric has one meaning in every report.
 
-    Returns a dict with
-        ``pairs`` attacked (image, target) pairs, all on correctly classified images;
-        ``images`` distinct images;
-        ``success_rate`` successes / pairs (targeted: over all targets per image, stAdv Table 1);
-        ``acc_under_attack`` fraction of pairs whose adversarial prediction is still the true label;
-        ``l2_mean`` D̄, mean L2 distortion over successes only (Smooth-adv Eq. 21), pixels in [0, 1];
-        ``linf_mean`` mean L∞ over successes;
-        ``flow_tv_mean/std``, ``flow_l2_mean/std`` over successes (stAdv Eqs. 5-6, pixels), flow attacks only;
-        ``time_s`` total attack seconds, ``ms_per_example``; ``iterations_mean``.
+    Denominators:
+        * ``success_rate``: successes over the pairs whose clean image the model
+          classifies correctly (``clean_pairs``); an already misclassified image
+          is not an attack success.
+        * ``robust_accuracy``: over **all** evaluated pairs: the model's
+          prediction on the attacked image is the true label *and* its clean
+          prediction was correct (a clean error counts as an error). For
+          untargeted attacks on correctly classified images,
+          ``success_rate + robust_accuracy = 1``.
+        * ``l2_mean`` (D̄, Zhang et al. 2020 Eq. 20), ``linf_mean``,
+          ``size_mean`` and the flow metrics: over successes on correctly
+          classified images only.
+
+    Returns:
+        A dict with ``pairs``, ``images`` (distinct), ``clean_pairs``,
+        ``successes``, ``success_rate``, ``robust_accuracy``, ``clean_accuracy``
+        (over pairs), ``l2_mean`` (pixels in [0, 1]), ``linf_mean``,
+        ``size_mean`` (the threat model's units), ``flow_tv_mean/std`` and
+        ``flow_l2_mean/std`` (flow attacks; stAdv Eqs. 5-6, pixels),
+        ``time_s``, ``ms_per_example``, ``iterations_mean`` (model gradient
+        evaluations per pair) and ``forward_evals_mean`` when recorded.
+        Rates are NaN when their denominator is 0.
     """
     n = len(records)
-    succ = [r for r in records if r["success"]]
+    clean_ok = [r for r in records if r["clean_pred"] == r["label"]]
+    succ = [r for r in clean_ok if r["success"]]
+    m = len(clean_ok)
     out = {
         "pairs": n,
         "images": len({r["idx"] for r in records}),
+        "clean_pairs": m,
         "successes": len(succ),
-        "success_rate": len(succ) / n if n else math.nan,
-        "acc_under_attack": sum(r["pred"] == r["label"] for r in records) / n if n else math.nan,
+        "success_rate": len(succ) / m if m else math.nan,
+        "robust_accuracy": sum(r["pred"] == r["label"] and r["clean_pred"] == r["label"] for r in records) / n if n else math.nan,
+        "clean_accuracy": m / n if n else math.nan,
         "l2_mean": _mean_std([r["l2"] for r in succ])[0],
         "linf_mean": _mean_std([r["linf"] for r in succ])[0],
+        "size_mean": _mean_std([r["size"] for r in succ])[0],
         "time_s": float(sum(r["time_s"] for r in records)),
         "ms_per_example": 1000.0 * sum(r["time_s"] for r in records) / n if n else math.nan,
         "iterations_mean": float(np.mean([r["iterations"] for r in records])) if n else math.nan,
     }
+    if n and all(r.get("forward_evals") is not None for r in records):
+        out["forward_evals_mean"] = float(np.mean([r["forward_evals"] for r in records]))
     if any(r["flow_tv"] is not None for r in records):
         out["flow_tv_mean"], out["flow_tv_std"] = _mean_std([r["flow_tv"] for r in succ])
         out["flow_l2_mean"], out["flow_l2_std"] = _mean_std([r["flow_l2"] for r in succ])

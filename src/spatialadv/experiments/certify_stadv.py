@@ -1,0 +1,133 @@
+"""``spatialadv reproduce certify-stadv``: stAdv against the certified training variants.
+
+Fig. 6 of *Provable Defenses against Spatially Transformed Adversarial Inputs: Impossibility and Possibility
+Results* (ICLR 2019 submission): untargeted stAdv at each τ on every variant; and the plain-vs-certified
+experiment of Nguyen, *Two Approaches to Defend against Adversarial Examples: Attention-based and
+Certificate-based* (MSc thesis, Lehigh University, 2018, §4.2): stAdv with a per-example τ binary search and a
+hinge on L_flow, random targets, on the plain and the SDP-trained fc-500. Every attack is stored per example.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..attacks import StAdv
+from ..certify import StAdvTauBinarySearch
+from ..data import DataSpec
+from ..eval.runner import make_pairs
+from ..models import TrainConfig, certify_spec
+from ..ops.flow import flow_tv_loss
+from ._certify_report import PAPER, certify_blocks
+from .framework import AttackRun, Experiment, Report, TaskRun, option
+
+__all__ = ["Config", "PAPER", "VARIANTS", "plan", "report", "EXPERIMENTS"]
+
+VARIANTS = ("normal", "frobenius", "spectral", "sdp", "stn", "stadv-at")
+THESIS_VARIANTS = ("normal", "sdp")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of ``spatialadv reproduce certify-stadv``."""
+
+    n: int = option(200, "test images per variant and τ (Fig. 6)", minimum=1)
+    n_thesis: int = option(1000, "test images of the thesis experiment (1000: the whole MNIST-5k test split)", minimum=1)
+    epochs: int = option(10, "training epochs of each variant when not cached", minimum=1)
+    seed: int = option(0, "seed of the data split, training and the random targets", minimum=0)
+    taus: tuple[float, ...] = option((0.0, 0.025, 0.05, 0.075, 0.1), "stAdv τ values of Fig. 6", minimum=0.0)
+    max_iter: int = option(100, "L-BFGS steps per stAdv run (Fig. 6)", minimum=1)
+    thesis_max_iter: int = option(60, "L-BFGS steps per run of the τ binary search (thesis)", minimum=1)
+    search_steps: int = option(5, "τ binary-search runs per image (thesis)", minimum=1)
+    flow_budgets: tuple[float, ...] = option((7.0, 94.5, 250.0), "hinge budgets on L_flow (thesis: 7.0, units unstated; "
+                                             "94.5 = 7.0 in normalised coordinates)", minimum=0.0)
+    threads: int = option(1, "torch intra-op threads (small tensors: more threads only add overhead)", minimum=1)
+
+
+def _margins(model, x, items: list[str]) -> dict:
+    idx = torch.tensor([int(i) for i in items])
+    with torch.no_grad():
+        top2 = model(x[idx]).topk(2, dim=1).values
+    return {i: float(m) for i, m in zip(items, (top2[:, 0] - top2[:, 1]).tolist())}
+
+
+def thesis_targets(y: torch.Tensor, seed: int) -> torch.Tensor:
+    """The thesis experiment's random targets ≠ label, ``(N,)``, from ``torch.Generator().manual_seed(seed + 12345)``."""
+    gen = torch.Generator().manual_seed(seed + 12345)
+    return (y + torch.randint(1, 10, (len(y),), generator=gen)) % 10
+
+
+def plan(cfg: Config, ctx):
+    """Fig. 6 runs for every variant, then the thesis runs for the plain and the SDP-trained net."""
+    test = ctx.data("mnist", "test", cfg.seed)
+    data, tc = DataSpec("mnist", seed=cfg.seed), TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
+    data_key = f"mnist-test-seed{cfg.seed}"
+    n = min(cfg.n, len(test))
+    pairs = make_pairs(torch.arange(n), test.y, test.num_classes, "untargeted")
+    nets = {}
+    for v in VARIANTS:
+        model, info = ctx.model(v, certify_spec(v, data, tc))
+        nets[v] = (model, info)
+        yield TaskRun(v, "logit margin", {}, info["key"], [str(i) for i in range(n)], functools.partial(_margins, model, test.x),
+                      tags={"kind": "margin"}, batch_size=n)
+        for tau in cfg.taus:
+            yield AttackRun(v, "stAdv", model, StAdv(tau=tau, max_iter=cfg.max_iter), info["key"], test.x, test.y, data_key,
+                            pairs, "untargeted", tags={"kind": "fig6", "tau": tau}, batch_size=n)
+    nt = min(cfg.n_thesis, len(test))
+    target = thesis_targets(test.y[:nt], cfg.seed)
+    tpairs = [(i, int(t)) for i, t in enumerate(target.tolist())]
+    for budget in cfg.flow_budgets:
+        attack = StAdvTauBinarySearch(tau_low=0.0, tau_high=1000.0, search_steps=cfg.search_steps, flow_hinge=float(budget),
+                                      max_iter=cfg.thesis_max_iter)
+        for v in THESIS_VARIANTS:
+            model, info = nets[v]
+            yield AttackRun(v, "stAdv τ search", model, attack, info["key"], test.x, test.y, data_key, tpairs,
+                            f"random-{cfg.seed + 12345}", tags={"kind": "thesis", "budget": float(budget)}, batch_size=nt)
+
+
+def report(cfg: Config, results) -> Report:
+    """Fig. 6 and the thesis table, rebuilt from the per-example records."""
+    models = {v: {"test_accuracy": m.get("test_accuracy"), "notes": m.get("notes"),
+                  "options": (m.get("spec") or {}).get("objective")} for v, m in results.models.items()}
+    fig6 = {}
+    for v in VARIANTS:
+        runs = results.find(v, "stAdv", kind="fig6")
+        if not runs:
+            continue
+        rows, recs0 = [], runs[0].records()
+        for r in runs:
+            s = r.summary()
+            rows.append({"tau": r.tags["tau"], "success_rate": s["success_rate"], "adv_accuracy": s["robust_accuracy"],
+                         "time_s": s["time_s"]})
+        mrun = results.get(v, "logit margin")
+        margins = mrun.items() if mrun else {}
+        ok = [str(r["idx"]) for r in recs0 if r["clean_pred"] == r["label"]]
+        fig6[v] = {"rows": rows, "clean_accuracy_subset": len(ok) / len(recs0) if recs0 else float("nan"),
+                   "median_logit_margin": float(np.median([margins[i] for i in ok if i in margins])) if ok else float("nan")}
+    thesis = {}
+    for r in results.find(attack="stAdv τ search"):
+        recs = r.records(arrays=True)
+        succ = [x for x in recs if x["success"]]
+        lflow = [float(flow_tv_loss(torch.from_numpy(x["flow"])[None], eps=0.0)) for x in succ]
+        budget = r.tags["budget"]
+        thesis[f"{r.model}@{budget}"] = {
+            "variant": r.model, "budget": budget, "successes": len(succ), "n": len(recs),
+            "already_target": sum(x["clean_pred"] == x["target"] for x in recs),
+            "clean_accuracy": results.models.get(r.model, {}).get("test_accuracy"),
+            "median_lflow_success": float(np.median(lflow)) if lflow else None, "time_s": r.summary()["time_s"]}
+    res = {"models": models, "fig6": {"n": cfg.n, "variants": fig6, "max_iter": cfg.max_iter},
+           "thesis": {"variants": thesis, "flow_budgets": list(cfg.flow_budgets), "search_steps": cfg.search_steps,
+                      "max_iter": cfg.thesis_max_iter, "tau_range": [0.0, 1000.0], "target_seed": cfg.seed + 12345}}
+    blocks, figures = certify_blocks("certify-stadv", res, results.out)
+    return Report("stAdv against certified training variants (Fig. 6) and plain vs SDP-trained (thesis §4.2)", blocks,
+                  {"paper": PAPER, "results": res}, figures)
+
+
+EXPERIMENTS = [
+    Experiment("certify-stadv", "stAdv vs the certified training variants (provable-defenses paper Fig. 6) and plain vs "
+               "SDP-trained net (Nguyen, MSc thesis 2018, §4.2)", Config(), plan, report,
+               papers=("provable", "nguyen-thesis", "stadv", "sdp-nn")),
+]

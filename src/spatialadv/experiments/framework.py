@@ -1,0 +1,606 @@
+"""The experiment framework shared by every ``spatialadv reproduce`` job.
+
+An experiment module declares
+
+* a frozen ``Config`` dataclass whose fields are declared with :func:`option`:
+  the single source of the experiment's defaults. The CLI options are
+  generated from it (:func:`add_config_arguments`), it is stored verbatim in
+  the run's store, and the report is built from the stored value;
+* a ``plan(config, ctx)`` generator yielding the runs it needs
+  (:class:`AttackRun`: a model × an attack × example pairs, or
+  :class:`TaskRun`: per-item records such as a certificate per example and ε);
+  the shared runner (:func:`run_experiment`) executes each run as it is
+  yielded: store, resume, progress bars, environment record, timing;
+  models come frozen from :meth:`Context.model`;
+* a ``report(config, results)`` function returning a :class:`Report` built
+  from the stored records (:class:`Results`) and the stored config only,
+  rendered by one renderer (:func:`render`) to ``report.md`` and
+  ``report.json``;
+* its reference numbers, each with its citation (:mod:`spatialadv.references`);
+
+and lists its CLI commands in ``EXPERIMENTS``: one :class:`Experiment` per
+command, a dataset variant being another default ``Config`` of the same module.
+
+Run keys hash every value that changes a record (the model specification, the
+attack's hyper-parameters, the data and the targeting mode); values that only
+choose how many examples are attacked do not enter them, so extending ``--n``
+reuses the records already stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import platform
+import time
+import types
+import typing
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks.base import Attack
+from ..eval.runner import attack_config, first_correct, run_attack, run_key, summarize
+from ..eval.store import ResultStore
+from ..references import cite
+
+log = logging.getLogger(__name__)
+
+__all__ = ["option", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict", "Experiment",
+           "AttackRun", "TaskRun", "Context", "Results", "RunView", "Report", "Table", "run_experiment", "rebuild",
+           "render", "fmt", "settings_line", "STORE_NAME", "stored_experiment", "validate_config"]
+
+#: File name of an experiment folder's results store.
+STORE_NAME = "results.sqlite"
+
+
+# ------------------------------------------------------------------------------------------------
+# configs
+# ------------------------------------------------------------------------------------------------
+def option(default: Any, help: str, *, choices: Iterable | None = None, parse: Callable[[str], Any] | None = None,
+           metavar: str | None = None, minimum: float | None = None) -> Any:
+    """Declare a field of an experiment ``Config``: its default and its CLI help.
+
+    Args:
+        default: the default value (immutable: numbers, strings, None, tuples).
+        help: one line for ``--help``.
+        choices: accepted values (of each element for tuple fields).
+        parse: converts one command-line token (overrides the type's parser).
+        metavar: the CLI placeholder.
+        minimum: lowest accepted value of a number field (checked by :func:`validate_config`).
+
+    Returns:
+        A :func:`dataclasses.field`.
+    """
+    meta = {"help": help, "choices": None if choices is None else tuple(choices), "parse": parse, "metavar": metavar,
+            "minimum": minimum}
+    return field(default=default, metadata=meta)
+
+
+def _parse_optional(kind: type) -> Callable[[str], Any]:
+    def parse(s: str):
+        return None if s.lower() in ("none", "all") else kind(s)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _shape(tp) -> tuple[str, Any]:
+    """``("scalar" | "optional" | "tuple" | "pair", element type)`` of a Config field's type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return "optional", args[0]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return "tuple", args[0]
+        return "pair", args[0]
+    return "scalar", tp
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Add one ``--option`` per field of the Config instance ``default`` (type, default and help from the field).
+
+    Options left out on the command line keep ``default``'s value (see :func:`config_from_args`).
+    """
+    hints = typing.get_type_hints(type(default))
+    for f in dataclasses.fields(default):
+        meta = f.metadata
+        if "help" not in meta:
+            continue
+        value = getattr(default, f.name)
+        shape, kind = _shape(hints[f.name])
+        name = "--" + f.name.replace("_", "-")
+        shown = " ".join(map(str, value)) if isinstance(value, tuple) and not (value and isinstance(value[0], tuple)) else value
+        kw: dict[str, Any] = {"default": None, "dest": f.name, "help": f"{meta['help']} (default: {shown})"}
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        if kind is bool and shape == "scalar":
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        parse = meta.get("parse") or (_parse_optional(kind) if shape == "optional" else kind)
+        if shape == "tuple":
+            kw["nargs"] = "*" if f.name.endswith("budgets") else "+"
+        elif shape == "pair":
+            kw["nargs"] = len(typing.get_args(hints[f.name]))
+        if meta.get("choices"):
+            kw["choices"] = meta["choices"]
+        parser.add_argument(name, type=parse, **kw)
+
+
+def config_from_args(default: Any, args: argparse.Namespace) -> Any:
+    """``default`` with the fields given on the command line replaced (validated by the Config)."""
+    changes = {}
+    for f in dataclasses.fields(default):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            changes[f.name] = tuple(v) if isinstance(v, list) else v
+    return dataclasses.replace(default, **changes)
+
+
+def validate_config(cfg: Any) -> None:
+    """Check the ``minimum`` of every number field declared with :func:`option`.
+
+    Raises:
+        ValueError: a field below its minimum (the message names the CLI option).
+    """
+    for f in dataclasses.fields(cfg):
+        lo = f.metadata.get("minimum")
+        v = getattr(cfg, f.name)
+        if lo is None or v is None:
+            continue
+        vals = v if isinstance(v, tuple) else (v,)
+        if any(not isinstance(u, (int, float)) or isinstance(u, bool) or math.isnan(u) or u < lo for u in vals):
+            raise ValueError(f"--{f.name.replace('_', '-')} must be >= {lo:g}, got {v!r}")
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """The JSON-able value of a Config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_from_dict(cls: type, values: dict) -> Any:
+    """Rebuild a Config stored with :func:`config_to_dict` (lists become tuples, nested too)."""
+    def tup(v):
+        return tuple(tup(u) for u in v) if isinstance(v, list) else v
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tup(v) for k, v in values.items() if k in known})
+
+
+# ------------------------------------------------------------------------------------------------
+# experiments and runs
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Experiment:
+    """One ``spatialadv reproduce NAME`` command.
+
+    Attributes:
+        name: the command name, e.g. ``"smooth-fashion"``.
+        help: one line for ``--help``, citing the paper.
+        config: the command's default Config (a frozen dataclass with :func:`option` fields).
+        plan: ``plan(config, ctx)`` yielding :class:`AttackRun` / :class:`TaskRun`.
+        report: ``report(config, results) -> Report``.
+        papers: keys of :data:`spatialadv.references.PAPERS` cited by the report.
+    """
+
+    name: str
+    help: str
+    config: Any
+    plan: Callable[[Any, "Context"], Iterable]
+    report: Callable[[Any, "Results"], "Report"]
+    papers: tuple[str, ...] = ()
+
+
+@dataclass
+class AttackRun:
+    """An attack on one model over ``(image index, target)`` pairs of a dataset.
+
+    Attributes:
+        model: the model's label in the report (e.g. ``"mnist-a"``, ``"c4/advtrain"``).
+        label: the attack's label in the report (e.g. ``"stAdv"``).
+        net: the classifier (from :meth:`Context.model`: eval mode, frozen).
+        attack: the attack.
+        model_key: the model's cache key (part of the run key).
+        x, y: the dataset the pairs index into, ``(N, C, H, W)`` in [0, 1] and ``(N,)``.
+        data_key: identifies ``x, y`` (part of the run key).
+        pairs: ``(idx, target)``; target −1 for untargeted.
+        mode: ``"all"``, ``"random"`` or ``"untargeted"`` (part of the run key).
+        tags: JSON-able labels for the report (e.g. ``{"eps": 0.1}``).
+        batch_size: pairs per attack call.
+    """
+
+    model: str
+    label: str
+    net: nn.Module
+    attack: Attack
+    model_key: str
+    x: torch.Tensor
+    y: torch.Tensor
+    data_key: str
+    pairs: list[tuple[int, int]]
+    mode: str
+    tags: dict = field(default_factory=dict)
+    batch_size: int = 256
+
+    def key(self) -> str:
+        return run_key(self.model_key, self.attack, self.data_key, self.mode)
+
+
+@dataclass
+class TaskRun:
+    """A non-attack computation stored as one JSON value per item (resumable item by item).
+
+    Attributes:
+        model: the model's label. label: the task's label (e.g. ``"certify sdp"``).
+        config: JSON-able description of everything that changes a value (hashed into the run key with ``model_key``).
+        model_key: the model's cache key.
+        items: item names in order (e.g. ``"eps=0.05/idx=17"``).
+        compute: ``compute(items) -> {item: JSON-able value}`` for a batch of missing items.
+        tags: JSON-able labels for the report. batch_size: items per ``compute`` call.
+    """
+
+    model: str
+    label: str
+    config: dict
+    model_key: str
+    items: list[str]
+    compute: Callable[[list[str]], dict]
+    tags: dict = field(default_factory=dict)
+    batch_size: int = 1000
+
+    def key(self) -> str:
+        blob = json.dumps({"model": self.model_key, "task": self.label, "config": self.config}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Context:
+    """What a plan sees while it runs: the store, the output folder, models, data and progress bars."""
+
+    def __init__(self, out: Path, store: ResultStore, progress: bool):
+        self.out = out
+        self.store = store
+        self.progress = progress
+        self._data: dict = {}
+
+    def data(self, name: str, split: str, seed: int = 0):
+        """A dataset split (loaded once per job); see :func:`spatialadv.data.load_dataset`."""
+        from ..data import load_dataset
+
+        k = (name, split, seed)
+        if k not in self._data:
+            self._data[k] = load_dataset(name, split, seed=seed)
+        return self._data[k]
+
+    def model(self, label: str, spec) -> tuple[nn.Module, dict]:
+        """Load (or train and cache) the model of ``spec``, frozen in eval mode, and record its info under ``label``.
+
+        Returns:
+            ``(model, info)`` as :func:`spatialadv.models.load_or_train`.
+        """
+        from ..models import load_or_train
+
+        model, info = load_or_train(spec, progress=self.progress)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        models = self.store.get_meta("models", {})
+        models[label] = {k: v for k, v in info.items() if k != "path"}
+        self.store.set_meta("models", models)
+        return model, info
+
+    def meta(self, key: str, value) -> None:
+        """Store a JSON-able value for the report (e.g. generator training histories)."""
+        self.store.set_meta(key, value)
+
+    def get_meta(self, key: str, default=None):
+        """A value stored with :meth:`meta`."""
+        return self.store.get_meta(key, default)
+
+    @staticmethod
+    def first_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+        """Indices of the first ``n`` images ``model`` classifies correctly."""
+        return first_correct(model, x, y, n)
+
+
+def _environment() -> dict:
+    return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+
+
+def _execute(run, store: ResultStore, progress: bool) -> dict:
+    key = run.key()
+    if isinstance(run, AttackRun):
+        store.register_run(key, run.model, run.label, attack_config(run.attack), tags=run.tags, planned=len(run.pairs))
+        run_attack(store, key, run.net, run.attack, run.x, run.y, run.pairs, batch_size=run.batch_size, progress=progress,
+                   desc=f"{run.model} {run.label}")
+        return {"kind": "attack", "run_key": key, "model": run.model, "attack": run.label, "tags": run.tags,
+                "pairs": [list(p) for p in run.pairs]}
+    if isinstance(run, TaskRun):
+        from tqdm.auto import tqdm
+
+        store.register_run(key, run.model, run.label, run.config, tags=run.tags, planned=len(run.items))
+        done = store.done_items(key)
+        todo = [i for i in run.items if i not in done]
+        bar = tqdm(total=len(todo), desc=f"{run.model} {run.label}", disable=not progress or not todo, unit="item")
+        for s in range(0, len(todo), run.batch_size):
+            chunk = todo[s : s + run.batch_size]
+            values = run.compute(chunk)
+            missing = set(chunk) - set(values)
+            if missing:
+                raise RuntimeError(f"task {run.label!r} returned no value for {sorted(missing)[:3]}")
+            store.add_items(key, {i: values[i] for i in chunk})
+            bar.update(len(chunk))
+        bar.close()
+        return {"kind": "task", "run_key": key, "model": run.model, "attack": run.label, "tags": run.tags,
+                "items": list(run.items)}
+    raise TypeError(f"a plan must yield AttackRun or TaskRun, got {type(run).__name__}")
+
+
+def run_experiment(exp: Experiment, cfg: Any, out: str | Path, *, progress: bool = True) -> dict:
+    """Run ``exp`` with ``cfg`` into ``out`` (resumable) and build its report.
+
+    The store is opened (and checked) before any work; the config, the runs
+    (registered as they start), the environment and the accumulated wall time
+    are stored with the records. A Config with a ``threads`` field sets torch's
+    intra-op thread count for the job (restored afterwards).
+
+    Returns:
+        The report's JSON dict (also written as ``report.json``).
+
+    Raises:
+        ValueError: invalid config; :class:`~spatialadv.eval.store.StoreError`: unusable store.
+    """
+    validate_config(cfg)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()
+    threads = getattr(cfg, "threads", None)
+    t_start = time.perf_counter()
+    with ResultStore(out / STORE_NAME) as store:
+        stored = {"experiment": exp.name, "values": config_to_dict(cfg)}
+        prev = store.get_meta("config")
+        if prev is not None and prev != stored:
+            log.warning("%s holds a run with another configuration; records are keyed by what changes them, so nothing "
+                        "is mixed, and the report describes the new configuration", out)
+        store.set_meta("config", stored)
+        store.set_meta("plan", [])
+        ctx = Context(out, store, progress)
+        plan: list[dict] = []
+        try:
+            if threads:
+                torch.set_num_threads(int(threads))
+            for run in exp.plan(cfg, ctx):
+                entry = _execute(run, store, progress)
+                plan.append(entry)
+                store.set_meta("plan", plan)
+            store.set_meta("environment", _environment())
+            store.set_meta("complete", True)
+        finally:
+            store.set_meta("elapsed_s", store.get_meta("elapsed_s", 0.0) + (time.perf_counter() - t_start))
+            torch.set_num_threads(threads_before)
+    return rebuild(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# results and reports
+# ------------------------------------------------------------------------------------------------
+class RunView:
+    """One stored run as a report sees it: its plan entry, records and summary."""
+
+    def __init__(self, store: ResultStore, entry: dict):
+        self.entry = entry
+        self.key = entry["run_key"]
+        self.model = entry["model"]
+        self.attack = entry["attack"]
+        self.tags = entry.get("tags", {})
+        self._store = store
+        self._records: dict[bool, list[dict]] = {}
+
+    def records(self, arrays: bool = False) -> list[dict]:
+        """The run's attack records restricted to its planned pairs, ordered by ``(idx, target)``."""
+        if arrays not in self._records:
+            wanted = {tuple(p) for p in self.entry.get("pairs", [])}
+            self._records[arrays] = [r for r in self._store.records(self.key, arrays=arrays) if (r["idx"], r["target"]) in wanted]
+        return self._records[arrays]
+
+    def items(self) -> dict[str, object]:
+        """The run's task items restricted to its planned items."""
+        values = self._store.items(self.key)
+        return {i: values[i] for i in self.entry.get("items", []) if i in values}
+
+    def summary(self) -> dict:
+        """:func:`~spatialadv.eval.runner.summarize` of the records."""
+        return summarize(self.records())
+
+    @property
+    def complete(self) -> bool:
+        n = len(self.entry.get("pairs", self.entry.get("items", [])))
+        return len(self.records()) == n if self.entry["kind"] == "attack" else len(self.items()) == n
+
+    @property
+    def config(self) -> dict:
+        """The attack's (or task's) stored configuration."""
+        for r in self._store.runs():
+            if r["run_key"] == self.key:
+                return r["config"]
+        return {}
+
+
+class Results:
+    """Everything stored by one experiment folder, for its report."""
+
+    def __init__(self, out: Path, store: ResultStore):
+        self.out = out
+        self.store = store
+        self.environment = store.get_meta("environment", {})
+        self.elapsed_s = store.get_meta("elapsed_s")
+        self.models = store.get_meta("models", {})
+        self.complete = bool(store.get_meta("complete", False))
+        self.runs = [RunView(store, e) for e in store.get_meta("plan", [])]
+        self._data: dict = {}
+
+    def meta(self, key: str, default=None):
+        """A value the plan stored with :meth:`Context.meta`."""
+        return self.store.get_meta(key, default)
+
+    def find(self, model: str | None = None, attack: str | None = None, **tags) -> list[RunView]:
+        """The runs matching the model label, attack label and tags given."""
+        out = []
+        for r in self.runs:
+            if model is not None and r.model != model or attack is not None and r.attack != attack:
+                continue
+            if any(r.tags.get(k) != v for k, v in tags.items()):
+                continue
+            out.append(r)
+        return out
+
+    def get(self, model: str | None = None, attack: str | None = None, **tags) -> RunView | None:
+        """The first run matching, or None."""
+        found = self.find(model, attack, **tags)
+        return found[0] if found else None
+
+    def data(self, name: str, split: str, seed: int = 0):
+        """A dataset split (loaded once)."""
+        from ..data import load_dataset
+
+        k = (name, split, seed)
+        if k not in self._data:
+            self._data[k] = load_dataset(name, split, seed=seed)
+        return self._data[k]
+
+
+@dataclass
+class Table:
+    """A Markdown table with a caption that states what its numbers mean.
+
+    Attributes:
+        columns: header cells. rows: cell strings. caption: printed under the table.
+    """
+
+    columns: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in self.rows]
+        if self.caption:
+            lines += ["", self.caption]
+        return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    """What an experiment's ``report`` function returns; :func:`render` writes it.
+
+    Attributes:
+        title: the report's heading.
+        blocks: in order: Markdown strings (a string starting with ``#`` is a heading) and :class:`Table`.
+        data: the report's numbers (JSON-able) for ``report.json``.
+        figures: figure file names written into the folder, shown at the end.
+    """
+
+    title: str
+    blocks: list = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+
+
+def fmt(v, digits: int = 2, pct: bool = False) -> str:
+    """``v`` with ``digits`` decimals (× 100 with ``pct``); "–" for None or NaN."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{100 * v:.{digits}f}" if pct else f"{v:.{digits}f}"
+
+
+def settings_line(results) -> str:
+    """The attacks' settings as stored with their runs (not as the current code would build them)."""
+    seen = {}
+    for r in results.runs:
+        if r.attack not in seen:
+            c = dict(r.config)
+            cls = c.pop("attack", r.attack)
+            seen[r.attack] = f"{r.attack}: {cls}(" + ", ".join(f"{k}={v!r}" for k, v in c.items()) + ")"
+    return "; ".join(seen.values())
+
+
+def render(exp: Experiment, cfg: Any, results: Results, rep: Report) -> dict:
+    """Write ``report.md`` and ``report.json`` into the folder; return the JSON dict."""
+    out = results.out
+    env = results.environment or {}
+    lines = [f"# {rep.title}", ""]
+    status = [] if results.complete else [
+        "**Incomplete run**: the job was interrupted; the tables hold the records stored so far "
+        f"({sum(r.complete for r in results.runs)} of {len(results.runs)} runs started are complete). "
+        f"Run `spatialadv reproduce {exp.name} --out {out}` again to finish it.", ""]
+    lines += status
+    for b in rep.blocks:
+        lines += [b.markdown() if isinstance(b, Table) else str(b), ""]
+    lines += ["## Run", ""]
+    el = results.elapsed_s
+    lines.append(f"Command: `spatialadv reproduce {exp.name}` with configuration `{json.dumps(config_to_dict(cfg))}`. "
+                 f"torch {env.get('torch')}, Python {env.get('python')}, {env.get('threads')} CPU threads; wall time of all "
+                 f"runs into this folder (training included): {'–' if el is None else f'{el:.0f} s'}.")
+    lines.append("")
+    if rep.figures:
+        lines += ["## Figures", ""]
+        for f in rep.figures:
+            lines += [f"![{f}]({f})", ""]
+    if exp.papers:
+        lines += ["## References", ""] + [f"- {cite(p)}" for p in exp.papers] + [""]
+    (out / "report.md").write_text("\n".join(lines))
+    doc = {"experiment": exp.name, "config": config_to_dict(cfg), "environment": env, "elapsed_s": el,
+           "complete": results.complete, "models": results.models, **rep.data, "figures": list(rep.figures),
+           "references": [cite(p) for p in exp.papers]}
+    (out / "report.json").write_text(json.dumps(doc, indent=2, default=float))
+    return doc
+
+
+def stored_experiment(out: str | Path) -> tuple[Experiment, Any]:
+    """The experiment and Config stored in ``out``'s store.
+
+    Raises:
+        FileNotFoundError: no store in ``out``. ValueError: unknown experiment or unreadable config.
+    """
+    from . import experiments
+
+    path = Path(out) / STORE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no results store at {path}: run `spatialadv reproduce NAME --out {out}` first")
+    with ResultStore(path) as store:
+        stored = store.get_meta("config")
+    if not isinstance(stored, dict) or "experiment" not in stored:
+        raise ValueError(f"{path} holds no experiment configuration (not written by `spatialadv reproduce`)")
+    exps = experiments()
+    if stored["experiment"] not in exps:
+        raise ValueError(f"{path} was written by unknown experiment {stored['experiment']!r}")
+    exp = exps[stored["experiment"]]
+    return exp, config_from_dict(type(exp.config), stored["values"])
+
+
+def rebuild(out: str | Path) -> dict:
+    """Rebuild ``report.md``, ``report.json`` and the figures of a folder from its store alone.
+
+    Raises:
+        FileNotFoundError: no store. ValueError: not a reproduce folder.
+    """
+    out = Path(out)
+    exp, cfg = stored_experiment(out)
+    with ResultStore(out / STORE_NAME) as store:
+        results = Results(out, store)
+        rep = exp.report(cfg, results)
+        return render(exp, cfg, results, rep)
+
+

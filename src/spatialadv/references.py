@@ -1,0 +1,67 @@
+"""The papers spatialadv implements and reproduces, cited by reports, docstrings and the CLI.
+
+Each entry of :data:`PAPERS` is keyed by a short name and gives the authors,
+title and venue; :func:`cite` formats one for a report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Paper", "PAPERS", "cite"]
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A citation.
+
+    Attributes:
+        authors: author list as printed in the paper ("Anonymous" for a double-blind submission).
+        title: the paper's title.
+        venue: conference, journal or institution, with the year.
+    """
+
+    authors: str
+    title: str
+    venue: str
+
+    def __str__(self) -> str:
+        return f"{self.authors}, *{self.title}*, {self.venue}"
+
+
+#: The papers behind the reproduce jobs and the attacks they compare.
+PAPERS: dict[str, Paper] = {
+    "stadv": Paper("C. Xiao, J.-Y. Zhu, B. Li, W. He, M. Liu, D. Song", "Spatially Transformed Adversarial Examples",
+                   "ICLR 2018"),
+    "sdpadv": Paper("Anonymous", "Perturbations Are Not Enough: Generating Adversarial Examples with Spatial Distortions",
+                    "ICLR 2020 submission"),
+    "provable": Paper("Anonymous", "Provable Defenses against Spatially Transformed Adversarial Inputs: Impossibility "
+                      "and Possibility Results", "ICLR 2019 submission"),
+    "nguyen-thesis": Paper("C. Nguyen", "Two Approaches to Defend against Adversarial Examples: Attention-based and "
+                           "Certificate-based", "MSc thesis, Lehigh University, 2018"),
+    "smooth": Paper("H. Zhang, Y. Avrithis, T. Furon, L. Amsaleg", "Smooth Adversarial Examples",
+                    "EURASIP Journal on Information Security, 2020"),
+    "engstrom": Paper("L. Engstrom, B. Tran, D. Tsipras, L. Schmidt, A. Madry", "Exploring the Landscape of Spatial "
+                      "Robustness", "ICML 2019"),
+    "fgsm": Paper("I. Goodfellow, J. Shlens, C. Szegedy", "Explaining and Harnessing Adversarial Examples", "ICLR 2015"),
+    "pgd": Paper("A. Madry, A. Makelov, L. Schmidt, D. Tsipras, A. Vladu", "Towards Deep Learning Models Resistant to "
+                 "Adversarial Attacks", "ICLR 2018"),
+    "cw": Paper("N. Carlini, D. Wagner", "Towards Evaluating the Robustness of Neural Networks", "IEEE S&P 2017"),
+    "mim": Paper("Y. Dong, F. Liao, T. Pang, H. Su, J. Zhu, X. Hu, J. Li", "Boosting Adversarial Attacks with Momentum",
+                 "CVPR 2018"),
+    "ensemble": Paper("F. Tramèr, A. Kurakin, N. Papernot, I. Goodfellow, D. Boneh, P. McDaniel", "Ensemble Adversarial "
+                      "Training: Attacks and Defenses", "ICLR 2018"),
+    "sdp-nn": Paper("A. Raghunathan, J. Steinhardt, P. Liang", "Certified Defenses against Adversarial Examples",
+                    "ICLR 2018"),
+}
+
+
+def cite(key: str) -> str:
+    """The Markdown citation of ``PAPERS[key]``.
+
+    Raises:
+        KeyError: unknown key (the message lists the known ones).
+    """
+    if key not in PAPERS:
+        raise KeyError(f"unknown paper {key!r}; known: {sorted(PAPERS)}")
+    return str(PAPERS[key])

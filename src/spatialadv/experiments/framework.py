@@ -317,33 +317,39 @@ def _environment() -> dict:
             "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
 
 
-def _execute(run, store: ResultStore, progress: bool) -> dict:
+def _register(run, store: ResultStore) -> dict:
+    """Register ``run`` in the store and return its plan entry (before any record is computed)."""
     key = run.key()
     if isinstance(run, AttackRun):
         store.register_run(key, run.model, run.label, attack_config(run.attack), tags=run.tags, planned=len(run.pairs))
-        run_attack(store, key, run.net, run.attack, run.x, run.y, run.pairs, batch_size=run.batch_size, progress=progress,
-                   desc=f"{run.model} {run.label}")
         return {"kind": "attack", "run_key": key, "model": run.model, "attack": run.label, "tags": run.tags,
                 "pairs": [list(p) for p in run.pairs]}
     if isinstance(run, TaskRun):
-        from tqdm.auto import tqdm
-
         store.register_run(key, run.model, run.label, run.config, tags=run.tags, planned=len(run.items))
-        done = store.done_items(key)
-        todo = [i for i in run.items if i not in done]
-        bar = tqdm(total=len(todo), desc=f"{run.model} {run.label}", disable=not progress or not todo, unit="item")
-        for s in range(0, len(todo), run.batch_size):
-            chunk = todo[s : s + run.batch_size]
-            values = run.compute(chunk)
-            missing = set(chunk) - set(values)
-            if missing:
-                raise RuntimeError(f"task {run.label!r} returned no value for {sorted(missing)[:3]}")
-            store.add_items(key, {i: values[i] for i in chunk})
-            bar.update(len(chunk))
-        bar.close()
         return {"kind": "task", "run_key": key, "model": run.model, "attack": run.label, "tags": run.tags,
                 "items": list(run.items)}
     raise TypeError(f"a plan must yield AttackRun or TaskRun, got {type(run).__name__}")
+
+
+def _execute(run, key: str, store: ResultStore, progress: bool) -> None:
+    if isinstance(run, AttackRun):
+        run_attack(store, key, run.net, run.attack, run.x, run.y, run.pairs, batch_size=run.batch_size, progress=progress,
+                   desc=f"{run.model} {run.label}")
+        return
+    from tqdm.auto import tqdm
+
+    done = store.done_items(key)
+    todo = [i for i in run.items if i not in done]
+    bar = tqdm(total=len(todo), desc=f"{run.model} {run.label}", disable=not progress or not todo, unit="item")
+    for s in range(0, len(todo), run.batch_size):
+        chunk = todo[s : s + run.batch_size]
+        values = run.compute(chunk)
+        missing = set(chunk) - set(values)
+        if missing:
+            raise RuntimeError(f"task {run.label!r} returned no value for {sorted(missing)[:3]}")
+        store.add_items(key, {i: values[i] for i in chunk})
+        bar.update(len(chunk))
+    bar.close()
 
 
 def run_experiment(exp: Experiment, cfg: Any, out: str | Path, *, progress: bool = True) -> dict:
@@ -376,21 +382,24 @@ def run_experiment(exp: Experiment, cfg: Any, out: str | Path, *, progress: bool
                         "is mixed, and the report describes the new configuration", out)
         store.set_meta("config", stored)
         store.set_meta("plan", [])
+        store.set_meta("complete", False)
         ctx = Context(out, store, progress)
         plan: list[dict] = []
         try:
             if threads:
                 torch.set_num_threads(int(threads))
+            store.set_meta("environment", _environment())
             for run in exp.plan(cfg, ctx):
-                entry = _execute(run, store, progress)
+                entry = _register(run, store)
                 plan.append(entry)
-                store.set_meta("plan", plan)
+                store.set_meta("plan", plan)  # registered when it starts: an interrupted folder lists it
+                _execute(run, entry["run_key"], store, progress)
             store.set_meta("environment", _environment())
             store.set_meta("complete", True)
         finally:
             store.set_meta("elapsed_s", store.get_meta("elapsed_s", 0.0) + (time.perf_counter() - t_start))
             torch.set_num_threads(threads_before)
-    return rebuild(out)
+    return rebuild(out, exp)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -590,14 +599,22 @@ def stored_experiment(out: str | Path) -> tuple[Experiment, Any]:
     return exp, config_from_dict(type(exp.config), stored["values"])
 
 
-def rebuild(out: str | Path) -> dict:
+def rebuild(out: str | Path, exp: Experiment | None = None) -> dict:
     """Rebuild ``report.md``, ``report.json`` and the figures of a folder from its store alone.
+
+    Args:
+        out: the experiment folder.
+        exp: the experiment (default: the registered one named in the store).
 
     Raises:
         FileNotFoundError: no store. ValueError: not a reproduce folder.
     """
     out = Path(out)
-    exp, cfg = stored_experiment(out)
+    if exp is None:
+        exp, cfg = stored_experiment(out)
+    else:
+        with ResultStore(out / STORE_NAME) as store:
+            cfg = config_from_dict(type(exp.config), store.get_meta("config")["values"])
     with ResultStore(out / STORE_NAME) as store:
         results = Results(out, store)
         rep = exp.report(cfg, results)

@@ -1,0 +1,115 @@
+"""The experiment framework: Config-generated CLI options, resumable task runs, reports of interrupted runs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from spatialadv.eval.store import ResultStore, StoreError
+from spatialadv.experiments import experiments
+from spatialadv.experiments.framework import (Experiment, Report, Table, TaskRun, add_config_arguments, config_from_args,
+                                              config_from_dict, config_to_dict, option, rebuild, run_experiment,
+                                              validate_config)
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    n: int = option(4, "items", minimum=1)
+    scale: float = option(2.0, "multiplier")
+    names: tuple[str, ...] = option(("a", "b"), "labels", choices=("a", "b", "c"))
+    limit: int | None = option(None, "optional limit", minimum=10)
+    pair: tuple[int, int] = option((1, 0), "a pair")
+    flag: bool = option(False, "a switch")
+
+
+CALLS: list[list[str]] = []
+
+
+def _toy_plan(cfg, ctx):
+    def compute(items):
+        CALLS.append(list(items))
+        if ctx.get_meta("fail_at") in items:
+            raise KeyboardInterrupt  # a kill in the middle of the run
+        return {i: {"value": cfg.scale * int(i)} for i in items}
+
+    yield TaskRun("toy", "double", {"scale": cfg.scale}, "model-key", [str(i) for i in range(cfg.n)], compute,
+                  tags={"kind": "toy"}, batch_size=2)
+
+
+def _toy_report(cfg, results):
+    run = results.get("toy", "double")
+    vals = run.items() if run else {}
+    return Report("Toy", [Table(["item", "value"], [[k, v["value"]] for k, v in vals.items()], "caption")],
+                  {"values": vals})
+
+
+TOY = Experiment("toy", "a toy experiment", ToyConfig(), _toy_plan, _toy_report, papers=("stadv",))
+
+
+def test_cli_options_come_from_the_config():
+    p = argparse.ArgumentParser()
+    add_config_arguments(p, ToyConfig(scale=3.0))
+    help_text = p.format_help()
+    assert "--n" in help_text and "(default: 3.0)" in help_text and "--no-flag" in help_text
+    cfg = config_from_args(ToyConfig(scale=3.0), p.parse_args([]))
+    assert cfg == ToyConfig(scale=3.0)  # untouched options keep the variant's defaults
+    cfg = config_from_args(ToyConfig(), p.parse_args(["--n", "7", "--names", "c", "a", "--limit", "none", "--pair", "2", "3",
+                                                      "--flag"]))
+    assert cfg == ToyConfig(n=7, names=("c", "a"), limit=None, pair=(2, 3), flag=True)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--names", "z"])
+    with pytest.raises(ValueError, match="--n must be >= 1"):
+        validate_config(ToyConfig(n=0))
+    with pytest.raises(ValueError, match="--limit"):
+        validate_config(ToyConfig(limit=3))
+    assert config_from_dict(ToyConfig, json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+
+
+def test_every_experiment_config_round_trips_and_validates():
+    for name, exp in experiments().items():
+        validate_config(exp.config)
+        assert config_from_dict(type(exp.config), json.loads(json.dumps(config_to_dict(exp.config)))) == exp.config, name
+        p = argparse.ArgumentParser()
+        add_config_arguments(p, exp.config)
+        assert config_from_args(exp.config, p.parse_args([])) == exp.config, name
+        for f in dataclasses.fields(exp.config):
+            assert f.metadata.get("help"), f"{name}: option {f.name} has no help"
+
+
+def test_task_run_resumes_after_a_kill_without_recomputing(tmp_path):
+    out = tmp_path / "toy"
+    CALLS.clear()
+    out.mkdir()
+    with ResultStore(out / "results.sqlite") as store:
+        store.set_meta("fail_at", "3")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(TOY, ToyConfig(), out, progress=False)
+    assert CALLS == [["0", "1"], ["2", "3"]]
+    # the interrupted folder's report says so and lists what is there
+    rep = rebuild(out, TOY)
+    assert rep["complete"] is False and set(rep["values"]) == {"0", "1"}
+    assert "Incomplete run" in (out / "report.md").read_text()
+    with ResultStore(out / "results.sqlite") as store:
+        store.set_meta("fail_at", None)
+    rep = run_experiment(TOY, ToyConfig(), out, progress=False)
+    assert CALLS[2:] == [["2", "3"]]  # finished items are not recomputed
+    assert rep["complete"] is True and rep["values"] == {str(i): {"value": 2.0 * i} for i in range(4)}
+    md = (out / "report.md").read_text()
+    assert "Incomplete" not in md and "## References" in md and "Spatially Transformed Adversarial Examples" in md
+    # another config value that changes the records gets another run key: nothing mixed
+    rep = run_experiment(TOY, ToyConfig(scale=3.0), out, progress=False)
+    assert rep["values"]["3"] == {"value": 9.0}
+    assert rep["config"]["scale"] == 3.0
+
+
+def test_store_refuses_unusable_files(tmp_path):
+    with pytest.raises(StoreError, match="directory"):
+        ResultStore(tmp_path)
+    bad = tmp_path / "garbage.sqlite"
+    bad.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="cannot use"):
+        ResultStore(bad)

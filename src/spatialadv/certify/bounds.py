@@ -569,3 +569,7 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp",
     others = logits.masked_fill(torch.nn.functional.one_hot(y, k).bool(), float("-inf")).amax(1)
     return Certificate(bound=bound, certified=bound < 0, clean_margin=zy[:, 0] - others, eps=eps_t,
                        pair_bounds=q, method=method)
+
+
+initial_dual = _initial_dual  # TEMP alias until merge
+class_pairs = _pairs  # TEMP alias until merge

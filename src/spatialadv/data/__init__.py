@@ -13,6 +13,9 @@ Built-in names (see :func:`load_dataset`):
 * ``digits`` — scikit-learn's 1 797 8×8 digits (values 0-16 scaled to [0, 1]);
   per-class seeded 80/20 split as for ``mnist``. Small and fast: for tests.
 
+A model's training data is named by a :class:`DataSpec` (dataset name, split
+seed, optional seeded train subset), which is part of the model's cache key.
+
 Users' own data: :func:`read_idx` (IDX, optionally gzipped) and
 :func:`load_npz`.
 """
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Dataset", "DATASETS", "load_dataset", "read_idx", "load_npz", "FASHION_MNIST_DIR"]
+__all__ = ["Dataset", "DataSpec", "DATASETS", "load_dataset", "read_idx", "load_npz", "FASHION_MNIST_DIR"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -273,3 +276,72 @@ def load_dataset(name: str, split: str = "test", *, seed: int = 0) -> Dataset:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} or a .npz path")
     return DATASETS[name](split, seed)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which built-in dataset (and which part of its train split) a model is trained on.
+
+    A small, frozen, JSON-able description that is part of a model's cache key
+    (:class:`spatialadv.models.ModelSpec`): two equal specs always give the
+    same train and test tensors on one machine.
+
+    Attributes:
+        name: a key of :data:`DATASETS` (``"mnist"``, ``"fashion-mnist"``, ``"digits"``).
+        seed: seed of the per-class train/test split (``mnist``, ``digits``; see
+            :func:`load_dataset`) and of the ``max_train`` subset.
+        max_train: if set, train on a seeded random subset of this many images
+            of the train split (``numpy.random.default_rng(seed).permutation``,
+            first ``max_train`` indices); ``None`` keeps the whole split. The
+            test split is never subsampled.
+
+    Raises:
+        ValueError: unknown ``name``, ``max_train < 10``, or (from :meth:`train`)
+            ``max_train`` larger than the train split.
+        TypeError: ``seed`` or ``max_train`` not an int.
+
+    Example:
+        >>> spec = DataSpec("digits", max_train=100)
+        >>> len(spec.train()), spec.train().x.shape[1:]
+        (100, torch.Size([1, 8, 8]))
+        >>> spec.to_dict()
+        {'name': 'digits', 'seed': 0, 'max_train': 100}
+    """
+
+    name: str
+    seed: int = 0
+    max_train: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or self.name not in DATASETS:
+            raise ValueError(f"DataSpec.name must be one of {sorted(DATASETS)}, got {self.name!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"DataSpec.seed must be an int, got {self.seed!r}")
+        if self.max_train is not None:
+            if isinstance(self.max_train, bool) or not isinstance(self.max_train, int):
+                raise TypeError(f"DataSpec.max_train must be an int or None, got {self.max_train!r}")
+            if self.max_train < 10:
+                raise ValueError(f"DataSpec.max_train must be ≥ 10 (or None for the whole train split), got {self.max_train}")
+
+    def train(self) -> Dataset:
+        """The train split ``(N, C, H, W)`` in [0, 1], subsampled to ``max_train`` images when set.
+
+        Raises:
+            ValueError: ``max_train`` exceeds the size of the train split.
+        """
+        data = load_dataset(self.name, "train", seed=self.seed)
+        if self.max_train is None:
+            return data
+        if self.max_train > len(data):
+            raise ValueError(f"DataSpec.max_train={self.max_train} exceeds the {len(data)} images of the "
+                             f"{self.name!r} train split; use max_train=None for all of them")
+        idx = torch.from_numpy(np.random.default_rng(self.seed).permutation(len(data))[: self.max_train])
+        return Dataset(data.name, data.split, data.x[idx].contiguous(), data.y[idx].contiguous(), data.classes)
+
+    def test(self) -> Dataset:
+        """The whole test split ``(N, C, H, W)`` in [0, 1] (never subsampled)."""
+        return load_dataset(self.name, "test", seed=self.seed)
+
+    def to_dict(self) -> dict:
+        """``{"name", "seed", "max_train"}``, JSON-able; ``DataSpec(**d)`` rebuilds the spec."""
+        return {"name": self.name, "seed": self.seed, "max_train": self.max_train}

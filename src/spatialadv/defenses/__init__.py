@@ -1,5 +1,5 @@
-"""Defenses: adversarial training (and, later, input filters and detectors)."""
+"""Defenses: adversarial training (the ``fgsm-at`` objective of :mod:`spatialadv.models`) and, later, input filters and detectors."""
 
-from .adversarial import adversarially_trained, fgsm_adversary
+from .adversarial import fgsm_adversary
 
-__all__ = ["adversarially_trained", "fgsm_adversary"]
+__all__ = ["fgsm_adversary"]

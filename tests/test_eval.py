@@ -23,7 +23,11 @@ ATTACK = StAdv(tau=0.5, max_iter=15)  # fast; some pairs fail, so both kinds of 
 def _row(key, idx, target, **kw):
     base = dict(run_key=key, idx=idx, target=target, label=3, success=1, pred=5, l2=0.5, linf=0.25, size=0.4,
                 flow_tv=0.4, flow_l2=0.1, iterations=7, time_s=0.01, x_adv=None, flow=None)
-    return {**base, **kw}
+    row = {**base, **kw}
+    row.setdefault("clean_pred", row["label"])
+    row.setdefault("forward_evals", None)
+    row.setdefault("params", None)
+    return row
 
 
 def test_encode_decode_array():
@@ -56,7 +60,7 @@ def test_store_round_trip(tmp_path):
         recs = st.records("k1")
         assert [(r["idx"], r["target"]) for r in recs] == [(1, -1), (4, 2)]  # ordered by (idx, target)
         assert "x_adv" not in recs[0] and recs[0]["flow_tv"] is None and recs[0]["success"] == 0
-        assert recs[1] == {k: v for k, v in _row("k1", 4, 2).items() if k not in ("x_adv", "flow")}
+        assert recs[1] == {**{k: v for k, v in _row("k1", 4, 2).items() if k not in ("x_adv", "flow")}, "params": {}}
         full = st.records("k1", arrays=True)
         assert full[0]["x_adv"] is None and full[0]["flow"] is None
         np.testing.assert_array_equal(full[1]["x_adv"], xa)
@@ -211,9 +215,10 @@ def test_run_attack_resumes_after_interruption(tmp_path, setup64):
         # resume with a different batch size: only the 9 remaining pairs are attacked
         attacked = []
 
-        def spy(m, xb, yb, *, target=None):
+        def spy(m, xb, yb, *, target=None, index=None):
             attacked.extend(zip(yb.tolist(), target.tolist()))
-            return ATTACK(m, xb, yb, target=target)
+            assert index[:, 1].tolist() == [t + 1 for t in target.tolist()]  # identity rows [idx, target + 1]
+            return ATTACK(m, xb, yb, target=target, index=index)
 
         assert run_attack(st, key, model, spy, x, y, pairs, batch_size=3, progress=False) == 9
         assert sorted(attacked) == sorted((int(y[i]), t) for i, t in pairs[5:])
@@ -247,9 +252,14 @@ def test_summarize_known_answers():
         _row("k", 2, 0, label=2, success=0, pred=7, l2=0.0, linf=0.0, flow_tv=0.0, flow_l2=0.0, iterations=8, time_s=0.25),
     ]
     s = summarize(recs)
-    assert s["pairs"] == 4 and s["images"] == 3 and s["successes"] == 2
+    assert s["pairs"] == 4 and s["images"] == 3 and s["successes"] == 2 and s["clean_pairs"] == 4
     assert s["success_rate"] == 0.5
-    assert s["acc_under_attack"] == 0.25  # only the second pair still predicts its label
+    assert s["robust_accuracy"] == 0.25  # only the second pair still predicts its label
+    # a clean error is not an attack success, and counts as an error for robust accuracy
+    recs2 = recs + [_row("k", 3, -1, label=4, clean_pred=9, success=1, pred=9, l2=9.0)]
+    s2 = summarize(recs2)
+    assert s2["success_rate"] == 0.5 and s2["clean_pairs"] == 4 and s2["clean_accuracy"] == 0.8
+    assert s2["robust_accuracy"] == pytest.approx(0.2) and s2["l2_mean"] == pytest.approx(2.0)
     assert s["l2_mean"] == pytest.approx(2.0)  # D̄ over successes only: (1 + 3) / 2
     assert s["linf_mean"] == pytest.approx(0.6)
     assert s["flow_tv_mean"] == pytest.approx(0.4) and s["flow_tv_std"] == pytest.approx(np.std([0.2, 0.6], ddof=1))
@@ -262,9 +272,9 @@ def test_summarize_edge_cases():
     one = summarize([_row("k", 0, 1, success=1, flow_tv=0.3)])
     assert one["flow_tv_mean"] == pytest.approx(0.3) and one["flow_tv_std"] == 0.0
     none_ok = summarize([_row("k", 0, 1, success=0, label=2, pred=2)])
-    assert none_ok["success_rate"] == 0.0 and none_ok["acc_under_attack"] == 1.0
+    assert none_ok["success_rate"] == 0.0 and none_ok["robust_accuracy"] == 1.0
     assert math.isnan(none_ok["l2_mean"]) and math.isnan(none_ok["flow_tv_mean"])
     lp = summarize([_row("k", 0, -1, flow_tv=None, flow_l2=None)])
     assert "flow_tv_mean" not in lp and "flow_l2_mean" not in lp
     empty = summarize([])
-    assert empty["pairs"] == 0 and math.isnan(empty["success_rate"]) and math.isnan(empty["acc_under_attack"])
+    assert empty["pairs"] == 0 and math.isnan(empty["success_rate"]) and math.isnan(empty["robust_accuracy"])

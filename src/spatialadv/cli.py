@@ -56,11 +56,11 @@ def cmd_train(args) -> int:
 
 
 def _print_summary(rows: list[tuple[str, str, dict]]) -> None:
-    head = f"{'model':<10} {'attack':<12} {'attacks':>7} {'success%':>9} {'acc_adv%':>9} {'D_L2':>7} {'flowTV':>8} {'ms/atk':>8}"
+    head = f"{'model':<10} {'attack':<12} {'attacks':>7} {'success%':>9} {'robust%':>9} {'D_L2':>7} {'flowTV':>8} {'ms/atk':>8}"
     print(head)
     for m, a, s in rows:
         tv = s.get("flow_tv_mean")
-        print(f"{m:<10} {a:<12} {s['pairs']:>7} {100 * s['success_rate']:>9.2f} {100 * s['acc_under_attack']:>9.2f} "
+        print(f"{m:<10} {a:<12} {s['pairs']:>7} {100 * s['success_rate']:>9.2f} {100 * s['robust_accuracy']:>9.2f} "
               f"{s['l2_mean']:>7.3f} {'' if tv is None else f'{tv:.4f}':>8} {s['ms_per_example']:>8.1f}")
 
 

@@ -2,7 +2,7 @@
 
 *Provable Defenses against Spatially Transformed Adversarial Inputs: Impossibility and Possibility Results*
 (ICLR 2019 submission), on MNIST-5k with the one-hidden-layer fc-500 training variants
-(:func:`spatialadv.models.certify_spec`). Every number is stored per example
+(:func:`spatialadv.certify.training.certify_spec`). Every number is stored per example
 and resumable: the per-unit-ε bound matrix Q of each variant and method, one
 certificate per (test image, ε), one budget-restricted flow attack record per
 (image, ε), one lower bound per ε.
@@ -19,7 +19,8 @@ import torch
 from ..certify import SmoothFlowPGD, certify, lower_bound_attack, pair_bounds
 from ..data import DataSpec
 from ..eval.runner import make_pairs
-from ..models import TrainConfig, certify_spec
+from ..certify.training import certify_spec
+from ..models import TrainConfig
 from ._certify_report import PAPER, certify_blocks
 from .framework import AttackRun, Experiment, Report, TaskRun, option
 

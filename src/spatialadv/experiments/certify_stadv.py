@@ -19,7 +19,8 @@ from ..attacks import StAdv
 from ..certify import StAdvTauBinarySearch
 from ..data import DataSpec
 from ..eval.runner import make_pairs
-from ..models import TrainConfig, certify_spec
+from ..certify.training import certify_spec
+from ..models import TrainConfig
 from ..ops.flow import flow_tv_loss
 from ._certify_report import PAPER, certify_blocks
 from .framework import AttackRun, Experiment, Report, TaskRun, option

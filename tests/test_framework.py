@@ -11,9 +11,20 @@ import pytest
 
 from spatialadv.eval.store import ResultStore, StoreError
 from spatialadv.experiments import experiments
-from spatialadv.experiments.framework import (Experiment, Report, Table, TaskRun, add_config_arguments, config_from_args,
-                                              config_from_dict, config_to_dict, option, rebuild, run_experiment,
-                                              validate_config)
+from spatialadv.experiments.framework import (
+    Experiment,
+    Report,
+    Table,
+    TaskRun,
+    add_config_arguments,
+    config_from_args,
+    config_from_dict,
+    config_to_dict,
+    option,
+    rebuild,
+    run_experiment,
+    validate_config,
+)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Evaluation: resumable runner, SQLite results store, metrics."""
 
-from .runner import attack_config, first_correct, make_pairs, run_attack, run_key, summarize
 from .protocol import edge_flat_energy, operating_characteristic, protocol_summary
+from .runner import attack_config, first_correct, make_pairs, run_attack, run_key, summarize
 from .store import ResultStore
 
 __all__ = ["protocol_summary", "operating_characteristic", "edge_flat_energy", "ResultStore", "attack_config", "first_correct", "make_pairs", "run_attack", "run_key", "summarize"]

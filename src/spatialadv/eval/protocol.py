@@ -1,5 +1,6 @@
 """The smooth-adversarial-examples evaluation protocol (Zhang et al. 2020, §5.1, Eqs. 20-21)
-and a numerical check that a perturbation is smooth like its image."""
+and a numerical check that a perturbation is smooth like its image.
+"""
 
 from __future__ import annotations
 

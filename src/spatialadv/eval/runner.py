@@ -21,7 +21,8 @@ __all__ = ["attack_config", "run_key", "make_pairs", "example_index", "run_attac
 def attack_config(attack: Attack) -> dict:
     """JSON-able description of an attack: its class name and hyper-parameters
     (attacks nested in a hyper-parameter, e.g. a sweep's, are described the same way; attacks
-    holding trained networks, e.g. SdpAdv, describe themselves with ``hyperparameters()``)."""
+    holding trained networks, e.g. SdpAdv, describe themselves with ``hyperparameters()``).
+    """
 
     def value(v):
         if isinstance(v, Attack):

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from ..certify import SmoothFlowPGD, certify, lower_bound_attack, pair_bounds
+from ..certify.training import certify_spec
 from ..data import DataSpec
 from ..eval.runner import make_pairs
-from ..certify.training import certify_spec
 from ..models import TrainConfig
 from ._certify_report import PAPER, certify_blocks
 from .framework import AttackRun, Experiment, Report, TaskRun, option

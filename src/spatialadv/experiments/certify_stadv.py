@@ -17,9 +17,9 @@ import torch
 
 from ..attacks import StAdv
 from ..certify import StAdvTauBinarySearch
+from ..certify.training import certify_spec
 from ..data import DataSpec
 from ..eval.runner import make_pairs
-from ..certify.training import certify_spec
 from ..models import TrainConfig
 from ..ops.flow import flow_tv_loss
 from ._certify_report import PAPER, certify_blocks

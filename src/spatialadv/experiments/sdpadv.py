@@ -83,7 +83,8 @@ PAPER_TABLE3 = {
 def fixed_attacks(eps: float):
     """The non-generator attacks of one ε (untargeted). PGD and MIM follow CleverHans' MNIST
     defaults (PGD: step 0.01, 40 steps, random start; MIM: step 0.06, 10 steps, decay 1.0),
-    stopping per example at the first success (this does not change accuracy under attack)."""
+    stopping per example at the first success (this does not change accuracy under attack).
+    """
     from ..attacks import FGSM, MIM, PGD
 
     return {"FGSM": FGSM(eps=eps),
@@ -93,7 +94,8 @@ def fixed_attacks(eps: float):
 
 def spatial_attacks():
     """STM on the reference 5 × 5 × 31 grid (±3 px, ±30°; per-example early stop after the first
-    chunk with a misclassified candidate) and stAdv (τ = 0.05, 100 L-BFGS steps, untargeted)."""
+    chunk with a misclassified candidate) and stAdv (τ = 0.05, 100 L-BFGS steps, untargeted).
+    """
     from ..attacks import RotationTranslation, StAdv
 
     return {"STM": RotationTranslation(max_rotation=30.0, max_translation=3.0, num_rotations=31, num_translations=5,
@@ -104,7 +106,8 @@ def spatial_attacks():
 def generator_settings(epochs: int, seed: int, val_fraction: float) -> dict:
     """SdpAdv §4.1 settings (γ = 0.3, α 5.0 → ×0.8 → 0.8, β = λ = 1, Adam 5e-4 / 5e-5) with
     ``epochs`` passes and the α schedule compressed to them (decay every ``max(1, epochs // 10)``).
-    The paper gives no batch size; 64 is used."""
+    The paper gives no batch size; 64 is used.
+    """
     return dict(gamma=0.3, alpha=5.0, alpha_decay=0.8, alpha_every=max(1, epochs // 10), alpha_min=0.8, beta=1.0, lam=1.0,
                 lr_g=5e-4, lr_d=5e-5, epochs=epochs, batch_size=64, val_fraction=val_fraction, seed=seed)
 
@@ -253,7 +256,8 @@ def _reference_check(rep) -> dict:
 
 def _panels(res, test, out: Path, n: int = 10) -> list[Path]:
     """One Fig. 3-style panel per attack on the non-robust Model A (else the first model): the first ``n`` evaluated
-    test images after the attack, each titled with Model A's prediction (red: wrong)."""
+    test images after the attack, each titled with Model A's prediction (red: wrong).
+    """
     from ..viz.panels import prediction_panel
 
     names = list(test.classes)
@@ -342,7 +346,7 @@ def _markdown(rep) -> str:
                  f"Adv-Train {_f(models.get(f'{m}/advtrain', {}).get('test_accuracy'))}. Defense-GAN and Adv-Critic are not built "
                  "in spatialadv yet (their columns show only the paper's numbers).")
         L.append("")
-    L.append(f"## Table 3 — Model A (c4), non-robust: accuracy, mean L2 ‖x_A − x‖₂, seconds per 100 images — ours (paper)")
+    L.append("## Table 3 — Model A (c4), non-robust: accuracy, mean L2 ‖x_A − x‖₂, seconds per 100 images — ours (paper)")
     L.append("")
     L.append("| attack | accuracy | L2 | s / 100 images | paper accuracy | paper L2 | paper s |")
     L.append("|---|---|---|---|---|---|---|")

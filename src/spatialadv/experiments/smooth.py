@@ -25,7 +25,7 @@ import torch
 from ..data import DataSpec
 from ..eval.runner import make_pairs
 from ..models import ModelSpec, TrainConfig
-from .framework import AttackRun, Experiment, Report, Table, option
+from .framework import AttackRun, Experiment, Report, option
 from .framework import fmt as _fmt
 
 __all__ = ["Config", "PAPER", "smooth_attacks", "budget_attacks", "plan", "report", "EXPERIMENTS"]

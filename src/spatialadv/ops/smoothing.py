@@ -238,7 +238,7 @@ class GuidedSmoothing:
     """
 
     def __init__(self, guide: Tensor, *, alpha: float = 0.95, sigma: float = 0.1, kernel: Kernel = "laplacian",
-                 solver: Solver = "auto", tol: float = 1e-6, max_iter: int = 1000) -> None:
+                 solver: Solver = "auto", tol: float = 1e-5, max_iter: int = 1000) -> None:
         _check_guide(guide)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1 or math.isnan(alpha):
             raise ValueError(f"alpha must be a float in [0, 1), got {alpha!r}")
@@ -321,7 +321,7 @@ class GuidedSmoothing:
 
 
 def smooth(z: Tensor, guide: Tensor, *, alpha: float = 0.95, sigma: float = 0.1, kernel: Kernel = "laplacian",
-           solver: Solver = "auto", tol: float = 1e-6, max_iter: int = 1000) -> Tensor:
+           solver: Solver = "auto", tol: float = 1e-5, max_iter: int = 1000) -> Tensor:
     """Normalised image-guided smoothing ``ŝ_α(z) = diag(s_α(1))⁻¹ L_α⁻¹ z`` (Eqs. 8-9).
 
     Functional form of :class:`GuidedSmoothing` (same defaults); build the class

@@ -49,7 +49,8 @@ def targeted_grid(cells: dict[tuple[int, int], np.ndarray], num_classes: int, pa
                   title: str = "", class_names: list[str] | None = None) -> Path:
     """10×10 targeted grid as stAdv Fig. 2: row = true class, column = target
     class, originals on the diagonal. ``cells[(row, col)]`` is an image
-    ``(C, H, W)``; missing cells are drawn grey with "n/a"."""
+    ``(C, H, W)``; missing cells are drawn grey with "n/a".
+    """
     plt = _plt()
     k = num_classes
     names = class_names or [str(i) for i in range(k)]
@@ -68,7 +69,8 @@ def targeted_grid(cells: dict[tuple[int, int], np.ndarray], num_classes: int, pa
 def comparison_figure(columns: list[str], rows: list[list[np.ndarray | None]], path: str | Path, *,
                       row_labels: list[str] | None = None, title: str = "") -> Path:
     """Grid of images: one column per method (e.g. original, FGSM, C&W, stAdv
-    as stAdv Fig. 4), one row per example."""
+    as stAdv Fig. 4), one row per example.
+    """
     plt = _plt()
     nr, nc = len(rows), len(columns)
     fig, axes = plt.subplots(nr, nc, figsize=(nc * 1.3, nr * 1.3 + 0.4), squeeze=False)
@@ -120,7 +122,8 @@ __all__ += ["operating_characteristic_plot", "magnification_figure", "perturbati
 def scale_unit(a: np.ndarray) -> np.ndarray:
     """Map an array ``(C, H, W)`` to [0, 1], each channel independently (min → 0,
     max → 1; a constant channel → 0.5), as the smooth-adversarial figures scale
-    perturbations (Zhang et al. 2020, Fig. 4 caption)."""
+    perturbations (Zhang et al. 2020, Fig. 4 caption).
+    """
     a = np.asarray(a, dtype=np.float64)
     lo = a.min(axis=(1, 2), keepdims=True)
     hi = a.max(axis=(1, 2), keepdims=True)

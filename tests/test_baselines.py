@@ -143,8 +143,8 @@ def test_pgd_random_start_depends_only_on_seed_and_position(digits_model, norm):
     # same seed reproduces exactly; another seed gives another random start
     again = attack(model, x, y)
     assert torch.equal(again.x_adv, full.x_adv)
-    delta0 = attack._random_delta(x)
-    delta1 = attack.replace(seed=4)._random_delta(x)
+    delta0 = attack.threat.random_start(x, attack.seed)
+    delta1 = attack.replace(seed=4).threat.random_start(x, 4)
     assert not torch.allclose(delta0, delta1)
     size = delta0.flatten(1).abs().amax(1) if norm == "linf" else delta0.flatten(1).norm(dim=1)
     assert float(size.max()) <= eps + 1e-6
@@ -192,7 +192,7 @@ def _reference(attack, model, x, y, target):
     l2 = attack.norm == "l2"
     xa = x.clone()
     if isinstance(attack, PGD) and attack.random_start:
-        xa = (x + attack._random_delta(x)).clamp(0, 1)
+        xa = (x + attack.threat.random_start(x, attack.seed)).clamp(0, 1)
     mom = torch.zeros_like(x)
     for _ in range(getattr(attack, "steps", 1)):
         xr = xa.clone().requires_grad_(True)

@@ -91,7 +91,7 @@ def test_failure_flow_zeroed_even_if_solver_returns_one(digits_model):
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class TinyFlow(StAdv):
-        def _run(self, model, x, y, target):
+        def _run(self, model, x, y, target, index):
             flow = torch.full((x.shape[0], 2, *x.shape[2:]), 1e-3, dtype=x.dtype)
             return {"x_adv": flow_warp(x, flow), "flow": flow, "iterations": torch.ones(x.shape[0], dtype=torch.long)}
 

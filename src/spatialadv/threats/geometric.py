@@ -99,7 +99,7 @@ class AffineLinf(Threat):
     ``|θ − θ_I| ≤ gamma`` entrywise and ``‖η‖∞ ≤ eps``.
 
     θ ``(N, 2, 3)`` is in **normalised** coordinates
-    (:func:`spatialadv.ops.affine_warp` convention, ``align_corners=False``);
+    (:func:`spatialadv.ops.affine_warp` convention: corner pixel centres at ±1);
     η ``(N, C, H, W)`` in [0, 1] pixel units.
 
     Args:

@@ -429,3 +429,15 @@ def test_replace_revalidates_and_objects_are_frozen():
         PGD().eps = 0.1  # type: ignore[misc]
     with pytest.raises(TypeError):
         PGD(0.3)  # keyword-only
+
+
+def test_cw_counts_gradient_and_forward_evaluations(digits_model):
+    """iterations = gradient evaluations; forward_evals = the forward-only check of each
+    binary-search step's last iterate (every example stays active without abort_early)."""
+    model, x, y = digits_model
+    res = run_checked(CarliniWagnerL2(binary_search_steps=3, steps=7, abort_early=False), model, x[:8], y[:8])
+    assert torch.all(res.iterations == 21) and torch.all(res.forward_evals == 3)
+    early = run_checked(CarliniWagnerL2(binary_search_steps=3, steps=40), model, x[:8], y[:8])
+    assert torch.all(early.forward_evals <= 3) and bool((early.iterations < 120).any())
+    pgd = run_checked(PGD(eps=0.1, steps=4), model, x[:8], y[:8])
+    assert torch.all(pgd.iterations == 4) and torch.all(pgd.forward_evals == 0)

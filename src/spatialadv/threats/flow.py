@@ -92,9 +92,9 @@ class PixelFlow(Threat):
 class FlowSmoothnessBall(Threat):
     """Flows ``r`` ``(N, 2, H, W)`` (pixels) with ``ℓ_diff(r) = sqrt(‖M r_u‖² + ‖M r_v‖²) ≤ eps``,
     the smooth-flow threat model certified by
-    :mod:`spatialadv.certify.bounds` (Zhang, Nguyen & Wang, "Provably robust
-    defenses against spatial flows"-style smoothness budget: neighbour
-    difference matrices M of Prop. 1; :func:`spatialadv.certify.flow_smoothness`).
+    :mod:`spatialadv.certify.bounds` (Zhang, Nguyen & Wang's certificates for
+    spatially smooth flows, Eq. 2 and Prop. 1: M stacks the four neighbour
+    difference matrices; :func:`spatialadv.certify.flow_smoothness`).
 
     Latent parametrisation (used by
     :class:`~spatialadv.certify.SmoothFlowPGD`): ``r = eps · (MᵀM + ridge·I)^{-1/2} s``

@@ -94,8 +94,9 @@ class RotationTranslationBox(Threat):
 @dataclass(frozen=True, kw_only=True)
 class AffineLinf(Threat):
     """An affine warp near the identity followed by an additive L∞ perturbation: SdpAdv's
-    threat model (Xiao et al. (2018a) AdvGAN's L∞ ``η`` plus a spatial
-    transformer θ; "SdpAdv" Eq. 5): ``x_A = clip_[0,1](t_θ(x) + η)`` with
+    threat model (the L∞ ``η`` of Xiao, Li, Zhu, He, Liu & Song, Generating
+    Adversarial Examples with Adversarial Networks (AdvGAN), IJCAI 2018, plus
+    a spatial-transformer θ; the SdpAdv paper's Eq. 5): ``x_A = clip_[0,1](t_θ(x) + η)`` with
     ``|θ − θ_I| ≤ gamma`` entrywise and ``‖η‖∞ ≤ eps``.
 
     θ ``(N, 2, 3)`` is in **normalised** coordinates

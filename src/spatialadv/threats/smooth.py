@@ -43,8 +43,8 @@ def check_smoothing(*, alpha: object, sigma: object, kernel: object, solver: obj
 @dataclass(frozen=True, kw_only=True)
 class SmoothLikeX(L2Ball):
     """Perturbations ``δ = ŝ_α(z)`` smoothed like the original image, with ``‖δ‖₂ ≤ eps``
-    (Zhang, Chen, Guo, Lyu & Wang, Smooth Adversarial Examples, EURASIP
-    J. on Information Security 2020, Eqs. 8-9 and 12).
+    (Zhang, Avrithis, Furon & Amsaleg, Smooth Adversarial Examples, EURASIP
+    Journal on Information Security 2020, Eqs. 8-9 and 12).
 
     ``ŝ_α`` is the normalised smoothing guided by ``x``
     (:class:`spatialadv.ops.smoothing.GuidedSmoothing`): linear in ``z``, so

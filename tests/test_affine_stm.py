@@ -101,7 +101,15 @@ def test_stm_single_integer_shift_is_hand_computed(digits_model):
     # θ in normalised units: translation (+2 px) / ((W − 1)/2)
     torch.testing.assert_close(res.theta[s][:, :, 2], torch.full((int(s.sum()), 2), 2.0 / 3.5))
     assert torch.equal(res.theta[~s], identity_theta(int((~s).sum())))
-    assert torch.all(res.iterations == 1)
+    # no gradients; one forward-only evaluation (the single candidate) per example
+    assert torch.all(res.iterations == 0) and torch.all(res.forward_evals == 1)
+    # the chosen transform in the threat's parameters: (−2, −2) px, 0°; zero where failed
+    assert torch.equal(res.params["angle"], torch.zeros(len(x)))
+    assert torch.equal(res.params["shift"][s], torch.full((int(s.sum()), 2), -2.0))
+    assert torch.equal(res.params["shift"][~s], torch.zeros(int((~s).sum()), 2))
+    # size: box norm max(|angle|/0 → 0, 2/2) = 1 where successful, 0 where failed
+    assert res.norm == "rt_box"
+    assert torch.equal(res.size, s.to(res.size.dtype))
 
 
 def test_stm_single_quarter_turn_is_hand_computed(digits_model):
@@ -176,7 +184,7 @@ def test_stm_grid_contract_and_batch_independence(digits_model):
     atk = RotationTranslation(max_translation=1.0, max_batch=4096)
     res = run_checked(atk, model, x, y)
     assert res.success_rate > 0.5
-    assert torch.all(res.iterations == 5 * 5 * 31)
+    assert torch.all(res.forward_evals == 5 * 5 * 31) and torch.all(res.iterations == 0)
     s = res.success
     torch.testing.assert_close(res.x_adv[s], affine_warp(x, res.theta)[s], rtol=0, atol=1e-6)
     with torch.no_grad():
@@ -199,7 +207,7 @@ def test_stm_random_worst_of_k(digits_model):
     model, x, y = digits_model
     atk = RotationTranslation(max_translation=1.0, grid=False, random_tries=10, seed=3)
     res = run_checked(atk, model, x, y)
-    assert torch.all(res.iterations == 10)
+    assert torch.all(res.forward_evals == 10) and torch.all(res.iterations == 0)
     cands = atk.candidates(len(x))
     assert cands.shape == (len(x), 10, 3)
     assert float(cands[..., 0].abs().max()) <= 30 and float(cands[..., 1:].abs().max()) <= 1
@@ -215,10 +223,10 @@ def test_stm_early_stop_and_validation(digits_model):
     full = RotationTranslation(max_translation=1.0)(model, x, y)
     fast = RotationTranslation(max_translation=1.0, early_stop=True, max_batch=64 * 25)(model, x, y)
     assert torch.equal(fast.success, full.success)  # same candidates, only fewer evaluated
-    assert fast.iterations.sum() < full.iterations.sum()
+    assert fast.forward_evals.sum() < full.forward_evals.sum()
     # fixed chunk boundaries (1, 2, 4, ...): an image's chosen transform does not depend on its batch
     sub = RotationTranslation(max_translation=1.0, early_stop=True, max_batch=7)(model, x[20:30], y[20:30])
-    assert torch.equal(sub.x_adv, fast.x_adv[20:30]) and torch.equal(sub.iterations, fast.iterations[20:30])
+    assert torch.equal(sub.x_adv, fast.x_adv[20:30]) and torch.equal(sub.forward_evals, fast.forward_evals[20:30])
     with pytest.raises(ValueError, match="num_rotations"):
         RotationTranslation(num_rotations=0)
     with pytest.raises(ValueError, match="padding_mode"):

@@ -143,8 +143,8 @@ def test_pgd_random_start_depends_only_on_seed_and_position(digits_model, norm):
     # same seed reproduces exactly; another seed gives another random start
     again = attack(model, x, y)
     assert torch.equal(again.x_adv, full.x_adv)
-    delta0 = attack._random_delta(x)
-    delta1 = attack.replace(seed=4)._random_delta(x)
+    delta0 = attack.threat.random_start(x, attack.seed)
+    delta1 = attack.replace(seed=4).threat.random_start(x, 4)
     assert not torch.allclose(delta0, delta1)
     size = delta0.flatten(1).abs().amax(1) if norm == "linf" else delta0.flatten(1).norm(dim=1)
     assert float(size.max()) <= eps + 1e-6
@@ -192,7 +192,7 @@ def _reference(attack, model, x, y, target):
     l2 = attack.norm == "l2"
     xa = x.clone()
     if isinstance(attack, PGD) and attack.random_start:
-        xa = (x + attack._random_delta(x)).clamp(0, 1)
+        xa = (x + attack.threat.random_start(x, attack.seed)).clamp(0, 1)
     mom = torch.zeros_like(x)
     for _ in range(getattr(attack, "steps", 1)):
         xr = xa.clone().requires_grad_(True)
@@ -429,3 +429,15 @@ def test_replace_revalidates_and_objects_are_frozen():
         PGD().eps = 0.1  # type: ignore[misc]
     with pytest.raises(TypeError):
         PGD(0.3)  # keyword-only
+
+
+def test_cw_counts_gradient_and_forward_evaluations(digits_model):
+    """iterations = gradient evaluations; forward_evals = the forward-only check of each
+    binary-search step's last iterate (every example stays active without abort_early)."""
+    model, x, y = digits_model
+    res = run_checked(CarliniWagnerL2(binary_search_steps=3, steps=7, abort_early=False), model, x[:8], y[:8])
+    assert torch.all(res.iterations == 21) and torch.all(res.forward_evals == 3)
+    early = run_checked(CarliniWagnerL2(binary_search_steps=3, steps=40), model, x[:8], y[:8])
+    assert torch.all(early.forward_evals <= 3) and bool((early.iterations < 120).any())
+    pgd = run_checked(PGD(eps=0.1, steps=4), model, x[:8], y[:8])
+    assert torch.all(pgd.iterations == 4) and torch.all(pgd.forward_evals == 0)

@@ -91,7 +91,7 @@ def test_failure_flow_zeroed_even_if_solver_returns_one(digits_model):
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class TinyFlow(StAdv):
-        def _run(self, model, x, y, target):
+        def _run(self, model, x, y, target, index):
             flow = torch.full((x.shape[0], 2, *x.shape[2:]), 1e-3, dtype=x.dtype)
             return {"x_adv": flow_warp(x, flow), "flow": flow, "iterations": torch.ones(x.shape[0], dtype=torch.long)}
 
@@ -186,6 +186,12 @@ def test_tau_search_keeps_first_successful_tau(digits_model):
     assert torch.equal(search.iterations[s], first.iterations[s])
     assert torch.all(search.iterations[~s] > first.iterations[~s])  # a second τ was tried
     assert search.success_rate > first.success_rate
+    # the per-example τ of the returned flow; 0 where failed
+    assert torch.all(search.params["tau"][s] == 0.5)
+    late = search.success & ~s
+    assert late.any() and torch.all(search.params["tau"][late] == 0.005)
+    assert torch.all(search.params["tau"][~search.success] == 0)
+    assert torch.all(first.params["tau"][s] == 0.5) and torch.all(search.forward_evals == 0)
 
 
 def _spy_lbfgs(monkeypatch):

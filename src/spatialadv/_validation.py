@@ -108,3 +108,45 @@ def check_int(value: int, name: str, *, minimum: int = 1) -> None:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_bool(value: object, name: str) -> None:
+    """Raise ``TypeError`` unless ``value`` is a ``bool`` (``True`` or ``False``; ints are refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__}")
+
+
+def check_index(index: object, n: int, name: str = "index") -> Tensor:
+    """Check per-example identities and return them as a CPU int64 tensor ``(N, k)``.
+
+    Each row identifies one example (e.g. its dataset index, or the pair
+    ``(dataset index, target)``); attacks seed every random draw of an example
+    from its row only (see :func:`spatialadv.threats.example_generator`).
+
+    Args:
+        index: ``None`` (the default identities ``arange(N)``, i.e. rows
+            ``[i]``), or an integer tensor of shape ``(N,)`` (one number per
+            example) or ``(N, k)`` with ``k >= 1``. Any integer dtype is
+            accepted (negative entries included) and converted to int64.
+        n: the batch size N.
+
+    Returns:
+        ``(N, k)`` int64 tensor on the CPU (``k = 1`` for ``None`` or a 1-D index).
+
+    Raises:
+        TypeError: not a tensor, or a floating-point, complex or bool dtype
+            (floats could hold NaN or non-integral values).
+        ValueError: wrong shape (first dimension must be N, at most 2 dims,
+            at least one column).
+    """
+    if index is None:
+        return torch.arange(n, dtype=torch.long).view(n, 1)
+    if not isinstance(index, Tensor):
+        raise TypeError(f"{name} must be an integer torch.Tensor of shape ({n},) or ({n}, k), got {type(index).__name__}")
+    if index.dtype.is_floating_point or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {index.dtype}")
+    if index.dim() == 1:
+        index = index.view(-1, 1)
+    if index.dim() != 2 or index.shape[0] != n or index.shape[1] < 1:
+        raise ValueError(f"{name} must have shape ({n},) or ({n}, k) with k >= 1 to match the images, got {tuple(index.shape)}")
+    return index.detach().to(device="cpu", dtype=torch.long)

@@ -1,5 +1,7 @@
 """Attacks. Every attack is an immutable object called as
-``attack(model, x, y, *, target=None) -> AttackResult``."""
+``attack(model, x, y, *, target=None, index=None) -> AttackResult``; its threat
+model (projections, random starts, size) is ``attack.threat``
+(:mod:`spatialadv.threats`)."""
 
 from .base import Attack, AttackResult, margin
 from .baselines import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2

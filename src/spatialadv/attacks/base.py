@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_images, check_labels, check_logits, warn_if_training
+from .._validation import check_images, check_index, check_labels, check_logits, warn_if_training
+from ..threats import L2Ball, LinfBall, Threat
 
-__all__ = ["AttackResult", "Attack", "margin", "predict_logits", "input_grad"]
+__all__ = ["AttackResult", "Attack", "margin", "criterion", "predict_logits", "input_grad"]
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,17 @@ class AttackResult:
             ``argmax f(x_adv) == target`` (targeted) or ``!= y`` (untargeted).
         pred: ``(N,)`` int64 predicted class on ``x_adv``.
         size: ``(N,)`` the perturbation's size in the threat model's units
-            (``norm``); 0 where the attack failed.
-        norm: name of ``size``'s unit: ``"linf"``, ``"l2"`` (pixel values in
-            [0, 1]) or ``"flow_tv"`` (stAdv Eq. 5, pixels).
-        iterations: ``(N,)`` int64 gradient evaluations of the model used per
-            example (line-search trials included).
+            (``norm``; the attack's :attr:`Attack.threat` ``.measure``); 0
+            where the attack failed.
+        norm: name of ``size``'s unit, the threat's ``unit``: ``"linf"``,
+            ``"l2"`` (pixel values in [0, 1]), ``"flow_tv"`` (stAdv Eq. 5,
+            pixels), ``"flow_smoothness"`` (ℓ_diff, pixels), ``"rt_box"`` or
+            ``"affine_linf_box"`` (unitless fractions of the budget box); see
+            :mod:`spatialadv.threats`.
+        iterations: ``(N,)`` int64, **model gradient evaluations** per example:
+            each forward+backward pass of the model through which the example
+            went (line-search trials and restarts included). 0 for attacks
+            that use no gradient (STM, a fitted generator).
         time_s: wall-clock seconds of the whole call.
         targeted: whether ``target`` was used.
         target: ``(N,)`` target classes, or None.
@@ -40,6 +47,20 @@ class AttackResult:
             failed (STM, SdpAdv/SdAdv).
         eta: ``(N, C, H, W)`` additive perturbation applied after the affine
             warp (SdpAdv/AdvGAN), zero where failed.
+        params: the threat model's parameters per example (first dim N), the
+            identity where failed (``theta`` → θ_I, every other key → 0):
+            STM ``angle`` ``(N,)`` degrees and ``shift`` ``(N, 2)`` pixels
+            (x then y); SdpAdv/SdAdv/AdvGAN ``theta`` ``(N, 2, 3)``
+            (normalised coordinates) and ``eta_linf`` ``(N,)`` ([0, 1] pixel
+            units); stAdv with a τ search ``tau`` ``(N,)`` (the τ of the
+            returned flow). Empty for the L_p attacks (``delta`` is the
+            parameter) and flow attacks without per-example τ.
+        forward_evals: ``(N,)`` int64, **forward-only** model evaluations per
+            example made by the attack's search (STM candidates, the final
+            evaluation of C&W's last iterate, success checks between τ runs).
+            The evaluations every call makes on its own — the class-count
+            probe on ``x`` and the success recomputation on ``x_adv`` — are
+            not counted, nor are the forward passes inside ``iterations``.
     """
 
     x_adv: Tensor
@@ -55,6 +76,8 @@ class AttackResult:
     delta: Tensor | None = None
     theta: Tensor | None = None
     eta: Tensor | None = None
+    params: dict[str, Tensor] = field(default_factory=dict)
+    forward_evals: Tensor | None = None
 
     @property
     def success_rate(self) -> float:
@@ -82,7 +105,9 @@ def margin(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float = 0.0)
     return diff.clamp(min=-kappa)
 
 
-def _criterion(pred: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+def criterion(pred: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    """The attack criterion per example ``(N,)`` bool: ``pred == target`` (targeted) or
+    ``pred != y`` (untargeted), for predicted classes ``pred`` ``(N,)``."""
     return pred == target if target is not None else pred != y
 
 
@@ -92,7 +117,7 @@ class Attack:
     implement :meth:`_run`; calling the attack validates inputs, runs it, and
     recomputes success from the model.
 
-    Call: ``attack(model, x, y, *, target=None) -> AttackResult``.
+    Call: ``attack(model, x, y, *, target=None, index=None) -> AttackResult``.
 
     Args (of the call):
         model: ``nn.Module`` mapping ``(N, C, H, W)`` images in [0, 1] to logits
@@ -101,19 +126,41 @@ class Attack:
         x: images ``(N, C, H, W)`` float in [0, 1]; never modified.
         y: true labels ``(N,)`` int64 in [0, K).
         target: optional target classes ``(N,)`` in [0, K), each ≠ ``y``.
+        index: optional identities of the examples, integer ``(N,)`` or
+            ``(N, k)`` (e.g. rows ``(dataset index, target)``); default
+            ``arange(N)``, i.e. row ``[i]`` for position ``i``. Every random
+            draw of an example (random starts, random candidates) comes from a
+            generator seeded by ``(seed, *row)`` only
+            (:func:`spatialadv.threats.example_generator`), so an example's
+            result depends on its identity, never on its position or its
+            batch-mates; pass the dataset index to make a result reproducible
+            across batchings. Deterministic attacks ignore it.
 
     Raises:
         TypeError, ValueError: see :mod:`spatialadv._validation`; also a
-            target equal to the label, or an attack that does not support
-            targeted mode.
+            target equal to the label, an attack that does not support
+            targeted mode, or a malformed ``index``
+            (:func:`~spatialadv._validation.check_index`).
     """
 
     norm: ClassVar[str] = "l2"
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, target: Tensor | None = None, index: Tensor | None = None) -> AttackResult:  # TEMP index until merge
+    @property
+    def threat(self) -> Threat:
+        """The threat model: the source of projections, random starts and ``size``
+        (default: an unbounded ball of the attack's ``norm``, ``"l2"`` or ``"linf"``)."""
+        if self.norm == "linf":
+            return LinfBall(eps=float("inf"))
+        if self.norm == "l2":
+            return L2Ball(eps=float("inf"))
+        raise NotImplementedError(f"{type(self).__name__} must define its threat model")
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, target: Tensor | None = None,
+                 index: Tensor | None = None) -> AttackResult:
         check_images(x)
         warn_if_training(model)
         n = x.shape[0]
+        index = check_index(index, n)
         with torch.no_grad():
             num_classes = predict_logits(model, x).shape[1]
         y = check_labels(y, n, num_classes).to(x.device)
@@ -123,25 +170,27 @@ class Attack:
                 raise ValueError("target must differ from the true label y for every example")
         t0 = time.perf_counter()
         x_in = x.detach()
-        parts = self._run(model, x_in, y, target)
+        parts = self._run(model, x_in, y, target, index)
         return self._finish(model, x_in, y, target, parts, time.perf_counter() - t0, num_classes)
 
     # -- to implement -------------------------------------------------------------------------
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> dict:
-        """Return a dict with ``x_adv`` ``(N, C, H, W)``, ``iterations`` ``(N,)`` and
-        optionally ``flow``. Must not modify ``x``."""
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, index: Tensor) -> dict:
+        """Return a dict with ``x_adv`` ``(N, C, H, W)``, ``iterations`` ``(N,)`` (gradient
+        evaluations) and optionally ``forward_evals`` ``(N,)``, ``flow``, ``theta``,
+        ``eta`` and ``params`` (dict of per-example tensors). ``index`` is the
+        validated ``(N, k)`` int64 CPU tensor of identities. Must not modify ``x``."""
         raise NotImplementedError
 
-    def _size(self, x: Tensor, x_adv: Tensor, parts: dict) -> Tensor:
-        d = (x_adv - x).flatten(1)
-        return d.abs().amax(1) if self.norm == "linf" else d.norm(dim=1)
+    def _size(self, x: Tensor, result: AttackResult) -> Tensor:
+        """Size ``(N,)`` of the result's perturbation in the threat's units (before masking)."""
+        return self.threat.measure(x, result)
 
     # -- shared -------------------------------------------------------------------------------
     def _finish(self, model, x, y, target, parts, elapsed, num_classes) -> AttackResult:
         x_adv = parts["x_adv"].detach().clamp(0, 1)
         with torch.no_grad():
             pred = predict_logits(model, x_adv, num_classes).argmax(1)
-        success = _criterion(pred, y, target)
+        success = criterion(pred, y, target)
         keep = success.view(-1, 1, 1, 1)
         x_adv = torch.where(keep, x_adv, x)
         pred = torch.where(success, pred, self._clean_pred(model, x, pred, success))
@@ -156,13 +205,26 @@ class Attack:
             theta = torch.where(success.view(-1, 1, 1), theta.detach(), eye)
         if eta is not None:
             eta = torch.where(keep, eta.detach(), torch.zeros_like(eta))
-        size = torch.where(success, self._size(x, x_adv, {**parts, "flow": flow, "theta": theta, "eta": eta}),
-                           torch.zeros(len(x), dtype=x.dtype, device=x.device))
-        return AttackResult(
-            x_adv=x_adv, success=success, pred=pred, size=size, norm=self.norm,
-            iterations=parts["iterations"].long(), time_s=elapsed, targeted=target is not None,
+        params = {}
+        for key, value in (parts.get("params") or {}).items():
+            value = value.detach()
+            if key == "theta":
+                fail = torch.zeros_like(value)
+                fail[:, 0, 0] = 1
+                fail[:, 1, 1] = 1
+            else:
+                fail = torch.zeros_like(value)
+            params[key] = torch.where(success.view(-1, *([1] * (value.dim() - 1))), value, fail)
+        zero_counts = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        forward_evals = parts.get("forward_evals")
+        result = AttackResult(
+            x_adv=x_adv, success=success, pred=pred, size=torch.zeros(len(x), dtype=x.dtype, device=x.device),
+            norm=self.threat.unit, iterations=parts["iterations"].long(), time_s=elapsed, targeted=target is not None,
             target=target, flow=flow, delta=None if flow is not None else x_adv - x, theta=theta, eta=eta,
+            params=params, forward_evals=zero_counts if forward_evals is None else forward_evals.long().to(x.device),
         )
+        size = torch.where(success, self._size(x, result).to(x.dtype), result.size)
+        return replace(result, size=size)
 
     @staticmethod
     def _clean_pred(model, x, pred, success) -> Tensor:

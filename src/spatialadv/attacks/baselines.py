@@ -18,25 +18,30 @@ Conventions shared by every attack here:
 * ``early_stop`` freezes an example at the first iterate that meets the attack
   criterion (decided per example, never for the whole batch); frozen examples
   are no longer evaluated.
-* ``iterations`` counts the gradient evaluations spent on each example (with
-  ``early_stop``, including the one that found the example successful).
+* ``iterations`` counts the gradient evaluations (forward+backward) spent on
+  each example (with ``early_stop``, including the one that found the example
+  successful); ``forward_evals`` the forward-only evaluations (0, except the
+  evaluation of C&W's last iterate).
+* Projections and random starts come from the threat models
+  :class:`~spatialadv.threats.LinfBall` and :class:`~spatialadv.threats.L2Ball`
+  (``attack.threat``).
 * An example's result never depends on the other images in its batch. The
   random start of :class:`PGD` depends only on ``seed`` and the example's
-  position ``i`` in the batch (see :class:`PGD`).
+  identity (its row of the call's ``index``; see :class:`PGD`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, nn  # noqa: F401  (nn: doctests)
 
-from .._validation import check_int, check_positive
-from .base import Attack, _criterion, input_grad, margin
+from .._validation import check_bool, check_int, check_positive
+from ..threats import L2Ball, LinfBall, Threat
+from .base import Attack, criterion, margin
+from .iterative import iterate, normalize
 
 __all__ = ["FGSM", "IFGSM", "PGD", "MIM", "CarliniWagnerL2"]
 
@@ -46,94 +51,11 @@ _NORMS = ("linf", "l2")
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _check_bool(value: object, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__}")
-
-
 def _check_norm(value: object) -> None:
     if not isinstance(value, str):
         raise TypeError(f"norm must be a str, one of {_NORMS}, got {type(value).__name__}")
     if value not in _NORMS:
         raise ValueError(f"norm must be one of {_NORMS}, got {value!r}")
-
-
-def _per_example(v: Tensor) -> Tensor:
-    """Reshape ``(N,)`` to ``(N, 1, 1, 1)`` for broadcasting over images."""
-    return v.view(-1, 1, 1, 1)
-
-
-def _ce_loss(y: Tensor, target: Tensor | None) -> Callable[[Tensor], Tensor]:
-    """Per-example loss to *ascend*: CE(y) (untargeted) or −CE(target) (targeted)."""
-    if target is None:
-        return lambda logits: F.cross_entropy(logits, y, reduction="none")
-    return lambda logits: -F.cross_entropy(logits, target, reduction="none")
-
-
-def _project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
-    """Project onto ``{‖x_adv − x‖∞ ≤ eps} ∩ [0, 1]``."""
-    return (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
-
-
-def _project_l2(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
-    """Project onto the per-example L2 ball ``{‖x_adv − x‖₂ ≤ eps}``, then clip to [0, 1]."""
-    d = x_adv - x
-    n = d.flatten(1).norm(dim=1)
-    factor = (eps / n.clamp_min(torch.finfo(d.dtype).tiny)).clamp(max=1.0)
-    return (x + d * _per_example(factor)).clamp(0.0, 1.0)
-
-
-def _normalize(g: Tensor, p: int) -> Tensor:
-    """``g / ‖g‖_p`` per example (0 where the gradient is exactly 0)."""
-    n = g.flatten(1).norm(p=p, dim=1).clamp_min(torch.finfo(g.dtype).tiny)
-    return g / _per_example(n)
-
-
-def _example_generator(seed: int, index: int) -> torch.Generator:
-    """A CPU generator whose state depends only on ``(seed, index)``."""
-    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
-    return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def _iterate(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    target: Tensor | None,
-    x_start: Tensor,
-    steps: int,
-    early_stop: bool,
-    step: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor],
-) -> dict:
-    """Shared loop of the gradient-sign / gradient-normalised attacks.
-
-    ``step(idx, x_adv_sub, x_sub, grad_sub)`` returns the projected next iterate
-    of the examples ``idx``; ``grad_sub`` is the gradient of the loss to ascend.
-    With ``early_stop`` an example leaves the loop at the first iterate whose
-    prediction meets the criterion. Returns ``{"x_adv", "iterations"}``.
-    """
-    n = x.shape[0]
-    x_adv = x_start.clone()
-    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
-    active = torch.ones(n, dtype=torch.bool, device=x.device)
-    for _ in range(steps):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            break
-        y_s = y[idx]
-        t_s = None if target is None else target[idx]
-        x_s = x_adv[idx]
-        grad, logits = input_grad(model, x_s, _ce_loss(y_s, t_s))
-        iterations[idx] += 1
-        if early_stop:
-            done = _criterion(logits.argmax(1), y_s, t_s)
-            active[idx[done]] = False
-            keep = ~done
-            idx, x_s, grad = idx[keep], x_s[keep], grad[keep]
-            if idx.numel() == 0:
-                break
-        x_adv[idx] = step(idx, x_s, x[idx], grad).detach()
-    return {"x_adv": x_adv, "iterations": iterations}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,11 +87,16 @@ class FGSM(Attack):
     def __post_init__(self) -> None:
         check_positive(self.eps, "eps")
 
-    def _run(self, model, x, y, target):
-        eps = float(self.eps)
-        return _iterate(
+    @property
+    def threat(self) -> LinfBall:
+        """:class:`~spatialadv.threats.LinfBall` of radius ``eps``."""
+        return LinfBall(eps=self.eps)
+
+    def _run(self, model, x, y, target, index):
+        eps, ball = float(self.eps), self.threat
+        return iterate(
             model, x, y, target, x, 1, False,
-            lambda idx, xa, x0, g: _project_linf(xa + eps * g.sign(), x0, eps),
+            lambda idx, xa, x0, g: ball.project(xa + eps * g.sign(), x0),
         )
 
 
@@ -205,13 +132,18 @@ class IFGSM(Attack):
         check_positive(self.eps, "eps")
         check_positive(self.step_size, "step_size")
         check_int(self.steps, "steps", minimum=1)
-        _check_bool(self.early_stop, "early_stop")
+        check_bool(self.early_stop, "early_stop")
 
-    def _run(self, model, x, y, target):
-        eps, a = float(self.eps), float(self.step_size)
-        return _iterate(
+    @property
+    def threat(self) -> LinfBall:
+        """:class:`~spatialadv.threats.LinfBall` of radius ``eps``."""
+        return LinfBall(eps=self.eps)
+
+    def _run(self, model, x, y, target, index):
+        a, ball = float(self.step_size), self.threat
+        return iterate(
             model, x, y, target, x, self.steps, self.early_stop,
-            lambda idx, xa, x0, g: _project_linf(xa + a * g.sign(), x0, eps),
+            lambda idx, xa, x0, g: ball.project(xa + a * g.sign(), x0),
         )
 
 
@@ -249,18 +181,23 @@ class MIM(Attack):
         check_positive(self.step_size, "step_size")
         check_int(self.steps, "steps", minimum=1)
         check_positive(self.decay, "decay", allow_zero=True)
-        _check_bool(self.early_stop, "early_stop")
+        check_bool(self.early_stop, "early_stop")
 
-    def _run(self, model, x, y, target):
-        eps, a, mu = float(self.eps), float(self.step_size), float(self.decay)
+    @property
+    def threat(self) -> LinfBall:
+        """:class:`~spatialadv.threats.LinfBall` of radius ``eps``."""
+        return LinfBall(eps=self.eps)
+
+    def _run(self, model, x, y, target, index):
+        a, mu, ball = float(self.step_size), float(self.decay), self.threat
         momentum = torch.zeros_like(x)
 
         def step(idx, xa, x0, g):
-            m = mu * momentum[idx] + _normalize(g, 1)
+            m = mu * momentum[idx] + normalize(g, 1)
             momentum[idx] = m
-            return _project_linf(xa + a * m.sign(), x0, eps)
+            return ball.project(xa + a * m.sign(), x0)
 
-        return _iterate(model, x, y, target, x, self.steps, self.early_stop, step)
+        return iterate(model, x, y, target, x, self.steps, self.early_stop, step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,13 +218,14 @@ class PGD(Attack):
     ball — ``U[−eps, eps]^d`` for L∞; for L2 a Gaussian direction normalised
     to unit length times radius ``eps · U^(1/d)`` (``d = C·H·W``).
 
-    Reproducibility and batch independence: the noise of the example at
-    position ``i`` is drawn on the CPU from a ``torch.Generator`` seeded by
-    ``numpy.random.SeedSequence([seed, i])`` and then moved to ``x.device``.
-    It therefore depends only on ``(seed, i)`` — never on the other images of
-    the batch — so a sub-batch ``x[:k]`` reproduces the first ``k`` results of
-    ``x``, and replacing other examples does not change example ``i``. An
-    image attacked alone (position 0) gets the noise of position 0.
+    Reproducibility and batch independence: the noise of an example is drawn
+    on the CPU from a ``torch.Generator`` seeded by
+    ``numpy.random.SeedSequence([seed, *row])`` — ``row`` its row of the
+    call's ``index`` (default ``[i]`` for position ``i``) — and then moved to
+    ``x.device`` (:meth:`spatialadv.threats.LinfBall.random_start`). It
+    therefore depends only on ``(seed, row)``, never on the other images of
+    the batch: pass ``index=`` the dataset indices and an image gets the same
+    start alone or at any position of any batch.
 
     Args:
         norm: threat model, ``"linf"`` or ``"l2"``; also the unit of
@@ -329,40 +267,26 @@ class PGD(Attack):
         check_positive(self.eps, "eps")
         check_positive(self.step_size, "step_size")
         check_int(self.steps, "steps", minimum=1)
-        _check_bool(self.random_start, "random_start")
+        check_bool(self.random_start, "random_start")
         check_int(self.seed, "seed", minimum=0)
-        _check_bool(self.early_stop, "early_stop")
+        check_bool(self.early_stop, "early_stop")
 
-    def _random_delta(self, x: Tensor) -> Tensor:
-        """Random start ``δ_0 (N, C, H, W)`` in the eps-ball, from ``(seed, i)`` only."""
-        d = x[0].numel()
-        eps = float(self.eps)
-        rows = []
-        for i in range(x.shape[0]):
-            g = _example_generator(self.seed, i)
-            if self.norm == "linf":
-                rows.append((torch.rand(d, generator=g, dtype=x.dtype) * 2 - 1) * eps)
-            else:
-                u = torch.randn(d, generator=g, dtype=x.dtype)
-                u = u / u.norm().clamp_min(torch.finfo(x.dtype).tiny)
-                r = eps * torch.rand(1, generator=g, dtype=x.dtype).pow(1.0 / d)
-                rows.append(u * r)
-        return torch.stack(rows).view_as(x).to(x.device)
+    @property
+    def threat(self) -> Threat:
+        """:class:`~spatialadv.threats.LinfBall` or :class:`~spatialadv.threats.L2Ball` of radius ``eps``."""
+        return LinfBall(eps=self.eps) if self.norm == "linf" else L2Ball(eps=self.eps)
 
-    def _run(self, model, x, y, target):
-        eps, a = float(self.eps), float(self.step_size)
+    def _run(self, model, x, y, target, index):
+        a, ball = float(self.step_size), self.threat
+        x0 = ball.project(x + ball.random_start(x, self.seed, index), x) if self.random_start else x
         if self.norm == "linf":
-            x0 = _project_linf(x + self._random_delta(x), x, eps) if self.random_start else x
-
             def step(idx, xa, xs, g):
-                return _project_linf(xa + a * g.sign(), xs, eps)
+                return ball.project(xa + a * g.sign(), xs)
         else:
-            x0 = _project_l2(x + self._random_delta(x), x, eps) if self.random_start else x
-
             def step(idx, xa, xs, g):
-                return _project_l2(xa + a * _normalize(g, 2), xs, eps)
+                return ball.project(xa + a * normalize(g, 2), xs)
 
-        return _iterate(model, x, y, target, x0, self.steps, self.early_stop, step)
+        return iterate(model, x, y, target, x0, self.steps, self.early_stop, step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +328,9 @@ class CarliniWagnerL2(Attack):
 
     Call: ``attack(model, x, y, *, target=None) -> AttackResult``;
     ``size`` is ``‖x_adv − x‖₂`` in [0, 1] pixel units; ``iterations`` is the
-    total number of gradient evaluations per example.
+    total number of gradient evaluations per example; ``forward_evals`` counts
+    the forward-only evaluation of each binary-search step's last iterate
+    (for examples still active at its end).
 
     Raises:
         TypeError: a hyper-parameter has the wrong type.
@@ -430,7 +356,7 @@ class CarliniWagnerL2(Attack):
         check_int(self.binary_search_steps, "binary_search_steps", minimum=1)
         check_int(self.steps, "steps", minimum=1)
         check_positive(self.lr, "lr")
-        _check_bool(self.abort_early, "abort_early")
+        check_bool(self.abort_early, "abort_early")
 
     @classmethod
     def _search_update(cls, found: Tensor, c: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -465,7 +391,12 @@ class CarliniWagnerL2(Attack):
         xa = (torch.tanh(w) + 1) / 2
         return xa, (xa - x).flatten(1).pow(2).sum(1)
 
-    def _run(self, model, x, y, target):
+    @property
+    def threat(self) -> L2Ball:
+        """An unbounded :class:`~spatialadv.threats.L2Ball` (C&W minimises the L2 size)."""
+        return L2Ball(eps=float("inf"))
+
+    def _run(self, model, x, y, target, index):
         n = x.shape[0]
         opts = {"dtype": x.dtype, "device": x.device}
         kappa, lr = float(self.kappa), float(self.lr)
@@ -480,11 +411,12 @@ class CarliniWagnerL2(Attack):
         best_l2 = torch.full((n,), float("inf"), **opts)
         best_x = x.clone()
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        forward_evals = torch.zeros(n, dtype=torch.long, device=x.device)
 
         def record(idx: Tensor, xa: Tensor, logits: Tensor, found: Tensor) -> None:
             t_s = None if target is None else target[idx]
             l2 = (xa - x[idx]).flatten(1).pow(2).sum(1)
-            ok = _criterion(logits.argmax(1), y[idx], t_s) & (margin(logits, y[idx], t_s, kappa) <= -kappa)
+            ok = criterion(logits.argmax(1), y[idx], t_s) & (margin(logits, y[idx], t_s, kappa) <= -kappa)
             found[idx[ok]] = True
             better = ok & (l2 < best_l2[idx])
             best_l2[idx[better]] = l2[better]
@@ -529,6 +461,7 @@ class CarliniWagnerL2(Attack):
                     w[idx] = w[idx] - lr * m_hat / (v_hat.sqrt() + self._ADAM_EPS)
             # the last update of the still-active examples has not been evaluated yet
             idx = active.nonzero().squeeze(1)
+            forward_evals[idx] += 1
             if idx.numel() > 0:
                 with torch.no_grad():
                     xa, _ = self._image(w[idx], x[idx], idx, ctx)
@@ -536,4 +469,4 @@ class CarliniWagnerL2(Attack):
 
             c, lower, upper = self._search_update(found, c, lower, upper)
 
-        return {"x_adv": best_x, "iterations": iterations}
+        return {"x_adv": best_x, "iterations": iterations, "forward_evals": forward_evals}

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from .._validation import check_images, check_int, check_labels, check_positive
 from ..ops.affine import affine_warp, identity_theta
+from ..threats import AffineLinf
 from .base import Attack, margin
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,13 @@ class SdpAdv(Attack):
         :func:`~spatialadv.ops.affine_warp`), so γ = 0.3 allows a translation
         of up to 0.3 · (W−1)/2 ≈ 4 px on 28×28 images. Border fill: zeros.
         ``AttackResult.theta`` holds θ, ``AttackResult.eta`` the applied
-        perturbation ``x_A − x_T``; ``size`` is ``‖x_A − x‖₂``; ``iterations``
-        is 0 (no model evaluation at attack time).
+        perturbation ``x_A − x_T``; ``params["theta"]`` ``(N, 2, 3)`` is θ
+        and ``params["eta_linf"]`` ``(N,)`` is ``‖x_A − x_T‖∞`` (identity / 0
+        where failed); ``size`` is the box norm of
+        :class:`~spatialadv.threats.AffineLinf`,
+        ``max(max|θ − θ_I|/γ, ‖η‖∞/ε)`` (unitless, ``norm =
+        "affine_linf_box"``); ``iterations`` and ``forward_evals`` are 0 (the
+        classifier is not evaluated at attack time).
 
     Args:
         eps: L∞ bound of η, ≥ 0 (0: SdAdv).
@@ -138,7 +144,7 @@ class SdpAdv(Attack):
             images of another shape than the fitted ones.
     """
 
-    norm: ClassVar[str] = "l2"
+    norm: ClassVar[str] = "affine_linf_box"
     eps: float = 0.1
     gamma: float = 0.3
     alpha: float = 5.0
@@ -210,24 +216,29 @@ class SdpAdv(Attack):
         if tuple(x.shape[1:]) != tuple(nets.shape):
             raise ValueError(f"x must have images of shape {tuple(nets.shape)} (as fitted), got {tuple(x.shape[1:])}")
         n = x.shape[0]
-        eye = identity_theta(n, dtype=x.dtype, device=x.device)
+        threat = self.threat
         if self.gamma > 0:
             theta_raw = nets.h_sd(x).view(n, 2, 3).to(x.dtype)
-            theta = eye + (theta_raw - eye).clamp(-self.gamma, self.gamma)
+            theta = threat.project_theta(theta_raw)
             x_t = affine_warp(x, theta)
         else:  # AdvGAN: θ = θ_I exactly, x_T = x
-            theta_raw = theta = eye
+            theta_raw = theta = identity_theta(n, dtype=x.dtype, device=x.device)
             x_t = x
         if self.eps > 0:
             eta_raw = nets.h_p(x_t).view_as(x).to(x.dtype)
-            eta = eta_raw.clamp(-self.eps, self.eps)
+            eta = threat.project_eta(eta_raw)
             x_a = (x_t + eta).clamp(0.0, 1.0)
         else:  # SdAdv: no perturbation
             eta_raw = eta = torch.zeros_like(x)
             x_a = x_t
         return {"theta_raw": theta_raw, "theta": theta, "x_t": x_t, "eta_raw": eta_raw, "eta": eta, "x_a": x_a}
 
-    def _run(self, model, x, y, target):
+    @property
+    def threat(self) -> AffineLinf:
+        """:class:`~spatialadv.threats.AffineLinf` (``gamma``, ``eps``)."""
+        return AffineLinf(gamma=self.gamma, eps=self.eps)
+
+    def _run(self, model, x, y, target, index):
         if self.target_class is None and target is not None:
             raise ValueError("this generator is untargeted (target_class=None); call it without target")
         if self.target_class is not None and (target is None or bool((target != self.target_class).any())):
@@ -236,8 +247,10 @@ class SdpAdv(Attack):
         with torch.no_grad():
             out = self.generate(x, nets)
         x_a = out["x_a"]
+        eta = x_a - out["x_t"]
         return {"x_adv": x_a, "iterations": torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
-                "theta": out["theta"], "eta": x_a - out["x_t"]}
+                "theta": out["theta"], "eta": eta,
+                "params": {"theta": out["theta"], "eta_linf": eta.flatten(1).abs().amax(1)}}
 
     # ------------------------------------------------------------------------------------------
     def _losses(self, model, nets, x, y, alpha):

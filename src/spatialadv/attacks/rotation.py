@@ -1,5 +1,6 @@
-"""Rotation + translation attack, "STM" (Engstrom et al. 2019, "Exploring the
-Landscape of Spatial Robustness"; the STM baseline of SdpAdv, seed 001, Tables 1-3).
+"""Rotation + translation attack, "STM" (Engstrom, Tran, Tsipras, Schmidt & Madry,
+Exploring the Landscape of Spatial Robustness, ICML 2019; the STM baseline of
+the SdpAdv paper's Tables 1-3).
 
 Every example is warped by a set of candidate transforms — an exhaustive grid
 or ``k`` random draws — and the worst one is kept. Candidates are evaluated in
@@ -16,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_int, check_positive
+from .._validation import check_bool, check_int
 from ..ops.affine import affine_warp, rotation_translation_theta, theta_to_normalized
+from ..threats import RotationTranslationBox
 from .base import Attack
-from .baselines import _check_bool, _example_generator
 
 __all__ = ["RotationTranslation", "worst_transform"]
 
@@ -146,8 +147,10 @@ class RotationTranslation(Attack):
     reference 5 × 5 × 31 = 775 transforms (it contains the identity); with
     ``grid=False``, ``random_tries`` transforms drawn uniformly from the same
     box per example ("worst-of-k", k = 10 in the reference), from a
-    generator seeded by ``(seed, i)`` for the example at position ``i``
-    (batch-independent, as :class:`~spatialadv.attacks.PGD`).
+    generator seeded by ``(seed, *row)``, ``row`` the example's row of the
+    call's ``index`` (default ``[i]`` for position ``i``; batch-independent,
+    as :class:`~spatialadv.attacks.PGD`;
+    :meth:`spatialadv.threats.RotationTranslationBox.random_start`).
 
     The worst candidate is chosen per example by :func:`worst_transform`:
     a transform meeting the criterion (misclassified, or classified as the
@@ -163,8 +166,13 @@ class RotationTranslation(Attack):
         border fill ``padding_mode`` (``"zeros"``: black, the MNIST
         background). ``AttackResult.theta`` is in normalised coordinates
         (:func:`~spatialadv.ops.affine_warp`), the identity where failed;
-        ``size`` is the L2 norm of ``x_adv − x`` (pixel values in [0, 1]);
-        ``iterations`` counts the model evaluations (candidates) per example.
+        ``params["angle"]`` ``(N,)`` degrees and ``params["shift"]``
+        ``(N, 2)`` pixels (x then y) are the chosen transform (0 where
+        failed); ``size`` is the box norm of
+        :class:`~spatialadv.threats.RotationTranslationBox`,
+        ``max(|angle|/max_rotation, max(|tx|, |ty|)/max_translation)``
+        (unitless, ``norm = "rt_box"``); ``iterations`` is 0 (no gradients)
+        and ``forward_evals`` counts the candidates evaluated per example.
 
     Args:
         max_rotation: degrees ≥ 0. max_translation: pixels ≥ 0.
@@ -183,7 +191,7 @@ class RotationTranslation(Attack):
         TypeError, ValueError: invalid hyper-parameters (named in the message).
     """
 
-    norm: ClassVar[str] = "l2"
+    norm: ClassVar[str] = "rt_box"
     max_rotation: float = 30.0
     max_translation: float = 3.0
     num_rotations: int = 31
@@ -196,33 +204,43 @@ class RotationTranslation(Attack):
     padding_mode: str = "zeros"
 
     def __post_init__(self) -> None:
-        check_positive(self.max_rotation, "max_rotation", allow_zero=True)
-        check_positive(self.max_translation, "max_translation", allow_zero=True)
+        RotationTranslationBox(max_rotation=self.max_rotation, max_translation=self.max_translation)  # validates
         check_int(self.num_rotations, "num_rotations", minimum=1)
         check_int(self.num_translations, "num_translations", minimum=1)
-        _check_bool(self.grid, "grid")
+        check_bool(self.grid, "grid")
         check_int(self.random_tries, "random_tries", minimum=1)
         check_int(self.seed, "seed", minimum=0)
-        _check_bool(self.early_stop, "early_stop")
+        check_bool(self.early_stop, "early_stop")
         check_int(self.max_batch, "max_batch", minimum=1)
         if self.padding_mode not in ("zeros", "border"):
             raise ValueError(f"padding_mode must be 'zeros' or 'border', got {self.padding_mode!r}")
 
-    def candidates(self, n: int) -> Tensor:
-        """Candidate ``(angle°, tx px, ty px)``: ``(T, 3)`` for the grid, ``(n, k, 3)`` random."""
+    @property
+    def threat(self) -> RotationTranslationBox:
+        """:class:`~spatialadv.threats.RotationTranslationBox` (``max_rotation``, ``max_translation``)."""
+        return RotationTranslationBox(max_rotation=self.max_rotation, max_translation=self.max_translation)
+
+    def candidates(self, n: int, index: Tensor | None = None) -> Tensor:
+        """Candidate ``(angle°, tx px, ty px)`` float64: ``(T, 3)`` for the grid, ``(n, k, 3)`` random.
+
+        Args:
+            n: number of examples.
+            index: identities ``(n,)`` or ``(n, k)`` of the examples (random mode;
+                default ``arange(n)``), see :class:`~spatialadv.attacks.Attack`.
+        """
         if self.grid:
             a = np.linspace(-self.max_rotation, self.max_rotation, self.num_rotations)
             t = np.linspace(-self.max_translation, self.max_translation, self.num_translations)
             g = np.stack(np.meshgrid(a, t, t, indexing="ij"), -1).reshape(-1, 3)
             return torch.from_numpy(g)
-        lim = torch.tensor([self.max_rotation, self.max_translation, self.max_translation], dtype=torch.float64)
-        rows = [(torch.rand(self.random_tries, 3, generator=_example_generator(self.seed, i), dtype=torch.float64) * 2 - 1) * lim
-                for i in range(n)]
-        return torch.stack(rows)
+        return self.threat.random_start(torch.empty(n, 0), self.seed, index, num=self.random_tries)
 
-    def _run(self, model, x, y, target):
-        params = self.candidates(x.shape[0]).to(x.device)
+    def _run(self, model, x, y, target, index):
+        params = self.candidates(x.shape[0], index).to(x.device)
         out = worst_transform(model, x, y, params, target=target, max_batch=self.max_batch,
                               active_only_until_success=self.early_stop, padding_mode=self.padding_mode)
         theta = theta_to_normalized(out["theta"], (x.shape[2], x.shape[3]))
-        return {"x_adv": out["x_t"], "iterations": out["evaluated"], "theta": theta, "params": out["params"]}
+        p = out["params"].to(x.dtype)
+        return {"x_adv": out["x_t"], "iterations": torch.zeros_like(out["evaluated"]),
+                "forward_evals": out["evaluated"], "theta": theta,
+                "params": {"angle": p[:, 0], "shift": p[:, 1:]}}

@@ -14,17 +14,18 @@ paper MNIST 0.95), ``sigma`` (feature-kernel bandwidth on the [0, 1] scale),
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from .._validation import check_int, check_positive
+from .._validation import check_bool, check_int, check_positive
 from ..ops.smoothing import GuidedSmoothing
+from ..threats import L2Ball, SmoothLikeX, check_smoothing
 from .base import Attack
-from .baselines import CarliniWagnerL2, _check_bool, _iterate, _normalize, _project_l2
+from .baselines import CarliniWagnerL2
+from .iterative import iterate, normalize
 
 __all__ = ["SmoothPGDL2", "SmoothCarliniWagnerL2"]
 
@@ -41,18 +42,12 @@ class _Smoothing:
     max_iter: int = 1000
 
     def _check_smoothing(self) -> None:
-        a = self.alpha
-        if isinstance(a, bool) or not isinstance(a, (int, float)):
-            raise TypeError(f"alpha must be a float in [0, 1), got {type(a).__name__}")
-        if not 0 <= a < 1 or math.isnan(a):
-            raise ValueError(f"alpha must be in [0, 1), got {a!r}")
-        check_positive(self.sigma, "sigma")
-        if self.kernel not in ("laplacian", "gaussian"):
-            raise ValueError(f"kernel must be 'laplacian' or 'gaussian', got {self.kernel!r}")
-        if self.solver not in ("auto", "direct", "cg"):
-            raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {self.solver!r}")
-        check_positive(self.tol, "tol")
-        check_int(self.max_iter, "max_iter", minimum=1)
+        check_smoothing(alpha=self.alpha, sigma=self.sigma, kernel=self.kernel, solver=self.solver, tol=self.tol,
+                        max_iter=self.max_iter)
+
+    def _smoothing_kwargs(self) -> dict:
+        return {"alpha": self.alpha, "sigma": self.sigma, "kernel": self.kernel, "solver": self.solver,
+                "tol": self.tol, "max_iter": self.max_iter}
 
     def _smoother(self, x: Tensor) -> GuidedSmoothing:
         return GuidedSmoothing(x, alpha=float(self.alpha), sigma=float(self.sigma), kernel=self.kernel,
@@ -94,17 +89,24 @@ class SmoothPGDL2(Attack, _Smoothing):
         check_positive(self.eps, "eps")
         check_positive(self.step_size, "step_size")
         check_int(self.steps, "steps", minimum=1)
-        _check_bool(self.early_stop, "early_stop")
+        check_bool(self.early_stop, "early_stop")
         self._check_smoothing()
 
-    def _run(self, model, x, y, target):
-        smoother = self._smoother(x)
-        eps, a = float(self.eps), float(self.step_size)
+    @property
+    def threat(self) -> SmoothLikeX:
+        """:class:`~spatialadv.threats.SmoothLikeX`: the L2 ball of radius ``eps`` of
+        perturbations smoothed like ``x``."""
+        return SmoothLikeX(eps=self.eps, **self._smoothing_kwargs())
+
+    def _run(self, model, x, y, target, index):
+        ball = self.threat
+        smoother = ball.smoother(x)
+        a = float(self.step_size)
 
         def step(idx, xa, xs, g):
-            return _project_l2(xa + a * _normalize(smoother(g, idx), 2), xs, eps)
+            return ball.project(xa + a * normalize(smoother(g, idx), 2), xs)
 
-        return _iterate(model, x, y, target, x, self.steps, self.early_stop, step)
+        return iterate(model, x, y, target, x, self.steps, self.early_stop, step)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +144,12 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2, _Smoothing):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_smoothing()
+
+    @property
+    def threat(self) -> L2Ball:
+        """An unbounded :class:`~spatialadv.threats.L2Ball` (sC&W minimises ‖x_adv − x‖₂;
+        its perturbations are smooth like ``x`` by construction)."""
+        return L2Ball(eps=float("inf"))
 
     def _prepare(self, x: Tensor) -> GuidedSmoothing:
         return self._smoother(x)

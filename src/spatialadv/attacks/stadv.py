@@ -9,9 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_int, check_positive
-from ..ops.flow import flow_tv, flow_tv_loss
+from ..ops.flow import flow_tv_loss
 from ..ops.warp import flow_warp
 from ..optim import lbfgs_per_example
+from ..threats import PixelFlow
 from .base import Attack, margin
 
 __all__ = ["StAdv"]
@@ -72,7 +73,11 @@ class StAdv(Attack):
             vanishes where the image is flat, so another start often succeeds.
 
     Result: ``AttackResult`` with ``flow`` ``(N, 2, H, W)`` in pixels (zero for
-    failures), ``norm = "flow_tv"`` and ``size`` = TV of Eq. 5 in pixels.
+    failures), ``norm = "flow_tv"`` and ``size`` = TV of Eq. 5 in pixels
+    (:class:`~spatialadv.threats.PixelFlow`); ``params["tau"]`` ``(N,)`` the
+    τ of the run that produced the returned flow (0 where failed);
+    ``iterations`` the objective evaluations (forward+backward, line-search
+    trials included) over all τ values and restarts; ``forward_evals`` 0.
 
     Raises:
         ValueError, TypeError: invalid hyper-parameters (on construction) or
@@ -126,12 +131,15 @@ class StAdv(Attack):
             if list(self.tau_search) != sorted(self.tau_search, reverse=True):
                 raise ValueError(f"tau_search must be in decreasing order, got {self.tau_search}")
 
-    def _size(self, x: Tensor, x_adv: Tensor, parts: dict) -> Tensor:
-        return flow_tv(parts["flow"])
+    @property
+    def threat(self) -> PixelFlow:
+        """:class:`~spatialadv.threats.PixelFlow` without a budget (τ penalises the flow)."""
+        return PixelFlow()
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> dict:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, index: Tensor) -> dict:
         n, _, h, w = x.shape
         best_flow = torch.zeros(n, 2, h, w, device=x.device, dtype=x.dtype)
+        tau_used = torch.zeros(n, device=x.device, dtype=x.dtype)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         # Start from a tiny constant flow: it has zero L_flow and moves every
@@ -146,10 +154,11 @@ class StAdv(Attack):
                 flow, ok, it, last = self._solve(model, x[todo], y[todo], None if target is None else target[todo], tau, start[todo])
                 best_flow[todo] = flow
                 found[todo] = ok
+                tau_used[todo[ok]] = float(tau)
                 start[todo] = last  # warm start of the next, smaller τ
                 iterations[todo] += it
         x_adv = flow_warp(x, best_flow, padding_mode=self.padding_mode).clamp(0, 1)
-        return {"x_adv": x_adv, "flow": best_flow, "iterations": iterations}
+        return {"x_adv": x_adv, "flow": best_flow, "iterations": iterations, "params": {"tau": tau_used}}
 
     def _solve(self, model, x, y, target, tau, start):
         n, _, h, w = x.shape

@@ -28,9 +28,12 @@ class MinDistortionSweep(Attack):
         attacks: non-empty tuple of attacks, e.g.
             ``tuple(FGSM(eps=e) for e in (0.05, 0.1, 0.2, 0.3))``.
 
-    Call: ``attack(model, x, y, *, target=None) -> AttackResult`` with
-    ``size = ‖x_adv − x‖₂`` ([0, 1] pixel units), ``delta = x_adv − x`` and
-    ``iterations`` summed over the runs.
+    Call: ``attack(model, x, y, *, target=None, index=None) -> AttackResult``
+    with ``size = ‖x_adv − x‖₂`` ([0, 1] pixel units), ``delta = x_adv − x``,
+    and ``iterations`` and ``forward_evals`` summed over the runs (as for any
+    call, each run's own class-count probe and success check are not counted). ``index``
+    is passed on to every run, so their random draws follow the examples'
+    identities.
 
     Raises:
         TypeError: ``attacks`` is not a tuple of :class:`Attack`.
@@ -46,16 +49,19 @@ class MinDistortionSweep(Attack):
         if not self.attacks:
             raise ValueError("attacks must hold at least one attack")
 
-    def _run(self, model, x, y, target):
+    def _run(self, model, x, y, target, index):
         n = x.shape[0]
         best = x.clone()
         best_d = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        forward_evals = torch.zeros(n, dtype=torch.long, device=x.device)
+        l2 = self.threat
         for attack in self.attacks:
-            res = attack(model, x, y, target=target)
-            d = (res.x_adv - x).flatten(1).norm(dim=1)
+            res = attack(model, x, y, target=target, index=index)
+            d = l2.size(res.x_adv - x)
             better = res.success & (d < best_d)
             best[better] = res.x_adv[better]
             best_d[better] = d[better]
             iterations += res.iterations
-        return {"x_adv": best, "iterations": iterations}
+            forward_evals += res.forward_evals
+        return {"x_adv": best, "iterations": iterations, "forward_evals": forward_evals}

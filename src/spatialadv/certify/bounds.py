@@ -62,7 +62,8 @@ from .._validation import check_images, check_labels
 from .smoothness import box_half_widths, gram_min_eigenvalue
 
 __all__ = ["NetworkWeights", "network_weights", "pair_matrices", "sdp_exact", "brute_force_max", "sdp_dual_bound",
-           "ritz_top_eigen", "dual_objective", "optimize_dual", "pair_bounds", "Certificate", "certify", "METHODS"]
+           "ritz_top_eigen", "dual_objective", "optimize_dual", "pair_bounds", "Certificate", "certify", "METHODS",
+           "initial_dual", "class_pairs", "check_input_range"]
 
 METHODS = ("sdp", "spectral", "frobenius", "linear")
 
@@ -123,8 +124,13 @@ def _check_shape(image_shape) -> tuple[int, int, int]:
     return tuple(image_shape)
 
 
-def _check_range(input_range) -> float:
-    """ρ, the largest difference of two sampled values: ``max(hi, 0) − min(lo, 0)`` (zero padding samples 0)."""
+def check_input_range(input_range) -> float:
+    """Validate an input box ``(lo, hi)`` and return ρ, the largest difference of two
+    sampled values: ``max(hi, 0) − min(lo, 0)`` (zero padding samples 0).
+
+    Raises:
+        ValueError: not a pair, not finite, or ``hi <= lo``.
+    """
     if not (isinstance(input_range, (tuple, list)) and len(input_range) == 2):
         raise ValueError(f"input_range must be (lo, hi), got {input_range!r}")
     lo, hi = map(float, input_range)
@@ -139,7 +145,8 @@ def _lam_d(image_shape, border: str, ridge: float, dtype=torch.float64) -> Tenso
     return lam.repeat(ch)  # flatten order (C, H, W)
 
 
-def _pairs(k: int) -> list[tuple[int, int]]:
+def class_pairs(k: int) -> list[tuple[int, int]]:
+    """All unordered class pairs ``(i, j)`` with ``0 <= i < j < k``, in lexicographic order."""
     return [(i, j) for i in range(k) for j in range(i + 1, k)]
 
 
@@ -334,8 +341,8 @@ def sdp_dual_bound(bmat: Tensor, c: Tensor) -> Tensor:
     return out[0] if single else out
 
 
-def _initial_dual(bmat: Tensor) -> Tensor:
-    """A starting c: the better of the diagonal-dominance choice (feasible,
+def initial_dual(bmat: Tensor) -> Tensor:
+    """A starting dual vector c ``(Kp, m + D)`` for ``bmat`` ``(Kp, m, D)``: the better of the diagonal-dominance choice (feasible,
     ``diag(c) ⪰ P``) and the spectral one (``αβ = σ²``, σ ≈ ‖B‖₂ by 30 power
     iterations, so feasible only up to that estimate), per pair. Feasibility is
     not needed: :func:`optimize_dual` certifies whatever c it ends with."""
@@ -373,7 +380,7 @@ def optimize_dual(w: Tensor, dv: Tensor, lam: Tensor, *, steps: int = 300, lr: f
     """
     w, dv, lam = (t.detach().to(torch.float64) for t in (w, dv, lam))
     bmat = dv[:, :, None] * w[None] * lam[None, None, :]
-    c = _initial_dual(bmat)
+    c = initial_dual(bmat)
     gen = torch.Generator().manual_seed(seed)
     if steps > 0:
         with torch.enable_grad():
@@ -458,7 +465,7 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     ch, h, w = _check_shape(image_shape)
-    rho = _check_range(input_range)
+    rho = check_input_range(input_range)
     net = network_weights(model)
     lam = _lam_d(image_shape, border, ridge)
     d = ch * h * w
@@ -466,7 +473,7 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
     if in_dim != d:
         raise ValueError(f"image_shape {image_shape} has {d} pixels but the model's first layer takes {in_dim}")
     k = net.V.shape[0]
-    pairs = _pairs(k)
+    pairs = class_pairs(k)
     V = net.V.detach().to(torch.float64)
     dv = torch.stack([V[i] - V[j] for i, j in pairs])
     if method == "linear":
@@ -542,7 +549,7 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp",
         ValueError, TypeError: bad inputs (shapes, ranges, labels, negative eps).
     """
     lo, hi = map(float, input_range)
-    _check_range(input_range)
+    check_input_range(input_range)
     if (lo, hi) == (0.0, 1.0):
         check_images(x)
     elif not (isinstance(x, Tensor) and x.is_floating_point() and x.dim() == 4 and bool(torch.isfinite(x).all())
@@ -571,5 +578,3 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp",
                        pair_bounds=q, method=method)
 
 
-initial_dual = _initial_dual  # TEMP alias until merge
-class_pairs = _pairs  # TEMP alias until merge

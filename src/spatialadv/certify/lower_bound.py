@@ -31,11 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_int, check_positive
-from ..attacks.base import Attack
+from .._validation import check_bool, check_int, check_positive
+from ..attacks.base import Attack, margin
 from ..ops.warp import flow_warp
-from .bounds import _check_range, network_weights
-from .smoothness import flow_smoothness, gram_inverse, gram_inverse_sqrt
+from ..threats import FlowSmoothnessBall
+from .bounds import check_input_range, network_weights
+from .smoothness import gram_inverse
 
 __all__ = ["warp_derivative", "LowerBoundResult", "lower_bound_attack", "SmoothFlowPGD", "rescale_to_budget",
            "pair_margin_change"]
@@ -97,10 +98,9 @@ def pair_margin_change(model: nn.Module, x: Tensor, flow: Tensor, i: Tensor | in
 
 
 def rescale_to_budget(flow: Tensor, eps: float, *, border: str = "zeros") -> Tensor:
-    """Scale each flow down (never up) so that ``ℓ_diff ≤ eps`` (``(N, 2, H, W)``, pixels)."""
-    s = flow_smoothness(flow.to(torch.float64), border=border)
-    factor = torch.where(s > eps, eps / s.clamp_min(1e-300), torch.ones_like(s)) * (1 - 1e-9)
-    return flow * factor.to(flow.dtype).view(-1, 1, 1, 1)
+    """Scale each flow down (never up) so that ``ℓ_diff ≤ eps`` (``(N, 2, H, W)``, pixels):
+    :meth:`spatialadv.threats.FlowSmoothnessBall.project`."""
+    return FlowSmoothnessBall(eps=eps, border=border).project(flow)
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def lower_bound_attack(model: nn.Module, image_shape, eps: float, *, pair: tuple
     check_int(n_mid, "n_mid")
     check_int(iters, "iters", minimum=0)
     check_int(x_iters, "x_iters")
-    _check_range(input_range)
+    check_input_range(input_range)
     lo, hi = map(float, input_range)
     ch, h, w = image_shape
     net = network_weights(model)
@@ -278,19 +278,32 @@ class SmoothFlowPGD(Attack):
 
     The flow is parametrised as ``r = ε (MᵀM)^{-1/2} s`` per channel with
     ``‖s‖₂ ≤ 1`` (both channels jointly), so the projection is onto the unit
-    ball. Ascent on the margin loss (stAdv Eq. 3 with the sign flipped) with
-    normalised gradient steps of size ``step_size`` (in s units); the best
-    iterate (largest margin towards the criterion) is kept per example. The
-    warp is :func:`spatialadv.ops.flow_warp` with zero padding.
+    ball (:class:`~spatialadv.threats.FlowSmoothnessBall`). Ascent on the
+    margin loss (stAdv Eq. 3 with the sign flipped) with normalised gradient
+    steps of size ``step_size`` (in s units); the best iterate (largest
+    margin towards the criterion) is kept per example and finally rescaled
+    into the budget. The warp is :func:`spatialadv.ops.flow_warp` with zero
+    padding.
+
+    Random start: ``s₀`` is a Gaussian direction times a radius uniform in
+    [0, 1], drawn per example from a generator seeded by ``(seed, *row)``,
+    ``row`` the example's row of the call's ``index``
+    (:meth:`~spatialadv.threats.FlowSmoothnessBall.random_latent`), so it does
+    not depend on the batch.
 
     Args:
         eps: budget ε > 0 on ℓ_diff (pixels).
         steps: gradient steps. step_size: step in s units (unit ball radius 1).
         border, ridge: the smoothness operator.
         random_start: start from a random point of the ball (seeded by ``seed``).
+        seed: int ≥ 0.
 
     Result: ``AttackResult`` with ``flow`` (pixels), ``norm = "flow_smoothness"``,
-    ``size`` = ℓ_diff of the flow.
+    ``size`` = ℓ_diff of the flow (pixels); ``iterations`` = ``steps + 1``
+    gradient evaluations per example; ``forward_evals`` 0.
+
+    Raises:
+        TypeError, ValueError: invalid hyper-parameters (named in the message).
     """
 
     norm = "flow_smoothness"
@@ -304,36 +317,32 @@ class SmoothFlowPGD(Attack):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_positive(self.eps, "eps")
         check_int(self.steps, "steps")
         check_positive(self.step_size, "step_size")
-        if self.border not in ("zeros", "replicate"):
-            raise ValueError(f"border must be 'zeros' or 'replicate', got {self.border!r}")
+        self.threat  # validates eps, border, ridge
+        check_bool(self.random_start, "random_start")
+        check_int(self.seed, "seed", minimum=0)
 
-    def _size(self, x: Tensor, x_adv: Tensor, parts: dict) -> Tensor:
-        return flow_smoothness(parts["flow"].to(torch.float64), border=self.border).to(x.dtype)
+    @property
+    def threat(self) -> FlowSmoothnessBall:
+        """:class:`~spatialadv.threats.FlowSmoothnessBall` (``eps``, ``border``, ``ridge``)."""
+        return FlowSmoothnessBall(eps=self.eps, border=self.border, ridge=self.ridge)
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> dict:
-        from ..attacks.base import margin
-
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, index: Tensor) -> dict:
         n, _, h, w = x.shape
-        s_inv = torch.tensor(gram_inverse_sqrt(h, w, border=self.border, ridge=self.ridge), dtype=x.dtype, device=x.device)
-        gen = torch.Generator().manual_seed(self.seed)
+        ball = self.threat
+        basis = ball.latent_basis(h, w, dtype=x.dtype, device=x.device)
         if self.random_start:
-            s = torch.randn(n, 2, h * w, generator=gen, dtype=x.dtype).to(x.device)
-            s = s / s.flatten(1).norm(dim=1).view(-1, 1, 1) * torch.rand(n, 1, 1, generator=gen, dtype=x.dtype).to(x.device)
+            s = ball.random_latent(x, self.seed, index)
         else:
             s = torch.zeros(n, 2, h * w, dtype=x.dtype, device=x.device)
-
-        def to_flow(s: Tensor) -> Tensor:
-            return (self.eps * (s @ s_inv)).view(n, 2, h, w)  # s_inv symmetric
 
         best_loss = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
         best_flow = torch.zeros(n, 2, h, w, dtype=x.dtype, device=x.device)
         for _ in range(self.steps + 1):
             s = s.detach().requires_grad_(True)
             with torch.enable_grad():
-                flow = to_flow(s)
+                flow = ball.latent_to_flow(s, basis, h, w)
                 loss = margin(model(flow_warp(x, flow)), y, target, kappa=float("inf"))
                 (g,) = torch.autograd.grad(loss.sum(), s)
             better = loss.detach() < best_loss
@@ -341,9 +350,7 @@ class SmoothFlowPGD(Attack):
             best_flow[better] = flow.detach()[better]
             with torch.no_grad():
                 g = g / g.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, 1, 1)
-                s = s - self.step_size * g
-                nrm = s.flatten(1).norm(dim=1).view(-1, 1, 1)
-                s = s / nrm.clamp_min(1.0)
-        best_flow = rescale_to_budget(best_flow, self.eps, border=self.border)
+                s = ball.project_latent(s - self.step_size * g)
+        best_flow = ball.project(best_flow)
         return {"x_adv": flow_warp(x, best_flow).clamp(0, 1), "flow": best_flow,
                 "iterations": torch.full((n,), self.steps + 1, dtype=torch.long, device=x.device)}

@@ -39,6 +39,10 @@ class StAdvTauBinarySearch(StAdv):
         search_steps: number of stAdv runs per image.
         (all :class:`~spatialadv.attacks.StAdv` arguments; ``tau``,
         ``tau_search`` and ``restart_offsets`` are not used.)
+
+    Result: as :class:`~spatialadv.attacks.StAdv`; ``params["tau"]`` is the τ
+    of the kept flow; ``forward_evals`` counts the success check after each
+    of the ``search_steps`` runs.
     """
 
     tau_low: float = 0.0
@@ -53,12 +57,13 @@ class StAdvTauBinarySearch(StAdv):
             raise ValueError(f"tau_high must exceed tau_low, got [{self.tau_low}, {self.tau_high}]")
         check_int(self.search_steps, "search_steps")
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> dict:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, index: Tensor) -> dict:
         n, _, h, w = x.shape
         lo = torch.full((n,), float(self.tau_low), dtype=x.dtype, device=x.device)
         hi = torch.full((n,), float(self.tau_high), dtype=x.dtype, device=x.device)
         best_flow = torch.zeros(n, 2, h, w, dtype=x.dtype, device=x.device)
         best_lflow = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
+        best_tau = torch.zeros(n, dtype=x.dtype, device=x.device)
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         budget = float("inf") if self.flow_hinge is None else self.flow_hinge
         for _ in range(self.search_steps):
@@ -74,7 +79,9 @@ class StAdvTauBinarySearch(StAdv):
             better = ok & (lflow < best_lflow)
             best_flow[better] = flow[better]
             best_lflow[better] = lflow[better]
+            best_tau[better] = tau[better]
             lo = torch.where(ok, tau, lo)
             hi = torch.where(ok, hi, tau)
         x_adv = flow_warp(x, best_flow, padding_mode=self.padding_mode).clamp(0, 1)
-        return {"x_adv": x_adv, "flow": best_flow, "iterations": iterations}
+        return {"x_adv": x_adv, "flow": best_flow, "iterations": iterations, "params": {"tau": best_tau},
+                "forward_evals": torch.full((n,), self.search_steps, dtype=torch.long, device=x.device)}

@@ -1,0 +1,80 @@
+"""The shared loop of the gradient-sign / normalised-gradient attacks (FGSM, I-FGSM,
+MIM, PGD, sPGD2) and its helpers."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import criterion, input_grad
+
+__all__ = ["ce_loss", "normalize", "iterate"]
+
+
+def ce_loss(y: Tensor, target: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """Per-example loss to *ascend* ``(N,)`` from logits: ``CE(y)`` (untargeted) or
+    ``−CE(target)`` (targeted)."""
+    if target is None:
+        return lambda logits: F.cross_entropy(logits, y, reduction="none")
+    return lambda logits: -F.cross_entropy(logits, target, reduction="none")
+
+
+def normalize(g: Tensor, p: int) -> Tensor:
+    """``g / ‖g‖_p`` per example for ``g`` ``(N, …)`` (0 where the gradient is exactly 0)."""
+    n = g.flatten(1).norm(p=p, dim=1).clamp_min(torch.finfo(g.dtype).tiny)
+    return g / n.view(-1, *([1] * (g.dim() - 1)))
+
+
+def iterate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    target: Tensor | None,
+    x_start: Tensor,
+    steps: int,
+    early_stop: bool,
+    step: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor],
+) -> dict:
+    """Run ``steps`` gradient steps per example from ``x_start``.
+
+    Args:
+        model: classifier; evaluated with :func:`~spatialadv.attacks.base.input_grad`
+            (no parameter gradients).
+        x: original images ``(N, C, H, W)``; y: labels ``(N,)``; target: ``(N,)`` or None.
+        x_start: first iterate ``(N, C, H, W)`` (already projected).
+        steps: number of gradient evaluations per example, ≥ 1.
+        early_stop: an example leaves the loop at the first iterate whose
+            prediction meets the criterion (decided per example).
+        step: ``step(idx, x_adv_sub, x_sub, grad_sub)`` returns the projected
+            next iterate of the examples ``idx``; ``grad_sub`` is the gradient
+            of the loss to ascend (:func:`ce_loss`).
+
+    Returns:
+        ``{"x_adv", "iterations"}``: the last (or first successful) iterates and
+        the gradient evaluations per example ``(N,)`` int64.
+    """
+    n = x.shape[0]
+    x_adv = x_start.clone()
+    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+    active = torch.ones(n, dtype=torch.bool, device=x.device)
+    for _ in range(steps):
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        y_s = y[idx]
+        t_s = None if target is None else target[idx]
+        x_s = x_adv[idx]
+        grad, logits = input_grad(model, x_s, ce_loss(y_s, t_s))
+        iterations[idx] += 1
+        if early_stop:
+            done = criterion(logits.argmax(1), y_s, t_s)
+            active[idx[done]] = False
+            keep = ~done
+            idx, x_s, grad = idx[keep], x_s[keep], grad[keep]
+            if idx.numel() == 0:
+                break
+        x_adv[idx] = step(idx, x_s, x[idx], grad).detach()
+    return {"x_adv": x_adv, "iterations": iterations}

@@ -1,0 +1,136 @@
+"""L∞ and L2 balls of additive perturbations (pixel values in [0, 1])."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .._validation import check_positive
+from .base import Threat, per_example_draws
+
+__all__ = ["LinfBall", "L2Ball"]
+
+
+def _check_eps(eps: object) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a number in (0, inf], got {type(eps).__name__}")
+    if not eps > 0:  # also rejects NaN
+        raise ValueError(f"eps must be > 0 (math.inf for an unbounded ball), got {eps}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinfBall(Threat):
+    """``{δ : ‖δ‖∞ ≤ eps}`` with ``x + δ ∈ [0, 1]`` (Goodfellow et al., Explaining and
+    Harnessing Adversarial Examples, ICLR 2015; Madry et al., Towards Deep
+    Learning Models Resistant to Adversarial Attacks, ICLR 2018).
+
+    Args:
+        eps: budget in [0, 1] pixel units, > 0; ``math.inf`` for an unbounded
+            ball (minimum-distortion attacks that only measure the size).
+
+    Units: ``size`` is ``max_i |δ_i|`` in [0, 1] pixel units (``unit = "linf"``).
+
+    Raises:
+        TypeError: ``eps`` is not a number. ValueError: ``eps`` ≤ 0 or NaN.
+    """
+
+    name: ClassVar[str] = "linf"
+    unit: ClassVar[str] = "linf"
+    eps: float = 0.3
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps)
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Project ``x_adv`` ``(N, C, H, W)`` onto ``{‖x_adv − x‖∞ ≤ eps} ∩ [0, 1]`` (exact:
+        the box clip, then the [0, 1] clip, which only moves coordinates towards ``x``)."""
+        eps = float(self.eps)
+        return (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
+
+    def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
+        """δ₀ ``(N, C, H, W)`` uniform in ``[−eps, eps]^d`` per example (not clipped to [0, 1]:
+        use :meth:`project` on ``x + δ₀``), drawn from ``(seed, index row)`` only.
+
+        Raises:
+            ValueError: unbounded ball (``eps = inf``); invalid ``seed``/``index``.
+        """
+        eps = float(self.eps)
+        if math.isinf(eps):
+            raise ValueError("an unbounded ball (eps = inf) has no uniform random start")
+        d = x[0].numel()
+        return per_example_draws(x, seed, index,
+                                 lambda g: (torch.rand(d, generator=g, dtype=x.dtype) * 2 - 1) * eps).view_as(x)
+
+    def size(self, delta: Tensor) -> Tensor:
+        """``‖δ‖∞`` per example, ``(N,)``, for ``δ`` ``(N, …)``."""
+        return delta.flatten(1).abs().amax(1)
+
+    def measure(self, x: Tensor, result) -> Tensor:
+        """``size(result.x_adv − x)``."""
+        return self.size(result.x_adv - x)
+
+
+@dataclass(frozen=True, kw_only=True)
+class L2Ball(Threat):
+    """``{δ : ‖δ‖₂ ≤ eps}`` with ``x + δ ∈ [0, 1]`` (Madry et al., Towards Deep Learning
+    Models Resistant to Adversarial Attacks, ICLR 2018; Carlini & Wagner,
+    Towards Evaluating the Robustness of Neural Networks, IEEE S&P 2017).
+
+    Args:
+        eps: budget (L2 norm over all C·H·W values, [0, 1] pixel units), > 0;
+            ``math.inf`` for an unbounded ball.
+
+    Units: ``size`` is ``‖δ‖₂`` in [0, 1] pixel units (``unit = "l2"``).
+
+    Raises:
+        TypeError: ``eps`` is not a number. ValueError: ``eps`` ≤ 0 or NaN.
+    """
+
+    name: ClassVar[str] = "l2"
+    unit: ClassVar[str] = "l2"
+    eps: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps)
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Rescale ``x_adv − x`` ``(N, C, H, W)`` to L2 norm ≤ ``eps`` per example, then clip
+        ``x_adv`` to [0, 1] (the clip moves coordinates towards ``x``, so the result
+        stays in the ball; it is the exact Euclidean projection onto the ball,
+        followed by the box clip, as in Madry et al.)."""
+        d = x_adv - x
+        n = d.flatten(1).norm(dim=1)
+        factor = (float(self.eps) / n.clamp_min(torch.finfo(d.dtype).tiny)).clamp(max=1.0)
+        return (x + d * factor.view(-1, *([1] * (d.dim() - 1)))).clamp(0.0, 1.0)
+
+    def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
+        """δ₀ ``(N, C, H, W)`` uniform in the ball per example: a Gaussian direction
+        normalised to unit length times radius ``eps · U^(1/d)`` (``d = C·H·W``),
+        drawn from ``(seed, index row)`` only; not clipped to [0, 1].
+
+        Raises:
+            ValueError: unbounded ball (``eps = inf``); invalid ``seed``/``index``.
+        """
+        eps = float(self.eps)
+        if math.isinf(eps):
+            raise ValueError("an unbounded ball (eps = inf) has no uniform random start")
+        d = x[0].numel()
+
+        def draw(g: torch.Generator) -> Tensor:
+            u = torch.randn(d, generator=g, dtype=x.dtype)
+            u = u / u.norm().clamp_min(torch.finfo(x.dtype).tiny)
+            return u * (eps * torch.rand(1, generator=g, dtype=x.dtype).pow(1.0 / d))
+
+        return per_example_draws(x, seed, index, draw).view_as(x)
+
+    def size(self, delta: Tensor) -> Tensor:
+        """``‖δ‖₂`` per example, ``(N,)``, for ``δ`` ``(N, …)``."""
+        return delta.flatten(1).norm(dim=1)
+
+    def measure(self, x: Tensor, result) -> Tensor:
+        """``size(result.x_adv − x)``."""
+        return self.size(result.x_adv - x)

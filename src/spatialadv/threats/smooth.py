@@ -1,0 +1,103 @@
+"""Perturbations smooth like the image: an L2 ball of image-guided smoothed perturbations."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .._validation import check_int, check_positive
+from ..ops.smoothing import GuidedSmoothing
+from .base import per_example_draws
+from .lp import L2Ball
+
+__all__ = ["SmoothLikeX", "check_smoothing"]
+
+
+def check_smoothing(*, alpha: object, sigma: object, kernel: object, solver: object, tol: object,
+                    max_iter: object) -> None:
+    """Validate the hyper-parameters of :class:`~spatialadv.ops.smoothing.GuidedSmoothing`.
+
+    Raises:
+        TypeError: ``alpha`` (or another number) is not a number; ``max_iter`` not an int.
+        ValueError: ``alpha`` outside [0, 1), ``sigma``/``tol`` ≤ 0, ``max_iter`` < 1,
+            unknown ``kernel`` (``"laplacian"``, ``"gaussian"``) or ``solver``
+            (``"auto"``, ``"direct"``, ``"cg"``).
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a float in [0, 1), got {type(alpha).__name__}")
+    if not 0 <= alpha < 1 or math.isnan(alpha):
+        raise ValueError(f"alpha must be in [0, 1), got {alpha!r}")
+    check_positive(sigma, "sigma")
+    if kernel not in ("laplacian", "gaussian"):
+        raise ValueError(f"kernel must be 'laplacian' or 'gaussian', got {kernel!r}")
+    if solver not in ("auto", "direct", "cg"):
+        raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {solver!r}")
+    check_positive(tol, "tol")
+    check_int(max_iter, "max_iter", minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmoothLikeX(L2Ball):
+    """Perturbations ``δ = ŝ_α(z)`` smoothed like the original image, with ``‖δ‖₂ ≤ eps``
+    (Zhang, Avrithis, Furon & Amsaleg, Smooth Adversarial Examples, EURASIP
+    Journal on Information Security 2020, Eqs. 8-9 and 12).
+
+    ``ŝ_α`` is the normalised smoothing guided by ``x``
+    (:class:`spatialadv.ops.smoothing.GuidedSmoothing`): linear in ``z``, so
+    rescaling a smooth δ onto the L2 ball keeps it smooth, and :meth:`project`
+    is the L2-ball projection of :class:`L2Ball` (then the [0, 1] clip).
+
+    Args:
+        eps: L2 budget ([0, 1] pixel units), > 0 (paper MNIST: 5).
+        alpha, sigma, kernel, solver, tol, max_iter: the smoothing (see
+            :class:`~spatialadv.ops.smoothing.GuidedSmoothing`).
+
+    Units: ``size`` is ``‖δ‖₂`` in [0, 1] pixel units (``unit = "l2"``).
+
+    Raises:
+        TypeError, ValueError: invalid budget or smoothing (named in the message).
+    """
+
+    name: ClassVar[str] = "smooth_l2"
+    unit: ClassVar[str] = "l2"
+    eps: float = 5.0
+    alpha: float = 0.95
+    sigma: float = 0.1
+    kernel: str = "laplacian"
+    solver: str = "auto"
+    tol: float = 1e-5
+    max_iter: int = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_smoothing(alpha=self.alpha, sigma=self.sigma, kernel=self.kernel, solver=self.solver,
+                        tol=self.tol, max_iter=self.max_iter)
+
+    def smoother(self, x: Tensor) -> GuidedSmoothing:
+        """The smoothing ``ŝ_α`` guided by the images ``x`` ``(N, C, H, W)``."""
+        return GuidedSmoothing(x, alpha=float(self.alpha), sigma=float(self.sigma), kernel=self.kernel,
+                               solver=self.solver, tol=float(self.tol), max_iter=int(self.max_iter))
+
+    def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
+        """δ₀ ``(N, C, H, W)``: ``ŝ_α`` of a Gaussian ``z`` (drawn from ``(seed, index row)``),
+        rescaled to L2 norm ``eps · U^(1/d)`` (``U`` from the same generator); not
+        clipped to [0, 1].
+
+        Raises:
+            ValueError: unbounded ball; invalid ``seed``/``index``.
+        """
+        eps = float(self.eps)
+        if math.isinf(eps):
+            raise ValueError("an unbounded ball (eps = inf) has no uniform random start")
+        d = x[0].numel()
+        z = per_example_draws(x, seed, index, lambda g: torch.randn(d + 1, generator=g, dtype=x.dtype))
+        u, radius = z[:, :d].view_as(x), z[:, d]
+        radius = eps * torch.special.ndtr(radius).pow(1.0 / d)  # Φ(N(0,1)) is U(0,1)
+        with torch.no_grad():
+            s = self.smoother(x)(u)
+        nrm = s.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
+        return s * (radius / nrm).view(-1, 1, 1, 1)

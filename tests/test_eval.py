@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from spatialadv.attacks import FGSM, StAdv
+from spatialadv.attacks import FGSM, PGD, CarliniWagnerL2, RotationTranslation, StAdv
 from spatialadv.eval import ResultStore, attack_config, first_correct, make_pairs, run_attack, run_key, summarize
 from spatialadv.eval.store import decode_array, encode_array
 from spatialadv.ops import flow_l2, flow_tv
@@ -224,6 +224,33 @@ def test_run_attack_resumes_after_interruption(tmp_path, setup64):
         assert sorted(attacked) == sorted((int(y[i]), t) for i, t in pairs[5:])
         assert run_attack(st, key, model, ATTACK, x, y, pairs, batch_size=3, progress=False) == 0
         _assert_same_records(st.records(key, arrays=True), reference)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PGD(norm="linf", eps=0.1, step_size=0.02, steps=5, random_start=True, seed=3),
+    lambda: RotationTranslation(max_rotation=20.0, max_translation=1.0, grid=False, random_tries=4, seed=5),
+    lambda: CarliniWagnerL2(binary_search_steps=2, steps=10),
+    lambda: StAdv(max_iter=10),
+], ids=["pgd-random-start", "stm-random", "cw", "stadv"])
+def test_resume_with_other_batch_size_and_n_equals_a_fresh_run(tmp_path, setup64, make):
+    """Extending --n and changing --batch-size after a kill gives the records of a fresh run (per-example seeding)."""
+    model, x, y = setup64
+    attack = make()
+    small, large = make_pairs(torch.arange(4), y, 10, "untargeted"), make_pairs(torch.arange(9), y, 10, "untargeted")
+    key = run_key("digits-mlp", attack, "digits-test", "untargeted")
+    with ResultStore(tmp_path / "fresh.sqlite") as st:
+        run_attack(st, key, model, attack, x, y, large, batch_size=9, progress=False)
+        fresh = st.records(key, arrays=True)
+    path = tmp_path / "grown.sqlite"
+    st = ResultStore(path)
+    with pytest.raises(_Interrupted):
+        run_attack(st, key, model, _DiesAfter(attack, 1), x, y, small, batch_size=2, progress=False)
+    st.close()
+    with ResultStore(path) as st:
+        run_attack(st, key, model, attack, x, y, small, batch_size=3, progress=False)
+        assert run_attack(st, key, model, attack, x, y, large, batch_size=4, progress=False) == 5
+        grown = st.records(key, arrays=True)
+    _assert_same_records(grown, fresh)
 
 
 def test_run_attack_untargeted_lp(tmp_path, setup64):

@@ -13,6 +13,7 @@ from spatialadv.attacks import StAdv
 from spatialadv.certify import (box_half_widths, brute_force_max, certify, dual_objective, flow_smoothness,
                                 neighbour_matrices, optimize_dual, pair_bounds, ritz_top_eigen, sdp_dual_bound, sdp_exact,
                                 smoothness_gram)
+from spatialadv.certify.training import certify_spec
 from spatialadv.certify.lower_bound import SmoothFlowPGD, lower_bound_attack, pair_margin_change, rescale_to_budget, warp_derivative
 from spatialadv.data import load_dataset
 from spatialadv.ops.flow import flow_tv
@@ -329,21 +330,55 @@ def test_stadv_hinge_and_tau_binary_search(digits_model):
 
 
 # ---------------------------------------------------------------------------------- training hooks
-def test_training_variants_hooks(tmp_path):
-    from spatialadv.certify.training import VARIANTS, train_variant
-    from spatialadv.models import TrainConfig
+def test_training_variants_hooks(tmp_path, one_thread):
+    from spatialadv.certify.training import VARIANTS
+    from spatialadv.data import DataSpec
+    from spatialadv.models import TrainConfig, load_or_train
 
-    tr, te = load_dataset("digits", "train"), load_dataset("digits", "test")
+    data = DataSpec("digits")
     cfg = TrainConfig(epochs=3, batch_size=128)
-    nets = {v: train_variant(v, tr, te, config=cfg, directory=tmp_path, progress=False) for v in ("normal", "sdp", "frobenius")}
+    nets = {v: load_or_train(certify_spec(v, data, cfg), directory=tmp_path, progress=False) for v in ("normal", "sdp", "frobenius")}
     assert nets["normal"][1]["test_accuracy"] > 0.85 and nets["sdp"][1]["test_accuracy"] > 0.7
+    # the bounds need no weight gradients: they work on the frozen models load_or_train returns
+    assert all(not p.requires_grad for m, _ in nets.values() for p in m.parameters())
     q = {v: pair_bounds(m, (1, 8, 8), method="sdp", dual_steps=60) for v, (m, _) in nets.items()}
     # the SDP penalty lowers the certified SDP bound; the Frobenius penalty lowers ‖W‖_F
     assert float(q["sdp"].sum()) < 0.9 * float(q["normal"].sum())
     fro = {v: float(m[1].weight.detach().norm()) for v, (m, _) in nets.items()}
     assert fro["frobenius"] < fro["normal"]
-    again, info = train_variant("sdp", tr, te, config=cfg, directory=tmp_path, progress=False)
+    again, info = load_or_train(certify_spec("sdp", data, cfg), directory=tmp_path, progress=False)
     assert info["cached"] and torch.equal(again[1].weight, nets["sdp"][0][1].weight)
-    with pytest.raises(ValueError, match="variant"):
-        train_variant("madry", tr, te, directory=tmp_path)
-    assert set(VARIANTS) >= {"normal", "frobenius", "spectral", "sdp", "stn", "stadv-at"}
+    assert set(VARIANTS) == {"normal", "random", "frobenius", "spectral", "sdp", "stn", "stadv-at"}
+
+
+def test_certify_spec_covers_the_seven_variants():
+    from spatialadv.certify.training import VARIANTS
+    from spatialadv.data import DataSpec
+    from spatialadv.models import ModelSpec, Objective, TrainConfig, model_key
+
+    data, cfg = DataSpec("mnist"), TrainConfig(epochs=10, seed=2)
+    expected = {"normal": ("fc-500", "standard"), "random": ("fc-500", "random"), "frobenius": ("fc-500", "frobenius"),
+                "spectral": ("fc-500", "spectral"), "sdp": ("fc-500", "sdp"), "stn": ("stn-fc-500", "hinge"),
+                "stadv-at": ("fc-500", "stadv-at")}
+    assert tuple(VARIANTS) == tuple(expected)
+    for v, (arch, obj) in expected.items():
+        assert certify_spec(v, data, cfg) == ModelSpec(arch, data, cfg, Objective(obj))
+    assert len({model_key(certify_spec(v, data, cfg)) for v in VARIANTS}) == 7
+    assert certify_spec("sdp", data, cfg, eps_train=0.05).objective.options == {"eps_train": 0.05}
+    assert certify_spec("frobenius", data, cfg).objective.options == {"lam": 0.08}
+    assert certify_spec("spectral", data, cfg).objective.options == {"lam": 0.09}
+    assert certify_spec("stadv-at", data, cfg).objective.options == {"lam_r": 0.3, "tau": 0.05, "refresh": 3, "pool_size": 1000}
+    with pytest.raises(ValueError, match="variant must be one of"):
+        certify_spec("madry", data, cfg)
+    with pytest.raises(ValueError, match="option 'lam'"):
+        certify_spec("sdp", data, cfg, lam=0.1)
+
+
+def test_stn_variant_trains(tmp_path, one_thread):
+    from spatialadv.data import DataSpec
+    from spatialadv.models import STNClassifier, TrainConfig, load_or_train
+
+    model, info = load_or_train(certify_spec("stn", DataSpec("digits", max_train=128), TrainConfig(epochs=1, batch_size=64)),
+                                directory=tmp_path, progress=False)
+    assert isinstance(model, STNClassifier) and info["key"].startswith("stn-fc-500-hinge-digits-seed0-")
+    assert not model.training and 0.0 <= info["test_accuracy"] <= 1.0

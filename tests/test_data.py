@@ -304,3 +304,38 @@ def test_load_npz_errors(tmp_path):
         load_npz(save("xbool", x=np.zeros((2, 5, 5), bool), y=np.array([0, 1])))
     with pytest.raises(FileNotFoundError):
         load_npz(tmp_path / "absent.npz")
+
+
+# ---------------------------------------------------------------------------------- DataSpec
+def test_dataspec_train_test_and_seeded_subset():
+    from spatialadv.data import DataSpec
+
+    full = DataSpec("digits")
+    tr, te = full.train(), full.test()
+    ref_tr, ref_te = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert torch.equal(tr.x, ref_tr.x) and torch.equal(te.y, ref_te.y) and tr.split == "train" and te.split == "test"
+    sub = DataSpec("digits", max_train=50).train()
+    assert sub.x.shape == (50, 1, 8, 8) and sub.y.shape == (50,) and sub.name == "digits"
+    idx = np.random.default_rng(0).permutation(len(ref_tr))[:50]
+    assert torch.equal(sub.x, ref_tr.x[idx]) and torch.equal(sub.y, ref_tr.y[idx])
+    assert torch.equal(DataSpec("digits", max_train=50).train().x, sub.x)  # deterministic
+    other = DataSpec("digits", seed=1, max_train=50)
+    assert not torch.equal(other.train().x, sub.x)  # the seed moves split and subset
+    assert torch.equal(DataSpec("digits", max_train=50).test().x, te.x)  # test never subsampled
+    assert DataSpec("digits", 3, 20).to_dict() == {"name": "digits", "seed": 3, "max_train": 20}
+    assert DataSpec(**other.to_dict()) == other and hash(other) == hash(DataSpec("digits", 1, 50))
+
+
+def test_dataspec_errors():
+    from spatialadv.data import DataSpec
+
+    with pytest.raises(ValueError, match="DataSpec.name must be one of"):
+        DataSpec("imagenet")
+    with pytest.raises(ValueError, match="max_train must be ≥ 10"):
+        DataSpec("digits", max_train=9)
+    with pytest.raises(TypeError, match="max_train"):
+        DataSpec("digits", max_train=20.0)
+    with pytest.raises(TypeError, match="seed"):
+        DataSpec("digits", seed="0")
+    with pytest.raises(ValueError, match="max_train=5000 exceeds the 1438 images"):
+        DataSpec("digits", max_train=5000).train()

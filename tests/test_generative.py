@@ -9,9 +9,9 @@ from _contract import run_checked
 from torch import nn
 
 from spatialadv.attacks import FGSM, SdpAdv, advgan, sdadv
-from spatialadv.data import load_dataset
-from spatialadv.defenses import adversarially_trained, fgsm_adversary
-from spatialadv.models import TrainConfig, load_or_train
+from spatialadv.data import DataSpec, load_dataset
+from spatialadv.defenses import fgsm_adversary
+from spatialadv.models import ModelSpec, Objective, TrainConfig, load_or_train
 from spatialadv.ops import affine_warp, identity_theta
 
 FAST = dict(epochs=4, batch_size=64, alpha_every=1, seed=0)
@@ -141,20 +141,22 @@ def test_errors(digits_model):
 
 
 def test_fgsm_adv_train_is_cached_and_more_robust(tmp_path, one_thread):
-    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    data = DataSpec("digits")
+    test = data.test()
     cfg = TrainConfig(epochs=8, batch_size=64, lr=3e-3)
-    plain, info_p = load_or_train("fc-200", train, test, config=cfg, progress=False, directory=tmp_path)
-    robust, info_r = adversarially_trained("fc-200", train, test, eps=0.1, config=cfg, progress=False, directory=tmp_path)
-    assert info_r["key"] != info_p["key"] and "advtrain-fgsm" in info_r["key"]
+    plain, info_p = load_or_train(ModelSpec("fc-200", data, cfg), progress=False, directory=tmp_path)
+    robust_spec = ModelSpec("fc-200", data, cfg, Objective("fgsm-at", eps=0.1))
+    robust, info_r = load_or_train(robust_spec, progress=False, directory=tmp_path)
+    assert info_r["key"] != info_p["key"] and info_r["key"].startswith("fc-200-fgsm-at-digits-")
     assert not robust.training and info_r["test_accuracy"] > 0.8
     fgsm = FGSM(eps=0.1)
     acc_p = 1 - fgsm(plain, test.x, test.y).success_rate
     acc_r = 1 - fgsm(robust, test.x, test.y).success_rate
     assert acc_r > acc_p + 0.1, (acc_p, acc_r)
-    again, info2 = adversarially_trained("fc-200", train, test, eps=0.1, config=cfg, progress=False, directory=tmp_path)
+    again, info2 = load_or_train(robust_spec, progress=False, directory=tmp_path)
     assert info2["cached"] and all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), robust.state_dict().values()))
-    # the adversary leaves no gradient on the model
+    # the adversary leaves no gradient on the model (checked on trainable parameters)
     x = test.x[:8]
-    plain.zero_grad(set_to_none=True)
+    plain.requires_grad_(True)
     xa = fgsm_adversary(0.1)(plain, x, test.y[:8])
     assert float((xa - x).abs().max()) <= 0.1 + 1e-6 and all(p.grad is None for p in plain.parameters())

@@ -1,7 +1,8 @@
-"""Model registry, safetensors checkpoints and the ``load_or_train`` cache."""
+"""Model registry, training objectives, ModelSpec / model_key and the ``load_or_train`` cache."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 
@@ -9,16 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from spatialadv.data import load_dataset
-from spatialadv.models import (MODELS, TrainConfig, accuracy, build_model, cache_dir, load_checkpoint, load_or_train,
-                               save_checkpoint, train_model)
+from spatialadv.attacks.base import input_grad
+from spatialadv.data import DataSpec, load_dataset
+from spatialadv.models import (MODELS, OBJECTIVES, ModelSpec, Objective, STNClassifier, TrainConfig, accuracy, build_model,
+                               cache_dir, load_checkpoint, load_or_train, model_key, save_checkpoint, train_model)
 
 TINY = TrainConfig(epochs=2, batch_size=128, lr=1e-2, shift=0)
+DIGITS = DataSpec("digits")
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits", "train"), load_dataset("digits", "test")
+    return DIGITS.train(), DIGITS.test()
 
 
 @pytest.fixture
@@ -46,7 +49,7 @@ def test_registry_models_map_images_to_logits(name, one_thread):
         assert m3(torch.rand(2, 3, 28, 28)).shape == (2, 4)
 
 
-@pytest.mark.parametrize("name", ["fc-200", "fc-500"])
+@pytest.mark.parametrize("name", ["fc-200", "fc-500", "stn-fc-500"])
 def test_fc_models_on_8x8(name):
     model = build_model(name, image_size=8).eval()
     with torch.no_grad():
@@ -62,9 +65,12 @@ def test_build_model_errors():
 
 
 def test_train_config_validation():
-    for bad in (dict(epochs=0), dict(batch_size=0), dict(lr=0.0), dict(shift=-1), dict(weight_decay=-1.0)):
-        with pytest.raises(ValueError):
-            TrainConfig(**bad)
+    for field, bad in (("epochs", 0), ("batch_size", 0), ("lr", 0.0), ("shift", -1), ("weight_decay", -1.0)):
+        with pytest.raises(ValueError, match=f"TrainConfig.{field} must be"):
+            TrainConfig(**{field: bad})
+    for field, bad in (("epochs", 1.5), ("seed", "0"), ("lr", float("nan"))):
+        with pytest.raises(TypeError, match=f"TrainConfig.{field}"):
+            TrainConfig(**{field: bad})
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -102,53 +108,189 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     assert cache_dir().parts[-2:] == (".cache", "spatialadv")
 
 
+def test_stn_starts_as_identity_transform():
+    torch.manual_seed(0)
+    stn = build_model("stn-fc-500", image_size=8).eval()
+    assert isinstance(stn, STNClassifier)
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():  # θ = identity at initialisation: the STN is its classifier (up to resampling at pixel centres)
+        assert torch.allclose(stn(x), stn.classifier(x), atol=1e-5)
+
+
 def test_train_model_learns_and_returns_eval_mode(digits, one_thread):
     train, test = digits
     torch.manual_seed(0)
     model = build_model("fc-200", image_size=8)
     before = accuracy(model, test.x, test.y)
-    out = train_model(model, train, TINY, progress=False)
-    assert out is model and not model.training
+    notes = train_model(model, train, TINY, progress=False)
+    assert notes == {} and not model.training
     after = accuracy(model, test.x, test.y)
     assert after > 0.85 and after > before + 0.5
+    with pytest.raises(TypeError, match="Objective"):
+        train_model(model, train, TINY, objective="standard", progress=False)
 
 
-def test_load_or_train_uses_cache(digits, cache, one_thread):
-    train, test = digits
-    m1, info1 = load_or_train("fc-200", train, test, config=TINY, seed=3, progress=False)
-    assert info1["cached"] is False
-    assert info1["path"].startswith(str(cache / "models")) and info1["path"].endswith(".safetensors")
-    assert info1["key"].startswith("fc-200-digits-seed3-")
-    assert not m1.training
-    assert info1["test_accuracy"] == pytest.approx(accuracy(m1, test.x, test.y))
-    assert info1["test_accuracy"] > 0.85
+# ---------------------------------------------------------------------------------- Objective
+def test_objective_defaults_equality_and_json():
+    assert set(OBJECTIVES) == {"standard", "fgsm-at", "random", "hinge", "frobenius", "spectral", "sdp", "stadv-at"}
+    defaults = {"standard": {}, "fgsm-at": {"eps": 0.3, "adv_weight": 0.5}, "random": {}, "hinge": {}, "frobenius": {"lam": 0.08},
+                "spectral": {"lam": 0.09}, "sdp": {"eps_train": 0.02},
+                "stadv-at": {"lam_r": 0.3, "tau": 0.05, "refresh": 3, "pool_size": 1000}}
+    for name, opts in defaults.items():
+        o = Objective(name)
+        assert o.name == name and o.options == opts
+        assert Objective(name, **opts) == o and hash(Objective(name, **opts)) == hash(o)
+        assert json.loads(json.dumps(o.to_dict())) == {"name": name, "options": opts}
+        assert Objective.from_dict(o.to_dict()) == o
+    assert Objective("fgsm-at", eps=1) == Objective("fgsm-at", eps=1.0)  # ints accepted for floats, stored as float
+    assert isinstance(Objective("fgsm-at", eps=1).options["eps"], float)
+    assert Objective("fgsm-at", eps=0.1) != Objective("fgsm-at")
+    o = Objective("sdp")
+    with pytest.raises(AttributeError):
+        o.name = "standard"
+    o.options["eps_train"] = 5.0  # a copy: the objective is unchanged
+    assert o.options["eps_train"] == 0.02
+    assert repr(Objective("fgsm-at", eps=0.1)) == "Objective('fgsm-at', adv_weight=0.5, eps=0.1)"
+
+
+def test_objective_errors_name_the_option():
+    with pytest.raises(ValueError, match="unknown objective 'madry'"):
+        Objective("madry")
+    with pytest.raises(ValueError, match="objective 'standard' has no option 'eps'; its options are: none"):
+        Objective("standard", eps=0.3)
+    with pytest.raises(ValueError, match="objective 'fgsm-at' has no option 'epsilon'; its options are: adv_weight, eps"):
+        Objective("fgsm-at", epsilon=0.3)
+    bad = [("fgsm-at", "eps", 0.0, r"\(0, 1\]"), ("fgsm-at", "eps", 1.5, r"\(0, 1\]"), ("fgsm-at", "adv_weight", -0.1, r"\[0, 1\]"),
+           ("frobenius", "lam", -1.0, "≥|\\[0"), ("sdp", "eps_train", 0.0, "\\(0"), ("stadv-at", "refresh", 0, "an int"),
+           ("stadv-at", "pool_size", 10.0, "an int"), ("stadv-at", "tau", "big", "a float"), ("spectral", "lam", float("inf"), "a float"),
+           ("fgsm-at", "eps", True, "a float")]
+    for name, option, value, range_ in bad:
+        with pytest.raises(ValueError, match=f"objective '{name}': option '{option}' must be") as e:
+            Objective(name, **{option: value})
+        assert e.match(range_), str(e.value)
+
+
+# ---------------------------------------------------------------------------------- ModelSpec / model_key
+def test_model_spec_validation_and_round_trip():
+    spec = ModelSpec("c4", DataSpec("mnist", max_train=100), TINY, Objective("fgsm-at", eps=0.1))
+    d = spec.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert set(d) == {"architecture", "data", "train", "objective"} and d["train"]["seed"] == 0
+    assert ModelSpec.from_dict(d) == spec and hash(ModelSpec.from_dict(d)) == hash(spec)
+    assert ModelSpec("c4", DIGITS).objective == Objective("standard") and ModelSpec("c4", DIGITS).train == TrainConfig()
+    with pytest.raises(ValueError, match="ModelSpec.architecture must be one of"):
+        ModelSpec("resnet-1000", DIGITS)
+    with pytest.raises(TypeError, match="ModelSpec.data must be a DataSpec"):
+        ModelSpec("c4", "mnist")
+    with pytest.raises(TypeError, match="ModelSpec.train must be a TrainConfig"):
+        ModelSpec("c4", DIGITS, {"epochs": 1})
+    with pytest.raises(TypeError, match="ModelSpec.objective must be an? Objective"):
+        ModelSpec("c4", DIGITS, TINY, "fgsm-at")
+    with pytest.raises(TypeError, match="ModelSpec"):
+        model_key({"architecture": "c4"})
+
+
+def test_model_key_changes_with_every_field_and_only_then():
+    base = ModelSpec("c4", DataSpec("mnist"), TrainConfig(), Objective("fgsm-at"))
+    key = model_key(base)
+    assert key.startswith("c4-fgsm-at-mnist-seed0-") and len(key.rsplit("-", 1)[1]) == 10
+    # equal specs built independently (defaults spelled out or not) share the key
+    same = ModelSpec("c4", DataSpec("mnist", seed=0, max_train=None), TrainConfig(epochs=12, lr=1e-3, seed=0),
+                     Objective("fgsm-at", eps=0.3, adv_weight=0.5))
+    assert model_key(same) == key
+    variants = [
+        replace(base, architecture="mnist-b"),
+        replace(base, data=DataSpec("fashion-mnist")),
+        replace(base, data=DataSpec("mnist", seed=1)),
+        replace(base, data=DataSpec("mnist", max_train=1000)),
+        replace(base, objective=Objective("standard")),
+        replace(base, objective=Objective("fgsm-at", eps=0.1)),
+        replace(base, objective=Objective("fgsm-at", adv_weight=1.0)),
+    ] + [replace(base, train=replace(base.train, **{f: v})) for f, v in
+         (("epochs", 3), ("batch_size", 32), ("lr", 1e-2), ("weight_decay", 1e-4), ("shift", 2), ("seed", 1))]
+    keys = [model_key(s) for s in variants]
+    assert len(set(keys)) == len(keys) and key not in keys
+    assert model_key(replace(base, train=replace(base.train, seed=4))).startswith("c4-fgsm-at-mnist-seed4-")
+
+
+# ---------------------------------------------------------------------------------- load_or_train
+def test_load_or_train_uses_cache_and_freezes(cache, one_thread):
+    _, test = DIGITS.train(), DIGITS.test()
+    spec = ModelSpec("fc-200", DIGITS, replace(TINY, seed=3))
+    rng = torch.get_rng_state()
+    m1, info1 = load_or_train(spec, progress=False)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG is untouched
+    assert set(info1) == {"key", "path", "cached", "test_accuracy", "train_seconds", "notes", "spec"}
+    assert info1["cached"] is False and info1["key"] == model_key(spec) and info1["key"].startswith("fc-200-standard-digits-seed3-")
+    assert info1["path"] == str(cache / "models" / f"{info1['key']}.safetensors")
+    assert isinstance(info1["train_seconds"], float) and info1["train_seconds"] > 0
+    assert info1["notes"] == {} and info1["spec"] == spec.to_dict()
+    assert info1["test_accuracy"] == pytest.approx(accuracy(m1, test.x, test.y)) and info1["test_accuracy"] > 0.85
+    # frozen, eval mode; input gradients still flow (attacks work)
+    assert not m1.training and all(not m.training for m in m1.modules())
+    assert all(not p.requires_grad and p.grad is None for p in m1.parameters())
+    g, _ = input_grad(m1, test.x[:4], lambda z: z[:, 0])
+    assert g.shape == (4, 1, 8, 8) and float(g.abs().sum()) > 0
+    meta = load_checkpoint(build_model("fc-200", image_size=8), info1["path"])
+    assert meta["spec"] == spec.to_dict() and meta["key"] == info1["key"] and meta["test_accuracy"] == info1["test_accuracy"]
     mtime = os.stat(info1["path"]).st_mtime_ns
 
-    m2, info2 = load_or_train("fc-200", train, test, config=TINY, seed=3, progress=False)
-    assert info2["cached"] is True and info2["path"] == info1["path"] and info2["key"] == info1["key"]
-    assert not m2.training
+    m2, info2 = load_or_train(spec, progress=False)
+    assert info2["cached"] is True and info2["train_seconds"] is None
+    assert {k: info2[k] for k in ("key", "path", "test_accuracy", "notes", "spec")} == \
+        {k: info1[k] for k in ("key", "path", "test_accuracy", "notes", "spec")}
     assert _same_weights(m1, m2)
-    assert info2["test_accuracy"] == info1["test_accuracy"]
+    assert not m2.training and all(not p.requires_grad for p in m2.parameters())
     assert os.stat(info1["path"]).st_mtime_ns == mtime  # not rewritten
 
 
-def test_load_or_train_key_covers_config_seed_and_data(digits, cache, one_thread):
-    train, test = digits
-    _, base = load_or_train("fc-500", train, config=TINY, seed=0, progress=False)
-    assert base["cached"] is False and base["test_accuracy"] is None
-    _, other_seed = load_or_train("fc-500", train, config=TINY, seed=1, progress=False)
-    _, other_cfg = load_or_train("fc-500", train, config=replace(TINY, epochs=1), seed=0, progress=False)
-    _, other_data = load_or_train("fc-500", test, config=TINY, seed=0, progress=False)
-    keys = {base["key"], other_seed["key"], other_cfg["key"], other_data["key"]}
-    assert len(keys) == 4
-    assert not (other_seed["cached"] or other_cfg["cached"] or other_data["cached"])
+def test_load_or_train_key_covers_spec(cache, one_thread):
+    small = DataSpec("digits", max_train=200)
+    one = replace(TINY, epochs=1)
+    specs = [ModelSpec("fc-500", small, one), ModelSpec("fc-500", small, replace(one, seed=1)),
+             ModelSpec("fc-500", DataSpec("digits", max_train=300), one), ModelSpec("fc-500", small, one, Objective("hinge"))]
+    infos = [load_or_train(s, progress=False)[1] for s in specs]
+    assert len({i["key"] for i in infos}) == 4 and not any(i["cached"] for i in infos)
     assert len(list((cache / "models").glob("*.safetensors"))) == 4
 
 
-def test_load_or_train_deterministic_across_caches(digits, tmp_path, one_thread):
-    train, _ = digits
-    a, ia = load_or_train("fc-200", train, config=TINY, seed=5, progress=False, directory=tmp_path / "a")
-    b, ib = load_or_train("fc-200", train, config=TINY, seed=5, progress=False, directory=tmp_path / "b")
+def test_load_or_train_deterministic_across_caches(tmp_path, one_thread):
+    spec = ModelSpec("fc-200", DataSpec("digits", max_train=300), replace(TINY, seed=5))
+    a, ia = load_or_train(spec, progress=False, directory=tmp_path / "a")
+    b, ib = load_or_train(spec, progress=False, directory=tmp_path / "b")
     assert not ia["cached"] and not ib["cached"] and ia["key"] == ib["key"]
     assert ia["path"].startswith(str(tmp_path / "a"))
     assert _same_weights(a, b)
+
+
+def test_load_or_train_errors(tmp_path, one_thread):
+    train = load_dataset("digits", "train")
+    with pytest.raises(TypeError, match="load_or_train takes a ModelSpec"):
+        load_or_train("fc-200", progress=False, directory=tmp_path)
+    with pytest.raises(TypeError):  # the old (name, train, test, ...) signature is gone
+        load_or_train("fc-200", train, progress=False, directory=tmp_path)
+    with pytest.raises(ValueError, match="8×8"):  # architecture too large for the data
+        load_or_train(ModelSpec("c4", DIGITS, TINY), progress=False, directory=tmp_path)
+    with pytest.raises(TypeError, match="one hidden layer"):  # certificate objective on another architecture
+        load_or_train(ModelSpec("fc-200", DIGITS, TINY, Objective("sdp")), progress=False, directory=tmp_path)
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_objective_trains_a_tiny_model(name, tmp_path, one_thread):
+    options = {"pool_size": 16, "refresh": 1} if name == "stadv-at" else {}
+    spec = ModelSpec("fc-500", DataSpec("digits", max_train=128), TrainConfig(epochs=1, batch_size=64, lr=1e-2),
+                     Objective(name, **options))
+    model, info = load_or_train(spec, progress=False, directory=tmp_path)
+    assert not info["cached"] and 0.0 <= info["test_accuracy"] <= 1.0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    torch.manual_seed(spec.train.seed)
+    init = build_model("fc-500", image_size=8)
+    assert _same_weights(model, init) == (name == "random")  # "random" is the seeded initialisation, untrained
+    if name == "stadv-at":
+        rates = info["notes"]["pool_success_rates"]
+        assert len(rates) == 1 and 0.0 <= rates[0] <= 1.0
+    else:
+        assert info["notes"] == {}
+    again, info2 = load_or_train(spec, progress=False, directory=tmp_path)
+    assert info2["cached"] and info2["notes"] == info["notes"] and _same_weights(model, again)

@@ -48,14 +48,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from spatialadv.certify import certify, optimize_dual, pair_bounds, sdp_dual_bound
-    from spatialadv.certify.bounds import _initial_dual
+    from spatialadv.certify.bounds import initial_dual
     from spatialadv.certify.smoothness import box_half_widths
-    from spatialadv.certify.training import SDPPenalty, train_variant
-    from spatialadv.data import load_dataset
-    from spatialadv.models import TrainConfig
+    from spatialadv.certify.training import SDPPenalty, certify_spec
+    from spatialadv.data import DataSpec, load_dataset
+    from spatialadv.models import TrainConfig, load_or_train
 
-    train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
-    model, info = train_variant("normal", train, test, config=TrainConfig(epochs=10), progress=False)
+    test = load_dataset("mnist", "test")
+    model, info = load_or_train(certify_spec("normal", DataSpec("mnist"), TrainConfig(epochs=10)), progress=False)
+    model.requires_grad_(True)  # the SDP-penalty timing below differentiates w.r.t. the weights, as in training
     W = model[1].weight.detach().double()
     V = model[3].weight.detach().double()
     lam = torch.as_tensor(box_half_widths(28, 28), dtype=torch.float64)
@@ -69,7 +70,7 @@ def main() -> None:
 
     # dual bound, one pair
     t0 = time.perf_counter()
-    c0 = _initial_dual(bmat)
+    c0 = initial_dual(bmat)
     val0 = sdp_dual_bound(bmat, c0)
     res["dual_one_pair_feasible_start"] = {"value": float(val0[0]), "time_s": time.perf_counter() - t0}
     for steps in (100, 300):

@@ -53,9 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from spatialadv.attacks import FGSM, RotationTranslation, SdpAdv  # noqa: E402
-from spatialadv.data import load_dataset  # noqa: E402
-from spatialadv.defenses import adversarially_trained  # noqa: E402
-from spatialadv.models import TrainConfig, load_or_train  # noqa: E402
+from spatialadv.data import DataSpec, load_dataset  # noqa: E402
+from spatialadv.models import ModelSpec, Objective, TrainConfig, load_or_train  # noqa: E402
 
 
 def _timed(fn, repeats: int):
@@ -88,8 +87,8 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     cfg = TrainConfig(epochs=12, seed=0)  # the sdpadv-mnist job's classifier settings (cache hit)
-    plain, _ = load_or_train("c4", train, test, config=cfg, progress=False)
-    robust, _ = adversarially_trained("c4", train, test, eps=0.3, config=cfg, progress=False)
+    plain, _ = load_or_train(ModelSpec("c4", DataSpec("mnist"), cfg), progress=False)
+    robust, _ = load_or_train(ModelSpec("c4", DataSpec("mnist"), cfg, Objective("fgsm-at", eps=0.3)), progress=False)
     for m in (plain, robust):
         for q in m.parameters():
             q.requires_grad_(False)

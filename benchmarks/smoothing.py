@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from spatialadv.attacks import CarliniWagnerL2, SmoothCarliniWagnerL2
-from spatialadv.data import load_dataset
-from spatialadv.models import TrainConfig, load_or_train
+from spatialadv.data import DataSpec, load_dataset
+from spatialadv.models import ModelSpec, TrainConfig, load_or_train
 from spatialadv.ops.smoothing import GuidedSmoothing
 
 
@@ -143,8 +143,7 @@ def main() -> None:
         res["smoothing"].append(bench_smoothing(x_small, alpha, args.repeats, direct=True))
         res["smoothing"].append(bench_smoothing(x_large, alpha, args.repeats, direct=False))
 
-    train = load_dataset("mnist", "train")
-    c4, info = load_or_train("c4", train, test, config=TrainConfig(), progress=False)
+    c4, info = load_or_train(ModelSpec("c4", DataSpec("mnist"), TrainConfig()), progress=False)
     with torch.no_grad():
         y_pred = c4(x_small).argmax(1)
     res["attacks"]["28x28_c4"] = {**bench_attacks(c4, x_small, y_pred, args.steps, args.repeats),

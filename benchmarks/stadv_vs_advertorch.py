@@ -86,9 +86,9 @@ import torch
 import torch.nn.functional as F
 
 from spatialadv.attacks import StAdv
-from spatialadv.data import load_dataset
+from spatialadv.data import DataSpec, load_dataset
 from spatialadv.eval import first_correct, make_pairs
-from spatialadv.models import load_or_train
+from spatialadv.models import ModelSpec, load_or_train
 from spatialadv.ops import flow_l2, flow_tv, flow_warp
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "stadv_vs_advertorch.json"
@@ -262,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         import advertorch  # fail early, before the slow part
 
     load_start = os.getloadavg()
-    train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
-    model, info = load_or_train(args.model, train, test, progress=False)
+    test = load_dataset("mnist", "test")
+    model, info = load_or_train(ModelSpec(args.model, DataSpec("mnist")), progress=False)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _contract import run_checked
 from torch import nn
 
+from _contract import run_checked
 from spatialadv.attacks import RotationTranslation, worst_transform
-from spatialadv.ops import (affine_warp, identity_theta, rotation_translation_theta, theta_to_normalized,
-                            theta_to_pixels)
+from spatialadv.ops import affine_warp, identity_theta, rotation_translation_theta, theta_to_normalized, theta_to_pixels
 
 
 def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:

@@ -8,9 +8,9 @@ import dataclasses
 
 import pytest
 import torch
-from _contract import run_checked
 from torch import nn
 
+from _contract import run_checked
 from spatialadv.attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2
 from spatialadv.attacks.base import margin
 
@@ -51,7 +51,6 @@ def _target(y: torch.Tensor, mode: str) -> torch.Tensor | None:
 def _check_invariants(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target):
     """Run ``attack`` and assert the contract's invariants; return the result."""
     res = run_checked(attack, model, x, y, target)
-    n = x.shape[0]
     assert res.targeted == (target is not None)
     assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
 

@@ -9,17 +9,33 @@ import pytest
 import torch
 from torch import nn
 
+from _contract import run_checked
 from spatialadv.attacks import StAdv
-from spatialadv.certify import (box_half_widths, brute_force_max, certify, dual_objective, flow_smoothness,
-                                neighbour_matrices, optimize_dual, pair_bounds, ritz_top_eigen, sdp_dual_bound, sdp_exact,
-                                smoothness_gram)
+from spatialadv.certify import (
+    box_half_widths,
+    brute_force_max,
+    certify,
+    dual_objective,
+    flow_smoothness,
+    neighbour_matrices,
+    optimize_dual,
+    pair_bounds,
+    ritz_top_eigen,
+    sdp_dual_bound,
+    sdp_exact,
+    smoothness_gram,
+)
+from spatialadv.certify.lower_bound import (
+    SmoothFlowPGD,
+    lower_bound_attack,
+    pair_margin_change,
+    rescale_to_budget,
+    warp_derivative,
+)
 from spatialadv.certify.training import certify_spec
-from spatialadv.certify.lower_bound import SmoothFlowPGD, lower_bound_attack, pair_margin_change, rescale_to_budget, warp_derivative
 from spatialadv.data import load_dataset
 from spatialadv.ops.flow import flow_tv
 from spatialadv.ops.warp import flow_warp
-
-from _contract import run_checked
 
 
 @pytest.fixture(autouse=True)

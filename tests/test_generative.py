@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _contract import run_checked
 from torch import nn
 
+from _contract import run_checked
 from spatialadv.attacks import FGSM, SdpAdv, advgan, sdadv
 from spatialadv.data import DataSpec, load_dataset
 from spatialadv.defenses import fgsm_adversary

@@ -12,8 +12,22 @@ from torch import nn
 
 from spatialadv.attacks.base import input_grad
 from spatialadv.data import DataSpec, load_dataset
-from spatialadv.models import (MODELS, OBJECTIVES, ModelSpec, Objective, STNClassifier, TrainConfig, accuracy, build_model,
-                               cache_dir, load_checkpoint, load_or_train, model_key, save_checkpoint, train_model)
+from spatialadv.models import (
+    MODELS,
+    OBJECTIVES,
+    ModelSpec,
+    Objective,
+    STNClassifier,
+    TrainConfig,
+    accuracy,
+    build_model,
+    cache_dir,
+    load_checkpoint,
+    load_or_train,
+    model_key,
+    save_checkpoint,
+    train_model,
+)
 
 TINY = TrainConfig(epochs=2, batch_size=128, lr=1e-2, shift=0)
 DIGITS = DataSpec("digits")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _contract import run_checked
 
-from spatialadv.attacks import PGD, CarliniWagnerL2, FGSM, MinDistortionSweep, SmoothCarliniWagnerL2, SmoothPGDL2
+from _contract import run_checked
+from spatialadv.attacks import FGSM, PGD, CarliniWagnerL2, MinDistortionSweep, SmoothCarliniWagnerL2, SmoothPGDL2
 from spatialadv.eval import edge_flat_energy, operating_characteristic, protocol_summary
 from spatialadv.ops.filters import joint_bilateral, magnify
 from spatialadv.ops.smoothing import smooth

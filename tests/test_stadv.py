@@ -8,9 +8,9 @@ import dataclasses
 
 import pytest
 import torch
-from _contract import run_checked
 from torch import nn
 
+from _contract import run_checked
 from spatialadv.attacks import StAdv
 from spatialadv.ops import flow_tv, flow_tv_loss, flow_warp
 from spatialadv.optim import lbfgs_per_example

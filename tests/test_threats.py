@@ -9,11 +9,19 @@ import torch
 
 from _contract import run_checked
 from spatialadv._validation import check_index
-from spatialadv.attacks import PGD, FGSM, MinDistortionSweep, RotationTranslation
+from spatialadv.attacks import FGSM, PGD, MinDistortionSweep, RotationTranslation
 from spatialadv.certify import SmoothFlowPGD, flow_smoothness
 from spatialadv.ops import flow_tv, identity_theta
-from spatialadv.threats import (AffineLinf, FlowSmoothnessBall, L2Ball, LinfBall, PixelFlow, RotationTranslationBox,
-                                SmoothLikeX, example_generator)
+from spatialadv.threats import (
+    AffineLinf,
+    FlowSmoothnessBall,
+    L2Ball,
+    LinfBall,
+    PixelFlow,
+    RotationTranslationBox,
+    SmoothLikeX,
+    example_generator,
+)
 
 X = torch.rand(5, 1, 6, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 

@@ -233,6 +233,7 @@ class AttackRun:
     batch_size: int = 256
 
     def key(self) -> str:
+        """The run key: a hash of the model key, the attack's configuration, the data key and the mode."""
         return run_key(self.model_key, self.attack, self.data_key, self.mode)
 
 
@@ -259,6 +260,7 @@ class TaskRun:
     batch_size: int = 1000
 
     def key(self) -> str:
+        """The run key: a hash of the model key, the task's label and its configuration."""
         blob = json.dumps({"model": self.model_key, "task": self.label, "config": self.config}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -435,6 +437,7 @@ class RunView:
 
     @property
     def complete(self) -> bool:
+        """Whether every planned pair (or item) of the run has its record."""
         n = len(self.entry.get("pairs", self.entry.get("items", [])))
         return len(self.records()) == n if self.entry["kind"] == "attack" else len(self.items()) == n
 
@@ -503,6 +506,7 @@ class Table:
     caption: str = ""
 
     def markdown(self) -> str:
+        """The table as Markdown, caption below."""
         lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in self.rows]
         if self.caption:

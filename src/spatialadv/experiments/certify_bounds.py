@@ -39,6 +39,7 @@ class Config:
     """Settings of ``spatialadv reproduce certify-bounds``."""
 
     n_attack: int = option(500, "test images attacked by the budget-restricted flow PGD (Fig. 5)", minimum=1)
+    variants: tuple[str, ...] = option(VARIANTS, "training variants of fc-500 to evaluate", choices=VARIANTS)
     epochs: int = option(10, "training epochs of each variant when not cached", minimum=1)
     seed: int = option(0, "seed of the data split, training and the attack's random start", minimum=0)
     dual_steps: int = option(100, "Adam steps of the SDP dual search per network", minimum=1)
@@ -89,7 +90,7 @@ def plan(cfg: Config, ctx):
     data, tc = DataSpec("mnist", seed=cfg.seed), TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
     n_att = min(cfg.n_attack, len(test))
     pairs = make_pairs(torch.arange(n_att), test.y, test.num_classes, "untargeted")
-    for v in VARIANTS:
+    for v in cfg.variants:
         model, info = ctx.model(v, certify_spec(v, data, tc))
         methods = METHODS if v in FIG5 else (("spectral", "sdp") if v in FIG2 else ())
         qs, qkeys = {}, {}
@@ -124,7 +125,7 @@ def report(cfg: Config, results) -> Report:
                   "options": (m.get("spec") or {}).get("objective")} for v, m in results.models.items()}
     q = {(r.model, r.tags["method"]): r.items().get("Q") for r in results.find() if r.tags.get("kind") == "Q"}
     fig5 = {}
-    for v in FIG5:
+    for v in [v for v in FIG5 if v in cfg.variants]:
         if (v, "sdp") not in q or q[(v, "sdp")] is None:
             continue
         entry = {"q_time_s": sum(q[(v, m)]["time_s"] for m in METHODS if q.get((v, m))),
@@ -153,7 +154,7 @@ def report(cfg: Config, results) -> Report:
                                              and r["clean_pred"] == r["label"] for r in recs)
         fig5[v] = entry
     fig2 = {}
-    for v in FIG2:
+    for v in [v for v in FIG2 if v in cfg.variants]:
         run = results.get(v, "lower bound")
         if run is None or not q.get((v, "sdp")) or not q.get((v, "spectral")):
             continue

@@ -37,6 +37,7 @@ class Config:
 
     n: int = option(200, "test images per variant and τ (Fig. 6)", minimum=1)
     n_thesis: int = option(1000, "test images of the thesis experiment (1000: the whole MNIST-5k test split)", minimum=1)
+    variants: tuple[str, ...] = option(VARIANTS, "training variants of fc-500 to evaluate", choices=VARIANTS)
     epochs: int = option(10, "training epochs of each variant when not cached", minimum=1)
     seed: int = option(0, "seed of the data split, training and the random targets", minimum=0)
     taus: tuple[float, ...] = option((0.0, 0.025, 0.05, 0.075, 0.1), "stAdv τ values of Fig. 6", minimum=0.0)
@@ -69,7 +70,7 @@ def plan(cfg: Config, ctx):
     n = min(cfg.n, len(test))
     pairs = make_pairs(torch.arange(n), test.y, test.num_classes, "untargeted")
     nets = {}
-    for v in VARIANTS:
+    for v in cfg.variants:
         model, info = ctx.model(v, certify_spec(v, data, tc))
         nets[v] = (model, info)
         yield TaskRun(v, "logit margin", {}, info["key"], [str(i) for i in range(n)], functools.partial(_margins, model, test.x),
@@ -83,7 +84,7 @@ def plan(cfg: Config, ctx):
     for budget in cfg.flow_budgets:
         attack = StAdvTauBinarySearch(tau_low=0.0, tau_high=1000.0, search_steps=cfg.search_steps, flow_hinge=float(budget),
                                       max_iter=cfg.thesis_max_iter)
-        for v in THESIS_VARIANTS:
+        for v in [v for v in THESIS_VARIANTS if v in nets]:
             model, info = nets[v]
             yield AttackRun(v, "stAdv τ search", model, attack, info["key"], test.x, test.y, data_key, tpairs,
                             f"random-{cfg.seed + 12345}", tags={"kind": "thesis", "budget": float(budget)}, batch_size=nt)
@@ -94,7 +95,7 @@ def report(cfg: Config, results) -> Report:
     models = {v: {"test_accuracy": m.get("test_accuracy"), "notes": m.get("notes"),
                   "options": (m.get("spec") or {}).get("objective")} for v, m in results.models.items()}
     fig6 = {}
-    for v in VARIANTS:
+    for v in cfg.variants:
         runs = results.find(v, "stAdv", kind="fig6")
         if not runs:
             continue

@@ -1,0 +1,77 @@
+"""The certify-* reproduce jobs end to end at a tiny size: per-example records, kill and resume, rebuild."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spatialadv.cli import main
+from spatialadv.eval.store import ResultStore
+from spatialadv.experiments import certify_bounds
+
+BOUNDS = ["reproduce", "certify-bounds", "--variants", "normal", "--epochs", "1", "--n-attack", "12", "--dual-steps", "3",
+          "--pgd-steps", "2", "--eps-upper", "0", "0.01", "0.05", "--eps-lower", "0.1", "--quiet"]
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPATIALADV_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_certify_bounds_resumes_after_a_kill(cache, monkeypatch, capsys, one_thread):
+    fresh, killed = cache / "fresh", cache / "killed"
+    assert main(BOUNDS + ["--out", str(fresh)]) == 0
+    rep = json.loads((fresh / "report.json").read_text())
+    normal = rep["results"]["fig5"]["variants"]["normal"]
+    assert set(normal["upper"]) == {"frobenius", "spectral", "sdp"} and len(normal["attack"]) == 3
+    assert normal["certified_broken"] == 0  # soundness on every stored example
+    with ResultStore(fresh / "results.sqlite") as st:
+        per_example = {r["attack"]: st.count(r["run_key"]) for r in st.runs()}
+    assert per_example["certify sdp"] == 3 * 1000 and per_example["SmoothFlowPGD"] == 12
+
+    calls = []
+    real = certify_bounds.certify
+
+    def dies_on_second_method(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while certifying with the second bound
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(certify_bounds, "certify", dies_on_second_method)
+    with pytest.raises(KeyboardInterrupt):
+        main(BOUNDS + ["--out", str(killed)])
+    assert main(["report", str(killed)]) == 0  # a report of the interrupted folder says what is missing
+    assert "Incomplete run" in (killed / "report.md").read_text()
+    done = []
+    monkeypatch.setattr(certify_bounds, "certify", lambda *a, **k: done.append(1) or real(*a, **k))
+    assert main(BOUNDS + ["--out", str(killed)]) == 0
+    # 3 bounds × 3 ε, one certify call per (bound, ε); the kill came after the first one was stored
+    assert len(calls) == 2 and len(done) == 3 * 3 - 1
+    rep2 = json.loads((killed / "report.json").read_text())
+    assert rep2["results"]["fig5"] == rep["results"]["fig5"] | {"variants": {"normal": {
+        **normal, "q_time_s": rep2["results"]["fig5"]["variants"]["normal"]["q_time_s"]}}}
+    for a, b in zip(rep2["results"]["fig2"]["variants"]["normal"], rep["results"]["fig2"]["variants"]["normal"]):
+        assert a["alg1"] == pytest.approx(b["alg1"], rel=1e-6) and a["thm1"] == pytest.approx(b["thm1"], rel=1e-6)
+        assert a["upper_sdp"] == b["upper_sdp"]
+    md = (killed / "report.md").read_text()
+    (killed / "report.md").unlink()
+    assert main(["report", str(killed)]) == 0 and (killed / "report.md").read_text() == md
+
+
+def test_certify_stadv_tiny(cache, capsys, one_thread):
+    out = cache / "cs"
+    args = ["reproduce", "certify-stadv", "--out", str(out), "--variants", "normal", "sdp", "--epochs", "1", "--n", "6",
+            "--n-thesis", "6", "--taus", "0", "0.05", "--max-iter", "3", "--thesis-max-iter", "3", "--search-steps", "1",
+            "--flow-budgets", "250", "--quiet"]
+    assert main(args) == 0
+    rep = json.loads((out / "report.json").read_text())
+    fig6 = rep["results"]["fig6"]["variants"]
+    assert set(fig6) == {"normal", "sdp"} and all(len(v["rows"]) == 2 for v in fig6.values())
+    thesis = rep["results"]["thesis"]["variants"]
+    assert set(thesis) == {"normal@250.0", "sdp@250.0"} and all(t["n"] == 6 for t in thesis.values())
+    md = (out / "report.md").read_text()
+    assert "Fig. 6" in md and "seed 00" not in md
+    assert main(args) == 0 and json.loads((out / "report.json").read_text())["results"] == rep["results"]

@@ -10,12 +10,39 @@
 * :mod:`~spatialadv.certify.training` — the training variants of seed 002 §6.8.
 """
 
-from .bounds import (METHODS, Certificate, NetworkWeights, brute_force_max, certify, dual_objective, network_weights,
-                     optimize_dual, pair_bounds, pair_matrices, ritz_top_eigen, sdp_dual_bound, sdp_exact)
-from .lower_bound import LowerBoundResult, SmoothFlowPGD, lower_bound_attack, pair_margin_change, rescale_to_budget, warp_derivative
+from .bounds import (
+    METHODS,
+    Certificate,
+    NetworkWeights,
+    brute_force_max,
+    certify,
+    dual_objective,
+    network_weights,
+    optimize_dual,
+    pair_bounds,
+    pair_matrices,
+    ritz_top_eigen,
+    sdp_dual_bound,
+    sdp_exact,
+)
+from .lower_bound import (
+    LowerBoundResult,
+    SmoothFlowPGD,
+    lower_bound_attack,
+    pair_margin_change,
+    rescale_to_budget,
+    warp_derivative,
+)
+from .smoothness import (
+    BORDERS,
+    box_half_widths,
+    flow_smoothness,
+    gram_inverse,
+    gram_inverse_sqrt,
+    neighbour_matrices,
+    smoothness_gram,
+)
 from .stadv_search import StAdvTauBinarySearch
-from .smoothness import (BORDERS, box_half_widths, flow_smoothness, gram_inverse, gram_inverse_sqrt, neighbour_matrices,
-                         smoothness_gram)
 
 __all__ = ["METHODS", "Certificate", "NetworkWeights", "brute_force_max", "certify", "dual_objective", "network_weights",
            "optimize_dual", "pair_bounds", "pair_matrices", "ritz_top_eigen", "sdp_dual_bound", "sdp_exact",

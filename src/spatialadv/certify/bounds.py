@@ -201,7 +201,8 @@ def sdp_exact(bmat, *, solver: str = "CLARABEL", **solver_kwargs) -> float:
 def brute_force_max(bmat) -> float:
     """``max_{z ∈ {±1}ⁿ} zᵀPz`` by enumerating every z (n = m + D ≤ 22), the exact
     value of ``max_{‖z‖∞≤1} zᵀPz`` (P has a zero diagonal, so the maximum of this
-    multilinear form is at a vertex). Raises ValueError for n > 22."""
+    multilinear form is at a vertex). Raises ValueError for n > 22.
+    """
     b = np.asarray(bmat.detach().cpu() if isinstance(bmat, Tensor) else bmat, dtype=np.float64)
     p = _dense_p(b)
     n = p.shape[0]
@@ -345,7 +346,8 @@ def initial_dual(bmat: Tensor) -> Tensor:
     """A starting dual vector c ``(Kp, m + D)`` for ``bmat`` ``(Kp, m, D)``: the better of the diagonal-dominance choice (feasible,
     ``diag(c) ⪰ P``) and the spectral one (``αβ = σ²``, σ ≈ ‖B‖₂ by 30 power
     iterations, so feasible only up to that estimate), per pair. Feasibility is
-    not needed: :func:`optimize_dual` certifies whatever c it ends with."""
+    not needed: :func:`optimize_dual` certifies whatever c it ends with.
+    """
     kp, m, d = bmat.shape
     ab = bmat.abs()
     c_dd = torch.cat([ab.sum(2), ab.sum(1)], 1)
@@ -411,7 +413,8 @@ def _adam_dual(w, dv, lam, c, steps, lr, ritz_iters, gen, block, smoothing):
     """Adam on ``Σc + D·smax_μ(top-b Ritz values of P − diag c)`` (soft-max over the top ``block``
     eigenvalues with temperature μ = ``smoothing``·mean|c₀|, annealed to 0): at the optimum the top
     eigenvalue is highly degenerate, and the smoothed objective converges much faster than the plain
-    top-eigenvector subgradient. Returns the c with the best (Ritz) dual value seen."""
+    top-eigenvector subgradient. Returns the c with the best (Ritz) dual value seen.
+    """
     kp, n = c.shape
     scale = c.abs().mean(1, keepdim=True).clamp_min(1e-12)
     c = c.clone().requires_grad_(True)

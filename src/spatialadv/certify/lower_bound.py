@@ -99,7 +99,8 @@ def pair_margin_change(model: nn.Module, x: Tensor, flow: Tensor, i: Tensor | in
 
 def rescale_to_budget(flow: Tensor, eps: float, *, border: str = "zeros") -> Tensor:
     """Scale each flow down (never up) so that ``ℓ_diff ≤ eps`` (``(N, 2, H, W)``, pixels):
-    :meth:`spatialadv.threats.FlowSmoothnessBall.project`."""
+    :meth:`spatialadv.threats.FlowSmoothnessBall.project`.
+    """
     return FlowSmoothnessBall(eps=eps, border=border).project(flow)
 
 

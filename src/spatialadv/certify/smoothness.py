@@ -124,7 +124,8 @@ def gram_inverse(h: int, w: int, *, border: str = "zeros", ridge: float = 0.0) -
 
 def gram_inverse_sqrt(h: int, w: int, *, border: str = "zeros", ridge: float = 0.0) -> np.ndarray:
     """Dense symmetric ``(MᵀM)^{-1/2}`` ``(H·W, H·W)`` float64: maps the unit ball onto the
-    ellipsoid ``‖M r‖ ≤ 1``. Raises ValueError if singular."""
+    ellipsoid ``‖M r‖ ≤ 1``. Raises ValueError if singular.
+    """
     evals, evecs = _dense_factors(h, w, border, float(ridge))
     out = (evecs / np.sqrt(evals)) @ evecs.T
     out.setflags(write=False)

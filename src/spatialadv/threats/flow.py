@@ -73,7 +73,8 @@ class PixelFlow(Threat):
     def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
         """A flow ``(N, 2, H, W)`` with every displacement uniform in
         ``[−start_radius, start_radius]`` pixels, drawn from ``(seed, index row)``
-        only, then :meth:`project`-ed onto the budget."""
+        only, then :meth:`project`-ed onto the budget.
+        """
         _, _, h, w = x.shape
         r = float(self.start_radius)
         flow = per_example_draws(x, seed, index, lambda g: (torch.rand(2, h, w, generator=g, dtype=x.dtype) * 2 - 1) * r)
@@ -145,7 +146,8 @@ class FlowSmoothnessBall(Threat):
     def random_latent(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
         """A latent ``s`` ``(N, 2, H·W)`` per example: a Gaussian direction of unit length
         times a radius uniform in [0, 1] (not uniform in volume), drawn from
-        ``(seed, index row)`` only."""
+        ``(seed, index row)`` only.
+        """
         _, _, h, w = x.shape
 
         def draw(g: torch.Generator) -> Tensor:
@@ -163,7 +165,8 @@ class FlowSmoothnessBall(Threat):
     def project(self, flow: Tensor) -> Tensor:
         """Scale each flow ``(N, 2, H, W)`` down (never up) so that ``ℓ_diff ≤ eps``
         (times ``1 − 1e-9``, a margin against rounding). ℓ_diff is a norm, so this
-        radial retraction lands on the boundary; it is not the Euclidean projection."""
+        radial retraction lands on the boundary; it is not the Euclidean projection.
+        """
         s = self.size(flow.to(torch.float64))
         eps = float(self.eps)
         factor = torch.where(s > eps, eps / s.clamp_min(1e-300), torch.ones_like(s)) * (1 - 1e-9)

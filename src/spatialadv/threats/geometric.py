@@ -141,7 +141,8 @@ class AffineLinf(Threat):
 
     def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """θ ``(N, 2, 3)`` and η ``(N, C, H, W)`` uniform in their boxes (dtype of ``x``), drawn
-        from ``(seed, index row)`` only (θ's six numbers first, then η)."""
+        from ``(seed, index row)`` only (θ's six numbers first, then η).
+        """
         d = x[0].numel()
         g_, e_ = float(self.gamma), float(self.eps)
         flat = per_example_draws(x, seed, index,

@@ -9,7 +9,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .._validation import check_positive
 from .base import Threat, per_example_draws
 
 __all__ = ["LinfBall", "L2Ball"]
@@ -47,7 +46,8 @@ class LinfBall(Threat):
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Project ``x_adv`` ``(N, C, H, W)`` onto ``{‖x_adv − x‖∞ ≤ eps} ∩ [0, 1]`` (exact:
-        the box clip, then the [0, 1] clip, which only moves coordinates towards ``x``)."""
+        the box clip, then the [0, 1] clip, which only moves coordinates towards ``x``).
+        """
         eps = float(self.eps)
         return (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
 
@@ -101,7 +101,8 @@ class L2Ball(Threat):
         """Rescale ``x_adv − x`` ``(N, C, H, W)`` to L2 norm ≤ ``eps`` per example, then clip
         ``x_adv`` to [0, 1] (the clip moves coordinates towards ``x``, so the result
         stays in the ball; it is the exact Euclidean projection onto the ball,
-        followed by the box clip, as in Madry et al.)."""
+        followed by the box clip, as in Madry et al.).
+        """
         d = x_adv - x
         n = d.flatten(1).norm(dim=1)
         factor = (float(self.eps) / n.clamp_min(torch.finfo(d.dtype).tiny)).clamp(max=1.0)

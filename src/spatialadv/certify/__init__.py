@@ -1,4 +1,10 @@
-"""Certified robustness to smooth spatial flows (seed 002: Zhang, Nguyen & Wang; seed 003 §4).
+"""Certified robustness to smooth spatial flows.
+
+After *Provable Defenses against Spatially Transformed Adversarial Inputs:
+Impossibility and Possibility Results* (ICLR 2019 submission; "the
+provable-defenses paper") and C. Nguyen, *Two Approaches to Defend against
+Adversarial Examples: Attention-based and Certificate-based*, MSc thesis,
+Lehigh University, 2018 ("the Nguyen thesis"), §4.
 
 * :mod:`~spatialadv.certify.smoothness` — the neighbour matrices M⁽ᵗ'ᵇ'ˡ'ʳ⁾,
   ``MᵀM`` (Prop. 1), box half-widths λ (Prop. 2), ℓ_diff of a flow.
@@ -7,7 +13,7 @@
 * :mod:`~spatialadv.certify.lower_bound` — the lower-bound attack (Thms. 1-2,
   Algs. 1-2) and a budget-restricted flow attack, all evaluated on the true
   bilinear warp.
-* :mod:`~spatialadv.certify.training` — the training variants of seed 002 §6.8.
+* :mod:`~spatialadv.certify.training` — the training variants of the provable-defenses paper, §6.8.
 """
 
 from .bounds import (

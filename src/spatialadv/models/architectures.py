@@ -122,6 +122,7 @@ class STNClassifier(nn.Module):
         self.classifier = _fc((500,))(in_channels, image_size, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, K)`` of images ``x`` ``(N, C, H, W)`` in [0, 1], warped by the predicted θ then classified."""
         theta = self.loc(x).view(-1, 2, 3)
         grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
         return self.classifier(nn.functional.grid_sample(x, grid, align_corners=False))

@@ -26,8 +26,9 @@ An objective says *what* is minimised; :func:`train_model` owns the loop
 ==============  ===============================================================================
 
 The certificate objectives (``random`` … ``stadv-at``) are the training
-variants of the smooth-flow certificate experiments (Zhang, Nguyen & Wang,
-§6.8); their mathematics lives in :mod:`spatialadv.certify.training`.
+variants of the smooth-flow certificate experiments of *Provable Defenses
+against Spatially Transformed Adversarial Inputs: Impossibility and
+Possibility Results* (ICLR 2019 submission), §6.8; their mathematics lives in :mod:`spatialadv.certify.training`.
 New objectives: :func:`register_objective`.
 """
 

@@ -1,4 +1,8 @@
-"""Time of the exact SDP (cvxpy) and of the dual bound for the 784-500-10 network (seed 002 Eq. 9).
+"""Time of the exact SDP (cvxpy) and of the dual bound for the 784-500-10 network.
+
+The SDP is Eq. 9 of *Provable Defenses against Spatially Transformed
+Adversarial Inputs: Impossibility and Possibility Results* (ICLR 2019
+submission).
 
 Run: ``PYTHONPATH=src python benchmarks/certify.py [--exact-timeout 600] [--solver SCS]``.
 Writes ``benchmarks/results/certify.json``.

@@ -1,5 +1,9 @@
-"""Benchmark: seconds per 100 images of SdpAdv's forward pass, FGSM and STM, and our STM
-(``spatialadv.attacks.RotationTranslation``) vs foolbox 3.3.4's ``SpatialAttack`` on the same grid.
+"""Benchmark: seconds per 100 images of SdpAdv's forward pass, FGSM and STM, and our STM vs foolbox's.
+
+Our STM is ``spatialadv.attacks.RotationTranslation``, compared with foolbox
+3.3.4's ``SpatialAttack`` on the same grid. SdpAdv is the generator of
+*Perturbations Are Not Enough: Generating Adversarial Examples with Spatial
+Distortions* (ICLR 2020 submission).
 
 What is measured
 ----------------

@@ -130,12 +130,10 @@ def main() -> None:
 
     test = load_dataset("mnist", "test")
     x_small = test.x[: args.n]
-    y_small = test.y[: args.n]
     gen = torch.Generator().manual_seed(0)
     # a smooth random "natural-like" 224×224×3 image: upsampled noise, so the graph has flat parts and edges
     base = torch.rand(args.n_large, 3, 28, 28, generator=gen)
     x_large = torch.nn.functional.interpolate(base, size=(224, 224), mode="nearest")
-    y_large = torch.zeros(args.n_large, dtype=torch.long)
 
     res = {"environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
                            "machine": platform.machine()}, "smoothing": [], "attacks": {}}

@@ -81,8 +81,11 @@ def check_logits(logits: object, n: int, num_classes: int | None = None) -> Tens
 
 
 def warn_if_training(model: nn.Module) -> None:
-    """Warn (``UserWarning``) when ``model`` is in train mode: dropout and batch
-    norm would make the attack non-deterministic. The mode is never changed."""
+    """Warn (``UserWarning``) when ``model`` is in train mode.
+
+    Dropout and batch norm would make the attack non-deterministic. The mode is
+    never changed.
+    """
     if isinstance(model, nn.Module) and model.training:
         warnings.warn(
             "the model is in train mode (dropout/batch-norm active); attacks do not change the mode — "
@@ -129,6 +132,7 @@ def check_index(index: object, n: int, name: str = "index") -> Tensor:
             example) or ``(N, k)`` with ``k >= 1``. Any integer dtype is
             accepted (negative entries included) and converted to int64.
         n: the batch size N.
+        name: the argument's name, used in error messages.
 
     Returns:
         ``(N, k)`` int64 tensor on the CPU (``k = 1`` for ``None`` or a 1-D index).

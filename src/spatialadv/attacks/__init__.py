@@ -1,7 +1,10 @@
-"""Attacks. Every attack is an immutable object called as
+"""Attacks: immutable objects with one call signature.
+
+Every attack is called as
 ``attack(model, x, y, *, target=None, index=None) -> AttackResult``; its threat
 model (projections, random starts, size) is ``attack.threat``
-(:mod:`spatialadv.threats`)."""
+(:mod:`spatialadv.threats`).
+"""
 
 from .base import Attack, AttackResult, margin
 from .baselines import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2

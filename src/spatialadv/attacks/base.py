@@ -106,16 +106,21 @@ def margin(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float = 0.0)
 
 
 def criterion(pred: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-    """The attack criterion per example ``(N,)`` bool: ``pred == target`` (targeted) or
-    ``pred != y`` (untargeted), for predicted classes ``pred`` ``(N,)``."""
+    """The attack criterion per example, ``(N,)`` bool.
+
+    ``pred == target`` (targeted) or ``pred != y`` (untargeted), for predicted
+    classes ``pred`` ``(N,)``.
+    """
     return pred == target if target is not None else pred != y
 
 
 @dataclass(frozen=True, kw_only=True)
 class Attack:
-    """Base class. Subclasses are frozen dataclasses of hyper-parameters that
-    implement :meth:`_run`; calling the attack validates inputs, runs it, and
-    recomputes success from the model.
+    """Base class of the attacks.
+
+    Subclasses are frozen dataclasses of hyper-parameters that implement
+    :meth:`_run`; calling the attack validates inputs, runs it, and recomputes
+    success from the model.
 
     Call: ``attack(model, x, y, *, target=None, index=None) -> AttackResult``.
 
@@ -147,8 +152,10 @@ class Attack:
 
     @property
     def threat(self) -> Threat:
-        """The threat model: the source of projections, random starts and ``size``
-        (default: an unbounded ball of the attack's ``norm``, ``"l2"`` or ``"linf"``)."""
+        """The threat model: the source of projections, random starts and ``size``.
+
+        Default: an unbounded ball of the attack's ``norm`` (``"l2"`` or ``"linf"``).
+        """
         if self.norm == "linf":
             return LinfBall(eps=float("inf"))
         if self.norm == "l2":
@@ -157,6 +164,18 @@ class Attack:
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, target: Tensor | None = None,
                  index: Tensor | None = None) -> AttackResult:
+        """Validate the inputs, run the attack and recompute success from ``model``.
+
+        The arguments are those of the class docstring ("Args (of the call)").
+
+        Returns:
+            :class:`AttackResult` of the batch; ``x_adv`` equals ``x`` and
+            ``size`` is 0 where the attack failed.
+
+        Raises:
+            TypeError, ValueError: invalid images, labels, targets (a target
+                equal to the label included) or ``index``; see the class docstring.
+        """
         check_images(x)
         warn_if_training(model)
         n = x.shape[0]
@@ -175,10 +194,13 @@ class Attack:
 
     # -- to implement -------------------------------------------------------------------------
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, index: Tensor) -> dict:
-        """Return a dict with ``x_adv`` ``(N, C, H, W)``, ``iterations`` ``(N,)`` (gradient
+        """Run the attack proper on validated inputs; subclasses implement it.
+
+        Return a dict with ``x_adv`` ``(N, C, H, W)``, ``iterations`` ``(N,)`` (gradient
         evaluations) and optionally ``forward_evals`` ``(N,)``, ``flow``, ``theta``,
         ``eta`` and ``params`` (dict of per-example tensors). ``index`` is the
-        validated ``(N, k)`` int64 CPU tensor of identities. Must not modify ``x``."""
+        validated ``(N, k)`` int64 CPU tensor of identities. Must not modify ``x``.
+        """
         raise NotImplementedError
 
     def _size(self, x: Tensor, result: AttackResult) -> Tensor:

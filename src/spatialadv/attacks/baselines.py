@@ -63,8 +63,10 @@ def _check_norm(value: object) -> None:
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class FGSM(Attack):
-    """Fast Gradient Sign Method (Goodfellow et al., 2015, "Explaining and
-    Harnessing Adversarial Examples", Eq. in Sec. 4).
+    """Fast Gradient Sign Method, FGSM (L∞).
+
+    Goodfellow et al., 2015, "Explaining and Harnessing Adversarial Examples",
+    Eq. in Sec. 4.
 
     One step ``x_adv = clip_[0,1](x + eps · sign(∇_x CE(f(x), y)))`` (untargeted),
     or ``x − eps · sign(∇_x CE(f(x), target))`` (targeted).
@@ -102,8 +104,9 @@ class FGSM(Attack):
 
 @dataclass(frozen=True, kw_only=True)
 class IFGSM(Attack):
-    """Iterative FGSM, a.k.a. Basic Iterative Method (Kurakin et al., 2017,
-    "Adversarial Examples in the Physical World", Sec. 2.2).
+    """Iterative FGSM, a.k.a. Basic Iterative Method (L∞).
+
+    Kurakin et al., 2017, "Adversarial Examples in the Physical World", Sec. 2.2.
 
     From ``x_0 = x`` (no random start):
     ``x_{t+1} = Clip_{x,eps}(x_t + step_size · sign(∇_x L(x_t)))`` with
@@ -149,8 +152,10 @@ class IFGSM(Attack):
 
 @dataclass(frozen=True, kw_only=True)
 class MIM(Attack):
-    """Momentum Iterative Method, MI-FGSM (Dong et al., 2018, "Boosting
-    Adversarial Attacks with Momentum", Algorithm 1, Eqs. 6-7), L∞.
+    """Momentum Iterative Method, MI-FGSM (L∞).
+
+    Dong et al., 2018, "Boosting Adversarial Attacks with Momentum",
+    Algorithm 1, Eqs. 6-7.
 
     ``g_{t+1} = decay · g_t + ∇_x L(x_t) / ‖∇_x L(x_t)‖₁`` (per example),
     ``x_{t+1} = Clip_{x,eps}(x_t + step_size · sign(g_{t+1}))``, from ``x_0 = x``,
@@ -205,8 +210,10 @@ class MIM(Attack):
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class PGD(Attack):
-    """Projected Gradient Descent (Madry et al., 2018, "Towards Deep Learning
-    Models Resistant to Adversarial Attacks", Eq. 2), L∞ or L2.
+    """Projected Gradient Descent, PGD (L∞ or L2).
+
+    Madry et al., 2018, "Towards Deep Learning Models Resistant to Adversarial
+    Attacks", Eq. 2.
 
     ``x_{t+1} = Π_{B(x, eps) ∩ [0,1]}(x_t + step_size · s_t)`` with
     ``s_t = sign(∇L)`` (``"linf"``) or ``s_t = ∇L / ‖∇L‖₂`` per example
@@ -294,8 +301,10 @@ class PGD(Attack):
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class CarliniWagnerL2(Attack):
-    """Carlini-Wagner L2 attack (Carlini & Wagner, 2017, "Towards Evaluating
-    the Robustness of Neural Networks", Sec. V-A; objective f6, Eq. in Sec. IV).
+    """Carlini-Wagner L2 attack.
+
+    Carlini & Wagner, 2017, "Towards Evaluating the Robustness of Neural
+    Networks", Sec. V-A; objective f6, Eq. in Sec. IV.
 
     Change of variables ``x_adv = (tanh(w) + 1) / 2`` (always in [0, 1]),
     minimise per example
@@ -364,8 +373,10 @@ class CarliniWagnerL2(Attack):
 
         Args:
             found: ``(N,)`` bool, whether the example succeeded with constant ``c``.
-            c, lower, upper: ``(N,)`` current constant and bounds (``upper`` starts
-                at 1e10, meaning "no upper bound yet").
+            c: ``(N,)`` the constant of the step just run, > 0.
+            lower: ``(N,)`` the largest constant known to fail (starts at 0).
+            upper: ``(N,)`` the smallest constant known to succeed (starts at
+                1e10, meaning "no upper bound yet").
 
         Returns:
             ``(c, lower, upper)`` for the next binary-search step.
@@ -386,8 +397,10 @@ class CarliniWagnerL2(Attack):
         return torch.atanh((x * 2 - 1) * shrink)
 
     def _image(self, w: Tensor, x: Tensor, idx: Tensor, ctx: object) -> tuple[Tensor, Tensor]:
-        """Map the variable of examples ``idx`` to ``(x_adv, penalty (M,))``: here
-        ``x_adv = (tanh(w) + 1)/2`` and the penalty is ``‖x_adv − x‖₂²``."""
+        """Map the variable of examples ``idx`` to ``(x_adv, penalty (M,))``.
+
+        Here ``x_adv = (tanh(w) + 1)/2`` and the penalty is ``‖x_adv − x‖₂²``.
+        """
         xa = (torch.tanh(w) + 1) / 2
         return xa, (xa - x).flatten(1).pow(2).sum(1)
 

@@ -1,6 +1,8 @@
-"""Amortized adversarial generators: SdpAdv, SdAdv and AdvGAN (seed 001, "SdpAdv", Eqs. 5-9).
+"""Amortized adversarial generators: SdpAdv, SdAdv and AdvGAN.
 
-A generator ``g`` maps an image to an adversarial image in one forward pass::
+SdpAdv is the generator of *Perturbations Are Not Enough: Generating
+Adversarial Examples with Spatial Distortions* (ICLR 2020 submission; "the
+SdpAdv paper"), Eqs. 5-9. A generator ``g`` maps an image to an adversarial image in one forward pass::
 
     θ = clip(h_sd(x), θ_I ± γ)          localisation net → affine θ (6 numbers)
     x_T = t_θ(x)                          STN grid + bilinear sampler (Eq. 5)
@@ -25,10 +27,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -47,7 +48,7 @@ __all__ = ["GeneratorNets", "SdpAdv", "sdadv", "advgan"]
 
 
 class GeneratorNets(nn.Module):
-    """The three networks of SdpAdv (seed 001, §4.1 "Settings of SdpAdv").
+    """The three networks of SdpAdv (the SdpAdv paper, §4.1 "Settings of SdpAdv").
 
     * ``h_sd`` localisation net, ``X-FC(20)-ReLU-FC(6)``; its last layer starts
       at zero weights and bias θ_I (the identity, as in STN);
@@ -73,13 +74,16 @@ class GeneratorNets(nn.Module):
         self.d = nn.Sequential(nn.Flatten(), nn.Linear(d, 64), nn.LeakyReLU(0.2), nn.Linear(64, 32), nn.LeakyReLU(0.2), nn.Linear(32, 2))
 
     def generator_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the generator proper, ``h_sd`` then ``h_p`` (not the discriminator ``d``)."""
         return list(self.h_sd.parameters()) + list(self.h_p.parameters())
 
 
 @dataclass(frozen=True, kw_only=True)
 class SdpAdv(Attack):
-    """SdpAdv adversarial generator (seed 001: Eqs. 5-9, §4.1), with SdAdv
-    (``eps = 0``) and AdvGAN (``gamma = 0``) as settings.
+    """SdpAdv adversarial generator, with SdAdv and AdvGAN as settings.
+
+    The SdpAdv paper, Eqs. 5-9 and §4.1; SdAdv is ``eps = 0`` and AdvGAN is
+    ``gamma = 0``.
 
     Forward pass (Eq. 5): ``θ' = h_sd(x)``; ``θ = θ_I + clip(θ' − θ_I, −γ, γ)``
     entrywise; ``x_T = affine_warp(x, θ)``; ``η' = h_p(x_T)``;
@@ -194,6 +198,7 @@ class SdpAdv(Attack):
 
     @property
     def fitted(self) -> bool:
+        """Whether the attack holds trained networks (``nets`` is set), i.e. can be called."""
         return self.nets is not None
 
     def alpha_at(self, epoch: int) -> float:
@@ -205,10 +210,15 @@ class SdpAdv(Attack):
 
         Args:
             x: images ``(N, C, H, W)`` in [0, 1].
+            nets: the networks to run; default (``None``) the fitted ``self.nets``.
 
         Returns:
             dict with ``theta_raw`` and ``theta`` ``(N, 2, 3)`` (normalised),
             ``x_t``, ``eta_raw``, ``eta`` and ``x_a`` ``(N, C, H, W)``.
+
+        Raises:
+            ValueError: no networks (not fitted and ``nets`` not given), or
+                images whose shape differs from the fitted one.
         """
         nets = nets if nets is not None else self.nets
         if nets is None:
@@ -380,8 +390,10 @@ class SdpAdv(Attack):
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("nets", "history")}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Save the fitted networks as safetensors; hyper-parameters, image
-        shape and training history go into the file's metadata (JSON strings).
+        """Save the fitted networks as safetensors and return ``path`` as a :class:`~pathlib.Path`.
+
+        Hyper-parameters, image shape and training history go into the file's
+        metadata (JSON strings).
 
         Raises:
             ValueError: the generator is not fitted.

@@ -1,5 +1,7 @@
-"""The shared loop of the gradient-sign / normalised-gradient attacks (FGSM, I-FGSM,
-MIM, PGD, sPGD2) and its helpers."""
+"""The shared loop of the gradient-sign / normalised-gradient attacks, and its helpers.
+
+Used by FGSM, I-FGSM, MIM, PGD and sPGD2.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ __all__ = ["ce_loss", "normalize", "iterate"]
 
 
 def ce_loss(y: Tensor, target: Tensor | None) -> Callable[[Tensor], Tensor]:
-    """Per-example loss to *ascend* ``(N,)`` from logits: ``CE(y)`` (untargeted) or
-    ``−CE(target)`` (targeted)."""
+    """Per-example loss to *ascend*, ``(N,)``, as a function of the logits ``(N, K)``.
+
+    ``CE(y)`` (untargeted) or ``−CE(target)`` (targeted).
+    """
     if target is None:
         return lambda logits: F.cross_entropy(logits, y, reduction="none")
     return lambda logits: -F.cross_entropy(logits, target, reduction="none")
@@ -43,7 +47,9 @@ def iterate(
     Args:
         model: classifier; evaluated with :func:`~spatialadv.attacks.base.input_grad`
             (no parameter gradients).
-        x: original images ``(N, C, H, W)``; y: labels ``(N,)``; target: ``(N,)`` or None.
+        x: original images ``(N, C, H, W)`` in [0, 1].
+        y: true labels ``(N,)`` int64.
+        target: target classes ``(N,)`` int64 (targeted), or None (untargeted).
         x_start: first iterate ``(N, C, H, W)`` (already projected).
         steps: number of gradient evaluations per example, ≥ 1.
         early_stop: an example leaves the loop at the first iterate whose

@@ -1,6 +1,7 @@
-"""Rotation + translation attack, "STM" (Engstrom, Tran, Tsipras, Schmidt & Madry,
-Exploring the Landscape of Spatial Robustness, ICML 2019; the STM baseline of
-the SdpAdv paper's Tables 1-3).
+"""Rotation + translation attack, "STM".
+
+Engstrom, Tran, Tsipras, Schmidt & Madry, *Exploring the Landscape of Spatial
+Robustness*, ICML 2019; the STM baseline of the SdpAdv paper's Tables 1-3.
 
 Every example is warped by a set of candidate transforms — an exhaustive grid
 or ``k`` random draws — and the worst one is kept. Candidates are evaluated in
@@ -29,8 +30,10 @@ _EARLY_CAP = 128
 
 
 def _update_chunk(model, x, y, target, p, idx, padding_mode, best_succ, best_loss, best_x, best_p) -> Tensor:
-    """Evaluate candidates ``p (m, Tc, 3)`` on the examples ``idx (m,)`` and update the running best
-    in place; returns ``(m,)`` whether each example had a successful candidate in this chunk."""
+    """Evaluate candidates ``p (m, Tc, 3)`` on the examples ``idx (m,)``, updating the running best in place.
+
+    Returns ``(m,)`` bool: whether each example had a successful candidate in this chunk.
+    """
     dev, dt = x.device, x.dtype
     m, tc = p.shape[0], p.shape[1]
     theta = rotation_translation_theta(p[..., 0].reshape(-1), p[..., 1].reshape(-1), p[..., 2].reshape(-1),

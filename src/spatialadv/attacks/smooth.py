@@ -1,6 +1,7 @@
-"""Smooth adversarial examples: sPGD2 and sC&W (Zhang et al. 2020, "Smooth adversarial examples", §4).
+"""Smooth adversarial examples: sPGD2 and sC&W.
 
-Both attacks shape their additive perturbation with the normalised smoothing
+The attacks of Zhang, Avrithis, Furon & Amsaleg, *Smooth Adversarial Examples*,
+EURASIP Journal on Information Security, 2020, §4. Both attacks shape their additive perturbation with the normalised smoothing
 ``ŝ_α`` guided by the original image ``x_o`` (:mod:`spatialadv.ops.smoothing`,
 Eqs. 8-9): the perturbation is smooth where ``x_o`` is flat and may change
 sharply across ``x_o``'s edges.
@@ -94,8 +95,10 @@ class SmoothPGDL2(Attack, _Smoothing):
 
     @property
     def threat(self) -> SmoothLikeX:
-        """:class:`~spatialadv.threats.SmoothLikeX`: the L2 ball of radius ``eps`` of
-        perturbations smoothed like ``x``."""
+        """The threat model, :class:`~spatialadv.threats.SmoothLikeX`.
+
+        The L2 ball of radius ``eps`` of perturbations smoothed like ``x``.
+        """
         return SmoothLikeX(eps=self.eps, **self._smoothing_kwargs())
 
     def _run(self, model, x, y, target, index):
@@ -147,8 +150,11 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2, _Smoothing):
 
     @property
     def threat(self) -> L2Ball:
-        """An unbounded :class:`~spatialadv.threats.L2Ball` (sC&W minimises ‖x_adv − x‖₂;
-        its perturbations are smooth like ``x`` by construction)."""
+        """The threat model, an unbounded :class:`~spatialadv.threats.L2Ball`.
+
+        sC&W minimises ‖x_adv − x‖₂; its perturbations are smooth like ``x``
+        by construction.
+        """
         return L2Ball(eps=float("inf"))
 
     def _prepare(self, x: Tensor) -> GuidedSmoothing:

@@ -14,10 +14,11 @@ __all__ = ["MinDistortionSweep"]
 
 @dataclass(frozen=True, kw_only=True)
 class MinDistortionSweep(Attack):
-    """Run several attacks (typically one attack at a set of target ε) and keep,
-    per example, the successful result with the smallest L2 distortion.
+    """Run several attacks and keep, per example, the successful result with the smallest L2 distortion.
 
-    This is how the smooth-adversarial-examples protocol (§5.1) compares
+    Typically the attacks are one attack at a set of target ε.
+
+    This is how the protocol of *Smooth Adversarial Examples* (§5.1) compares
     attacks that target a distortion (FGSM, I-FGSM, PGD2, sPGD2) with attacks
     that target optimality (C&W): "the attack succeeds on image x_o if it
     succeeds on any of the runs; D(x_o) is the minimum distortion over all runs".

@@ -1,4 +1,10 @@
-"""Certified robustness to smooth spatial flows (seed 002: Zhang, Nguyen & Wang; seed 003 §4).
+"""Certified robustness to smooth spatial flows.
+
+After *Provable Defenses against Spatially Transformed Adversarial Inputs:
+Impossibility and Possibility Results* (ICLR 2019 submission; "the
+provable-defenses paper") and C. Nguyen, *Two Approaches to Defend against
+Adversarial Examples: Attention-based and Certificate-based*, MSc thesis,
+Lehigh University, 2018 ("the Nguyen thesis"), §4.
 
 * :mod:`~spatialadv.certify.smoothness` — the neighbour matrices M⁽ᵗ'ᵇ'ˡ'ʳ⁾,
   ``MᵀM`` (Prop. 1), box half-widths λ (Prop. 2), ℓ_diff of a flow.
@@ -7,15 +13,42 @@
 * :mod:`~spatialadv.certify.lower_bound` — the lower-bound attack (Thms. 1-2,
   Algs. 1-2) and a budget-restricted flow attack, all evaluated on the true
   bilinear warp.
-* :mod:`~spatialadv.certify.training` — the training variants of seed 002 §6.8.
+* :mod:`~spatialadv.certify.training` — the training variants of the provable-defenses paper, §6.8.
 """
 
-from .bounds import (METHODS, Certificate, NetworkWeights, brute_force_max, certify, dual_objective, network_weights,
-                     optimize_dual, pair_bounds, pair_matrices, ritz_top_eigen, sdp_dual_bound, sdp_exact)
-from .lower_bound import LowerBoundResult, SmoothFlowPGD, lower_bound_attack, pair_margin_change, rescale_to_budget, warp_derivative
+from .bounds import (
+    METHODS,
+    Certificate,
+    NetworkWeights,
+    brute_force_max,
+    certify,
+    dual_objective,
+    network_weights,
+    optimize_dual,
+    pair_bounds,
+    pair_matrices,
+    ritz_top_eigen,
+    sdp_dual_bound,
+    sdp_exact,
+)
+from .lower_bound import (
+    LowerBoundResult,
+    SmoothFlowPGD,
+    lower_bound_attack,
+    pair_margin_change,
+    rescale_to_budget,
+    warp_derivative,
+)
+from .smoothness import (
+    BORDERS,
+    box_half_widths,
+    flow_smoothness,
+    gram_inverse,
+    gram_inverse_sqrt,
+    neighbour_matrices,
+    smoothness_gram,
+)
 from .stadv_search import StAdvTauBinarySearch
-from .smoothness import (BORDERS, box_half_widths, flow_smoothness, gram_inverse, gram_inverse_sqrt, neighbour_matrices,
-                         smoothness_gram)
 
 __all__ = ["METHODS", "Certificate", "NetworkWeights", "brute_force_max", "certify", "dual_objective", "network_weights",
            "optimize_dual", "pair_bounds", "pair_matrices", "ritz_top_eigen", "sdp_dual_bound", "sdp_exact",

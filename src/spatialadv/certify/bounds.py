@@ -1,4 +1,10 @@
-"""Upper bounds on the margin change a smooth flow can cause (seed 002 §4.1, §6.5, §6.7; seed 003 §4.1).
+"""Upper bounds on the margin change a smooth flow can cause.
+
+From *Provable Defenses against Spatially Transformed Adversarial Inputs:
+Impossibility and Possibility Results* (ICLR 2019 submission; "the
+provable-defenses paper"), §4.1, §6.5 and §6.7, and C. Nguyen, *Two Approaches
+to Defend against Adversarial Examples: Attention-based and Certificate-based*,
+MSc thesis, Lehigh University, 2018 ("the Nguyen thesis"), §4.1.
 
 What is bounded
 ---------------
@@ -11,8 +17,8 @@ margin of class i over class j by at most ``ε · Q[i, j]``:
 
     (z_i − z_j)(g(r; x)) − (z_i − z_j)(x)  ≤  ε · Q[i, j].
 
-Derivation (seed 002 Eqs. 4, 15 and §4.1, extended to two flow channels as in
-seed 003 Eq. 11). Along the path ``t ↦ g(t r; x)`` the fundamental theorem of
+Derivation (the provable-defenses paper, Eqs. 4, 15 and §4.1, extended to two
+flow channels as in the Nguyen thesis, Eq. 11). Along the path ``t ↦ g(t r; x)`` the fundamental theorem of
 calculus gives ``Δ = ∫₀¹ ∇σᵀ diag(v) W Dg(t r) r dt`` with ``v = V_i − V_j``.
 This is exact for the bilinear warp (piecewise smooth, so almost everywhere
 differentiable); no linearisation is involved. Then
@@ -86,6 +92,7 @@ class NetworkWeights:
 
     @property
     def hidden(self) -> bool:
+        """Whether the network has a hidden ReLU layer (``W`` is set); False for a linear classifier."""
         return self.W is not None
 
 
@@ -125,8 +132,9 @@ def _check_shape(image_shape) -> tuple[int, int, int]:
 
 
 def check_input_range(input_range) -> float:
-    """Validate an input box ``(lo, hi)`` and return ρ, the largest difference of two
-    sampled values: ``max(hi, 0) − min(lo, 0)`` (zero padding samples 0).
+    """Validate an input box ``(lo, hi)`` and return ρ, the largest difference of two sampled values.
+
+    ``ρ = max(hi, 0) − min(lo, 0)`` (zero padding samples 0).
 
     Raises:
         ValueError: not a pair, not finite, or ``hi <= lo``.
@@ -151,7 +159,7 @@ def class_pairs(k: int) -> list[tuple[int, int]]:
 
 
 def pair_matrices(weights: NetworkWeights, lam_d: Tensor, pairs: list[tuple[int, int]]) -> Tensor:
-    """``B_ij = diag(V_i − V_j) W diag(λ)`` for each pair, ``(len(pairs), m, D)`` (seed 002 §6.7).
+    """``B_ij = diag(V_i − V_j) W diag(λ)`` for each pair, ``(len(pairs), m, D)`` (provable-defenses paper, §6.7).
 
     ``P_ij = [[0, B_ij], [B_ijᵀ, 0]]``. Raises ValueError for a linear network.
     """
@@ -172,11 +180,12 @@ def _dense_p(bmat: np.ndarray) -> np.ndarray:
 
 
 def sdp_exact(bmat, *, solver: str = "CLARABEL", **solver_kwargs) -> float:
-    """Solve ``max tr(ZP) s.t. diag(Z) ≤ 1, Z ⪰ 0`` with cvxpy (seed 002 Eq. 9).
+    """Solve ``max tr(ZP) s.t. diag(Z) ≤ 1, Z ⪰ 0`` with cvxpy (the provable-defenses paper, Eq. 9).
 
     Args:
         bmat: ``B`` ``(m, D)`` (array or tensor); ``P = [[0, B], [Bᵀ, 0]]``.
         solver: a cvxpy SDP solver (``"CLARABEL"`` or ``"SCS"``).
+        **solver_kwargs: passed on to ``cvxpy.Problem.solve`` (e.g. ``eps`` for SCS).
 
     Returns:
         The optimal value (solver precision; not itself a certified bound — use
@@ -199,9 +208,13 @@ def sdp_exact(bmat, *, solver: str = "CLARABEL", **solver_kwargs) -> float:
 
 
 def brute_force_max(bmat) -> float:
-    """``max_{z ∈ {±1}ⁿ} zᵀPz`` by enumerating every z (n = m + D ≤ 22), the exact
-    value of ``max_{‖z‖∞≤1} zᵀPz`` (P has a zero diagonal, so the maximum of this
-    multilinear form is at a vertex). Raises ValueError for n > 22."""
+    """``max_{z ∈ {±1}ⁿ} zᵀPz`` by enumerating every z (n = m + D ≤ 22).
+
+    This is the exact value of ``max_{‖z‖∞≤1} zᵀPz`` (P has a zero diagonal, so
+    the maximum of this multilinear form is at a vertex). ``bmat`` is ``B``
+    ``(m, D)`` (array or tensor), ``P = [[0, B], [Bᵀ, 0]]``. Raises ValueError
+    for n > 22.
+    """
     b = np.asarray(bmat.detach().cpu() if isinstance(bmat, Tensor) else bmat, dtype=np.float64)
     p = _dense_p(b)
     n = p.shape[0]
@@ -242,9 +255,13 @@ def ritz_top_eigen(w: Tensor, dv: Tensor, lam: Tensor, c: Tensor, u0: Tensor | N
     search c, and :func:`sdp_dual_bound` to certify.
 
     Args:
-        w: ``(m, D)``; dv: ``(Kp, m)`` (``V_i − V_j``); lam: ``(D,)``; c: ``(Kp, m + D)``.
+        w: first-layer weights ``W`` ``(m, D)``.
+        dv: output-weight differences ``V_i − V_j`` ``(Kp, m)``, one row per pair.
+        lam: box half-widths λ ``(D,)``, repeated per image channel.
+        c: dual vectors ``(Kp, m + D)``, one per pair.
         u0: ``(Kp, m + D)`` start, random if None.
-        iters: iterations.
+        iters: iterations, int ≥ 0.
+        generator: random generator of the start when ``u0`` is None (default: torch's global one).
 
     Returns:
         ``(theta (Kp,), u (Kp, m + D))`` unit vectors, detached.
@@ -279,7 +296,7 @@ def dual_objective(w: Tensor, dv: Tensor, lam: Tensor, c: Tensor, u: Tensor) -> 
     which is a valid bound once ``c + λ_max ≥ 0`` (weak duality) and whose
     gradient in ``(W, V, c)`` is that of the eigenvalue. ``u`` is treated as a
     constant. This is the training penalty of the SDP-regularised network
-    (seed 002 §6.8 item 6, following Raghunathan et al. 2018); its value with
+    (the provable-defenses paper, §6.8 item 6, following Raghunathan et al. 2018); its value with
     an approximate ``u`` under-estimates λ_max, so never report it as a certificate.
     """
     n = c.shape[1]
@@ -306,7 +323,7 @@ def _safe_lambda_max(a: np.ndarray | Tensor) -> Tensor:
 def sdp_dual_bound(bmat: Tensor, c: Tensor) -> Tensor:
     """Certified upper bound on ``max tr(ZP)`` (hence on ``max_{‖z‖∞≤1} zᵀPz``) from any dual vector c.
 
-    ``D·λ⁺_max(P − diag c) + Σ max(c, 0)`` (weak duality; REFERENCE §4), with
+    ``D·λ⁺_max(P − diag c) + Σ max(c, 0)`` (weak duality), with
     λ_max from a dense float64 eigen-solver plus a rounding margin
     (:func:`_safe_lambda_max`). Not differentiable (use :func:`dual_objective`).
 
@@ -342,10 +359,13 @@ def sdp_dual_bound(bmat: Tensor, c: Tensor) -> Tensor:
 
 
 def initial_dual(bmat: Tensor) -> Tensor:
-    """A starting dual vector c ``(Kp, m + D)`` for ``bmat`` ``(Kp, m, D)``: the better of the diagonal-dominance choice (feasible,
+    """A starting dual vector c ``(Kp, m + D)`` for ``bmat`` ``(Kp, m, D)``, per pair.
+
+    The better of the diagonal-dominance choice (feasible,
     ``diag(c) ⪰ P``) and the spectral one (``αβ = σ²``, σ ≈ ‖B‖₂ by 30 power
     iterations, so feasible only up to that estimate), per pair. Feasibility is
-    not needed: :func:`optimize_dual` certifies whatever c it ends with."""
+    not needed: :func:`optimize_dual` certifies whatever c it ends with.
+    """
     kp, m, d = bmat.shape
     ab = bmat.abs()
     c_dd = torch.cat([ab.sum(2), ab.sum(1)], 1)
@@ -372,8 +392,16 @@ def optimize_dual(w: Tensor, dv: Tensor, lam: Tensor, *, steps: int = 300, lr: f
     valid bound whatever the search did.
 
     Args:
-        w: ``(m, D)``; dv: ``(Kp, m)``; lam: ``(D,)`` (float64 recommended).
-        steps: Adam steps (0 returns the certified feasible start).
+        w: first-layer weights ``W`` ``(m, D)`` (float64 recommended, as for the next two).
+        dv: output-weight differences ``V_i − V_j`` ``(Kp, m)``, one row per pair.
+        lam: box half-widths λ ``(D,)``, repeated per image channel.
+        steps: Adam steps (0 returns the certified start).
+        lr: Adam learning rate, relative to the mean ``|c|`` of the start.
+        ritz_iters: block Ritz iterations per Adam step.
+        block: number of top Ritz values in the soft-max (capped at ``m + D``).
+        smoothing: soft-max temperature relative to the mean ``|c|`` of the
+            start, annealed linearly to 0.
+        seed: seed of the random Ritz starts.
 
     Returns:
         ``(bound (Kp,) float64, c (Kp, m + D))``.
@@ -408,10 +436,13 @@ def _ritz_block(w, dv, lam, c, vb, iters):
 
 
 def _adam_dual(w, dv, lam, c, steps, lr, ritz_iters, gen, block, smoothing):
-    """Adam on ``Σc + D·smax_μ(top-b Ritz values of P − diag c)`` (soft-max over the top ``block``
-    eigenvalues with temperature μ = ``smoothing``·mean|c₀|, annealed to 0): at the optimum the top
+    """Adam on ``Σc + D·smax_μ(top-b Ritz values of P − diag c)``; returns the best c seen.
+
+    The soft-max is over the top ``block`` eigenvalues with temperature
+    μ = ``smoothing``·mean|c₀|, annealed to 0: at the optimum the top
     eigenvalue is highly degenerate, and the smoothed objective converges much faster than the plain
-    top-eigenvector subgradient. Returns the c with the best (Ritz) dual value seen."""
+    top-eigenvector subgradient. Returns the c with the best (Ritz) dual value seen.
+    """
     kp, n = c.shape
     scale = c.abs().mean(1, keepdim=True).clamp_min(1e-12)
     c = c.clone().requires_grad_(True)
@@ -454,10 +485,17 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
             ``"spectral"``, ``"frobenius"`` or ``"linear"`` (linear models only, Eq. 16;
             for hidden-layer models ``"linear"`` is rejected).
         input_range: ``(lo, hi)`` pixel range; ρ = max(hi, 0) − min(lo, 0) scales every bound.
-        border, ridge: the smoothness operator (:mod:`~spatialadv.certify.smoothness`).
-        dual_steps, ritz_iters: Adam steps of :func:`optimize_dual` and Ritz iterations per step.
+        border: border of the smoothness operator, ``"zeros"`` or ``"replicate"``
+            (:mod:`~spatialadv.certify.smoothness`).
+        ridge: ridge ``≥ 0`` added to ``MᵀM`` (:mod:`~spatialadv.certify.smoothness`).
+        dual_steps: Adam steps of :func:`optimize_dual` (``method="sdp"``).
+        ritz_iters: Ritz iterations per Adam step of :func:`optimize_dual`.
         exact: solve each pair's SDP with cvxpy (slow for large nets; the
             solver's optimum, not a certified dual value).
+        solver: the cvxpy solver with ``exact=True`` (see :func:`sdp_exact`).
+
+    Returns:
+        ``Q`` ``(K, K)`` float64, in logit units per unit ε.
 
     Raises:
         ValueError: unknown method, bad shape/range, singular MᵀM; TypeError: unsupported model.
@@ -530,7 +568,7 @@ class Certificate:
 
 def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp", q: Tensor | None = None,
             input_range=(0.0, 1.0), border: str = "zeros", ridge: float = 0.0, dual_steps: int = 100) -> Certificate:
-    """Certify images against every flow with ``ℓ_diff(r) ≤ ε`` (seed 002 §6.7 criterion).
+    """Certify images against every flow with ``ℓ_diff(r) ≤ ε`` (the provable-defenses paper's §6.7 criterion).
 
     ``bound = max_{j≠y} [z_j(x) − z_y(x) + ε·Q[j, y]]``; ``certified = bound < 0``.
     Valid for the true bilinear warp (zero or border padding) of images with
@@ -544,6 +582,13 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp",
         eps: budget ε ≥ 0 (float or ``(N,)`` tensor), ℓ_diff units (pixels).
         method: see :func:`pair_bounds`.
         q: a precomputed Q (reuse it across ε; it does not depend on x).
+        input_range: ``(lo, hi)`` pixel range of ``x`` (see :func:`pair_bounds`).
+        border: border of the smoothness operator (see :func:`pair_bounds`).
+        ridge: ridge added to ``MᵀM`` (see :func:`pair_bounds`).
+        dual_steps: Adam steps of the dual search when Q is computed (see :func:`pair_bounds`).
+
+    Returns:
+        A :class:`Certificate` of the batch.
 
     Raises:
         ValueError, TypeError: bad inputs (shapes, ranges, labels, negative eps).

@@ -1,4 +1,8 @@
-"""Lower bounds on the worst-case margin change: the attacks of seed 002 §3 and a budget-restricted flow attack.
+"""Lower bounds on the worst-case margin change: the provable-defenses paper's attacks and a budget-restricted flow attack.
+
+The lower-bound attacks are those of *Provable Defenses against Spatially
+Transformed Adversarial Inputs: Impossibility and Possibility Results* (ICLR
+2019 submission; "the provable-defenses paper"), §3.
 
 All achieved margins are measured on the **true bilinear warp**
 (:func:`spatialadv.ops.flow_warp`, zero padding), the model that the upper
@@ -11,7 +15,7 @@ nets) maximises ``(z_i − z_j)(g(r; x)) − (z_i − z_j)(x)`` over *inputs*
 
 * Initialisation (Thm. 1/2) uses the paper's first-order model
   ``ℓ̃(x, r) = ∇σ(Wx)ᵀ diag(v) W Dg(0; x) r`` with ``Dg(0; x) = diag(x)``
-  for each flow channel, as the paper states (seed 002 §3.1 and App. 6.4).
+  for each flow channel, as the paper states (§3.1 and App. 6.4).
   (This is *not* the derivative of bilinear interpolation, which involves the
   image gradient; it only seeds the search.) Its value is returned as
   ``margin_theorem``.
@@ -46,7 +50,7 @@ def warp_derivative(x: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
     """Partial derivatives of the bilinear warp (zero padding) w.r.t. each pixel's own flow.
 
     Output pixel p of ``flow_warp(x, flow)`` depends only on ``flow[:, :, p]``,
-    so the Jacobian is diagonal per flow channel (seed 002 §2.2):
+    so the Jacobian is diagonal per flow channel (the provable-defenses paper, §2.2):
     ``∂g_p/∂Δu_p`` and ``∂g_p/∂Δv_p``.
 
     Args:
@@ -98,8 +102,10 @@ def pair_margin_change(model: nn.Module, x: Tensor, flow: Tensor, i: Tensor | in
 
 
 def rescale_to_budget(flow: Tensor, eps: float, *, border: str = "zeros") -> Tensor:
-    """Scale each flow down (never up) so that ``ℓ_diff ≤ eps`` (``(N, 2, H, W)``, pixels):
-    :meth:`spatialadv.threats.FlowSmoothnessBall.project`."""
+    """Scale each flow ``(N, 2, H, W)`` (pixels) down, never up, so that ``ℓ_diff ≤ eps``.
+
+    This is :meth:`spatialadv.threats.FlowSmoothnessBall.project`.
+    """
     return FlowSmoothnessBall(eps=eps, border=border).project(flow)
 
 
@@ -131,7 +137,7 @@ def _to_box(z: Tensor, lo: float, hi: float) -> Tensor:
 
 
 def _ellipsoid_argmax(cvec: Tensor, ginv: Tensor, eps: float) -> Tensor:
-    """argmax of ``cᵀr`` over ``‖M r‖ ≤ ε`` per channel-stacked flow: ``ε G⁻¹c / sqrt(cᵀG⁻¹c)`` (Eqs. 6, 8).
+    """The argmax of ``cᵀr`` over ``‖M r‖ ≤ ε`` per channel-stacked flow: ``ε G⁻¹c / sqrt(cᵀG⁻¹c)`` (Eqs. 6, 8).
 
     cvec: ``(2, d)``; ginv: ``(d, d)``. Returns ``(2, d)``.
     """
@@ -143,7 +149,7 @@ def _ellipsoid_argmax(cvec: Tensor, ginv: Tensor, eps: float) -> Tensor:
 def lower_bound_attack(model: nn.Module, image_shape, eps: float, *, pair: tuple[int, int] = (1, 0),
                        input_range=(-1.0, 1.0), n_mid: int = 8, iters: int = 20, x_iters: int = 5,
                        border: str = "zeros", ridge: float = 0.0) -> LowerBoundResult:
-    """The lower-bound attack of seed 002 (Alg. 1 for one hidden layer, Alg. 2 for linear nets).
+    """The lower-bound attack of the provable-defenses paper (Alg. 1 for one hidden layer, Alg. 2 for linear nets).
 
     Searches an input ``x*`` in the box ``input_range`` and a flow ``r*`` with
     ``ℓ_diff(r*) ≤ ε`` that make ``Δ = (z_i − z_j)(g(r*; x*)) − (z_i − z_j)(x*)``
@@ -168,8 +174,15 @@ def lower_bound_attack(model: nn.Module, image_shape, eps: float, *, pair: tuple
         pair: ``(i, j)``: the attack increases ``z_i − z_j``.
         input_range: the box for x (paper: ``(−1, 1)``). Compare with
             :func:`~spatialadv.certify.pair_bounds` computed with the same range.
-        n_mid: midpoint-rule intervals n. iters, x_iters: iteration counts.
-        border, ridge: the smoothness operator.
+        n_mid: midpoint-rule intervals n, int ≥ 1.
+        iters: outer iterations (flow updates), int ≥ 0.
+        x_iters: rounds of ``x ← vertex(sign α)`` per outer iteration, int ≥ 1.
+        border: border of the smoothness operator, ``"zeros"`` or ``"replicate"``
+            (:mod:`~spatialadv.certify.smoothness`).
+        ridge: ridge ``≥ 0`` added to ``MᵀM`` (:mod:`~spatialadv.certify.smoothness`).
+
+    Returns:
+        A :class:`LowerBoundResult`; ``margin`` is the best exact Δ found.
 
     Raises:
         ValueError, TypeError: bad arguments or unsupported model.

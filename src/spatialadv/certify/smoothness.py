@@ -1,8 +1,12 @@
-"""The flow smoothness operator M of the spatial certificate (seed 002, Eq. 2, Props. 1-2).
+"""The flow smoothness operator M of the spatial certificate.
+
+From *Provable Defenses against Spatially Transformed Adversarial Inputs:
+Impossibility and Possibility Results* (ICLR 2019 submission; "the
+provable-defenses paper"), Eq. 2 and Props. 1-2.
 
 A flow ``r`` on an H×W grid has two channels ``(r_u, r_v)`` (pixels). Its
-smoothness is the square root of stAdv's squared 4-neighbour sum (seed 002
-Eq. 2, without the per-pair square root of stAdv's L_flow):
+smoothness is the square root of stAdv's squared 4-neighbour sum (the
+provable-defenses paper, Eq. 2, without the per-pair square root of stAdv's L_flow):
 
     ℓ_diff(r) = sqrt( Σ_p Σ_{q∈N(p)} (r_u,p − r_u,q)² + (r_v,p − r_v,q)² )
               = sqrt( ‖M r_u‖² + ‖M r_v‖² ),
@@ -60,10 +64,11 @@ def _check_grid(h: int, w: int, border: str, ridge: float = 0.0) -> None:
 
 
 def neighbour_matrices(h: int, w: int, *, border: str = "zeros") -> dict[str, sp.csr_matrix]:
-    """The neighbour matrices M⁽ᵗ⁾, M⁽ᵇ⁾, M⁽ˡ⁾, M⁽ʳ⁾ of an H×W grid (seed 002 §2.1).
+    """The neighbour matrices M⁽ᵗ⁾, M⁽ᵇ⁾, M⁽ˡ⁾, M⁽ʳ⁾ of an H×W grid (the provable-defenses paper, §2.1).
 
     Args:
-        h, w: grid size in pixels.
+        h: grid height H in pixels, int ≥ 1.
+        w: grid width W in pixels, int ≥ 1.
         border: ``"zeros"`` (a missing neighbour gives a zero row) or
             ``"replicate"`` (a missing neighbour is the pixel itself).
 
@@ -90,7 +95,7 @@ def neighbour_matrices(h: int, w: int, *, border: str = "zeros") -> dict[str, sp
 
 
 def smoothness_gram(h: int, w: int, *, border: str = "zeros", ridge: float = 0.0) -> sp.csr_matrix:
-    """``MᵀM = Σ_k (I − M⁽ᵏ⁾)ᵀ(I − M⁽ᵏ⁾) + ridge·I`` (seed 002 Prop. 1), sparse ``(H·W, H·W)`` float64.
+    """``MᵀM = Σ_k (I − M⁽ᵏ⁾)ᵀ(I − M⁽ᵏ⁾) + ridge·I`` (provable-defenses paper, Prop. 1), sparse ``(H·W, H·W)`` float64.
 
     ``rᵀ MᵀM r`` is the squared smoothness of one flow channel (see the
     module docstring). Raises ValueError on a bad grid, border or ridge.
@@ -123,8 +128,11 @@ def gram_inverse(h: int, w: int, *, border: str = "zeros", ridge: float = 0.0) -
 
 
 def gram_inverse_sqrt(h: int, w: int, *, border: str = "zeros", ridge: float = 0.0) -> np.ndarray:
-    """Dense symmetric ``(MᵀM)^{-1/2}`` ``(H·W, H·W)`` float64: maps the unit ball onto the
-    ellipsoid ``‖M r‖ ≤ 1``. Raises ValueError if singular."""
+    """Dense symmetric ``(MᵀM)^{-1/2}`` ``(H·W, H·W)`` float64 (read-only, cached).
+
+    It maps the unit ball onto the ellipsoid ``‖M r‖ ≤ 1``. Raises ValueError if
+    ``MᵀM`` is singular.
+    """
     evals, evecs = _dense_factors(h, w, border, float(ridge))
     out = (evecs / np.sqrt(evals)) @ evecs.T
     out.setflags(write=False)
@@ -137,15 +145,19 @@ def gram_min_eigenvalue(h: int, w: int, *, border: str = "zeros", ridge: float =
 
 
 def box_half_widths(h: int, w: int, *, border: str = "zeros", ridge: float = 0.0) -> np.ndarray:
-    """Per-pixel half-widths λ of the box around ``{r : ‖M r‖ ≤ 1}`` (seed 002 Prop. 2).
+    """Per-pixel half-widths λ of the box around ``{r : ‖M r‖ ≤ 1}`` (provable-defenses paper, Prop. 2).
 
     ``‖M r‖ ≤ ε`` implies ``|r_p| ≤ ε·λ_p`` with ``λ_p² = ((MᵀM)⁻¹)_pp``, and the
     bound is attained by ``r = ε (MᵀM)⁻¹e_p / λ_p``. For a two-channel flow
     with ``ℓ_diff(r) ≤ ε`` the same λ bounds each channel.
 
     Args:
-        h, w: grid size.
-        border, ridge: see the module docstring.
+        h: grid height H in pixels, int ≥ 1.
+        w: grid width W in pixels, int ≥ 1.
+        border: ``"zeros"`` (default, Dirichlet) or ``"replicate"``; see the
+            module docstring.
+        ridge: finite ``≥ 0``, added to the diagonal of ``MᵀM`` (required
+            ``> 0`` for ``"replicate"``); see the module docstring.
 
     Returns:
         ``(H·W,)`` float64, finite and > 0 (row-major pixels).
@@ -171,7 +183,7 @@ def box_half_widths(h: int, w: int, *, border: str = "zeros", ridge: float = 0.0
 
 
 def flow_smoothness(flow: Tensor, *, border: str = "zeros") -> Tensor:
-    """ℓ_diff of each flow (seed 002 Eq. 2 / Prop. 1): ``sqrt(‖M r_u‖² + ‖M r_v‖²)``.
+    """ℓ_diff of each flow (provable-defenses paper, Eq. 2 / Prop. 1): ``sqrt(‖M r_u‖² + ‖M r_v‖²)``.
 
     Args:
         flow: ``(N, 2, H, W)`` float, pixels (channel 0 = Δu along W, 1 = Δv along H).

@@ -1,4 +1,9 @@
-"""stAdv with a per-example binary search on τ and a hinge flow budget (seed 003 §4.2)."""
+"""stAdv with a per-example binary search on τ and a hinge flow budget.
+
+After C. Nguyen, *Two Approaches to Defend against Adversarial Examples:
+Attention-based and Certificate-based*, MSc thesis, Lehigh University, 2018
+("the Nguyen thesis"), §4.2.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ __all__ = ["StAdvTauBinarySearch"]
 
 @dataclass(frozen=True, kw_only=True)
 class StAdvTauBinarySearch(StAdv):
-    """stAdv whose τ is binary-searched per example in ``[tau_low, tau_high]`` (seed 003 §4.2).
+    """stAdv whose τ is binary-searched per example in ``[tau_low, tau_high]`` (the Nguyen thesis, §4.2).
 
     Each image starts at ``τ = (tau_low + tau_high)/2``. After a run of the
     stAdv L-BFGS solver (:class:`~spatialadv.attacks.StAdv`, same

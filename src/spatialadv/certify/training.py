@@ -1,6 +1,8 @@
-"""Training variants of the one-hidden-layer network of the smooth-flow certificates (Zhang, Nguyen & Wang, §4.2 and §6.8).
+"""Training variants of the one-hidden-layer network of the smooth-flow certificates.
 
-Each variant is a :class:`~spatialadv.models.ModelSpec`: an architecture plus
+The variants of *Provable Defenses against Spatially Transformed Adversarial
+Inputs: Impossibility and Possibility Results* (ICLR 2019 submission; "the
+provable-defenses paper"), §4.2 and §6.8. Each variant is a :class:`~spatialadv.models.ModelSpec`: an architecture plus
 a training :class:`~spatialadv.models.Objective` (registered in
 :mod:`spatialadv.models.training`; the penalties' mathematics is here).
 :func:`certify_spec` maps the variant names to specs, and
@@ -83,7 +85,7 @@ def certify_spec(variant: str, data: DataSpec, train: TrainConfig = TrainConfig(
 
 
 def frobenius_penalty(lam: float = 0.08):
-    """``λ(‖W‖_F + ‖V‖_F)`` (Zhang, Nguyen & Wang §6.8 item 2) as a training penalty (objective ``frobenius``).
+    """``λ(‖W‖_F + ‖V‖_F)`` (provable-defenses paper, §6.8 item 2) as a training penalty (objective ``frobenius``).
 
     Returns ``pen(model, x, y, logits, epoch) -> scalar`` for
     :class:`spatialadv.models.TrainingParts`; W ``(m, D)`` and V ``(K, m)`` are
@@ -98,7 +100,7 @@ def frobenius_penalty(lam: float = 0.08):
 
 
 def spectral_penalty(lam: float = 0.09):
-    """``λ(‖W‖₂ + ‖V‖₂)`` (spectral norms; Zhang, Nguyen & Wang §6.8 item 3) as a training penalty (objective ``spectral``).
+    """``λ(‖W‖₂ + ‖V‖₂)`` (spectral norms; provable-defenses paper, §6.8 item 3) as a training penalty (objective ``spectral``).
 
     Same contract as :func:`frobenius_penalty`.
     """
@@ -109,8 +111,10 @@ def spectral_penalty(lam: float = 0.09):
 
 
 class SDPPenalty:
-    """SDP-dual training objective (objective ``sdp``; Zhang, Nguyen & Wang §6.8 item 6, after
-    Raghunathan, Steinhardt & Liang, "Certified Defenses against Adversarial Examples", ICLR 2018).
+    """SDP-dual training objective (objective ``sdp``).
+
+    The provable-defenses paper, §6.8 item 6, after Raghunathan, Steinhardt &
+    Liang, "Certified Defenses against Adversarial Examples", ICLR 2018.
 
     Replaces the loss by ``CE(z + ε_t·Q̃[:, y]ᵀ, y)`` where ``Q̃[i, j]`` is the
     differentiable SDP dual surrogate :func:`~spatialadv.certify.dual_objective`
@@ -151,6 +155,13 @@ class SDPPenalty:
         self.last_q = None
 
     def q_matrix(self, model: nn.Module) -> Tensor:
+        """The surrogate pair bounds ``Q̃`` ``(K, K)`` of ``model``'s current weights (per unit ε).
+
+        Refreshes the top eigenvectors ``self.u`` with warm-started Ritz steps
+        and stores a detached copy of the result in ``self.last_q``. ``Q̃`` is
+        symmetric with a zero diagonal and differentiable in the weights and
+        in ``c``; it is a training surrogate, not a certified bound.
+        """
         net = network_weights(model)
         ii = torch.tensor([p[0] for p in self.pairs])
         jj = torch.tensor([p[1] for p in self.pairs])
@@ -164,6 +175,15 @@ class SDPPenalty:
         return q
 
     def __call__(self, model, xb, yb, logits, epoch):
+        """The penalty of a batch: ``CE(z + ε_t·Q̃[:, y]ᵀ, y) − CE(z, y)``, a scalar tensor.
+
+        Args:
+            model: the network being trained.
+            xb: the batch's images ``(B, C, H, W)`` (unused).
+            yb: the batch's labels ``(B,)`` int64.
+            logits: ``model(xb)``, ``(B, K)``.
+            epoch: the 0-based epoch (unused).
+        """
         q = self.q_matrix(model)
         robust = logits + self.eps_train * q[:, yb].T
         return nn.functional.cross_entropy(robust, yb) - nn.functional.cross_entropy(logits, yb)
@@ -176,8 +196,8 @@ class StAdvPoolPenalty:
     attacked untargeted by :class:`~spatialadv.attacks.StAdv` with ``tau``
     on the current model (in eval mode for the attack; the mode is restored).
     Failed attacks leave the clean image in the pool. Each batch draws as many
-    pool images as it has, seeded. Zhang, Nguyen & Wang §6.8 item 5, with the
-    attack of Xiao, Zhu, Li, He, Liu & Song, "Spatially Transformed Adversarial
+    pool images as it has, seeded. The provable-defenses paper, §6.8 item 5,
+    with the attack of Xiao, Zhu, Li, He, Liu & Song, "Spatially Transformed Adversarial
     Examples", ICLR 2018.
 
     Args:
@@ -209,6 +229,18 @@ class StAdvPoolPenalty:
         self.success_rates: list[float] = []
 
     def __call__(self, model, xb, yb, logits, epoch):
+        """The penalty of a batch: ``λ_r · CE(model(x_adv), y_adv)`` on ``len(xb)`` pool images, a scalar tensor.
+
+        At the first call of an epoch divisible by ``refresh`` the pool is
+        regenerated first (which clears the parameters' gradients).
+
+        Args:
+            model: the network being trained.
+            xb: the batch's images ``(B, C, H, W)`` (only its size is used).
+            yb: the batch's labels (unused).
+            logits: ``model(xb)`` (unused).
+            epoch: the 0-based epoch.
+        """
         if epoch != self.epoch:
             self.epoch = epoch
             if epoch % self.refresh == 0:

@@ -63,6 +63,7 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes K, the length of ``classes``; labels ``y`` lie in [0, K)."""
         return len(self.classes)
 
 

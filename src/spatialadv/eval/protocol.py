@@ -1,5 +1,7 @@
-"""The smooth-adversarial-examples evaluation protocol (Zhang et al. 2020, §5.1, Eqs. 20-21)
-and a numerical check that a perturbation is smooth like its image.
+"""The smooth-adversarial-examples evaluation protocol and a check that a perturbation is smooth like its image.
+
+The protocol is that of Zhang, Avrithis, Furon & Amsaleg, *Smooth Adversarial
+Examples*, EURASIP Journal on Information Security, 2020, §5.1, Eqs. 20-21.
 """
 
 from __future__ import annotations
@@ -42,9 +44,15 @@ def operating_characteristic(success: np.ndarray, distortion: np.ndarray, grid: 
     """Operating characteristic ``P(D) = |{x_o ∈ X_suc : D(x_o) ≤ D}| / N`` (Eq. 21).
 
     Args:
-        success, distortion: as :func:`protocol_summary` (N correctly classified images).
+        success: ``(N,)`` bool, one entry per *correctly classified* image
+            (as in :func:`protocol_summary`).
+        distortion: ``(N,)`` L2 distortion ``‖x_a − x_o‖₂`` ([0, 1] pixel
+            units); only entries with ``success`` are used.
         grid: distortion values ``D`` at which to evaluate; default: 0 and every
             successful distortion, sorted (the exact step function).
+
+    Raises:
+        ValueError: empty arrays, not 1-D, or of different lengths.
 
     Returns:
         ``(D, P)``, two float64 arrays of the grid's length; ``P`` is
@@ -73,7 +81,7 @@ def edge_flat_energy(r: Tensor, x: Tensor, *, edge: float = 0.5, flat: float = 0
 
     0 for a perturbation constant across every pair of the set, ≈ 1 for white
     noise, 2 for a checkerboard. A perturbation *smooth like the image*
-    (Zhang et al. 2020, §3) has a small flat energy and may have a large edge
+    (*Smooth Adversarial Examples*, §3) has a small flat energy and may have a large edge
     energy. Each energy is normalised by the perturbation's own magnitude on
     the same pairs, so a perturbation that is ~0 on flat regions is judged by
     its shape there, not by its amplitude.
@@ -81,7 +89,8 @@ def edge_flat_energy(r: Tensor, x: Tensor, *, edge: float = 0.5, flat: float = 0
     Args:
         r: perturbations ``(N, C, H, W)``.
         x: the original images ``(N, C, H, W)`` on the [0, 1] scale.
-        edge, flat: thresholds on ``|x_i − x_j|``, [0, 1] scale, ``flat < edge``.
+        edge: a pair with ``|x_i − x_j| ≥ edge`` is an edge pair ([0, 1] scale, ``> flat``).
+        flat: a pair with ``|x_i − x_j| ≤ flat`` is a flat pair ([0, 1] scale, ``< edge``).
 
     Returns:
         ``(flat_energy, edge_energy)``, each ``(N,)``; NaN where an image has no

@@ -19,9 +19,11 @@ __all__ = ["attack_config", "run_key", "make_pairs", "example_index", "run_attac
 
 
 def attack_config(attack: Attack) -> dict:
-    """JSON-able description of an attack: its class name and hyper-parameters
-    (attacks nested in a hyper-parameter, e.g. a sweep's, are described the same way; attacks
-    holding trained networks, e.g. SdpAdv, describe themselves with ``hyperparameters()``).
+    """JSON-able description of an attack: its class name and hyper-parameters.
+
+    Attacks nested in a hyper-parameter (e.g. a sweep's) are described the same
+    way; attacks holding trained networks (e.g. SdpAdv) describe themselves
+    with ``hyperparameters()``.
     """
 
     def value(v):
@@ -62,9 +64,17 @@ def make_pairs(idx: Tensor, y: Tensor, num_classes: int, mode: str, *, seed: int
     Args:
         idx: dataset indices ``(M,)``.
         y: labels of the whole dataset ``(N,)``.
+        num_classes: number of classes K; targets lie in [0, K).
         mode: ``"untargeted"`` (target −1), ``"all"`` (every class ≠ y: K−1
             pairs per image, stAdv Table 1) or ``"random"`` (one uniformly
             drawn class ≠ y per image, from ``numpy.random.default_rng(seed)``).
+        seed: seed of the target draws (``mode="random"`` only).
+
+    Returns:
+        ``(image index, target)`` pairs, image-major; target −1 means untargeted.
+
+    Raises:
+        ValueError: unknown ``mode``.
     """
     if mode == "untargeted":
         return [(int(i), -1) for i in idx]

@@ -121,6 +121,7 @@ class ResultStore:
             raise StoreError(f"results store {self.path} was written by an older spatialadv: write to a new --out / --store")
 
     def close(self) -> None:
+        """Close the SQLite connection; the store cannot be used afterwards."""
         self.conn.close()
 
     def __enter__(self) -> "ResultStore":
@@ -135,8 +136,13 @@ class ResultStore:
         """Record a run before its first record is written (so an interrupted folder lists it).
 
         Args:
-            run_key: the run's key. model, attack: labels. config: the attack's (or task's) JSON description.
-            tags: JSON-able labels used by reports (e.g. ``{"eps": 0.1}``). planned: number of records planned.
+            run_key: the run's key (:func:`spatialadv.eval.runner.run_key`).
+            model: label of the model, as shown in reports.
+            attack: label of the attack, as shown in reports.
+            config: the attack's (or task's) JSON-able description.
+            tags: JSON-able labels used by reports (e.g. ``{"eps": 0.1}``).
+            planned: number of records planned, or None if unknown; registering
+                a run again keeps the larger planned count.
         """
         with self.conn:
             self.conn.execute(
@@ -209,9 +215,11 @@ class ResultStore:
 
     # metadata ------------------------------------------------------------------------------
     def set_meta(self, key: str, value) -> None:
+        """Store the JSON-able ``value`` under ``key`` in the store's metadata, replacing any previous value."""
         with self.conn:
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     def get_meta(self, key: str, default=None):
+        """The metadata value stored under ``key`` (decoded from JSON), or ``default`` if there is none."""
         r = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if r is None else json.loads(r[0])

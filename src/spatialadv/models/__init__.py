@@ -19,8 +19,18 @@ Typical use::
 
 from .architectures import MODELS, STNClassifier, build_model
 from .cache import KEY_FORMAT, ModelSpec, cache_dir, load_checkpoint, load_or_train, model_key, save_checkpoint
-from .training import (OBJECTIVES, Objective, ObjectiveType, OptionSpec, TrainConfig, TrainingParts, accuracy, hinge_loss,
-                       register_objective, train_model)
+from .training import (
+    OBJECTIVES,
+    Objective,
+    ObjectiveType,
+    OptionSpec,
+    TrainConfig,
+    TrainingParts,
+    accuracy,
+    hinge_loss,
+    register_objective,
+    train_model,
+)
 
 __all__ = ["MODELS", "STNClassifier", "build_model", "TrainConfig", "Objective", "OBJECTIVES", "ObjectiveType", "OptionSpec",
            "TrainingParts", "register_objective", "hinge_loss", "train_model", "accuracy", "ModelSpec", "model_key",

@@ -13,11 +13,13 @@ Registry names (all map ``(N, C, H, W)`` images in [0, 1] to logits ``(N, K)``):
 ``c4``          SdpAdv Model-A / Smooth-adv C4: Conv(64,8×8,s2,'same')+ReLU, Conv(128,6×6,s2)+ReLU,
                 Conv(128,5×5,s1)+ReLU, FC(K)
 ``fc-200``      SdpAdv Model-B: FC(200)+ReLU, FC(200)+ReLU, FC(K)
-``fc-500``      one hidden layer (spatial certificates of Zhang, Nguyen & Wang): FC(500)+ReLU, FC(K)
+``fc-500``      one hidden layer (spatial certificates of the provable-defenses paper): FC(500)+ReLU, FC(K)
 ``stn-fc-500``  spatial-transformer front end (:class:`STNClassifier`) followed by ``fc-500``
 ==============  ==========================================================================
 
-Convolutions are unpadded ('valid') unless marked 'same'.
+Convolutions are unpadded ('valid') unless marked 'same'. The provable-defenses
+paper is *Provable Defenses against Spatially Transformed Adversarial Inputs:
+Impossibility and Possibility Results* (ICLR 2019 submission).
 
 Every entry of :data:`MODELS` is a builder ``(in_channels, image_size, num_classes) -> nn.Module``;
 add your own architecture by inserting one.
@@ -88,7 +90,7 @@ class STNClassifier(nn.Module):
     """Spatial-transformer front end followed by the ``fc-500`` classifier.
 
     The STN baseline ("f_stn") of the smooth-flow certificate experiments of
-    Zhang, Nguyen & Wang (§6.8 item 4; see :mod:`spatialadv.certify`), after
+    the provable-defenses paper (§6.8 item 4; see :mod:`spatialadv.certify`), after
     Jaderberg, Simonyan, Zisserman & Kavukcuoglu, "Spatial Transformer
     Networks", NeurIPS 2015.
 
@@ -122,6 +124,7 @@ class STNClassifier(nn.Module):
         self.classifier = _fc((500,))(in_channels, image_size, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, K)`` of images ``x`` ``(N, C, H, W)`` in [0, 1], warped by the predicted θ then classified."""
         theta = self.loc(x).view(-1, 2, 3)
         grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
         return self.classifier(nn.functional.grid_sample(x, grid, align_corners=False))

@@ -26,8 +26,9 @@ An objective says *what* is minimised; :func:`train_model` owns the loop
 ==============  ===============================================================================
 
 The certificate objectives (``random`` … ``stadv-at``) are the training
-variants of the smooth-flow certificate experiments (Zhang, Nguyen & Wang,
-§6.8); their mathematics lives in :mod:`spatialadv.certify.training`.
+variants of the smooth-flow certificate experiments of *Provable Defenses
+against Spatially Transformed Adversarial Inputs: Impossibility and
+Possibility Results* (ICLR 2019 submission), §6.8; their mathematics lives in :mod:`spatialadv.certify.training`.
 New objectives: :func:`register_objective`.
 """
 
@@ -108,11 +109,25 @@ class OptionSpec:
     low_open: bool = False
 
     def describe(self) -> str:
+        """The accepted values in words, e.g. ``"a float in (0, ∞)"``, for error messages."""
         lo = "(-∞" if self.low is None else ("(" if self.low_open else "[") + f"{self.low:g}"
         hi = "∞)" if self.high is None else f"{self.high:g}]"
         return f"{'an int' if self.kind is int else 'a float'} in {lo}, {hi}"
 
     def check(self, objective: str, name: str, value: Any) -> float | int:
+        """Validate ``value`` and return it converted to ``kind``.
+
+        Args:
+            objective: the objective's name, used in the error message.
+            name: the option's name, used in the error message.
+            value: the value given for the option (a bool is refused).
+
+        Returns:
+            ``kind(value)``.
+
+        Raises:
+            ValueError: not a number of the right kind, not finite, or outside the interval.
+        """
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.kind is int and not isinstance(value, int)):
             raise ValueError(f"objective {objective!r}: option {name!r} must be {self.describe()}, got {value!r}")
         value = self.kind(value)
@@ -272,7 +287,11 @@ def hinge_loss(logits: Tensor, y: Tensor) -> Tensor:
     """Multi-class hinge loss, margin 1 (:func:`torch.nn.functional.multi_margin_loss`), mean over the batch.
 
     Args:
-        logits: ``(B, K)``. y: ``(B,)`` int64 labels.
+        logits: ``(B, K)``.
+        y: ``(B,)`` int64 labels in [0, K).
+
+    Returns:
+        A scalar tensor.
     """
     return nn.functional.multi_margin_loss(logits, y)
 

@@ -151,7 +151,9 @@ def affine_warp(x: Tensor, theta: Tensor, *, units: str = "normalized", padding_
 
     Source:
         Jaderberg et al. (2015), "Spatial Transformer Networks", Eqs. 1-5;
-        the affine distortion ``t_θ`` of SdpAdv (seed 001, Eq. 5).
+        the affine distortion ``t_θ`` of SdpAdv (*Perturbations Are Not
+        Enough: Generating Adversarial Examples with Spatial Distortions*,
+        ICLR 2020 submission, Eq. 5).
 
     Example:
         >>> x = torch.rand(2, 1, 5, 5)
@@ -171,14 +173,17 @@ def affine_warp(x: Tensor, theta: Tensor, *, units: str = "normalized", padding_
 
 def rotation_translation_theta(angle: Tensor | float, tx: Tensor | float, ty: Tensor | float, *,
                                dtype: torch.dtype = torch.float32, device=None) -> Tensor:
-    """θ in **pixel** units (for :func:`affine_warp` with ``units="pixels"``) that
-    rotates the content about the image centre, **then** translates it.
+    """θ that rotates the content about the image centre, **then** translates it.
+
+    θ is in **pixel** units, for :func:`affine_warp` with ``units="pixels"``.
 
     Args:
         angle: rotation in **degrees**, positive = counter-clockwise as
             displayed (y axis pointing down); scalar or ``(N,)``.
         tx: content translation in pixels, positive = to the right; scalar or ``(N,)``.
         ty: content translation in pixels, positive = down; scalar or ``(N,)``.
+        dtype: floating dtype of the returned θ (computed in float64, then cast).
+        device: device of the returned θ (default: the CPU).
 
     Returns:
         ``(N, 2, 3)`` (N = 1 for scalars): the inverse map

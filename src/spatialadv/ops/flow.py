@@ -8,7 +8,6 @@ adjacent pixels twice, exactly as the equations are written.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

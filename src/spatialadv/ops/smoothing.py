@@ -1,4 +1,7 @@
-"""Image-guided Laplacian smoothing (Zhang et al. 2020, "Smooth adversarial examples", §3, Eqs. 6-9).
+"""Image-guided Laplacian smoothing.
+
+From Zhang, Avrithis, Furon & Amsaleg, *Smooth Adversarial Examples*, EURASIP
+Journal on Information Security, 2020, §3, Eqs. 6-9.
 
 A perturbation ``z`` is smoothed on the 4-neighbour pixel graph of a guide
 image ``x_o``: edges join horizontally and vertically adjacent pixels, with
@@ -137,7 +140,9 @@ def laplacian_matvec(v: Tensor, guide: Tensor, *, alpha: float = 0.95, sigma: fl
     Args:
         v: ``(N, C, H, W)``.
         guide: ``(N, C, H, W)`` guide image on the [0, 1] scale.
-        alpha, sigma, kernel: see :class:`GuidedSmoothing`.
+        alpha: α ∈ [0, 1) (see :class:`GuidedSmoothing`).
+        sigma: feature-kernel bandwidth σ > 0 on the [0, 1] scale (see :class:`GuidedSmoothing`).
+        kernel: ``"laplacian"`` or ``"gaussian"`` feature kernel (see :class:`GuidedSmoothing`).
 
     Returns:
         ``(N, C, H, W)``.
@@ -299,6 +304,17 @@ class GuidedSmoothing:
 
     # -- call --------------------------------------------------------------------------------
     def __call__(self, z: Tensor, index: Tensor | None = None) -> Tensor:
+        """Smooth ``z`` with the guide's graphs: ``ŝ_α(z)``, ``(M, C, H, W)``, differentiable in ``z``.
+
+        Args:
+            z: signals ``(M, C, H, W)`` in the guide's dtype, any scale.
+            index: ``(M,)`` int64, the guide image of each row of ``z``;
+                default (None) row ``i`` ↔ image ``i`` (then M = N).
+
+        Raises:
+            TypeError: ``z`` not a tensor, or not in the guide's dtype.
+            ValueError: ``z`` or ``index`` of the wrong shape.
+        """
         if not isinstance(z, Tensor):
             raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
         n, c, h, w = self.shape
@@ -331,7 +347,12 @@ def smooth(z: Tensor, guide: Tensor, *, alpha: float = 0.95, sigma: float = 0.1,
         z: signal ``(N, C, H, W)`` to smooth (a perturbation or a gradient), any scale.
         guide: images ``(N, C, H, W)`` on the [0, 1] scale; channel ``c`` of ``z``
             is smoothed on the graph of channel ``c`` of the guide.
-        alpha, sigma, kernel, solver, tol, max_iter: see :class:`GuidedSmoothing`.
+        alpha: α ∈ [0, 1): 0 is the identity, → 1 a strict low-pass (see :class:`GuidedSmoothing`).
+        sigma: feature-kernel bandwidth σ > 0 on the [0, 1] scale (see :class:`GuidedSmoothing`).
+        kernel: ``"laplacian"`` (paper) or ``"gaussian"`` feature kernel.
+        solver: ``"direct"``, ``"cg"`` or ``"auto"`` (see :class:`GuidedSmoothing`).
+        tol: CG relative-residual tolerance, > 0.
+        max_iter: CG iteration cap per solve, ≥ 1.
 
     Returns:
         ``(N, C, H, W)``, differentiable in ``z``.

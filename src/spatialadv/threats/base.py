@@ -87,4 +87,13 @@ class Threat:
     unit: ClassVar[str] = ""
 
     def measure(self, x: Tensor, result) -> Tensor:  # pragma: no cover - abstract
+        """Size ``(N,)`` of ``result``'s perturbation of ``x`` in this threat's ``unit``; subclasses implement it.
+
+        Args:
+            x: the original images ``(N, C, H, W)`` in [0, 1].
+            result: the attack's :class:`~spatialadv.attacks.AttackResult` on ``x``.
+
+        Raises:
+            NotImplementedError: always, in the base class.
+        """
         raise NotImplementedError

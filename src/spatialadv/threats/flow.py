@@ -1,4 +1,10 @@
-"""Flow threat models: stAdv's pixel flow and the ℓ_diff smoothness ball of flows."""
+"""Flow threat models: stAdv's pixel flow and the ℓ_diff smoothness ball of flows.
+
+stAdv is Xiao, Zhu, Li, He, Liu & Song, *Spatially Transformed Adversarial
+Examples*, ICLR 2018. The smoothness ball is the threat model of *Provable
+Defenses against Spatially Transformed Adversarial Inputs: Impossibility and
+Possibility Results* (ICLR 2019 submission; "the provable-defenses paper").
+"""
 
 from __future__ import annotations
 
@@ -18,9 +24,9 @@ __all__ = ["PixelFlow", "FlowSmoothnessBall"]
 
 @dataclass(frozen=True, kw_only=True)
 class PixelFlow(Threat):
-    """Per-pixel displacement fields ``f`` ``(N, 2, H, W)`` in pixels, measured by their
-    total variation (Xiao et al., Spatially Transformed Adversarial Examples,
-    ICLR 2018, Eq. 1 (warp) and Appendix C Eq. 5 (TV)).
+    """Per-pixel displacement fields ``f`` ``(N, 2, H, W)`` in pixels, measured by their total variation.
+
+    The warp is stAdv's Eq. 1 and the total variation its Appendix C Eq. 5.
 
     stAdv itself penalises the flow (Eq. 2) rather than bounding it, so the
     default budget is unbounded; a finite ``budget`` makes the set
@@ -71,9 +77,12 @@ class PixelFlow(Threat):
         return flow * factor.view(-1, 1, 1, 1)
 
     def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
-        """A flow ``(N, 2, H, W)`` with every displacement uniform in
-        ``[−start_radius, start_radius]`` pixels, drawn from ``(seed, index row)``
-        only, then :meth:`project`-ed onto the budget."""
+        """A random flow ``(N, 2, H, W)`` per example, projected onto the budget.
+
+        Every displacement is uniform in ``[−start_radius, start_radius]``
+        pixels, drawn from ``(seed, index row)`` only, then :meth:`project`-ed
+        onto the budget.
+        """
         _, _, h, w = x.shape
         r = float(self.start_radius)
         flow = per_example_draws(x, seed, index, lambda g: (torch.rand(2, h, w, generator=g, dtype=x.dtype) * 2 - 1) * r)
@@ -90,11 +99,12 @@ class PixelFlow(Threat):
 
 @dataclass(frozen=True, kw_only=True)
 class FlowSmoothnessBall(Threat):
-    """Flows ``r`` ``(N, 2, H, W)`` (pixels) with ``ℓ_diff(r) = sqrt(‖M r_u‖² + ‖M r_v‖²) ≤ eps``,
-    the smooth-flow threat model certified by
-    :mod:`spatialadv.certify.bounds` (Zhang, Nguyen & Wang's certificates for
-    spatially smooth flows, Eq. 2 and Prop. 1: M stacks the four neighbour
-    difference matrices; :func:`spatialadv.certify.flow_smoothness`).
+    """Flows ``r`` ``(N, 2, H, W)`` (pixels) with ``ℓ_diff(r) = sqrt(‖M r_u‖² + ‖M r_v‖²) ≤ eps``.
+
+    The smooth-flow threat model certified by :mod:`spatialadv.certify.bounds`
+    (the provable-defenses paper's certificates for spatially smooth flows,
+    Eq. 2 and Prop. 1: M stacks the four neighbour difference matrices;
+    :func:`spatialadv.certify.flow_smoothness`).
 
     Latent parametrisation (used by
     :class:`~spatialadv.certify.SmoothFlowPGD`): ``r = eps · (MᵀM + ridge·I)^{-1/2} s``
@@ -143,9 +153,11 @@ class FlowSmoothnessBall(Threat):
         return s / nrm.clamp_min(1.0)
 
     def random_latent(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
-        """A latent ``s`` ``(N, 2, H·W)`` per example: a Gaussian direction of unit length
-        times a radius uniform in [0, 1] (not uniform in volume), drawn from
-        ``(seed, index row)`` only."""
+        """A random latent ``s`` ``(N, 2, H·W)`` per example.
+
+        A Gaussian direction of unit length times a radius uniform in [0, 1]
+        (not uniform in volume), drawn from ``(seed, index row)`` only.
+        """
         _, _, h, w = x.shape
 
         def draw(g: torch.Generator) -> Tensor:
@@ -161,9 +173,12 @@ class FlowSmoothnessBall(Threat):
         return self.latent_to_flow(self.random_latent(x, seed, index), basis, h, w)
 
     def project(self, flow: Tensor) -> Tensor:
-        """Scale each flow ``(N, 2, H, W)`` down (never up) so that ``ℓ_diff ≤ eps``
-        (times ``1 − 1e-9``, a margin against rounding). ℓ_diff is a norm, so this
-        radial retraction lands on the boundary; it is not the Euclidean projection."""
+        """Scale each flow ``(N, 2, H, W)`` down (never up) so that ``ℓ_diff ≤ eps``.
+
+        The bound is ``eps`` times ``1 − 1e-9``, a margin against rounding.
+        ℓ_diff is a norm, so this radial retraction lands on the boundary; it
+        is not the Euclidean projection.
+        """
         s = self.size(flow.to(torch.float64))
         eps = float(self.eps)
         factor = torch.where(s > eps, eps / s.clamp_min(1e-300), torch.ones_like(s)) * (1 - 1e-9)

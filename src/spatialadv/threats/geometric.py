@@ -1,4 +1,8 @@
-"""Geometric threat models: a rotation–translation box (STM) and affine + L∞ (SdpAdv)."""
+"""Geometric threat models: a rotation–translation box (STM) and affine + L∞ (SdpAdv).
+
+SdpAdv is the attack of *Perturbations Are Not Enough: Generating Adversarial
+Examples with Spatial Distortions* (ICLR 2020 submission; "the SdpAdv paper").
+"""
 
 from __future__ import annotations
 
@@ -24,9 +28,10 @@ def _box_ratio(v: Tensor, limit: float) -> Tensor:
 
 @dataclass(frozen=True, kw_only=True)
 class RotationTranslationBox(Threat):
-    """Rotations by at most ``max_rotation`` degrees combined with translations of at most
-    ``max_translation`` pixels along each axis (Engstrom et al., Exploring the
-    Landscape of Spatial Robustness, ICML 2019, Sec. 3).
+    """Rotations by at most ``max_rotation`` degrees combined with translations of at most ``max_translation`` pixels.
+
+    The translation bound holds along each axis. Engstrom et al., *Exploring
+    the Landscape of Spatial Robustness*, ICML 2019, Sec. 3.
 
     Parameters of one transform: ``(angle, tx, ty)`` — degrees, positive
     counter-clockwise as displayed; pixels, positive right / down — applied as
@@ -67,7 +72,9 @@ class RotationTranslationBox(Threat):
 
         Args:
             x: the batch ``(N, C, H, W)`` (gives N and the device).
-            seed: int ≥ 0. index: ``None``, ``(N,)`` or ``(N, k)`` identities.
+            seed: int ≥ 0.
+            index: ``None`` (``arange(N)``), ``(N,)`` or ``(N, k)`` identities
+                (:func:`~spatialadv._validation.check_index`).
             num: ``None`` for one transform per example ``(N, 3)``, or an int ≥ 1
                 for ``num`` transforms per example ``(N, num, 3)`` (worst-of-k).
 
@@ -93,10 +100,11 @@ class RotationTranslationBox(Threat):
 
 @dataclass(frozen=True, kw_only=True)
 class AffineLinf(Threat):
-    """An affine warp near the identity followed by an additive L∞ perturbation: SdpAdv's
-    threat model (the L∞ ``η`` of Xiao, Li, Zhu, He, Liu & Song, Generating
+    """An affine warp near the identity followed by an additive L∞ perturbation: SdpAdv's threat model.
+
+    The L∞ ``η`` of Xiao, Li, Zhu, He, Liu & Song, Generating
     Adversarial Examples with Adversarial Networks (AdvGAN), IJCAI 2018, plus
-    a spatial-transformer θ; the SdpAdv paper's Eq. 5): ``x_A = clip_[0,1](t_θ(x) + η)`` with
+    a spatial-transformer θ (the SdpAdv paper's Eq. 5): ``x_A = clip_[0,1](t_θ(x) + η)`` with
     ``|θ − θ_I| ≤ gamma`` entrywise and ``‖η‖∞ ≤ eps``.
 
     θ ``(N, 2, 3)`` is in **normalised** coordinates
@@ -140,8 +148,10 @@ class AffineLinf(Threat):
         return self.project_theta(theta), self.project_eta(eta)
 
     def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """θ ``(N, 2, 3)`` and η ``(N, C, H, W)`` uniform in their boxes (dtype of ``x``), drawn
-        from ``(seed, index row)`` only (θ's six numbers first, then η)."""
+        """θ ``(N, 2, 3)`` and η ``(N, C, H, W)`` uniform in their boxes (dtype of ``x``).
+
+        Drawn from ``(seed, index row)`` only (θ's six numbers first, then η).
+        """
         d = x[0].numel()
         g_, e_ = float(self.gamma), float(self.eps)
         flat = per_example_draws(x, seed, index,

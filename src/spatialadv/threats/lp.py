@@ -9,7 +9,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .._validation import check_positive
 from .base import Threat, per_example_draws
 
 __all__ = ["LinfBall", "L2Ball"]
@@ -24,9 +23,11 @@ def _check_eps(eps: object) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class LinfBall(Threat):
-    """``{δ : ‖δ‖∞ ≤ eps}`` with ``x + δ ∈ [0, 1]`` (Goodfellow et al., Explaining and
-    Harnessing Adversarial Examples, ICLR 2015; Madry et al., Towards Deep
-    Learning Models Resistant to Adversarial Attacks, ICLR 2018).
+    """``{δ : ‖δ‖∞ ≤ eps}`` with ``x + δ ∈ [0, 1]``.
+
+    Goodfellow et al., *Explaining and Harnessing Adversarial Examples*, ICLR
+    2015; Madry et al., *Towards Deep Learning Models Resistant to Adversarial
+    Attacks*, ICLR 2018.
 
     Args:
         eps: budget in [0, 1] pixel units, > 0; ``math.inf`` for an unbounded
@@ -46,14 +47,18 @@ class LinfBall(Threat):
         _check_eps(self.eps)
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
-        """Project ``x_adv`` ``(N, C, H, W)`` onto ``{‖x_adv − x‖∞ ≤ eps} ∩ [0, 1]`` (exact:
-        the box clip, then the [0, 1] clip, which only moves coordinates towards ``x``)."""
+        """Project ``x_adv`` ``(N, C, H, W)`` onto ``{‖x_adv − x‖∞ ≤ eps} ∩ [0, 1]``.
+
+        Exact: the box clip, then the [0, 1] clip, which only moves coordinates
+        towards ``x``.
+        """
         eps = float(self.eps)
         return (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
 
     def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
-        """δ₀ ``(N, C, H, W)`` uniform in ``[−eps, eps]^d`` per example (not clipped to [0, 1]:
-        use :meth:`project` on ``x + δ₀``), drawn from ``(seed, index row)`` only.
+        """δ₀ ``(N, C, H, W)`` uniform in ``[−eps, eps]^d`` per example, drawn from ``(seed, index row)`` only.
+
+        Not clipped to [0, 1]: use :meth:`project` on ``x + δ₀``.
 
         Raises:
             ValueError: unbounded ball (``eps = inf``); invalid ``seed``/``index``.
@@ -76,9 +81,11 @@ class LinfBall(Threat):
 
 @dataclass(frozen=True, kw_only=True)
 class L2Ball(Threat):
-    """``{δ : ‖δ‖₂ ≤ eps}`` with ``x + δ ∈ [0, 1]`` (Madry et al., Towards Deep Learning
-    Models Resistant to Adversarial Attacks, ICLR 2018; Carlini & Wagner,
-    Towards Evaluating the Robustness of Neural Networks, IEEE S&P 2017).
+    """``{δ : ‖δ‖₂ ≤ eps}`` with ``x + δ ∈ [0, 1]``.
+
+    Madry et al., *Towards Deep Learning Models Resistant to Adversarial
+    Attacks*, ICLR 2018; Carlini & Wagner, *Towards Evaluating the Robustness
+    of Neural Networks*, IEEE S&P 2017.
 
     Args:
         eps: budget (L2 norm over all C·H·W values, [0, 1] pixel units), > 0;
@@ -98,18 +105,21 @@ class L2Ball(Threat):
         _check_eps(self.eps)
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
-        """Rescale ``x_adv − x`` ``(N, C, H, W)`` to L2 norm ≤ ``eps`` per example, then clip
-        ``x_adv`` to [0, 1] (the clip moves coordinates towards ``x``, so the result
+        """Rescale ``x_adv − x`` ``(N, C, H, W)`` to L2 norm ≤ ``eps`` per example, then clip ``x_adv`` to [0, 1].
+
+        The clip moves coordinates towards ``x``, so the result
         stays in the ball; it is the exact Euclidean projection onto the ball,
-        followed by the box clip, as in Madry et al.)."""
+        followed by the box clip, as in Madry et al.
+        """
         d = x_adv - x
         n = d.flatten(1).norm(dim=1)
         factor = (float(self.eps) / n.clamp_min(torch.finfo(d.dtype).tiny)).clamp(max=1.0)
         return (x + d * factor.view(-1, *([1] * (d.dim() - 1)))).clamp(0.0, 1.0)
 
     def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
-        """δ₀ ``(N, C, H, W)`` uniform in the ball per example: a Gaussian direction
-        normalised to unit length times radius ``eps · U^(1/d)`` (``d = C·H·W``),
+        """δ₀ ``(N, C, H, W)`` uniform in the ball per example.
+
+        A Gaussian direction normalised to unit length times radius ``eps · U^(1/d)`` (``d = C·H·W``),
         drawn from ``(seed, index row)`` only; not clipped to [0, 1].
 
         Raises:

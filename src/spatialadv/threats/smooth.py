@@ -42,9 +42,10 @@ def check_smoothing(*, alpha: object, sigma: object, kernel: object, solver: obj
 
 @dataclass(frozen=True, kw_only=True)
 class SmoothLikeX(L2Ball):
-    """Perturbations ``δ = ŝ_α(z)`` smoothed like the original image, with ``‖δ‖₂ ≤ eps``
-    (Zhang, Avrithis, Furon & Amsaleg, Smooth Adversarial Examples, EURASIP
-    Journal on Information Security 2020, Eqs. 8-9 and 12).
+    """Perturbations ``δ = ŝ_α(z)`` smoothed like the original image, with ``‖δ‖₂ ≤ eps``.
+
+    Zhang, Avrithis, Furon & Amsaleg, *Smooth Adversarial Examples*, EURASIP
+    Journal on Information Security, 2020, Eqs. 8-9 and 12.
 
     ``ŝ_α`` is the normalised smoothing guided by ``x``
     (:class:`spatialadv.ops.smoothing.GuidedSmoothing`): linear in ``z``, so
@@ -83,8 +84,9 @@ class SmoothLikeX(L2Ball):
                                solver=self.solver, tol=float(self.tol), max_iter=int(self.max_iter))
 
     def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
-        """δ₀ ``(N, C, H, W)``: ``ŝ_α`` of a Gaussian ``z`` (drawn from ``(seed, index row)``),
-        rescaled to L2 norm ``eps · U^(1/d)`` (``U`` from the same generator); not
+        """δ₀ ``(N, C, H, W)``: ``ŝ_α`` of a Gaussian ``z``, rescaled to a random radius.
+
+        ``z`` is drawn from ``(seed, index row)`` and ``ŝ_α(z)`` rescaled to L2 norm ``eps · U^(1/d)`` (``U`` from the same generator); not
         clipped to [0, 1].
 
         Raises:

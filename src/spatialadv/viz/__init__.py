@@ -1,7 +1,10 @@
 """Figures (matplotlib, Agg backend): targeted grids, attack comparisons, flow fields.
 
 All functions take NumPy arrays of images ``(C, H, W)`` in [0, 1] and write a
-PNG to ``path``; they return the path.
+PNG to ``path``; they return the path. Figure numbers refer to Xiao et al.,
+*Spatially Transformed Adversarial Examples*, ICLR 2018 ("stAdv Fig."), and
+Zhang, Avrithis, Furon & Amsaleg, *Smooth Adversarial Examples*, EURASIP
+Journal on Information Security, 2020 ("smooth-adv Fig.").
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ def _show(ax, img: np.ndarray | None) -> None:
 
 def targeted_grid(cells: dict[tuple[int, int], np.ndarray], num_classes: int, path: str | Path, *,
                   title: str = "", class_names: list[str] | None = None) -> Path:
-    """10×10 targeted grid as stAdv Fig. 2: row = true class, column = target
-    class, originals on the diagonal. ``cells[(row, col)]`` is an image
-    ``(C, H, W)``; missing cells are drawn grey with "n/a".
+    """K×K targeted grid as stAdv Fig. 2: row = true class, column = target class, originals on the diagonal.
+
+    ``cells[(row, col)]`` is an image ``(C, H, W)``; missing cells are drawn
+    grey with "n/a".
     """
     plt = _plt()
     k = num_classes
@@ -68,8 +72,9 @@ def targeted_grid(cells: dict[tuple[int, int], np.ndarray], num_classes: int, pa
 
 def comparison_figure(columns: list[str], rows: list[list[np.ndarray | None]], path: str | Path, *,
                       row_labels: list[str] | None = None, title: str = "") -> Path:
-    """Grid of images: one column per method (e.g. original, FGSM, C&W, stAdv
-    as stAdv Fig. 4), one row per example.
+    """Grid of images: one column per method, one row per example.
+
+    For example original, FGSM, C&W and stAdv columns, as stAdv Fig. 4.
     """
     plt = _plt()
     nr, nc = len(rows), len(columns)
@@ -92,6 +97,7 @@ def flow_quiver(panels: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], pa
     Args:
         panels: ``(x, x_adv, flow, label)`` with images ``(C, H, W)`` and flow
             ``(2, H, W)`` in pixels (channel 0 Δu along W, channel 1 Δv along H).
+        path: where to write the PNG (parent folders are created); returned as a :class:`~pathlib.Path`.
         min_px: arrows shorter than this many pixels are not drawn.
 
     Each row shows the original, the adversarial image, and the adversarial
@@ -120,9 +126,10 @@ __all__ += ["operating_characteristic_plot", "magnification_figure", "perturbati
 
 
 def scale_unit(a: np.ndarray) -> np.ndarray:
-    """Map an array ``(C, H, W)`` to [0, 1], each channel independently (min → 0,
-    max → 1; a constant channel → 0.5), as the smooth-adversarial figures scale
-    perturbations (Zhang et al. 2020, Fig. 4 caption).
+    """Map an array ``(C, H, W)`` to [0, 1], each channel independently.
+
+    Min → 0, max → 1; a constant channel → 0.5, as the smooth-adv figures scale
+    perturbations (smooth-adv Fig. 4 caption).
     """
     a = np.asarray(a, dtype=np.float64)
     lo = a.min(axis=(1, 2), keepdims=True)
@@ -137,6 +144,8 @@ def operating_characteristic_plot(curves: dict[str, tuple[np.ndarray, np.ndarray
 
     Args:
         curves: label → ``(D, P)`` from :func:`spatialadv.eval.operating_characteristic`.
+        path: where to write the PNG (parent folders are created); returned as a :class:`~pathlib.Path`.
+        title: figure title (none if empty).
         d_max: right end of the distortion axis (default: the largest D).
     """
     plt = _plt()
@@ -159,13 +168,17 @@ def operating_characteristic_plot(curves: dict[str, tuple[np.ndarray, np.ndarray
 
 def magnification_figure(original: np.ndarray, magnified_original: np.ndarray,
                          rows: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, *, title: str = "") -> Path:
-    """Smooth-adv Fig. 1: the original and each attack's adversarial image, above
-    their adversarial magnifications (:func:`spatialadv.ops.filters.magnify`, shown
-    scaled per image with :func:`scale_unit`).
+    """Smooth-adv Fig. 1: the original and each attack's adversarial image, above their adversarial magnifications.
+
+    The magnifications (:func:`spatialadv.ops.filters.magnify`) are shown
+    scaled per image with :func:`scale_unit`.
 
     Args:
-        original, magnified_original: ``(C, H, W)``.
+        original: the original image ``(C, H, W)`` in [0, 1].
+        magnified_original: its magnification ``(C, H, W)``, any scale.
         rows: ``(label, x_adv, magnified x_adv)`` per attack; ``x_adv`` None → "n/a".
+        path: where to write the PNG (parent folders are created); returned as a :class:`~pathlib.Path`.
+        title: figure title (none if empty).
     """
     plt = _plt()
     cols = 1 + len(rows)
@@ -184,13 +197,16 @@ def magnification_figure(original: np.ndarray, magnified_original: np.ndarray,
 
 def perturbation_panels(original: np.ndarray, rows: list[tuple[str, np.ndarray | None, float | None]],
                         path: str | Path, *, title: str = "") -> Path:
-    """Smooth-adv Figs. 4-5: the original, then per attack the adversarial image
-    (top) and its perturbation ``x_adv − x`` scaled to [0, 1] per channel (bottom,
-    titled with ``D = ‖r‖₂``).
+    """Smooth-adv Figs. 4-5: the original, then per attack the adversarial image and its perturbation.
+
+    Top: the adversarial image; bottom: its perturbation ``x_adv − x`` scaled
+    to [0, 1] per channel, labelled with ``D = ‖r‖₂``.
 
     Args:
-        original: ``(C, H, W)``.
+        original: the original image ``(C, H, W)`` in [0, 1].
         rows: ``(label, x_adv or None, D or None)`` per attack.
+        path: where to write the PNG (parent folders are created); returned as a :class:`~pathlib.Path`.
+        title: figure title (none if empty).
     """
     plt = _plt()
     cols = 1 + len(rows)

@@ -1,4 +1,8 @@
-"""Image panels with the classifier's prediction above each image (SdpAdv Figs. 3-4)."""
+"""Image panels with the classifier's prediction above each image.
+
+As in Figs. 3-4 of *Perturbations Are Not Enough: Generating Adversarial
+Examples with Spatial Distortions* (ICLR 2020 submission; "the SdpAdv paper").
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,21 @@ __all__ = ["prediction_panel"]
 
 def prediction_panel(images: list[np.ndarray], titles: list[str], path: str | Path, *, columns: int = 10,
                      title: str = "", colors: list[str] | None = None) -> Path:
-    """A grid of images ``(C, H, W)`` in [0, 1], each under its own small title
-    (e.g. the model's predicted label), as one sub-figure of SdpAdv Fig. 3.
+    """A grid of images ``(C, H, W)`` in [0, 1], each under its own small title.
+
+    The titles are e.g. the model's predicted labels, as in one sub-figure of
+    the SdpAdv paper's Fig. 3.
 
     Args:
-        images: list of images; titles: one string per image.
-        columns: images per row. colors: optional title colour per image.
+        images: the images, each ``(C, H, W)`` in [0, 1].
+        titles: one string per image.
+        path: where to write the PNG (parent folders are created); returned as a :class:`~pathlib.Path`.
+        columns: images per row.
+        title: figure title (none if empty).
+        colors: optional matplotlib colour of each image's title (default black).
+
+    Raises:
+        ValueError: not one title per image.
     """
     if len(images) != len(titles):
         raise ValueError(f"need one title per image, got {len(images)} images and {len(titles)} titles")

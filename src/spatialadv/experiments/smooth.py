@@ -175,7 +175,8 @@ def report(cfg: Config, res) -> Report:
     figures = _figures(out, config, test, recs, curves, magnify, magnification_figure, operating_characteristic_plot,
                        perturbation_panels)
     config["train_images"] = n_train
-    rep = {"config": config, "model": model, "paper": PAPER, "results": results, "budget": budget}
+    sweeps = {r.attack: [a.get("eps") for a in r.config.get("attacks", [])] for r in res.runs if r.config.get("attacks")}
+    rep = {"config": config, "model": model, "paper": PAPER, "results": results, "budget": budget, "sweeps": sweeps}
     name = "MNIST" if cfg.data == "mnist" else "Fashion-MNIST"
     return Report(f"Smooth adversarial examples on {name} — Zhang et al. (2020), Table 1 and Figs. 1, 2, 5",
                   _blocks(rep), {k: rep[k] for k in ("paper", "results", "budget")}, [p.name for p in figures])
@@ -291,8 +292,9 @@ def _blocks(rep: dict) -> list[str]:
              "0 for a perturbation constant across those pairs, ≈ 1 for white noise. A perturbation smooth like the image "
              "has a small flat energy.")
     L.append("")
-    L.append("Settings (paper §5.2 where stated): FGSM and I-FGSM sweep ε ∈ {" + ", ".join(map(str, LINF_EPS)) +
-             "} (I-FGSM step 0.08·ε/0.3, 10 steps); PGD2 and sPGD2 sweep ε ∈ {" + ", ".join(map(str, L2_EPS)) +
+    linf_eps, l2_eps = rep["sweeps"].get("FGSM", []), rep["sweeps"].get("PGD2", [])
+    L.append("Settings (paper §5.2 where stated): FGSM and I-FGSM sweep ε ∈ {" + ", ".join(map(str, linf_eps)) +
+             "} (I-FGSM step 0.08·ε/0.3, 10 steps); PGD2 and sPGD2 sweep ε ∈ {" + ", ".join(map(str, l2_eps)) +
              "} (step 0.6·ε as the paper's 3 at ε = 5, 10 steps, no random start); each keeps per image the smallest "
              f"successful distortion over its runs (§5.1). C&W and sC&W: m = κ = 1, lr 0.1, c₀ = 15, "
              f"{cfg['binary_search_steps']} binary-search steps × {cfg['steps']} Adam steps (the paper does not give these two). "

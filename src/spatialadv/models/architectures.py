@@ -96,12 +96,16 @@ class STNClassifier(nn.Module):
 
     Localisation net ``Flatten → Linear(D, hidden) → ReLU → Linear(hidden, hidden) → ReLU → Linear(hidden, 6)``
     predicts an affine θ ``(N, 2, 3)`` (initialised to the identity), applied with
-    :func:`torch.nn.functional.affine_grid` / :func:`~torch.nn.functional.grid_sample`,
-    then the one-hidden-layer classifier ``self.classifier`` (``fc-500``).
+    the library's one affine sampler :func:`spatialadv.ops.affine_warp` (the same
+    one STM and SdpAdv use), then the one-hidden-layer classifier
+    ``self.classifier`` (``fc-500``).
 
     Convention:
-        θ maps output to input coordinates, normalised to [-1, 1]
-        (``align_corners=False``); bilinear sampling, zero padding outside the image.
+        θ maps output to input coordinates, normalised to [-1, 1] with the
+        corner pixels' centres at ±1 (``align_corners=True``, the
+        :func:`~spatialadv.ops.affine_warp` ``"normalized"`` units); exact
+        bilinear sampling, zero padding outside the image. The identity θ
+        returns the input bit for bit.
 
     Args:
         in_channels: C of the input images.
@@ -125,9 +129,10 @@ class STNClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, K)`` of images ``x`` ``(N, C, H, W)`` in [0, 1], warped by the predicted θ then classified."""
+        from ..ops.affine import affine_warp
+
         theta = self.loc(x).view(-1, 2, 3)
-        grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-        return self.classifier(nn.functional.grid_sample(x, grid, align_corners=False))
+        return self.classifier(affine_warp(x, theta, units="normalized"))
 
 
 MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {

@@ -86,3 +86,49 @@ def test_cli_errors(cache, capsys):
     assert "eps" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["attack", "--attack", "nope"])
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["attack", "--data", "digits", "--n", "-5"], "--n"),
+    (["attack", "--data", "digits", "--n", "0"], "--n"),
+    (["attack", "--data", "digits", "--batch-size", "-1"], "--batch-size"),
+    (["attack", "--data", "digits", "--seed", "-1"], "--seed"),
+    (["attack", "--data", "digits", "--epochs", "0"], "epochs"),
+    (["reproduce", "stadv-mnist", "--n", "0"], "--n"),
+    (["reproduce", "stadv-mnist", "--n", "3", "--n-baselines", "5"], "--n-baselines"),
+    (["reproduce", "smooth-mnist", "--max-train", "3"], "--max-train"),
+    (["reproduce", "certify-bounds", "--pair", "1", "1"], "--pair"),
+])
+def test_bad_options_fail_fast_with_one_line(cache, capsys, argv, needle):
+    """Each user error: exit 2 and one line naming the option, before any training or attack."""
+    assert main(argv + ["--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
+    assert not (cache / "cache").exists()  # nothing was trained
+
+
+def test_unusable_stores_and_data_files(cache, capsys, monkeypatch):
+    folder = cache / "folder.sqlite"
+    folder.mkdir()
+    garbage = cache / "garbage.sqlite"
+    garbage.write_bytes(b"garbage" * 1000)
+    for store in (folder, garbage):
+        assert main(["attack", "--data", "digits", "--n", "2", "--store", str(store), "--quiet"]) == 2
+        assert "results store" in capsys.readouterr().err
+        assert main(["evaluate", "--store", str(garbage)]) == 2
+        capsys.readouterr()
+    assert not (cache / "cache").exists()  # the store is checked before the model is trained
+    # a report folder that is not a reproduce folder
+    assert main(["report", str(cache)]) == 2
+    # a truncated Fashion-MNIST file: one line naming the file
+    fake = cache / "fashion"
+    fake.mkdir()
+    import gzip
+
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        (fake / name).write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 400)[:-10])
+    monkeypatch.setenv("SPATIALADV_FASHION_MNIST_DIR", str(fake))
+    assert main(["train", "--data", "fashion-mnist", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupt" in err and "images-idx3-ubyte.gz" in err and "Traceback" not in err

@@ -187,16 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 2 bad user input: one line on stderr).
 
-    User errors are bad options, missing data or store files, an unusable results store; any other
+    User errors are bad options, missing or corrupt data files, an unusable results store; any other
     exception is an internal error and keeps its traceback.
     """
+    from .data import DataError
     from .eval.store import StoreError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (UsageError, StoreError, FileNotFoundError) as e:
+    except (UsageError, StoreError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

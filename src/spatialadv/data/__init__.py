@@ -26,6 +26,7 @@ import functools
 import gzip
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Dataset", "DataSpec", "DATASETS", "load_dataset", "read_idx", "load_npz", "FASHION_MNIST_DIR"]
+__all__ = ["Dataset", "DataSpec", "DATASETS", "load_dataset", "read_idx", "load_npz", "DataError", "FASHION_MNIST_DIR"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -70,6 +71,10 @@ class Dataset:
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+class DataError(ValueError):
+    """A data file that exists but cannot be used (truncated, corrupt, wrong format); the message names the file."""
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not.
 
@@ -81,28 +86,31 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: bad magic number, unknown type code, or a truncated /
-            oversized payload.
+        DataError: (a ``ValueError``) a truncated or corrupt gzip stream, bad
+            magic number, unknown type code, or a truncated / oversized payload.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IDX file not found: {path}")
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise DataError(f"{path}: truncated or corrupt gzip file ({e}); reinstall or re-download it") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (magic must start with two zero bytes)")
+        raise DataError(f"{path}: not an IDX file (magic must start with two zero bytes)")
     code, ndim = raw[2], raw[3]
     if code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX type code 0x{code:02x}")
+        raise DataError(f"{path}: unknown IDX type code 0x{code:02x}")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise DataError(f"{path}: truncated IDX header")
     shape = struct.unpack(">" + "I" * ndim, raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(f"{path}: IDX payload is {len(raw) - header} bytes, expected {expected} for shape {shape}")
+        raise DataError(f"{path}: IDX payload is {len(raw) - header} bytes, expected {expected} for shape {shape}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -115,19 +123,19 @@ def _to_images(arr: np.ndarray, what: str) -> Tensor:
         if a.shape[-1] in (1, 3, 4) and a.shape[1] not in (1, 3, 4):
             a = a.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     else:
-        raise ValueError(f"{what}: images must be (N, H, W), (N, H, W, C) or (N, C, H, W), got shape {a.shape}")
+        raise DataError(f"{what}: images must be (N, H, W), (N, H, W, C) or (N, C, H, W), got shape {a.shape}")
     if a.dtype == np.uint8:
         a = a.astype(np.float32) / 255.0
     elif np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float32)
         if not np.isfinite(a).all():
-            raise ValueError(f"{what}: images contain NaN or infinite values")
+            raise DataError(f"{what}: images contain NaN or infinite values")
         lo, hi = float(a.min()), float(a.max())
         if lo < 0:
-            raise ValueError(f"{what}: negative pixel values (min {lo:.4g}); expected [0, 1] or [0, 255]")
+            raise DataError(f"{what}: negative pixel values (min {lo:.4g}); expected [0, 1] or [0, 255]")
         if hi > 1.0:
             if hi > 255.0:
-                raise ValueError(f"{what}: pixel values up to {hi:.4g}; expected [0, 1] or [0, 255]")
+                raise DataError(f"{what}: pixel values up to {hi:.4g}; expected [0, 1] or [0, 255]")
             a = a / 255.0
     else:
         raise TypeError(f"{what}: unsupported image dtype {a.dtype}")
@@ -137,14 +145,14 @@ def _to_images(arr: np.ndarray, what: str) -> Tensor:
 def _to_labels(arr: np.ndarray, n: int, what: str) -> Tensor:
     a = np.asarray(arr)
     if a.ndim != 1 or a.shape[0] != n:
-        raise ValueError(f"{what}: labels must have shape ({n},), got {a.shape}")
+        raise DataError(f"{what}: labels must have shape ({n},), got {a.shape}")
     if not np.issubdtype(a.dtype, np.integer):
         if np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
             a = a.astype(np.int64)
         else:
             raise TypeError(f"{what}: labels must be integers, got dtype {a.dtype}")
     if n and a.min() < 0:
-        raise ValueError(f"{what}: negative label {int(a.min())}")
+        raise DataError(f"{what}: negative label {int(a.min())}")
     return torch.from_numpy(a.astype(np.int64))
 
 

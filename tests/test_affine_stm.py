@@ -3,6 +3,8 @@ rotation-translation attack STM (``RotationTranslation``, ``worst_transform``)."
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from torch import nn
 
 from _contract import run_checked
 from spatialadv.attacks import RotationTranslation, worst_transform
+from spatialadv.attacks.rotation import MAX_CHUNK_BYTES, warp_bytes_per_image
 from spatialadv.ops import affine_warp, identity_theta, rotation_translation_theta, theta_to_normalized, theta_to_pixels
 
 
@@ -232,3 +235,59 @@ def test_stm_early_stop_and_validation(digits_model):
         RotationTranslation(padding_mode="reflect")
     with pytest.raises(TypeError, match="grid"):
         RotationTranslation(grid=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# STM memory budget
+# ------------------------------------------------------------------------------------------------
+class _Recorder(nn.Module):
+    """Wraps a model and records the batch size of every call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.sizes = model, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return self.model(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("early_stop", [False, True])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_stm_result_does_not_depend_on_the_memory_budget(digits_model, dtype, early_stop, targeted):
+    model, x, y = digits_model
+    model = _Recorder(model if dtype == torch.float32 else copy.deepcopy(model).double()).eval()
+    x, y = x[:12].to(dtype), y[:12]
+    target = (y + 3) % 10 if targeted else None
+    per_image = warp_bytes_per_image(1, 8, 8, x.element_size())
+    tiny = RotationTranslation(max_translation=1.0, early_stop=early_stop, max_chunk_bytes=3 * per_image)
+    large = RotationTranslation(max_translation=1.0, early_stop=early_stop, max_chunk_bytes=2**40)
+    a = tiny(model, x, y, target=target)
+    sizes_tiny = model.sizes[1:-2]  # drop the class probe and the success recomputation
+    model.sizes = []
+    b = large(model, x, y, target=target)
+    assert max(sizes_tiny) <= 3 < max(model.sizes)
+    for f in ("x_adv", "success", "pred", "size", "theta", "forward_evals"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    assert torch.equal(a.params["angle"], b.params["angle"]) and torch.equal(a.params["shift"], b.params["shift"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stm_default_budget_bounds_the_chunk_on_mnist_sized_images(dtype):
+    # 12 MNIST-sized images × 775 grid transforms: before, 8184 warped images per call (4 GB peak in
+    # float32 with a conv net); now at most 256 MiB of warped candidates and warp intermediates
+    torch.manual_seed(0)
+    model = _Recorder(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).to(dtype)).eval()
+    x = torch.rand(12, 1, 28, 28, dtype=dtype)
+    y = torch.arange(12) % 10
+    RotationTranslation()(model, x, y)
+    cap = MAX_CHUNK_BYTES // warp_bytes_per_image(1, 28, 28, x.element_size())
+    assert max(model.sizes) <= max(cap, 12) and cap < 12 * 775
+    assert cap * warp_bytes_per_image(1, 28, 28, x.element_size()) <= 256 * 2**20
+
+
+def test_stm_budget_validation():
+    for bad, exc in ((0, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(exc, match="max_chunk_bytes"):
+            RotationTranslation(max_chunk_bytes=bad)

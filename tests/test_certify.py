@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch import nn
 from _contract import run_checked
 from spatialadv.attacks import StAdv
 from spatialadv.certify import (
+    PairBounds,
     box_half_widths,
     brute_force_max,
     certify,
@@ -24,6 +26,7 @@ from spatialadv.certify import (
     sdp_dual_bound,
     sdp_exact,
     smoothness_gram,
+    weights_fingerprint,
 )
 from spatialadv.certify.lower_bound import (
     SmoothFlowPGD,
@@ -398,3 +401,79 @@ def test_stn_variant_trains(tmp_path, one_thread):
                                 directory=tmp_path, progress=False)
     assert isinstance(model, STNClassifier) and info["key"].startswith("stn-fc-500-hinge-digits-seed0-")
     assert not model.training and 0.0 <= info["test_accuracy"] <= 1.0
+
+
+# ------------------------------------------------------------------------ certify checks its q
+def test_pair_bounds_returns_fingerprinted_q(nets):
+    mlp = nets["mlp"]
+    q = nets["q"]["spectral"]
+    assert isinstance(q, PairBounds) and isinstance(q, torch.Tensor)
+    assert q.fingerprint == weights_fingerprint(mlp) and q.image_shape == (1, 8, 8) and q.input_range == (0.0, 1.0)
+    assert q.method == "spectral" and q.border == "zeros" and q.ridge == 0.0
+    # derived tensors are plain: a changed Q no longer claims to be the network's bound
+    assert type(q * 2) is torch.Tensor and type(q[0]) is torch.Tensor and type(q.clone()) is torch.Tensor
+    again = copy.deepcopy(q)
+    assert isinstance(again, PairBounds) and again.fingerprint == q.fingerprint and torch.equal(again, q)
+
+
+def test_certify_accepts_plain_and_fingerprinted_q(nets):
+    mlp, x, y = nets["mlp"], nets["x"][:8], nets["y"][:8]
+    q = nets["q"]["sdp"]
+    a = certify(mlp, x, y, 0.05, q=q)
+    b = certify(mlp, x, y, 0.05, q=torch.tensor(q.tolist(), dtype=torch.float64))  # read back from JSON
+    assert torch.equal(a.bound, b.bound) and torch.equal(a.certified, b.certified)
+
+
+def _bad_qs(q):
+    k = q.shape[0]
+    plain = q.as_subclass(torch.Tensor).clone()
+    nan, neg, asym = plain.clone(), plain.clone(), plain.clone()
+    nan[0, 1] = nan[1, 0] = float("nan")
+    neg[0, 1] = neg[1, 0] = -1.0
+    asym[0, 1] += 0.5
+    inf = plain.clone()
+    inf[2, 3] = inf[3, 2] = float("inf")
+    return [
+        (plain[: k - 1, : k - 1], ValueError, r"q must be \(10, 10\)"),
+        (plain.flatten(), ValueError, r"q must be \(10, 10\)"),
+        (nan, ValueError, "q contains NaN or infinite"),
+        (inf, ValueError, "q contains NaN or infinite"),
+        (neg, ValueError, "q must be >= 0"),
+        (asym, ValueError, "q must be symmetric"),
+        (plain.long(), TypeError, "q must be a floating-point"),
+        (plain.tolist(), TypeError, "q must be a torch.Tensor"),
+    ]
+
+
+def test_certify_rejects_malformed_q(nets):
+    mlp, x, y = nets["mlp"], nets["x"][:4], nets["y"][:4]
+    for bad, exc, msg in _bad_qs(nets["q"]["sdp"]):
+        with pytest.raises(exc, match=msg):
+            certify(mlp, x, y, 0.05, q=bad)
+
+
+def test_certify_rejects_q_of_another_network_shape_or_range(nets):
+    mlp, x, y = nets["mlp"], nets["x"][:4], nets["y"][:4]
+    q = nets["q"]["spectral"]
+    other = copy.deepcopy(mlp)
+    with torch.no_grad():
+        other[1].weight[0, 0] += 1e-3  # fine-tuned after Q was computed
+    with pytest.raises(ValueError, match="q was computed by pair_bounds for another network"):
+        certify(other, x, y, 0.05, q=q)
+    with pytest.raises(ValueError, match="q was computed by pair_bounds for another network"):
+        certify(nets["lin"], x, y, 0.05, q=q)
+    wrong_range = PairBounds(q.as_subclass(torch.Tensor), **{**q.provenance(), "input_range": (-1.0, 1.0)})
+    with pytest.raises(ValueError, match=r"q was computed for input_range \(-1.0, 1.0\)"):
+        certify(mlp, x, y, 0.05, q=wrong_range)
+    wrong_shape = PairBounds(q.as_subclass(torch.Tensor), **{**q.provenance(), "image_shape": (1, 4, 16)})
+    with pytest.raises(ValueError, match=r"q was computed for images of shape \(1, 4, 16\)"):
+        certify(mlp, x, y, 0.05, q=wrong_shape)
+
+
+def test_certify_warns_in_train_mode_and_keeps_the_mode(nets):
+    mlp, x, y = nets["mlp"], nets["x"][:4], nets["y"][:4]
+    m = copy.deepcopy(mlp).train()
+    q = pair_bounds(m, (1, 8, 8), method="spectral")
+    with pytest.warns(UserWarning, match="certify: the model is in train mode"):
+        certify(m, x, y, 0.05, q=q)
+    assert m.training

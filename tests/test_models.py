@@ -15,6 +15,7 @@ from spatialadv.data import DataSpec, load_dataset
 from spatialadv.models import (
     MODELS,
     OBJECTIVES,
+    CorruptCheckpointError,
     ModelSpec,
     Objective,
     STNClassifier,
@@ -26,6 +27,7 @@ from spatialadv.models import (
     load_or_train,
     model_key,
     save_checkpoint,
+    state_checksum,
     train_model,
 )
 
@@ -111,7 +113,7 @@ def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_checkpoint(a, tmp_path / "absent.safetensors")
     save_checkpoint(a, tmp_path / "a.safetensors")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="another model"):  # another model's checkpoint
         load_checkpoint(build_model("fc-200", image_size=8), tmp_path / "a.safetensors")
 
 
@@ -308,3 +310,158 @@ def test_every_objective_trains_a_tiny_model(name, tmp_path, one_thread):
         assert info["notes"] == {}
     again, info2 = load_or_train(spec, progress=False, directory=tmp_path)
     assert info2["cached"] and info2["notes"] == info["notes"] and _same_weights(model, again)
+
+
+# ------------------------------------------------------------------------ corrupt checkpoints
+def _write_bad_checkpoint(kind: str, path, good: nn.Module) -> None:
+    """Write one kind of bad checkpoint for ``good`` (an fc-200 on 8×8) at ``path``."""
+    from safetensors.torch import save_file
+
+    save_checkpoint(good, path, {"note": 1})
+    blob = path.read_bytes()
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(blob[: len(blob) // 2])
+    elif kind == "garbage":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "header-only":
+        path.write_bytes(blob[:8])
+    elif kind == "pickle":
+        torch.save(good.state_dict(), path)
+    elif kind == "other-shapes":  # another model's weights: same keys, other shapes
+        save_checkpoint(build_model("fc-200", image_size=28), path)
+    elif kind == "other-keys":
+        save_checkpoint(nn.Linear(3, 2), path)
+    elif kind in ("nan", "inf"):
+        bad = build_model("fc-200", image_size=8)
+        bad.load_state_dict(good.state_dict())
+        with torch.no_grad():
+            next(bad.parameters())[0, 0] = float(kind)
+        save_checkpoint(bad, path)
+    elif kind == "flipped-byte":  # a byte of the tensor data changed after saving
+        data = bytearray(blob)
+        data[-3] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif kind == "metadata-not-json":
+        state = {k: v.contiguous() for k, v in good.state_dict().items()}
+        save_file(state, str(path), metadata={"note": "{not json"})
+    else:
+        raise AssertionError(kind)
+
+
+BAD_FILES = {"empty": "empty", "truncated": "not a readable safetensors", "garbage": "not a readable safetensors",
+             "header-only": "not a readable safetensors", "pickle": "not a readable safetensors",
+             "other-shapes": "has shape", "other-keys": "other weights", "nan": "non-finite",
+             "inf": "non-finite", "flipped-byte": "checksum mismatch", "metadata-not-json": "not JSON"}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_load_checkpoint_rejects_bad_files(kind, tmp_path):
+    torch.manual_seed(0)
+    good = build_model("fc-200", image_size=8)
+    path = tmp_path / "m.safetensors"
+    _write_bad_checkpoint(kind, path, good)
+    torch.manual_seed(1)
+    target = build_model("fc-200", image_size=8)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ValueError, match=BAD_FILES[kind]) as info:
+        load_checkpoint(target, path)
+    assert isinstance(info.value, CorruptCheckpointError) and str(path) in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # untouched on failure
+
+
+def test_checkpoint_checksum_recorded_and_legacy_files_load(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    a = build_model("fc-200", image_size=8)
+    save_checkpoint(a, tmp_path / "a.safetensors", {"x": 1})
+    with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as f:
+        assert f.metadata()["__spatialadv_sha256__"] == state_checksum(a.state_dict())
+    with pytest.raises(ValueError, match="reserved"):
+        save_checkpoint(a, tmp_path / "b.safetensors", {"__spatialadv_sha256__": "x"})
+    # a checkpoint written before checksums existed still loads (other checks pass)
+    save_file({k: v.contiguous() for k, v in a.state_dict().items()}, str(tmp_path / "old.safetensors"),
+              metadata={"x": "1"})
+    b = build_model("fc-200", image_size=8)
+    assert load_checkpoint(b, tmp_path / "old.safetensors") == {"x": 1} and _same_weights(a, b)
+
+
+CACHE_SPEC = ModelSpec("fc-200", DataSpec("digits", max_train=256), TrainConfig(epochs=1, batch_size=64, lr=1e-2))
+
+
+@pytest.fixture(scope="module")
+def fresh_cached(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fresh")
+    model, info = load_or_train(CACHE_SPEC, progress=False, directory=d)
+    return model, info
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES) + ["wrong-key", "wrong-format"])
+def test_load_or_train_moves_corrupt_checkpoint_aside_and_retrains(kind, tmp_path, fresh_cached, one_thread):
+    ref, ref_info = fresh_cached
+    path = tmp_path / f"{model_key(CACHE_SPEC)}.safetensors"
+    if kind in ("wrong-key", "wrong-format"):
+        meta = load_checkpoint(build_model("fc-200", image_size=8), ref_info["path"])
+        meta["key" if kind == "wrong-key" else "format"] = "other" if kind == "wrong-key" else 1
+        save_checkpoint(ref, path, meta)
+        reason = "metadata key" if kind == "wrong-key" else "metadata format"
+    else:
+        _write_bad_checkpoint(kind, path, ref)
+        reason = BAD_FILES[kind]
+    path.with_name(path.name + ".corrupt-1").write_bytes(b"an older corrupt file")
+    with pytest.warns(UserWarning, match=reason) as rec:
+        model, info = load_or_train(CACHE_SPEC, progress=False, directory=tmp_path)
+    assert any(str(path) in str(w.message) and ".corrupt-2" in str(w.message) for w in rec)
+    assert not info["cached"] and _same_weights(model, ref)  # retrained from the spec: the same weights
+    assert path.with_name(path.name + ".corrupt-2").is_file()  # moved aside, not deleted
+    assert path.with_name(path.name + ".corrupt-1").read_bytes() == b"an older corrupt file"
+    again, info2 = load_or_train(CACHE_SPEC, progress=False, directory=tmp_path)  # the new file is good
+    assert info2["cached"] and _same_weights(again, ref)
+
+
+# --------------------------------------------------------------------------------- safe names
+BAD_NAMES = ["../evil", "a/b", "a\\b", "..", "a b", "", "é", "x;rm"]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_names_building_cache_paths_are_checked(bad, monkeypatch):
+    from spatialadv.data import DATASETS
+    from spatialadv.models import register_objective
+    from spatialadv.models.training import OBJECTIVES as OBJ
+
+    # even a registered name is refused when it is not a safe file-name part
+    monkeypatch.setitem(DATASETS, bad, DATASETS["digits"])
+    monkeypatch.setitem(MODELS, bad, MODELS["fc-200"])
+    monkeypatch.setitem(OBJ, bad, OBJ["standard"])
+    with pytest.raises(ValueError, match="DataSpec.name"):
+        DataSpec(bad)
+    with pytest.raises(ValueError, match="ModelSpec.architecture"):
+        ModelSpec(bad, DIGITS)
+    with pytest.raises(ValueError, match="Objective.name"):
+        Objective(bad)
+    monkeypatch.delitem(OBJ, bad)
+    with pytest.raises(ValueError, match="objective name"):
+        register_objective(bad, OBJ["standard"].build)
+    assert bad not in OBJ
+    spec = ModelSpec("fc-200", DIGITS)  # a spec smuggled past __post_init__ still cannot build a key
+    object.__setattr__(spec, "architecture", bad)
+    with pytest.raises(ValueError, match="ModelSpec.architecture"):
+        model_key(spec)
+
+
+def test_name_type_errors():
+    for make in (lambda: DataSpec(3), lambda: ModelSpec(None, DIGITS), lambda: Objective(b"standard")):
+        with pytest.raises(TypeError, match="must be a str"):
+            make()
+
+
+def test_checkpoint_path_stays_in_cache_directory(tmp_path, monkeypatch):
+    import spatialadv.models.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "model_key", lambda spec: "../escaped")
+    with pytest.raises(ValueError, match="leaves the cache directory"):
+        load_or_train(CACHE_SPEC, progress=False, directory=tmp_path / "models")
+    assert not list(tmp_path.rglob("*.safetensors"))

@@ -243,3 +243,28 @@ def test_flow_metrics_reject_bad_inputs():
             fn(torch.zeros(2, 3, 3))
     with pytest.raises(ValueError, match="eps"):
         flow_tv_loss(torch.zeros(1, 2, 3, 3), eps=-1e-3)
+
+
+# ------------------------------------------------------------------------------- NaN / Inf flows
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("fn", ["flow_warp", "flow_tv", "flow_l2", "flow_tv_loss"])
+def test_non_finite_flow_is_refused(fn, bad):
+    flow = torch.zeros(2, 2, 5, 5, dtype=torch.float64)
+    flow[1, 0, 2, 3] = bad
+    call = {"flow_warp": lambda f: flow_warp(torch.rand(2, 1, 5, 5, dtype=torch.float64), f), "flow_tv": flow_tv,
+            "flow_l2": flow_l2, "flow_tv_loss": flow_tv_loss}[fn]
+    with pytest.raises(ValueError, match="flow contains NaN or infinite"):
+        call(flow)
+
+
+@pytest.mark.parametrize("eps", [float("nan"), float("inf"), -1e-3])
+def test_flow_tv_loss_bad_eps(eps):
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        flow_tv_loss(torch.zeros(1, 2, 3, 3), eps=eps)
+    with pytest.raises(TypeError, match="eps must be a number"):
+        flow_tv_loss(torch.zeros(1, 2, 3, 3), eps="1e-8")
+
+
+def test_flow_warp_flow_on_another_device():
+    with pytest.raises(ValueError, match="flow must be on x's device"):
+        flow_warp(torch.rand(1, 1, 3, 3), torch.zeros(1, 2, 3, 3, device="meta"))

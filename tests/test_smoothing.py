@@ -199,3 +199,15 @@ def test_docstring_examples_run():
     res = doctest.testmod(smoothing_mod, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted > 0
     assert doctest.testmod(sweep_mod).failed == 0
+
+
+@pytest.mark.parametrize("solver", ["direct", "cg", "auto"])
+def test_empty_batch_is_a_clear_error(solver):
+    empty = torch.rand(0, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"guide is an empty batch \(N = 0\)"):
+        smooth(empty, empty, solver=solver)
+    with pytest.raises(ValueError, match=r"guide is an empty batch \(N = 0\)"):
+        GuidedSmoothing(empty, solver=solver)
+    s = GuidedSmoothing(torch.rand(2, 1, 8, 8), solver=solver)
+    with pytest.raises(ValueError, match=r"z is an empty batch \(M = 0\)"):
+        s(empty, index=torch.zeros(0, dtype=torch.long))

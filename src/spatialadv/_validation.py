@@ -7,6 +7,7 @@ accepted. None of them modify their input.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
@@ -154,3 +155,31 @@ def check_index(index: object, n: int, name: str = "index") -> Tensor:
     if index.dim() != 2 or index.shape[0] != n or index.shape[1] < 1:
         raise ValueError(f"{name} must have shape ({n},) or ({n}, k) with k >= 1 to match the images, got {tuple(index.shape)}")
     return index.detach().to(device="cpu", dtype=torch.long)
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(value: object, name: str) -> str:
+    """Check a name that becomes part of a file name (cache keys, checkpoint paths).
+
+    Accepted: a non-empty ``str`` of ``[A-Za-z0-9._-]`` only, without ``..``
+    (so no slash, backslash, spaces, or parent-directory tricks).
+
+    Args:
+        value: the name to check.
+        name: the argument's name, used in error messages.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        TypeError: ``value`` is not a ``str``.
+        ValueError: empty, a character outside ``[A-Za-z0-9._-]``, or ``..``.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not _SAFE_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{name} must be a non-empty name of letters, digits, '.', '_' and '-' without '..' "
+                         f"(it becomes part of a file name), got {value!r}")
+    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -12,7 +13,8 @@ from torch import Tensor, nn
 from .._validation import check_images, check_index, check_labels, check_logits, warn_if_training
 from ..threats import L2Ball, LinfBall, Threat
 
-__all__ = ["AttackResult", "Attack", "margin", "criterion", "predict_logits", "input_grad"]
+__all__ = ["AttackResult", "Attack", "margin", "criterion", "predict_logits", "input_grad", "model_input_error",
+           "warn_if_probabilities"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,66 @@ class AttackResult:
 def predict_logits(model: nn.Module, x: Tensor, num_classes: int | None = None) -> Tensor:
     """Run ``model`` and validate its logits ``(N, K)``."""
     return check_logits(model(x), x.shape[0], num_classes)
+
+
+def _first_tensor(model: nn.Module) -> Tensor | None:
+    """The model's first floating-point parameter or buffer (None when it has none)."""
+    if not isinstance(model, nn.Module):
+        return None
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t
+    return None
+
+
+def model_input_error(model: nn.Module, x: Tensor, error: RuntimeError) -> Exception:
+    """Turn a model's ``RuntimeError`` on ``x`` into a ``TypeError``/``ValueError`` naming ``x`` and the model.
+
+    Args:
+        model: the model that raised.
+        x: the images ``(N, C, H, W)`` it was called on.
+        error: the ``RuntimeError`` it raised (raise the result ``from error``).
+
+    Returns:
+        ``TypeError`` for a dtype mismatch between ``x`` and the model's
+        parameters; ``ValueError`` for a device mismatch or anything else
+        (typically channels or image size the model does not accept).
+    """
+    name = type(model).__name__
+    ref = _first_tensor(model)
+    msg = str(error).split("\n")[0]
+    if ref is not None and ref.dtype != x.dtype:
+        return TypeError(f"x has dtype {x.dtype} but the model ({name}) has {ref.dtype} weights; convert one of them "
+                         f"(x.to({ref.dtype}) or model.to({x.dtype})). The model raised: {msg}")
+    if ref is not None and ref.device != x.device:
+        return ValueError(f"x is on device {x.device} but the model ({name}) is on {ref.device}; move one of them "
+                          f"(x.to({str(ref.device)!r}) or model.to({str(x.device)!r})). The model raised: {msg}")
+    return ValueError(f"the model ({name}) failed on x of shape {tuple(x.shape)} (N, C, H, W), dtype {x.dtype}, "
+                      f"device {x.device}; check that x has the channels and image size the model expects. "
+                      f"The model raised: {msg}")
+
+
+def warn_if_probabilities(logits: Tensor, *, tol: float = 1e-4) -> bool:
+    """Warn (``UserWarning``) when a model's output ``(N, K)`` looks like probabilities, not logits.
+
+    AutoAttack's check: every entry in [0, 1] and every row summing to 1
+    within ``tol``. Attacks expect logits; on probabilities margins and
+    gradients saturate and attacks fail silently.
+
+    Args:
+        logits: the model's output ``(N, K)``.
+        tol: tolerance on the row sums.
+
+    Returns:
+        True when the warning was issued.
+    """
+    with torch.no_grad():
+        probs = bool((logits >= 0).all() and (logits <= 1).all()
+                     and ((logits.sum(1) - 1).abs() <= tol).all())
+    if probs:
+        warnings.warn("model output looks like probabilities, attacks expect logits (AutoAttack's check): every "
+                      "row is in [0, 1] and sums to 1; remove the model's final softmax", UserWarning, stacklevel=3)
+    return probs
 
 
 def margin(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float = 0.0) -> Tensor:
@@ -175,13 +237,31 @@ class Attack:
         Raises:
             TypeError, ValueError: invalid images, labels, targets (a target
                 equal to the label included) or ``index``; see the class docstring.
+            TypeError: the model raised a ``RuntimeError`` on ``x`` because of a
+                dtype mismatch (e.g. float64 images, float32 weights).
+            ValueError: the model raised a ``RuntimeError`` on ``x`` for
+                another reason: ``x`` on another device than the model, or
+                ``x``'s channels or image size not those the model expects.
+                The original error is kept as ``__cause__``.
+
+        Warns:
+            UserWarning: the model's output on ``x`` looks like probabilities
+                (every row in [0, 1] and summing to 1 within 1e-4; AutoAttack's
+                check), once per call: attacks expect logits (a softmax
+                saturates margins and gradients).
         """
         check_images(x)
         warn_if_training(model)
         n = x.shape[0]
         index = check_index(index, n)
         with torch.no_grad():
-            num_classes = predict_logits(model, x).shape[1]
+            try:
+                out = model(x)
+            except RuntimeError as e:  # dtype/device/shape mismatch between x and the model
+                raise model_input_error(model, x, e) from e
+        logits = check_logits(out, n)
+        num_classes = logits.shape[1]
+        warn_if_probabilities(logits)
         y = check_labels(y, n, num_classes).to(x.device)
         if target is not None:
             target = check_labels(target, n, num_classes, name="target").to(x.device)

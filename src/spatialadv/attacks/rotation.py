@@ -23,10 +23,35 @@ from ..ops.affine import affine_warp, rotation_translation_theta, theta_to_norma
 from ..threats import RotationTranslationBox
 from .base import Attack
 
-__all__ = ["RotationTranslation", "worst_transform"]
+__all__ = ["RotationTranslation", "worst_transform", "warp_bytes_per_image", "MAX_CHUNK_BYTES"]
 
 
 _EARLY_CAP = 128
+
+#: Default memory budget of one chunk of warped candidates (bytes): 256 MiB.
+MAX_CHUNK_BYTES = 256 * 2**20
+
+
+def warp_bytes_per_image(c: int, h: int, w: int, itemsize: int) -> int:
+    """Estimated peak bytes per warped candidate image inside :func:`worst_transform`.
+
+    Counts the repeated input, the warped output and the bilinear sampler's
+    intermediates (:func:`~spatialadv.ops.flow_warp`): about 5 image-sized
+    tensors ``(C, H, W)``, 14 coordinate/weight planes ``(H, W)`` in the image
+    dtype, and 6 int64 index planes plus a mask. The model's own activations
+    are not counted (they scale with the same chunk; lower the budget for wide
+    models).
+
+    Args:
+        c: channels of the images.
+        h: height in pixels.
+        w: width in pixels.
+        itemsize: bytes per element of the image dtype (4 for float32).
+
+    Returns:
+        Bytes per candidate image (int ≥ 1).
+    """
+    return max(1, h * w * ((5 * c + 14) * itemsize + 6 * 8 + 1))
 
 
 def _update_chunk(model, x, y, target, p, idx, padding_mode, best_succ, best_loss, best_x, best_p) -> Tensor:
@@ -65,7 +90,7 @@ def _update_chunk(model, x, y, target, p, idx, padding_mode, best_succ, best_los
 
 def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, target: Tensor | None = None,
                     max_batch: int = 8192, active_only_until_success: bool = False,
-                    padding_mode: str = "zeros") -> dict:
+                    padding_mode: str = "zeros", max_chunk_bytes: int = MAX_CHUNK_BYTES) -> dict:
     """Per example, the worst of its candidate rotation-translations.
 
     Args:
@@ -84,6 +109,12 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
             the criterion (the choice is then the best of that chunk). The chunk
             boundaries do not depend on the batch.
         padding_mode: border fill of the warp (``"zeros"``: black).
+        max_chunk_bytes: memory budget in bytes of one model call's warped
+            candidates: at most ``max_chunk_bytes // warp_bytes_per_image(C, H,
+            W, itemsize)`` (:func:`warp_bytes_per_image`, at least 1) and at
+            most ``max_batch`` images ``(example, candidate)`` are warped and
+            evaluated at once. Chunking never changes the result: the running
+            best is updated in ``params`` order with the same tie rule.
 
     Selection rule (per example):
         Untargeted: among candidates the model misclassifies (``pred ≠ y``),
@@ -99,7 +130,13 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
         ``success`` ``(N,)`` bool, ``loss`` ``(N,)`` the chosen candidate's
         loss to ascend (CE, or −CE to the target), ``evaluated`` ``(N,)``
         int64 candidates evaluated per example.
+
+    Raises:
+        ValueError: ``params`` of the wrong shape.
+        TypeError, ValueError: ``max_batch`` or ``max_chunk_bytes`` not an int ≥ 1.
     """
+    check_int(max_batch, "max_batch", minimum=1)
+    check_int(max_chunk_bytes, "max_chunk_bytes", minimum=1)
     n = x.shape[0]
     if params.dim() == 2:
         params = params.unsqueeze(0).expand(n, -1, -1)
@@ -107,6 +144,8 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
         raise ValueError(f"params must have shape (T, 3) or ({n}, T, 3), got {tuple(params.shape)}")
     t_total = params.shape[1]
     dev, dt = x.device, x.dtype
+    # warped images per model call: the memory budget, and max_batch
+    images = max(1, min(max_batch, max_chunk_bytes // warp_bytes_per_image(*x.shape[1:], x.element_size())))
     best_succ = torch.zeros(n, dtype=torch.bool, device=dev)
     best_loss = torch.full((n,), float("-inf"), dtype=dt, device=dev)
     best_x = x.clone()
@@ -121,7 +160,7 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
             bounds.append((s, min(s + size, t_total)))
             s, size = s + size, min(2 * size, _EARLY_CAP)
     else:  # the choice is the arg-max over all candidates: chunking does not change it
-        per_chunk = max(1, max_batch // max(n, 1))
+        per_chunk = max(1, images // max(n, 1))
         bounds = [(s, min(s + per_chunk, t_total)) for s in range(0, t_total, per_chunk)]
     with torch.no_grad():
         for s, e in bounds:
@@ -129,12 +168,16 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
             if idx_all.numel() == 0:
                 break
             tc = e - s
-            for idx in idx_all.split(max(1, max_batch // tc)):
-                any_succ = _update_chunk(model, x, y, target, params[idx, s:e].to(torch.float64), idx, padding_mode,
+            sub = min(tc, images)  # candidates per model call: a chunk larger than the budget is split
+            for idx in idx_all.split(max(1, images // sub)):
+                hit = torch.zeros(idx.numel(), dtype=torch.bool, device=dev)
+                for a in range(s, e, sub):
+                    b = min(a + sub, e)
+                    hit |= _update_chunk(model, x, y, target, params[idx, a:b].to(torch.float64), idx, padding_mode,
                                          best_succ, best_loss, best_x, best_p)
                 evaluated[idx] += tc
                 if active_only_until_success:
-                    active[idx[any_succ]] = False
+                    active[idx[hit]] = False
     theta = rotation_translation_theta(best_p[:, 0], best_p[:, 1], best_p[:, 2], dtype=dt, device=dev)
     return {"x_t": best_x, "params": best_p, "theta": theta, "success": best_succ, "loss": best_loss, "evaluated": evaluated}
 
@@ -189,6 +232,10 @@ class RotationTranslation(Attack):
             best of that chunk, not of the whole grid; success is the same).
         max_batch: warped images per model call, int ≥ 1.
         padding_mode: ``"zeros"`` or ``"border"``.
+        max_chunk_bytes: memory budget in bytes of the warped candidates
+            evaluated at once, int ≥ 1 (default :data:`MAX_CHUNK_BYTES`, 256 MiB;
+            see :func:`worst_transform`); the model's activations come on top.
+            Results do not depend on it.
 
     Raises:
         TypeError, ValueError: invalid hyper-parameters (named in the message).
@@ -205,6 +252,7 @@ class RotationTranslation(Attack):
     early_stop: bool = False
     max_batch: int = 8192
     padding_mode: str = "zeros"
+    max_chunk_bytes: int = MAX_CHUNK_BYTES
 
     def __post_init__(self) -> None:
         RotationTranslationBox(max_rotation=self.max_rotation, max_translation=self.max_translation)  # validates
@@ -215,6 +263,7 @@ class RotationTranslation(Attack):
         check_int(self.seed, "seed", minimum=0)
         check_bool(self.early_stop, "early_stop")
         check_int(self.max_batch, "max_batch", minimum=1)
+        check_int(self.max_chunk_bytes, "max_chunk_bytes", minimum=1)
         if self.padding_mode not in ("zeros", "border"):
             raise ValueError(f"padding_mode must be 'zeros' or 'border', got {self.padding_mode!r}")
 
@@ -241,7 +290,8 @@ class RotationTranslation(Attack):
     def _run(self, model, x, y, target, index):
         params = self.candidates(x.shape[0], index).to(x.device)
         out = worst_transform(model, x, y, params, target=target, max_batch=self.max_batch,
-                              active_only_until_success=self.early_stop, padding_mode=self.padding_mode)
+                              active_only_until_success=self.early_stop, padding_mode=self.padding_mode,
+                              max_chunk_bytes=self.max_chunk_bytes)
         theta = theta_to_normalized(out["theta"], (x.shape[2], x.shape[3]))
         p = out["params"].to(x.dtype)
         return {"x_adv": out["x_t"], "iterations": torch.zeros_like(out["evaluated"]),

@@ -20,6 +20,7 @@ from .bounds import (
     METHODS,
     Certificate,
     NetworkWeights,
+    PairBounds,
     brute_force_max,
     certify,
     dual_objective,
@@ -30,6 +31,7 @@ from .bounds import (
     ritz_top_eigen,
     sdp_dual_bound,
     sdp_exact,
+    weights_fingerprint,
 )
 from .lower_bound import (
     LowerBoundResult,
@@ -54,4 +56,4 @@ __all__ = ["METHODS", "Certificate", "NetworkWeights", "brute_force_max", "certi
            "optimize_dual", "pair_bounds", "pair_matrices", "ritz_top_eigen", "sdp_dual_bound", "sdp_exact",
            "BORDERS", "box_half_widths", "flow_smoothness", "gram_inverse", "gram_inverse_sqrt", "neighbour_matrices",
            "smoothness_gram", "LowerBoundResult", "SmoothFlowPGD", "lower_bound_attack", "pair_margin_change",
-           "rescale_to_budget", "warp_derivative", "StAdvTauBinarySearch"]
+           "rescale_to_budget", "warp_derivative", "StAdvTauBinarySearch", "PairBounds", "weights_fingerprint"]

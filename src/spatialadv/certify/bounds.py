@@ -57,7 +57,10 @@ Bounds on ``max_{‖z‖∞≤1} zᵀPz`` (all sound, loosest first):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +72,7 @@ from .smoothness import box_half_widths, gram_min_eigenvalue
 
 __all__ = ["NetworkWeights", "network_weights", "pair_matrices", "sdp_exact", "brute_force_max", "sdp_dual_bound",
            "ritz_top_eigen", "dual_objective", "optimize_dual", "pair_bounds", "Certificate", "certify", "METHODS",
-           "initial_dual", "class_pairs", "check_input_range"]
+           "initial_dual", "class_pairs", "check_input_range", "PairBounds", "weights_fingerprint"]
 
 METHODS = ("sdp", "spectral", "frobenius", "linear")
 
@@ -122,6 +125,126 @@ def network_weights(model: nn.Module) -> NetworkWeights:
         return NetworkWeights(None, None, v.weight, c)
     raise TypeError("the spatial certificate supports Flatten→Linear→ReLU→Linear (one hidden layer) or "
                     f"Flatten→Linear models; got layers {[k.__name__ for k in kinds]}")
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 (hex) of the weights the certificate reads (:func:`network_weights`): dtype, shape and bytes of W, b, V, c.
+
+    Args:
+        model: a one-hidden-layer or linear network.
+
+    Returns:
+        64 hex digits; changes when any weight changes (e.g. after fine-tuning).
+
+    Raises:
+        TypeError: unsupported model (see :func:`network_weights`).
+    """
+    net = network_weights(model)
+    h = hashlib.sha256()
+    for name in ("W", "b", "V", "c"):
+        t = getattr(net, name)
+        if t is None:
+            h.update(f"{name}:none".encode())
+            continue
+        t = t.detach().to("cpu").contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _plain(out):
+    """Strip :class:`PairBounds` from the results of a torch operation (derived tensors carry no fingerprint)."""
+    if isinstance(out, PairBounds):
+        return out.as_subclass(Tensor)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_plain(o) for o in out)
+    return out
+
+
+class PairBounds(Tensor):
+    """The ``(K, K)`` float64 Q of :func:`pair_bounds`, a ``Tensor`` that remembers which network it bounds.
+
+    Use it as the tensor Q (indexing, arithmetic, ``tolist()``); any operation
+    on it returns a plain ``Tensor`` (a changed Q is no longer the network's
+    bound). :func:`certify` checks that a ``PairBounds`` was computed for the
+    model it certifies (same :func:`weights_fingerprint`), for the same image
+    shape and pixel range.
+
+    Attributes:
+        fingerprint: :func:`weights_fingerprint` of the network.
+        image_shape: ``(C, H, W)`` the bound was computed for.
+        input_range: ``(lo, hi)`` pixel range the bound was computed for.
+        method: the bound (:data:`METHODS`).
+        border: the smoothness operator's border.
+        ridge: the ridge added to ``MᵀM``.
+    """
+
+    fingerprint: str
+    image_shape: tuple[int, int, int]
+    input_range: tuple[float, float]
+    method: str
+    border: str
+    ridge: float
+
+    @staticmethod
+    def __new__(cls, q: Tensor, *, fingerprint: str, image_shape, input_range, method: str, border: str,
+                ridge: float) -> "PairBounds":
+        """Wrap ``q`` (shares its storage) with its provenance."""
+        obj = q.as_subclass(Tensor).as_subclass(cls)
+        obj.fingerprint, obj.image_shape, obj.method, obj.border, obj.ridge = (
+            fingerprint, tuple(image_shape), method, border, float(ridge))
+        obj.input_range = (float(input_range[0]), float(input_range[1]))
+        return obj
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        """Run ``func`` as on a plain tensor; results are plain tensors."""
+        return _plain(super().__torch_function__(func, types, args, kwargs or {}))
+
+    def provenance(self) -> dict:
+        """The keyword arguments that rebuild this object around a tensor: fingerprint, shape, range, settings."""
+        return {"fingerprint": self.fingerprint, "image_shape": self.image_shape, "input_range": self.input_range,
+                "method": self.method, "border": self.border, "ridge": self.ridge}
+
+    def __deepcopy__(self, memo) -> "PairBounds":
+        """A copy with its own storage and the same provenance."""
+        return PairBounds(self.as_subclass(Tensor).clone(), **self.provenance())
+
+    def __reduce_ex__(self, protocol):
+        """Pickle (``torch.save``) as the plain tensor plus the provenance."""
+        return (_rebuild_pair_bounds, (self.as_subclass(Tensor).detach().clone(), self.provenance()))
+
+
+def _rebuild_pair_bounds(q: Tensor, provenance: dict) -> PairBounds:
+    """Unpickle a :class:`PairBounds`."""
+    return PairBounds(q, **provenance)
+
+
+def _check_q(q: object, k: int, model: nn.Module, image_shape: tuple[int, ...], input_range) -> Tensor:
+    """Validate a Q passed to :func:`certify` (see its docstring); return it as a plain float64 tensor."""
+    if not isinstance(q, Tensor):
+        raise TypeError(f"q must be a torch.Tensor (K, K) or the PairBounds of pair_bounds(), got {type(q).__name__}")
+    if not q.is_floating_point():
+        raise TypeError(f"q must be a floating-point tensor, got dtype {q.dtype}")
+    if tuple(q.shape) != (k, k):
+        raise ValueError(f"q must be ({k}, {k}) for this {k}-class model, got {tuple(q.shape)}")
+    plain = q.as_subclass(Tensor).detach().to("cpu", torch.float64) if isinstance(q, PairBounds) \
+        else q.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(plain).all()):
+        raise ValueError("q contains NaN or infinite values")
+    if bool((plain < 0).any()):
+        raise ValueError(f"q must be >= 0 (a bound on a margin change per unit eps), got min {float(plain.min()):.4g}")
+    if not torch.allclose(plain, plain.T, rtol=1e-9, atol=1e-12):
+        raise ValueError("q must be symmetric (Q[i, j] = Q[j, i])")
+    if isinstance(q, PairBounds):
+        if q.fingerprint != weights_fingerprint(model):
+            raise ValueError("q was computed by pair_bounds for another network (its weight fingerprint differs from "
+                             "this model's; were the weights changed?); recompute pair_bounds(model, ...)")
+        if tuple(image_shape) != q.image_shape:
+            raise ValueError(f"q was computed for images of shape {q.image_shape}, x has {tuple(image_shape)}")
+        if (float(input_range[0]), float(input_range[1])) != q.input_range:
+            raise ValueError(f"q was computed for input_range {q.input_range}, certify got {tuple(input_range)}")
+    return plain
 
 
 def _check_shape(image_shape) -> tuple[int, int, int]:
@@ -471,7 +594,7 @@ def _adam_dual(w, dv, lam, c, steps, lr, ritz_iters, gen, block, smoothing):
 # ------------------------------------------------------------------------------------ pair bounds
 def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_range=(0.0, 1.0), border: str = "zeros",
                 ridge: float = 0.0, dual_steps: int = 100, ritz_iters: int = 4, exact: bool = False,
-                solver: str = "CLARABEL") -> Tensor:
+                solver: str = "CLARABEL") -> PairBounds:
     """Per-class-pair bound ``Q`` ``(K, K)`` float64 on the margin change per unit ε (see the module docstring).
 
     ``(z_i − z_j)(g(r; x)) − (z_i − z_j)(x) ≤ ε·Q[i, j]`` for every image with
@@ -495,7 +618,10 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
         solver: the cvxpy solver with ``exact=True`` (see :func:`sdp_exact`).
 
     Returns:
-        ``Q`` ``(K, K)`` float64, in logit units per unit ε.
+        ``Q`` ``(K, K)`` float64, in logit units per unit ε, as a
+        :class:`PairBounds` (a ``Tensor`` that also records the network's
+        :func:`weights_fingerprint`, the image shape, range and settings, so
+        :func:`certify` can check it bounds the model it certifies).
 
     Raises:
         ValueError: unknown method, bad shape/range, singular MᵀM; TypeError: unsupported model.
@@ -540,7 +666,8 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
     q = torch.zeros(k, k, dtype=torch.float64)
     for (i, j), val in zip(pairs, vals):
         q[i, j] = q[j, i] = val
-    return q
+    return PairBounds(q, fingerprint=weights_fingerprint(model), image_shape=(ch, h, w), input_range=input_range,
+                      method=method, border=border, ridge=ridge)
 
 
 @dataclass(frozen=True)
@@ -575,13 +702,20 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp",
     pixels in ``input_range`` (see the module docstring).
 
     Args:
-        model: one-hidden-layer or linear network (eval mode; not modified).
+        model: one-hidden-layer or linear network, in eval mode (not modified;
+            in train mode a ``UserWarning`` is issued and the mode kept:
+            dropout makes the clean logits, hence the bounds, random).
         x: ``(N, C, H, W)`` images in ``input_range`` (checked for [0, 1] when
             that is the range).
         y: ``(N,)`` int64 labels.
         eps: budget ε ≥ 0 (float or ``(N,)`` tensor), ℓ_diff units (pixels).
         method: see :func:`pair_bounds`.
-        q: a precomputed Q (reuse it across ε; it does not depend on x).
+        q: a precomputed Q (reuse it across ε; it does not depend on x): the
+            :class:`PairBounds` returned by :func:`pair_bounds` (checked to be
+            computed for this network — same :func:`weights_fingerprint` — and
+            for ``x``'s image shape and ``input_range``), or a plain ``(K, K)``
+            float tensor (e.g. loaded from JSON), checked to be finite,
+            non-negative and symmetric only.
         input_range: ``(lo, hi)`` pixel range of ``x`` (see :func:`pair_bounds`).
         border: border of the smoothness operator (see :func:`pair_bounds`).
         ridge: ridge added to ``MᵀM`` (see :func:`pair_bounds`).
@@ -591,7 +725,13 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp",
         A :class:`Certificate` of the batch.
 
     Raises:
-        ValueError, TypeError: bad inputs (shapes, ranges, labels, negative eps).
+        ValueError, TypeError: bad inputs (shapes, ranges, labels, negative eps);
+            ``q`` not a float tensor ``(K, K)`` matching the model's K, with
+            NaN/inf or negative entries, not symmetric, or a
+            :class:`PairBounds` of another network, image shape or range.
+
+    Warns:
+        UserWarning: ``model`` is in train mode.
     """
     lo, hi = map(float, input_range)
     check_input_range(input_range)
@@ -601,6 +741,9 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp",
               and float(x.min()) >= lo and float(x.max()) <= hi):
         raise ValueError(f"x must be a finite float tensor (N, C, H, W) with values in [{lo}, {hi}]")
     n = x.shape[0]
+    if isinstance(model, nn.Module) and model.training:
+        warnings.warn("certify: the model is in train mode (dropout active), so the clean logits and the bounds are "
+                      "random; call model.eval() first (the mode is not changed)", UserWarning, stacklevel=2)
     with torch.no_grad():
         logits = model(x).to(torch.float64)
     k = logits.shape[1]
@@ -610,12 +753,12 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp",
         eps_t = eps_t.expand(n)
     if eps_t.shape != (n,) or not torch.isfinite(eps_t).all() or bool((eps_t < 0).any()):
         raise ValueError(f"eps must be a finite float >= 0 or an (N,) tensor of them, got {eps!r}")
-    q = q if q is not None else pair_bounds(
-        model, tuple(x.shape[1:]), method=method, input_range=input_range, border=border, ridge=ridge, dual_steps=dual_steps)
-    if q.shape != (k, k):
-        raise ValueError(f"q must be ({k}, {k}), got {tuple(q.shape)}")
+    if q is None:
+        q = pair_bounds(model, tuple(x.shape[1:]), method=method, input_range=input_range, border=border, ridge=ridge,
+                        dual_steps=dual_steps)
+    q_plain = _check_q(q, k, model, tuple(x.shape[1:]), input_range).to(x.device)
     zy = logits.gather(1, y[:, None])
-    diff = logits - zy + eps_t[:, None] * q.to(torch.float64)[:, y].T
+    diff = logits - zy + eps_t[:, None].to(logits.device) * q_plain[:, y].T
     diff = diff.masked_fill(torch.nn.functional.one_hot(y, k).bool(), float("-inf"))
     bound = diff.amax(1)
     others = logits.masked_fill(torch.nn.functional.one_hot(y, k).bool(), float("-inf")).amax(1)

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._validation import check_name
+
 __all__ = ["Dataset", "DataSpec", "DATASETS", "load_dataset", "read_idx", "load_npz", "DataError", "FASHION_MNIST_DIR"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -319,9 +321,10 @@ class DataSpec:
             test split is never subsampled.
 
     Raises:
-        ValueError: unknown ``name``, ``max_train < 10``, or (from :meth:`train`)
+        ValueError: unknown ``name`` or one that is not a safe file-name part
+            (``[A-Za-z0-9._-]``, no ``..``; it is part of cache keys), ``max_train < 10``, or (from :meth:`train`)
             ``max_train`` larger than the train split.
-        TypeError: ``seed`` or ``max_train`` not an int.
+        TypeError: ``name`` not a str, ``seed`` or ``max_train`` not an int.
 
     Example:
         >>> spec = DataSpec("digits", max_train=100)
@@ -336,7 +339,8 @@ class DataSpec:
     max_train: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or self.name not in DATASETS:
+        check_name(self.name, "DataSpec.name")
+        if self.name not in DATASETS:
             raise ValueError(f"DataSpec.name must be one of {sorted(DATASETS)}, got {self.name!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"DataSpec.seed must be an int, got {self.seed!r}")

@@ -18,7 +18,17 @@ Typical use::
 """
 
 from .architectures import MODELS, STNClassifier, build_model
-from .cache import KEY_FORMAT, ModelSpec, cache_dir, load_checkpoint, load_or_train, model_key, save_checkpoint
+from .cache import (
+    KEY_FORMAT,
+    CorruptCheckpointError,
+    ModelSpec,
+    cache_dir,
+    load_checkpoint,
+    load_or_train,
+    model_key,
+    save_checkpoint,
+    state_checksum,
+)
 from .training import (
     OBJECTIVES,
     Objective,
@@ -34,4 +44,5 @@ from .training import (
 
 __all__ = ["MODELS", "STNClassifier", "build_model", "TrainConfig", "Objective", "OBJECTIVES", "ObjectiveType", "OptionSpec",
            "TrainingParts", "register_objective", "hinge_loss", "train_model", "accuracy", "ModelSpec", "model_key",
-           "load_or_train", "cache_dir", "save_checkpoint", "load_checkpoint", "KEY_FORMAT"]
+           "load_or_train", "cache_dir", "save_checkpoint", "load_checkpoint", "KEY_FORMAT",
+           "CorruptCheckpointError", "state_checksum"]

@@ -41,6 +41,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_name
 from ..data import Dataset
 
 __all__ = ["TrainConfig", "Objective", "OBJECTIVES", "ObjectiveType", "OptionSpec", "TrainingParts", "register_objective", "hinge_loss",
@@ -198,8 +199,11 @@ def register_objective(name: str, build: Callable[[nn.Module, Dataset, TrainConf
         description: one line for listings.
 
     Raises:
-        ValueError: ``name`` already registered.
+        TypeError: ``name`` is not a str.
+        ValueError: ``name`` already registered, or not a safe file-name part
+            (``[A-Za-z0-9._-]``, no ``..``; it becomes part of cache keys).
     """
+    check_name(name, "objective name")
     if name in OBJECTIVES:
         raise ValueError(f"objective {name!r} is already registered")
     OBJECTIVES[name] = ObjectiveType(name, build, dict(options or {}), description)
@@ -218,7 +222,9 @@ class Objective:
         **options: the objective's options.
 
     Raises:
-        ValueError: unknown objective, unknown option, or an option of the
+        TypeError: ``name`` is not a str.
+        ValueError: unknown objective or a name that is not a safe file-name
+            part (``[A-Za-z0-9._-]``, no ``..``), unknown option, or an option of the
             wrong type or out of range (the message names the option and the
             accepted range).
 
@@ -232,7 +238,8 @@ class Objective:
     __slots__ = ("_name", "_options")
 
     def __init__(self, name: str, **options: Any) -> None:
-        if not isinstance(name, str) or name not in OBJECTIVES:
+        check_name(name, "Objective.name")
+        if name not in OBJECTIVES:
             raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
         schema = OBJECTIVES[name].options
         unknown = sorted(set(options) - set(schema))

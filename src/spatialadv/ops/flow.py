@@ -8,6 +8,9 @@ adjacent pixels twice, exactly as the equations are written.
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
 
@@ -16,6 +19,8 @@ def _check(flow: Tensor) -> None:
         raise TypeError("flow must be a floating-point torch.Tensor of shape (N, 2, H, W)")
     if flow.dim() != 4 or flow.shape[1] != 2:
         raise ValueError(f"flow must have shape (N, 2, H, W), got {tuple(flow.shape)}")
+    if not bool(torch.isfinite(flow).all()):
+        raise ValueError("flow contains NaN or infinite values")
 
 
 def _sq_diffs(flow: Tensor) -> tuple[Tensor, Tensor]:
@@ -45,7 +50,9 @@ def flow_tv_loss(flow: Tensor, *, eps: float = 1e-8) -> Tensor:
         ``(N,)`` loss in pixels (sum over directed 4-neighbour pairs).
 
     Raises:
-        TypeError, ValueError: malformed ``flow`` or negative ``eps``.
+        TypeError: ``flow`` not a float tensor, ``eps`` not a number.
+        ValueError: ``flow`` not ``(N, 2, H, W)`` or containing NaN/inf;
+            ``eps`` negative, NaN or infinite.
 
     Example:
         >>> f = torch.zeros(1, 2, 3, 3); f[0, 0, :, 2] = 1.0   # one column moved 1 px
@@ -53,8 +60,10 @@ def flow_tv_loss(flow: Tensor, *, eps: float = 1e-8) -> Tensor:
         6.0
     """
     _check(flow)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a number >= 0, got {type(eps).__name__}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
     dh, dv = _sq_diffs(flow)
     s = eps**0.5
     per_pair = (dh + eps).sqrt().sub(s).flatten(1).sum(1) + (dv + eps).sqrt().sub(s).flatten(1).sum(1)
@@ -71,6 +80,10 @@ def flow_tv(flow: Tensor) -> Tensor:
 
     Returns:
         ``(N,)`` in pixels.
+
+    Raises:
+        TypeError: ``flow`` not a float tensor.
+        ValueError: ``flow`` not ``(N, 2, H, W)`` or containing NaN/inf.
     """
     _check(flow)
     dh, dv = _sq_diffs(flow)
@@ -88,6 +101,10 @@ def flow_l2(flow: Tensor) -> Tensor:
 
     Returns:
         ``(N,)`` in pixels.
+
+    Raises:
+        TypeError: ``flow`` not a float tensor.
+        ValueError: ``flow`` not ``(N, 2, H, W)`` or containing NaN/inf.
     """
     _check(flow)
     n = flow.shape[2] * flow.shape[3]

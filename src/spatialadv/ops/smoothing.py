@@ -66,6 +66,8 @@ def _check_guide(guide: Tensor) -> None:
         raise ValueError(f"guide must have shape (N, C, H, W), got {tuple(guide.shape)}")
     if not guide.is_floating_point():
         raise TypeError(f"guide must be a floating-point tensor, got {guide.dtype}")
+    if guide.shape[0] == 0:
+        raise ValueError("guide is an empty batch (N = 0); smoothing needs at least one image")
     if guide.shape[-1] < 2 or guide.shape[-2] < 2:
         raise ValueError(f"guide must be at least 2×2 pixels, got {tuple(guide.shape[-2:])}")
     if not bool(torch.isfinite(guide).all()):
@@ -239,7 +241,8 @@ class GuidedSmoothing:
 
     Raises:
         TypeError, ValueError: bad guide or hyper-parameter; ``z`` of the wrong
-        shape or dtype.
+        shape or dtype. An empty batch (N = 0 guides or M = 0 signals) is a
+        ``ValueError``, like an empty batch of images in the attacks.
     """
 
     def __init__(self, guide: Tensor, *, alpha: float = 0.95, sigma: float = 0.1, kernel: Kernel = "laplacian",
@@ -313,13 +316,15 @@ class GuidedSmoothing:
 
         Raises:
             TypeError: ``z`` not a tensor, or not in the guide's dtype.
-            ValueError: ``z`` or ``index`` of the wrong shape.
+            ValueError: ``z`` or ``index`` of the wrong shape, or an empty ``z`` (M = 0).
         """
         if not isinstance(z, Tensor):
             raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
         n, c, h, w = self.shape
         if z.ndim != 4 or tuple(z.shape[1:]) != (c, h, w):
             raise ValueError(f"z must have shape (M, {c}, {h}, {w}), got {tuple(z.shape)}")
+        if z.shape[0] == 0:
+            raise ValueError("z is an empty batch (M = 0); smoothing needs at least one signal")
         if z.dtype != self.dtype:
             raise TypeError(f"z must have the guide's dtype {self.dtype}, got {z.dtype}")
         if index is None:
@@ -356,6 +361,11 @@ def smooth(z: Tensor, guide: Tensor, *, alpha: float = 0.95, sigma: float = 0.1,
 
     Returns:
         ``(N, C, H, W)``, differentiable in ``z``.
+
+    Raises:
+        TypeError: ``z`` or ``guide`` not a float tensor, or of different dtypes.
+        ValueError: bad shapes, an empty batch (N = 0), NaN/inf in ``guide``, or
+            a hyper-parameter out of range (see :class:`GuidedSmoothing`).
 
     Example:
         >>> import torch

@@ -18,6 +18,10 @@ def _check_flow(x: Tensor, flow: Tensor) -> None:
     n, _, h, w = x.shape
     if flow.shape != (n, 2, h, w):
         raise ValueError(f"flow must have shape (N, 2, H, W) = {(n, 2, h, w)}, got {tuple(flow.shape)}")
+    if flow.device != x.device:
+        raise ValueError(f"flow must be on x's device {x.device}, got {flow.device}")
+    if not bool(torch.isfinite(flow).all()):
+        raise ValueError("flow contains NaN or infinite values")
 
 
 def flow_warp(x: Tensor, flow: Tensor, *, padding_mode: str = "zeros") -> Tensor:
@@ -45,7 +49,8 @@ def flow_warp(x: Tensor, flow: Tensor, *, padding_mode: str = "zeros") -> Tensor
 
     Raises:
         TypeError: non-tensor or non-float inputs.
-        ValueError: shapes that do not match, unknown ``padding_mode``.
+        ValueError: shapes that do not match, ``flow`` on another device than
+            ``x``, NaN/inf in ``flow``, unknown ``padding_mode``.
 
     Example:
         >>> x = torch.rand(1, 1, 4, 4)

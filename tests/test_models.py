@@ -395,7 +395,12 @@ CACHE_SPEC = ModelSpec("fc-200", DataSpec("digits", max_train=256), TrainConfig(
 @pytest.fixture(scope="module")
 def fresh_cached(tmp_path_factory):
     d = tmp_path_factory.mktemp("fresh")
-    model, info = load_or_train(CACHE_SPEC, progress=False, directory=d)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the tests that retrain and compare weights bit for bit (one_thread)
+    try:
+        model, info = load_or_train(CACHE_SPEC, progress=False, directory=d)
+    finally:
+        torch.set_num_threads(threads)
     return model, info
 
 

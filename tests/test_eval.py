@@ -311,3 +311,30 @@ def test_summarize_edge_cases():
     assert "flow_tv_mean" not in lp and "flow_l2_mean" not in lp
     empty = summarize([])
     assert empty["pairs"] == 0 and math.isnan(empty["success_rate"]) and math.isnan(empty["robust_accuracy"])
+
+
+@pytest.mark.parametrize("make, exact", [
+    (lambda: FGSM(eps=0.1), True),
+    (lambda: PGD(norm="linf", eps=0.1, step_size=0.02, steps=10, random_start=True, seed=1, early_stop=True), True),
+    (lambda: RotationTranslation(max_rotation=20.0, max_translation=1.0, num_rotations=5, num_translations=3), True),
+    (lambda: CarliniWagnerL2(binary_search_steps=2, steps=20), False),
+    (lambda: StAdv(max_iter=20), False),
+], ids=["fgsm", "pgd", "stm", "cw", "stadv"])
+def test_float32_batch_independence_guarantee(digits_model, make, exact):
+    """The float32 promise stated in the README: an example attacked inside a batch gets the result it gets alone —
+    bit for bit for the fixed-step and grid attacks, and for the optimisation attacks (C&W, stAdv) the same success
+    with the size within 2 % (relative) and every adversarial pixel within 0.1."""
+    model, x, y = digits_model
+    x, y = x[:16], y[:16]
+    target = (y + 1) % 10
+    attack = make()
+    index = torch.stack([torch.arange(16), target + 1], 1)
+    batch = attack(model, x, y, target=target, index=index)
+    for i in range(16):
+        solo = attack(model, x[i : i + 1], y[i : i + 1], target=target[i : i + 1], index=index[i : i + 1])
+        assert bool(solo.success[0]) == bool(batch.success[i])
+        if exact:
+            assert torch.equal(solo.x_adv[0], batch.x_adv[i]) and torch.equal(solo.size[0], batch.size[i])
+        else:
+            assert float((solo.x_adv[0] - batch.x_adv[i]).abs().max()) <= 0.1
+            assert float((solo.size[0] - batch.size[i]).abs()) <= 0.02 * max(float(solo.size[0].abs()), 1e-6)

@@ -124,3 +124,23 @@ def test_store_refuses_unusable_files(tmp_path):
     bad.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="cannot use"):
         ResultStore(bad)
+
+
+def test_readme_experiment_is_one_file(tmp_path, monkeypatch):
+    """The README's 'How to add an experiment' module, dropped into the package folder, is a new command."""
+    import re
+    from pathlib import Path
+
+    import spatialadv.experiments as pkg
+    from spatialadv.cli import build_parser
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### How to add an experiment", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "pgd_c4_example.py").write_text(code)
+    monkeypatch.setattr(pkg, "__path__", [*pkg.__path__, str(tmp_path)])
+    exps = experiments()
+    assert "pgd-c4" in exps and "stadv-mnist" in exps
+    args = build_parser().parse_args(["reproduce", "pgd-c4", "--n", "7", "--eps", "0.1"])
+    cfg = config_from_args(exps["pgd-c4"].config, args)
+    assert (cfg.n, cfg.eps) == (7, 0.1)

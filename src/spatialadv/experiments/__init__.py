@@ -7,24 +7,26 @@ from the stored records and config, and ``EXPERIMENTS`` (its commands: a
 dataset variant is another default Config). See
 :mod:`spatialadv.experiments.framework`.
 
-To add one: write a module here and append its import path to ``_MODULES``.
+To add one: write a module here that defines ``EXPERIMENTS``; it is found by
+name (modules whose name starts with ``_`` and ``framework`` are not experiments).
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from .framework import Experiment, rebuild, run_experiment
 
 __all__ = ["Experiment", "experiments", "run_experiment", "rebuild"]
 
-_MODULES = (
-    "spatialadv.experiments.stadv",
-    "spatialadv.experiments.smooth",
-    "spatialadv.experiments.sdpadv",
-    "spatialadv.experiments.certify_bounds",
-    "spatialadv.experiments.certify_stadv",
-)
+#: Modules listed first keep their commands first in ``--help``; any other module defining ``EXPERIMENTS`` follows.
+_ORDER = ("stadv", "smooth", "sdpadv", "certify_bounds", "certify_stadv")
+
+
+def _modules() -> list[str]:
+    found = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name != "framework"]
+    return [f"{__name__}.{m}" for m in sorted(found, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m))]
 
 
 def experiments() -> dict[str, Experiment]:
@@ -34,8 +36,8 @@ def experiments() -> dict[str, Experiment]:
         RuntimeError: two modules register the same name.
     """
     found: dict[str, Experiment] = {}
-    for mod in _MODULES:
-        for e in importlib.import_module(mod).EXPERIMENTS:
+    for mod in _modules():
+        for e in getattr(importlib.import_module(mod), "EXPERIMENTS", ()):
             if e.name in found:
                 raise RuntimeError(f"experiment {e.name!r} registered twice")
             found[e.name] = e

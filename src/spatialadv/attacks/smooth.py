@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .._validation import check_bool, check_int, check_positive
 from ..ops.smoothing import GuidedSmoothing
-from ..threats import L2Ball, SmoothLikeX, check_smoothing
+from ..threats import L2Ball, SmoothingParams, SmoothLikeX
 from .base import Attack
 from .baselines import CarliniWagnerL2
 from .iterative import iterate, normalize
@@ -32,31 +32,7 @@ __all__ = ["SmoothPGDL2", "SmoothCarliniWagnerL2"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Smoothing:
-    """The smoothing hyper-parameters shared by sPGD2 and sC&W (see the module docstring)."""
-
-    alpha: float = 0.95
-    sigma: float = 0.1
-    kernel: str = "laplacian"
-    solver: str = "auto"
-    tol: float = 1e-5
-    max_iter: int = 1000
-
-    def _check_smoothing(self) -> None:
-        check_smoothing(alpha=self.alpha, sigma=self.sigma, kernel=self.kernel, solver=self.solver, tol=self.tol,
-                        max_iter=self.max_iter)
-
-    def _smoothing_kwargs(self) -> dict:
-        return {"alpha": self.alpha, "sigma": self.sigma, "kernel": self.kernel, "solver": self.solver,
-                "tol": self.tol, "max_iter": self.max_iter}
-
-    def _smoother(self, x: Tensor) -> GuidedSmoothing:
-        return GuidedSmoothing(x, alpha=float(self.alpha), sigma=float(self.sigma), kernel=self.kernel,
-                               solver=self.solver, tol=float(self.tol), max_iter=int(self.max_iter))
-
-
-@dataclass(frozen=True, kw_only=True)
-class SmoothPGDL2(Attack, _Smoothing):
+class SmoothPGDL2(Attack, SmoothingParams):
     """sPGD2: L2 PGD whose gradient is smoothed like the image before normalisation (Eq. 12).
 
     ``x_{k+1} = Π(x_k + step_size · n(ŝ_α(g_k)))`` where ``g_k`` is the input
@@ -91,7 +67,7 @@ class SmoothPGDL2(Attack, _Smoothing):
         check_positive(self.step_size, "step_size")
         check_int(self.steps, "steps", minimum=1)
         check_bool(self.early_stop, "early_stop")
-        self._check_smoothing()
+        self.check_params()
 
     @property
     def threat(self) -> SmoothLikeX:
@@ -99,7 +75,7 @@ class SmoothPGDL2(Attack, _Smoothing):
 
         The L2 ball of radius ``eps`` of perturbations smoothed like ``x``.
         """
-        return SmoothLikeX(eps=self.eps, **self._smoothing_kwargs())
+        return SmoothLikeX(eps=self.eps, **self.smoothing_kwargs())
 
     def _run(self, model, x, y, target, index):
         ball = self.threat
@@ -113,7 +89,7 @@ class SmoothPGDL2(Attack, _Smoothing):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SmoothCarliniWagnerL2(CarliniWagnerL2, _Smoothing):
+class SmoothCarliniWagnerL2(CarliniWagnerL2, SmoothingParams):
     """sC&W: C&W L2 on a latent variable whose smoothing is the perturbation (Eqs. 16-18).
 
     Minimise per example ``‖r‖₂² + c · ℓ(f(clip(x + r)))`` with ``r = ŝ_α(z)``
@@ -146,7 +122,7 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2, _Smoothing):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._check_smoothing()
+        self.check_params()
 
     @property
     def threat(self) -> L2Ball:
@@ -158,7 +134,7 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2, _Smoothing):
         return L2Ball(eps=float("inf"))
 
     def _prepare(self, x: Tensor) -> GuidedSmoothing:
-        return self._smoother(x)
+        return self.smoother(x)
 
     def _latent_init(self, x: Tensor, ctx: GuidedSmoothing) -> Tensor:
         return torch.zeros_like(x)

@@ -58,7 +58,8 @@ def certify_blocks(name: str, res: dict, out: Path) -> tuple[list[str], list[str
         ax.set_xlabel("ε (ℓ_diff budget)")
         ax.set_ylabel(f"lower bound on Δ(z_{f2['pair'][0]} − z_{f2['pair'][1]})")
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        if f2["variants"]:
+            ax.legend(fontsize=7)
         p = out / "fig2_lower_bounds.png"
         fig.tight_layout(); fig.savefig(p, dpi=110); plt.close(fig)
         figures.append(p.name)

@@ -291,10 +291,7 @@ class Context:
         """
         from ..models import load_or_train
 
-        model, info = load_or_train(spec, progress=self.progress)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model, info = load_or_train(spec, progress=self.progress)  # eval mode, frozen
         models = self.store.get_meta("models", {})
         models[label] = {k: v for k, v in info.items() if k != "path"}
         self.store.set_meta("models", models)

@@ -23,7 +23,7 @@ from .base import Threat, example_generator, per_example_draws
 from .flow import FlowSmoothnessBall, PixelFlow
 from .geometric import AffineLinf, RotationTranslationBox
 from .lp import L2Ball, LinfBall
-from .smooth import SmoothLikeX, check_smoothing
+from .smooth import SmoothingParams, SmoothLikeX, check_smoothing
 
-__all__ = ["Threat", "example_generator", "per_example_draws", "LinfBall", "L2Ball", "SmoothLikeX", "check_smoothing",
+__all__ = ["Threat", "example_generator", "per_example_draws", "LinfBall", "L2Ball", "SmoothLikeX", "SmoothingParams", "check_smoothing",
            "PixelFlow", "FlowSmoothnessBall", "RotationTranslationBox", "AffineLinf"]

@@ -14,7 +14,7 @@ from ..ops.smoothing import GuidedSmoothing
 from .base import per_example_draws
 from .lp import L2Ball
 
-__all__ = ["SmoothLikeX", "check_smoothing"]
+__all__ = ["SmoothLikeX", "SmoothingParams", "check_smoothing"]
 
 
 def check_smoothing(*, alpha: object, sigma: object, kernel: object, solver: object, tol: object,
@@ -41,7 +41,43 @@ def check_smoothing(*, alpha: object, sigma: object, kernel: object, solver: obj
 
 
 @dataclass(frozen=True, kw_only=True)
-class SmoothLikeX(L2Ball):
+class SmoothingParams:
+    """The image-guided smoothing's hyper-parameters, shared by :class:`SmoothLikeX`, sPGD2 and sC&W.
+
+    Args:
+        alpha: α in [0, 1) of ``L_α`` (Zhang et al., Eq. 8; paper: 0.95).
+        sigma: bandwidth of the feature kernel on the [0, 1] pixel scale, > 0.
+        kernel: ``"laplacian"`` or ``"gaussian"`` feature kernel.
+        solver: ``"auto"``, ``"direct"`` or ``"cg"`` (see :mod:`spatialadv.ops.smoothing`).
+        tol: CG relative-residual tolerance, > 0.
+        max_iter: CG iteration cap per solve, ≥ 1.
+    """
+
+    alpha: float = 0.95
+    sigma: float = 0.1
+    kernel: str = "laplacian"
+    solver: str = "auto"
+    tol: float = 1e-5
+    max_iter: int = 1000
+
+    def check_params(self) -> None:
+        """Validate the fields (see :func:`check_smoothing`)."""
+        check_smoothing(alpha=self.alpha, sigma=self.sigma, kernel=self.kernel, solver=self.solver, tol=self.tol,
+                        max_iter=self.max_iter)
+
+    def smoothing_kwargs(self) -> dict:
+        """The fields as keyword arguments of :class:`~spatialadv.ops.smoothing.GuidedSmoothing`."""
+        return {"alpha": self.alpha, "sigma": self.sigma, "kernel": self.kernel, "solver": self.solver,
+                "tol": self.tol, "max_iter": self.max_iter}
+
+    def smoother(self, x: Tensor) -> GuidedSmoothing:
+        """The smoothing ``ŝ_α`` guided by the images ``x`` ``(N, C, H, W)``."""
+        return GuidedSmoothing(x, alpha=float(self.alpha), sigma=float(self.sigma), kernel=self.kernel,
+                               solver=self.solver, tol=float(self.tol), max_iter=int(self.max_iter))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmoothLikeX(L2Ball, SmoothingParams):
     """Perturbations ``δ = ŝ_α(z)`` smoothed like the original image, with ``‖δ‖₂ ≤ eps``.
 
     Zhang, Avrithis, Furon & Amsaleg, *Smooth Adversarial Examples*, EURASIP
@@ -66,22 +102,10 @@ class SmoothLikeX(L2Ball):
     name: ClassVar[str] = "smooth_l2"
     unit: ClassVar[str] = "l2"
     eps: float = 5.0
-    alpha: float = 0.95
-    sigma: float = 0.1
-    kernel: str = "laplacian"
-    solver: str = "auto"
-    tol: float = 1e-5
-    max_iter: int = 1000
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_smoothing(alpha=self.alpha, sigma=self.sigma, kernel=self.kernel, solver=self.solver,
-                        tol=self.tol, max_iter=self.max_iter)
-
-    def smoother(self, x: Tensor) -> GuidedSmoothing:
-        """The smoothing ``ŝ_α`` guided by the images ``x`` ``(N, C, H, W)``."""
-        return GuidedSmoothing(x, alpha=float(self.alpha), sigma=float(self.sigma), kernel=self.kernel,
-                               solver=self.solver, tol=float(self.tol), max_iter=int(self.max_iter))
+        self.check_params()
 
     def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
         """δ₀ ``(N, C, H, W)``: ``ŝ_α`` of a Gaussian ``z``, rescaled to a random radius.

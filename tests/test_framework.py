@@ -71,6 +71,9 @@ def test_cli_options_come_from_the_config():
     cfg = config_from_args(ToyConfig(), p.parse_args(["--n", "7", "--names", "c", "a", "--limit", "none", "--pair", "2", "3",
                                                       "--flag"]))
     assert cfg == ToyConfig(n=7, names=("c", "a"), limit=None, pair=(2, 3), flag=True)
+    # "none" resets an optional field whose variant default is not None
+    assert config_from_args(ToyConfig(limit=50), p.parse_args(["--limit", "none"])).limit is None
+    assert config_from_args(ToyConfig(limit=50), p.parse_args([])).limit == 50
     with pytest.raises(SystemExit):
         p.parse_args(["--names", "z"])
     with pytest.raises(ValueError, match="--n must be >= 1"):

@@ -121,7 +121,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: Any) -> None:
         shape, kind = _shape(hints[f.name])
         name = "--" + f.name.replace("_", "-")
         shown = " ".join(map(str, value)) if isinstance(value, tuple) and not (value and isinstance(value[0], tuple)) else value
-        kw: dict[str, Any] = {"default": None, "dest": f.name, "help": f"{meta['help']} (default: {shown})"}
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name, "help": f"{meta['help']} (default: {shown})"}
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
         if kind is bool and shape == "scalar":
@@ -138,11 +138,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def config_from_args(default: Any, args: argparse.Namespace) -> Any:
-    """``default`` with the fields given on the command line replaced (validated by the Config)."""
+    """``default`` with the fields given on the command line replaced (validated by the Config).
+
+    An option left out keeps ``default``'s value; ``none`` given for an optional field sets it to None.
+    """
+    given = vars(args)
     changes = {}
     for f in dataclasses.fields(default):
-        v = getattr(args, f.name, None)
-        if v is not None:
+        if f.name in given:
+            v = given[f.name]
             changes[f.name] = tuple(v) if isinstance(v, list) else v
     return dataclasses.replace(default, **changes)
 

@@ -98,6 +98,8 @@ def test_cli_errors(cache, capsys):
     (["reproduce", "stadv-mnist", "--n", "3", "--n-baselines", "5"], "--n-baselines"),
     (["reproduce", "smooth-mnist", "--max-train", "3"], "--max-train"),
     (["reproduce", "certify-bounds", "--pair", "1", "1"], "--pair"),
+    (["reproduce", "sdpadv-mnist", "--val-fraction", "0"], "--val-fraction"),
+    (["reproduce", "stadv-mnist", "--out", "README.md"], "--out"),
 ])
 def test_bad_options_fail_fast_with_one_line(cache, capsys, argv, needle):
     """Each user error: exit 2 and one line naming the option, before any training or attack."""

@@ -147,3 +147,14 @@ def test_readme_experiment_is_one_file(tmp_path, monkeypatch):
     args = build_parser().parse_args(["reproduce", "pgd-c4", "--n", "7", "--eps", "0.1"])
     cfg = config_from_args(exps["pgd-c4"].config, args)
     assert (cfg.n, cfg.eps) == (7, 0.1)
+
+
+def test_reports_of_an_empty_folder_do_not_crash(tmp_path):
+    """A folder killed before its first run (e.g. during training) still gets a report for every experiment."""
+    for name, exp in experiments().items():
+        out = tmp_path / name
+        out.mkdir()
+        with ResultStore(out / "results.sqlite") as st:
+            st.set_metas({"config": {"experiment": name, "values": config_to_dict(exp.config)}, "plan": [], "complete": False})
+        rep = rebuild(out)
+        assert rep["complete"] is False and "Incomplete run" in (out / "report.md").read_text(), name

@@ -123,6 +123,8 @@ def cmd_reproduce(args) -> int:
     from .experiments.framework import config_from_args, validate_config
 
     exp = experiments()[args.experiment]
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder")
     cfg = _user(config_from_args, exp.config, args)
     _user(validate_config, cfg)
     rep = run_experiment(exp, cfg, args.out, progress=not args.quiet)

@@ -219,6 +219,11 @@ class ResultStore:
         with self.conn:
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
+    def set_metas(self, values: dict) -> None:
+        """Store several JSON-able metadata values in one transaction."""
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
+
     def get_meta(self, key: str, default=None):
         """The metadata value stored under ``key`` (decoded from JSON), or ``default`` if there is none."""
         r = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

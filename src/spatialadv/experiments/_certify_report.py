@@ -73,6 +73,9 @@ def certify_blocks(name: str, res: dict, out: Path) -> tuple[list[str], list[str
                 lines.append(f"| {v} | {r['eps']} | {r['thm1']:.3g} | {r['alg1_midpoint']:.3g} | {r['alg1']:.3g} | "
                              f"{r['upper_sdp']:.3g} | {r['upper_spectral']:.3g} |")
         lines.append("")
+        if not f5["variants"]:
+            lines += ["## Fig. 5", "", "No variant with a one-hidden-layer classifier has its bounds stored yet.", ""]
+            return ["\n".join(lines)], figures
         fig, axes = plt.subplots(1, len(f5["variants"]), figsize=(3.2 * len(f5["variants"]), 3.2), squeeze=False)
         for ax, (v, e) in zip(axes[0], f5["variants"].items()):
             for m, vals in e["upper"].items():
@@ -103,6 +106,9 @@ def certify_blocks(name: str, res: dict, out: Path) -> tuple[list[str], list[str
         lines.append("")
     else:
         f6, th = res["fig6"], res["thesis"]
+        if not f6["variants"]:
+            lines += ["## Fig. 6", "", "No stAdv run is stored yet.", ""]
+            return ["\n".join(lines)], figures
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
         for v, e in f6["variants"].items():
             taus = [r["tau"] for r in e["rows"]]

@@ -120,7 +120,8 @@ def report(cfg: Config, results) -> Report:
             "already_target": sum(x["clean_pred"] == x["target"] for x in recs),
             "clean_accuracy": results.models.get(r.model, {}).get("test_accuracy"),
             "median_lflow_success": float(np.median(lflow)) if lflow else None, "time_s": r.summary()["time_s"]}
-    res = {"models": models, "fig6": {"n": cfg.n, "variants": fig6, "max_iter": cfg.max_iter},
+    n_fig6 = len(results.find(attack="stAdv", kind="fig6")[0].records()) if results.find(attack="stAdv", kind="fig6") else 0
+    res = {"models": models, "fig6": {"n": n_fig6, "variants": fig6, "max_iter": cfg.max_iter},
            "thesis": {"variants": thesis, "flow_budgets": list(cfg.flow_budgets), "search_steps": cfg.search_steps,
                       "max_iter": cfg.thesis_max_iter, "tau_range": [0.0, 1000.0], "target_seed": cfg.seed + 12345}}
     blocks, figures = certify_blocks("certify-stadv", res, results.out)

@@ -129,7 +129,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: Any) -> None:
             continue
         parse = meta.get("parse") or (_parse_optional(kind) if shape == "optional" else kind)
         if shape == "tuple":
-            kw["nargs"] = "*" if f.name.endswith("budgets") else "+"
+            kw["nargs"] = "*" if f.name == "budgets" else "+"
         elif shape == "pair":
             kw["nargs"] = len(typing.get_args(hints[f.name]))
         if meta.get("choices"):
@@ -383,9 +383,8 @@ def run_experiment(exp: Experiment, cfg: Any, out: str | Path, *, progress: bool
         if prev is not None and prev != stored:
             log.warning("%s holds a run with another configuration; records are keyed by what changes them, so nothing "
                         "is mixed, and the report describes the new configuration", out)
-        store.set_meta("config", stored)
-        store.set_meta("plan", [])
-        store.set_meta("complete", False)
+        # one transaction: a kill never leaves a new config beside an old plan
+        store.set_metas({"config": stored, "plan": [], "complete": False, "models": {}})
         ctx = Context(out, store, progress)
         plan: list[dict] = []
         try:
@@ -400,8 +399,8 @@ def run_experiment(exp: Experiment, cfg: Any, out: str | Path, *, progress: bool
             store.set_meta("environment", _environment())
             store.set_meta("complete", True)
         finally:
-            store.set_meta("elapsed_s", store.get_meta("elapsed_s", 0.0) + (time.perf_counter() - t_start))
             torch.set_num_threads(threads_before)
+            store.set_meta("elapsed_s", store.get_meta("elapsed_s", 0.0) + (time.perf_counter() - t_start))
     return rebuild(out, exp)
 
 

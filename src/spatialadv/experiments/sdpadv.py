@@ -148,8 +148,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.n_stadv > self.n_eval:
             raise ValueError(f"--n-stadv must be <= --n-eval, got {self.n_stadv} > {self.n_eval}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
 
 
 def model_spec(name: str, defense: str, cfg: Config) -> ModelSpec:
@@ -166,11 +166,13 @@ def plan(cfg: Config, ctx):
 
     test = ctx.data(cfg.data, "test", cfg.seed)
     gen_data = _subset(ctx.data(cfg.data, "train", cfg.seed), cfg.gen_train, cfg.seed + 1)
-    x_eval, y_eval = test.x[: cfg.n_eval], test.y[: cfg.n_eval]
-    pairs_eval = make_pairs(torch.arange(cfg.n_eval), test.y, test.num_classes, "untargeted")
-    data_key = f"{cfg.data}-test-first{cfg.n_eval}"
-    gens_meta = ctx.get_meta("generators", {})
-    eval_acc = ctx.get_meta("eval_accuracy", {})
+    n_eval = min(cfg.n_eval, len(test))
+    x_eval, y_eval = test.x[:n_eval], test.y[:n_eval]
+    pairs_eval = make_pairs(torch.arange(n_eval), test.y, test.num_classes, "untargeted")
+    data_key = f"{cfg.data}-test-seed{cfg.seed}"
+    # a fitted generator depends on its classifier and its training images: both name its file and enter its run key
+    gen_data_key = f"{data_key}-generators-fit-on-{cfg.gen_train}-seed{cfg.seed + 1}-val{cfg.val_fraction:g}"
+    gens_meta, eval_acc = {}, {}
     for name in cfg.models:
         for defense in cfg.defenses:
             label = f"{name}/{defense}"
@@ -183,7 +185,7 @@ def plan(cfg: Config, ctx):
                 settings = generator_settings(cfg.gen_epochs, cfg.seed, cfg.val_fraction)
                 if row == "AdvGAN":
                     settings["gamma"] = 0.0
-                gpath = ctx.out / "generators" / f"{name}-{defense}-{row}-eps{eps:g}.safetensors"
+                gpath = ctx.out / "generators" / f"{info['key']}-{row}-eps{eps:g}-fit{cfg.gen_train}-val{cfg.val_fraction:g}.safetensors"
                 proto = SdpAdv(eps=eps, **settings)
                 if gpath.is_file() and SdpAdv.load(gpath) == proto:
                     gen = SdpAdv.load(gpath)
@@ -204,7 +206,8 @@ def plan(cfg: Config, ctx):
                 m = cfg.n_stadv if row == "stAdv" else cfg.n_eval
                 if m == 0:
                     continue
-                yield AttackRun(name, row, model, atk, info["key"], test.x, test.y, data_key, pairs_eval[:m], "untargeted",
+                key_data = gen_data_key if row in ("SdAdv", "AdvGAN", "SdpAdv") else data_key
+                yield AttackRun(name, row, model, atk, info["key"], test.x, test.y, key_data, pairs_eval[:m], "untargeted",
                                 tags={"defense": defense, "eps": eps}, batch_size=100)
 
 

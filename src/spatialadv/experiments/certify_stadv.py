@@ -22,7 +22,7 @@ from ..data import DataSpec
 from ..eval.runner import make_pairs
 from ..models import TrainConfig
 from ..ops.flow import flow_tv_loss
-from ._certify_report import PAPER, certify_blocks
+from ._certify_report import PAPER, certify_blocks, model_rows
 from .framework import AttackRun, Experiment, Report, TaskRun, option
 
 __all__ = ["Config", "PAPER", "VARIANTS", "plan", "report", "EXPERIMENTS"]
@@ -92,8 +92,7 @@ def plan(cfg: Config, ctx):
 
 def report(cfg: Config, results) -> Report:
     """Fig. 6 and the thesis table, rebuilt from the per-example records."""
-    models = {v: {"test_accuracy": m.get("test_accuracy"), "notes": m.get("notes"),
-                  "options": (m.get("spec") or {}).get("objective")} for v, m in results.models.items()}
+    models = model_rows(results)
     fig6 = {}
     for v in cfg.variants:
         runs = results.find(v, "stAdv", kind="fig6")

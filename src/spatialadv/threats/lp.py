@@ -22,7 +22,19 @@ def _check_eps(eps: object) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LinfBall(Threat):
+class _AdditiveBall(Threat):
+    """An additive perturbation ball ``{δ : ‖δ‖ ≤ eps}``: the checks and ``measure`` shared by L∞ and L2."""
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps)
+
+    def measure(self, x: Tensor, result) -> Tensor:
+        """``size(result.x_adv − x)``."""
+        return self.size(result.x_adv - x)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinfBall(_AdditiveBall):
     """``{δ : ‖δ‖∞ ≤ eps}`` with ``x + δ ∈ [0, 1]``.
 
     Goodfellow et al., *Explaining and Harnessing Adversarial Examples*, ICLR
@@ -42,9 +54,6 @@ class LinfBall(Threat):
     name: ClassVar[str] = "linf"
     unit: ClassVar[str] = "linf"
     eps: float = 0.3
-
-    def __post_init__(self) -> None:
-        _check_eps(self.eps)
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Project ``x_adv`` ``(N, C, H, W)`` onto ``{‖x_adv − x‖∞ ≤ eps} ∩ [0, 1]``.
@@ -74,13 +83,9 @@ class LinfBall(Threat):
         """``‖δ‖∞`` per example, ``(N,)``, for ``δ`` ``(N, …)``."""
         return delta.flatten(1).abs().amax(1)
 
-    def measure(self, x: Tensor, result) -> Tensor:
-        """``size(result.x_adv − x)``."""
-        return self.size(result.x_adv - x)
-
 
 @dataclass(frozen=True, kw_only=True)
-class L2Ball(Threat):
+class L2Ball(_AdditiveBall):
     """``{δ : ‖δ‖₂ ≤ eps}`` with ``x + δ ∈ [0, 1]``.
 
     Madry et al., *Towards Deep Learning Models Resistant to Adversarial
@@ -100,9 +105,6 @@ class L2Ball(Threat):
     name: ClassVar[str] = "l2"
     unit: ClassVar[str] = "l2"
     eps: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_eps(self.eps)
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Rescale ``x_adv − x`` ``(N, C, H, W)`` to L2 norm ≤ ``eps`` per example, then clip ``x_adv`` to [0, 1].
@@ -140,7 +142,3 @@ class L2Ball(Threat):
     def size(self, delta: Tensor) -> Tensor:
         """``‖δ‖₂`` per example, ``(N,)``, for ``δ`` ``(N, …)``."""
         return delta.flatten(1).norm(dim=1)
-
-    def measure(self, x: Tensor, result) -> Tensor:
-        """``size(result.x_adv − x)``."""
-        return self.size(result.x_adv - x)

@@ -33,6 +33,7 @@ def lbfgs_per_example(
     gtol: float = 1e-7,
     max_step: float | None = None,
     callback: Callable[[Tensor, Tensor, Tensor, object], Tensor | None] | None = None,
+    precondition: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Minimise N independent objectives with L-BFGS and backtracking line search.
 
@@ -55,6 +56,12 @@ def lbfgs_per_example(
         callback: ``callback(idx, z, loss, aux)`` after every accepted step
             (and at the start); may return a bool ``(M,)`` mask of examples
             to stop now.
+        precondition: optional symmetric positive-definite operator ``K``
+            mapping ``(M, D)`` rows to ``(M, D)``, used as the initial
+            inverse-Hessian approximation ``H₀ = γ K`` (``γ = sᵀy / yᵀK y``)
+            and for the steepest-descent steps (``−K g``). The objective and
+            its minimisers are unchanged; only the path differs (e.g. a
+            smoothing ``K`` makes the iterates of an image-shaped problem smooth).
 
     Returns:
         ``(z, iterations, evaluations)``: final points ``(N, D)`` and per-example
@@ -93,12 +100,17 @@ def lbfgs_per_example(
             alphas.append(a)
         gam = gamma[idx]
         has_hist = gam > 0
-        r = q * torch.where(has_hist, gam, torch.zeros_like(gam))[:, None]
+        r = (q if precondition is None else precondition(q)) * torch.where(has_hist, gam, torch.zeros_like(gam))[:, None]
         for j, a in zip(reversed(order), reversed(alphas)):
             b = rho[j, idx] * (Y[j, idx] * r).sum(1)
             r += S[j, idx] * (a - b)[:, None]
         gmax = g.abs().amax(1).clamp_min(torch.finfo(dt).tiny)
-        steepest = -g * (init_step / gmax)[:, None]
+        if precondition is not None:
+            g_pre = precondition(g)
+            gmax = g_pre.abs().amax(1).clamp_min(torch.finfo(dt).tiny)
+            steepest = -g_pre * (init_step / gmax)[:, None]
+        else:
+            steepest = -g * (init_step / gmax)[:, None]
         direction = torch.where(has_hist[:, None], -r, steepest)
         slope = (g * direction).sum(1)
         bad = slope >= 0  # not a descent direction: reset this example's history
@@ -151,6 +163,8 @@ def lbfgs_per_example(
             S[slot, aidx] = s
             Y[slot, aidx] = yv
             rho[slot, aidx] = torch.where(good, 1.0 / sy.where(good, torch.ones_like(sy)), torch.zeros_like(sy))
+            if precondition is not None:
+                yy = (yv * precondition(yv)).sum(1)
             gamma[aidx] = torch.where(good, sy / yy.clamp_min(1e-30), gamma[aidx])
             rel = (f0[accepted] - new_loss[accepted]).abs() / f0[accepted].abs().clamp_min(1.0)
             loss[aidx] = new_loss[accepted]

@@ -109,3 +109,123 @@ def flow_l2(flow: Tensor) -> Tensor:
     _check(flow)
     n = flow.shape[2] * flow.shape[3]
     return (flow.pow(2).flatten(1).sum(1) / n).sqrt()
+
+
+#: Units a flow can be expressed in: ``"pixels"`` (what every function here
+#: takes and returns) or ``"normalized"`` (grid coordinates, [−1, 1] from the
+#: first to the last pixel centre of each axis).
+FLOW_UNITS = ("pixels", "normalized")
+
+
+def _unit_scale(flow: Tensor) -> Tensor:
+    """``(1, 2, 1, 1)``: normalised grid units per pixel, ``2/(W−1)`` for Δu and ``2/(H−1)`` for Δv."""
+    h, w = flow.shape[2], flow.shape[3]
+    return torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
+
+
+def to_normalized(flow: Tensor) -> Tensor:
+    """Convert a flow from pixels to normalised grid coordinates.
+
+    Args:
+        flow: ``(N, 2, H, W)`` in pixels (channel 0 Δu along W, channel 1 Δv along H).
+
+    Returns:
+        ``(N, 2, H, W)``: Δu · 2/(W−1) and Δv · 2/(H−1).
+
+    Convention:
+        Normalised coordinates run from −1 at the first pixel centre to +1 at
+        the last (``align_corners=True`` in ``torch.nn.functional.grid_sample``
+        terms), so one pixel is 2/27 on a 28-pixel axis. This is the unit in
+        which stAdv's τ = 0.05 (Xiao et al., ICLR 2018, §4.1) and its Table 6
+        flow metrics are read here; see :class:`spatialadv.attacks.StAdv`.
+
+    Raises:
+        TypeError, ValueError: as :func:`flow_tv`.
+
+    Example:
+        >>> float(to_normalized(torch.ones(1, 2, 28, 28))[0, 0, 0, 0]) == 2 / 27
+        True
+    """
+    _check(flow)
+    return flow * _unit_scale(flow)
+
+
+def to_pixels(flow: Tensor) -> Tensor:
+    """Inverse of :func:`to_normalized`: normalised grid coordinates ``(N, 2, H, W)`` → pixels."""
+    _check(flow)
+    return flow / _unit_scale(flow)
+
+
+def neumann_smoother(h: int, w: int, lam: float, *, spacing: tuple[float, float] = (1.0, 1.0), device=None,
+                     dtype=torch.float32):
+    """The operator ``K = (I + λ L)⁻¹`` on flows ``(M, 2·H·W)``, L the 4-neighbour grid Laplacian.
+
+    ``L`` is the graph Laplacian of the H × W pixel grid with 4-neighbour edges
+    (free, i.e. Neumann, boundary), applied to each flow channel. ``K`` is
+    symmetric positive definite with eigenvalues in (0, 1]; a constant flow is
+    left unchanged and a component of spatial frequency ω is damped by
+    ``1 / (1 + λ ω²)`` (roughly: details finer than ``sqrt(λ)`` pixels are
+    suppressed). ``K`` is diagonal in the product basis of the two path-graph
+    Laplacians' eigenvectors, so one application is four small matrix products.
+
+    Used by :class:`spatialadv.attacks.StAdv` as the initial inverse-Hessian
+    approximation of L-BFGS (a Sobolev-gradient preconditioner): it changes
+    the solver's path, not the objective.
+
+    Args:
+        h: image height (pixels), ≥ 1.
+        w: image width (pixels), ≥ 1.
+        lam: λ ≥ 0 in units of ``spacing``²; 0 gives the identity.
+        spacing: ``(s_v, s_u)``, the length of one pixel step along H and
+            along W in the unit of ``lam`` (``(1, 1)``: pixels; ``(2/(H−1),
+            2/(W−1))``: normalised grid coordinates, so that one λ means the
+            same smoothing length relative to the image at every size).
+        device: device of the operator's matrices.
+        dtype: unused (kept for symmetry); the product is computed in float64
+            and returned in the input's dtype.
+
+    Returns:
+        A function mapping ``(M, 2·H·W)`` (or any shape with ``2·H·W``
+        elements per row) to ``K v`` of the same shape and dtype; each row's
+        result does not depend on the other rows (batch-independent).
+
+    Raises:
+        ValueError: ``h`` or ``w`` < 1, ``lam`` negative or not finite,
+            ``spacing`` not positive.
+
+    Example:
+        >>> k = neumann_smoother(4, 4, 10.0)
+        >>> torch.allclose(k(torch.ones(1, 32)), torch.ones(1, 32), atol=1e-5)
+        True
+    """
+    if isinstance(h, bool) or isinstance(w, bool) or not isinstance(h, int) or not isinstance(w, int) or h < 1 or w < 1:
+        raise ValueError(f"h and w must be integers >= 1, got {h!r}, {w!r}")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+
+    def path_eig(m: int) -> tuple[Tensor, Tensor]:
+        lap = torch.zeros(m, m, dtype=torch.float64)
+        i = torch.arange(m - 1)
+        lap[i, i + 1] = -1.0
+        lap[i + 1, i] = -1.0
+        lap -= torch.diag(lap.sum(1))
+        ev, q = torch.linalg.eigh(lap)
+        return ev.clamp_min(0), q
+
+    eh, qh = path_eig(h)
+    ew, qw = path_eig(w)
+    # float64 and the small matrix always on the left (one equally shaped product per image and
+    # channel), so an image's result does not depend on how many images are in the batch
+    sv, su = (float(v) for v in spacing)
+    if not (math.isfinite(sv) and math.isfinite(su) and sv > 0 and su > 0):
+        raise ValueError(f"spacing must be two finite numbers > 0, got {spacing!r}")
+    scale = (1.0 / (1.0 + lam * (eh[:, None] / sv**2 + ew[None, :] / su**2))).to(device=device)
+    qh, qw = qh.to(device=device), qw.to(device=device)
+
+    def apply(v: Tensor) -> Tensor:
+        z = v.reshape(-1, 2, h, w).to(torch.float64)
+        c = (qw.T @ (qh.T @ z).transpose(-1, -2)).transpose(-1, -2) * scale
+        out = (qw @ (qh @ c).transpose(-1, -2)).transpose(-1, -2)
+        return out.to(v.dtype).reshape(v.shape)
+
+    return apply

@@ -406,7 +406,8 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
     per threat (e.g. ``stadv_acc``, ``linf_acc``) and ``worst_case_acc`` — plus ``budgets`` (each threat's
     budget in its units), ``number_forward_passes`` (forward passes the model needs per prediction: 1),
     ``n_examples``, ``per_class``, ``attacks`` (per threat and stage: examples attacked, broken, seconds,
-    gradient and forward evaluations), ``warnings`` (failed sanity checks: ``{"check", "message"}``),
+    gradient and forward evaluations, ``over_budget``: misclassified but outside the budget, not counted),
+    ``warnings`` (failed sanity checks: ``{"check", "message"}``),
     ``unreliable`` (any warning), ``complete`` and the model, data and configuration. Numbers count only examples with a verdict under
     every threat (an incomplete or sharded run reports the examples finished so far).
 
@@ -434,17 +435,21 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
         model_key, data_key = meta["model"]["key"], meta["data_key"]
         clean_key = hashlib.sha256(f"clean|{model_key}|{data_key}".encode()).hexdigest()[:16]
         clean = {int(k): v for k, v in store.items(clean_key).items()}
+        selected = set(meta["examples"])
         verdicts, runs = {}, {}
         for threat in cfg.threats:
             st = stages(threat, cfg)
-            verdicts[threat] = {int(k): v for k, v in store.items(_verdict_key(model_key, data_key, threat, st)).items()}
+            verdicts[threat] = {int(k): v for k, v in store.items(_verdict_key(model_key, data_key, threat, st)).items()
+                                if int(k) in selected}
             runs[threat] = []
             for s in st:
                 key = run_key(model_key, s.attack, data_key, "untargeted")
                 recs = store.records(key)
+                recs = [r for r in recs if r["idx"] in selected]  # this audit's examples (the store may hold more)
                 broken = sum(1 for v in verdicts[threat].values() if v["stage"] == s.label)
+                successes = sum(1 for r in recs if r["success"] and r["clean_pred"] == r["label"])
                 runs[threat].append({"stage": s.label, "attack": attack_config(s.attack), "attacked": len(recs),
-                                     "broken": broken, "time_s": float(sum(r["time_s"] for r in recs)),
+                                     "broken": broken, "over_budget": successes - broken, "time_s": float(sum(r["time_s"] for r in recs)),
                                      "gradient_evals": int(sum(r["iterations"] for r in recs)),
                                      "forward_evals": int(sum(r["forward_evals"] or 0 for r in recs)),
                                      "gradient_free": s.gradient_free})
@@ -573,11 +578,11 @@ def _markdown(e: dict, cfg: AuditConfig) -> str:
         lines.append("| " + " | ".join([c, str(v["n"]), v["clean_acc"]] + [v[f"{t}_acc"] for t in cfg.threats]
                                         + [v["worst_case_acc"]]) + " |")
     lines += ["", "## Attack cascades", "",
-              "| threat | attack | attacked | broken | seconds | gradient evaluations | forward evaluations |",
-              "|---|---|---|---|---|---|---|"]
+              "| threat | attack | attacked | broken | misclassified over budget | seconds | gradient evaluations | "
+              "forward evaluations |", "|---|---|---|---|---|---|---|---|"]
     for t in cfg.threats:
         for r in e["attacks"][t]:
-            lines.append(f"| {t} | {r['stage']} | {r['attacked']} | {r['broken']} | {r['time_s']:.1f} | "
+            lines.append(f"| {t} | {r['stage']} | {r['attacked']} | {r['broken']} | {r['over_budget']} | {r['time_s']:.1f} | "
                          f"{r['gradient_evals']} | {r['forward_evals']} |")
     lines += ["", "Each attack runs only on the examples the earlier attacks of its threat left robust (AutoAttack's "
               "cascade). Settings: " + "; ".join(f"{r['stage']}: {json.dumps(r['attack'])}" for t in cfg.threats

@@ -345,7 +345,8 @@ def run_audit(model: nn.Module, model_info: dict, data: Dataset, cfg: AuditConfi
     with ResultStore(out / STORE_NAME) as store:
         store.set_metas({"audit": {"config": dataclasses.asdict(cfg), "model": model_info,
                                    "data": data_info or {"name": data.name}, "data_key": data_key,
-                                   "classes": list(data.classes), "num_classes": num_classes, "examples": examples},
+                                   "classes": list(data.classes), "num_classes": num_classes, "examples": examples,
+                                   "labels": [int(data.y[i]) for i in examples]},
                          "sanity": sanity})
         try:
             clean_key = hashlib.sha256(f"clean|{model_info['key']}|{data_key}".encode()).hexdigest()[:16]
@@ -460,7 +461,7 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
     examples = [i for i in meta["examples"] if i in clean and all(i in verdicts[t] for t in cfg.threats)]
     n = len(examples)
     classes = meta["classes"]
-    ys = _labels(out, meta, examples, data)
+    ys = dict(zip(meta["examples"], meta["labels"]))
     correct = {i: clean[i] == ys[i] for i in examples}
     robust = {t: {i: bool(verdicts[t][i]["robust"]) for i in examples} for t in cfg.threats}
     worst = {i: correct[i] and all(robust[t][i] for t in cfg.threats) for i in examples}
@@ -492,20 +493,6 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
     (out / "report.json").write_text(json.dumps(entry, indent=2))
     (out / "report.md").write_text(_markdown(entry, cfg))
     return entry
-
-
-def _labels(out: Path, meta: dict, examples: list[int], data: Dataset | None) -> dict[int, int]:
-    """True labels of the examples: from ``data`` when given, else from the stored ``labels`` meta."""
-    if data is not None:
-        ys = {i: int(data.y[i]) for i in examples}
-        with ResultStore(out / STORE_NAME) as store:
-            stored = store.get_meta("labels", {})
-            stored.update({str(i): y for i, y in ys.items()})
-            store.set_meta("labels", stored)
-        return ys
-    with ResultStore(out / STORE_NAME) as store:
-        stored = store.get_meta("labels", {})
-    return {i: int(stored[str(i)]) for i in examples}
 
 
 def _existing_figures(out: Path, cfg: AuditConfig) -> list[str]:

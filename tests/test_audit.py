@@ -128,6 +128,8 @@ def test_audit_mnist_cli_worst_case_json_resume(user, tmp_path, capsys, one_thre
     assert "worst case over all" in md and "Croce" in md and "## Per class" in md
     # the JSON round-trips: rebuilt from the store alone it is the same entry
     assert audit_report(out) == e
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.md").read_text() == md
     # resume: nothing attacked again, the same numbers
     n_rec = _records(out / "results.sqlite")
     assert _audit(d, out, n=12) == 0

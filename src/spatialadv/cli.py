@@ -110,8 +110,18 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .audit import STORE_NAME, audit_report
+    from .eval import ResultStore
     from .experiments.framework import rebuild, stored_experiment
 
+    store = Path(args.out) / STORE_NAME
+    if store.is_file():
+        with ResultStore(store) as s:
+            is_audit = s.get_meta("audit") is not None
+        if is_audit:  # an audit folder: numbers from the store, figures kept as they are
+            audit_report(args.out)
+            print(f"wrote {Path(args.out) / 'report.md'}")
+            return 0
     _user(stored_experiment, args.out)
     rebuild(args.out)
     print(f"wrote {Path(args.out) / 'report.md'}")
@@ -217,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp.set_defaults(func=cmd_evaluate)
 
-    sp = sub.add_parser("report", help="rebuild report.md / report.json / figures of a reproduce folder from its store")
-    sp.add_argument("out", help="folder written by `spatialadv reproduce`")
+    sp = sub.add_parser("report", help="rebuild report.md / report.json (and a reproduce folder's figures) from a folder's store")
+    sp.add_argument("out", help="folder written by `spatialadv reproduce` or `spatialadv audit`")
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("reproduce", help="reproduce a paper's experiment end to end")

@@ -339,3 +339,20 @@ def test_readme_quick_start_audit(user, tmp_path, monkeypatch, one_thread):
     assert main(argv[1:] + ["--n", "4", "--threats", "linf,stm", "--out", "quick", *CHEAP]) == 0
     e = json.loads((tmp_path / "quick" / "report.json").read_text())
     assert e["n_examples"] == 4 and float(e["worst_case_acc"]) <= min(_accs(e).values())
+
+
+def test_stadv_counts_only_within_the_flow_budget(user, tmp_path, one_thread):
+    """stAdv penalises its flow instead of bounding it: a success over the flow budget does not break the example."""
+    d, _ = user
+    model, info = load_user_model(f"{d / 'mynet.py'}:make", weights=str(d / "w.safetensors"))
+    data = load_user_data("mnist")
+    loose = run_audit(model, info, data, AuditConfig(threats=("stadv",), n=8, stadv_max_iter=15, flow_budget=float("inf")),
+                      tmp_path / "a", progress=False)
+    tight = run_audit(model, info, data, AuditConfig(threats=("stadv",), n=8, stadv_max_iter=15, flow_budget=1e-6),
+                      tmp_path / "b", progress=False)
+    assert loose["budgets"]["stadv"] == {"flow_tv_px": "inf"}  # strict JSON
+    json.loads((tmp_path / "a" / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    (lr,), (tr,) = loose["attacks"]["stadv"], tight["attacks"]["stadv"]
+    assert lr["broken"] > 0 and lr["over_budget"] == 0
+    assert tr["broken"] == 0 and tr["over_budget"] == lr["broken"]  # the same records, measured against the budget
+    assert tight["stadv_acc"] == tight["clean_acc"] and float(loose["stadv_acc"]) < float(loose["clean_acc"])

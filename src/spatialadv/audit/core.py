@@ -70,7 +70,7 @@ class AuditConfig:
     linf_eps: float = 0.3
     l2_eps: float = 2.0
     smooth_eps: float = 2.0
-    pgd_steps: int = 40
+    pgd_steps: int = 100
     smooth_steps: int = 20
     random_tries: int = 20
     stm_rotations: int = 31
@@ -173,6 +173,10 @@ def select_examples(y: Tensor, n: int) -> list[int]:
     """The first ``n`` dataset indices taken round-robin over classes (each class in dataset order).
 
     Every prefix covers the classes evenly, also for data stored class by class (an image folder).
+
+    Example:
+        >>> select_examples(torch.tensor([0, 0, 0, 1, 1, 2]), 4)
+        [0, 3, 5, 1]
     """
     per = [np.flatnonzero(y.numpy() == c).tolist() for c in sorted(set(y.tolist()))]
     out: list[int] = []

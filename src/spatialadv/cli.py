@@ -1,4 +1,4 @@
-"""Command-line interface: ``spatialadv {train, attack, evaluate, report, reproduce}``."""
+"""Command-line interface: ``spatialadv {train, attack, evaluate, report, reproduce, audit}``."""
 
 from __future__ import annotations
 
@@ -110,8 +110,18 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .audit import STORE_NAME, audit_report
+    from .eval import ResultStore
     from .experiments.framework import rebuild, stored_experiment
 
+    store = Path(args.out) / STORE_NAME
+    if store.is_file():
+        with ResultStore(store) as s:
+            is_audit = s.get_meta("audit") is not None
+        if is_audit:  # an audit folder: numbers from the store, figures kept as they are
+            audit_report(args.out)
+            print(f"wrote {Path(args.out) / 'report.md'}")
+            return 0
     _user(stored_experiment, args.out)
     rebuild(args.out)
     print(f"wrote {Path(args.out) / 'report.md'}")
@@ -130,6 +140,52 @@ def cmd_reproduce(args) -> int:
     rep = run_experiment(exp, cfg, args.out, progress=not args.quiet)
     print((Path(args.out) / "report.md").read_text())
     print(f"report: {Path(args.out) / 'report.md'} (JSON: report.json; figures: {', '.join(rep['figures'])})")
+    return 0
+
+
+def _shard(s: str) -> tuple[int, int]:
+    try:
+        i, k = (int(v) for v in s.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/K (e.g. 0/4), got {s!r}") from None
+    if not (k >= 1 and 0 <= i < k):
+        raise argparse.ArgumentTypeError(f"expected I/K with 0 <= I < K, got {s!r}")
+    return i, k
+
+
+def cmd_audit(args) -> int:
+    from .audit import AuditConfig, AuditInputError, check_model_on_data, load_user_data, load_user_model, run_audit
+
+    threats = tuple(t.strip() for t in args.threats.split(",") if t.strip())
+    kw = {k: getattr(args, k) for k in ("n", "flow_budget", "max_rotation", "max_translation", "linf_eps", "l2_eps",
+                                         "smooth_eps", "pgd_steps", "smooth_steps", "random_tries", "stm_rotations",
+                                         "stm_translations", "stadv_max_iter", "seed", "batch_size")}
+    cfg = _user(AuditConfig, threats=threats, **kw)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    # every check before the output folder is created: nothing is half-written on bad input
+    try:
+        model, info = load_user_model(args.model, weights=args.weights, mean=args.mean, std=args.std, output=args.output)
+    except AuditInputError as e:
+        raise UsageError(str(e)) from e
+    data = load_user_data(args.data, labels=args.labels, seed=args.seed)
+    _user(check_model_on_data, model, data)
+    data_info = {"name": args.data, "labels": args.labels, "classes": len(data.classes), "images": len(data),
+                 "shape": list(data.x.shape[1:])}
+    e = _user(run_audit, model, info, data, cfg, out, data_info=data_info, shard=args.shard, progress=not args.quiet)
+    for w in e["warnings"]:
+        print(f"WARNING {w['check']}: {w['message']}")
+    print(f"audit of {args.model} on {args.data}: {e['n_examples']} of {e['n_selected']} examples"
+          + ("" if e["complete"] else " (incomplete: run again to finish)"))
+    print(f"{'threat':<8} {'robust%':>8} {'seconds':>8}  broken by")
+    print(f"{'clean':<8} {e['clean_acc']:>8} {'':>8}")
+    for t in cfg.threats:
+        runs = e["attacks"][t]
+        print(f"{t:<8} {e[t + '_acc']:>8} {sum(r['time_s'] for r in runs):>8.1f}  "
+              + ", ".join(f"{r['stage']} {r['broken']}" for r in runs))
+    print(f"{'worst':<8} {e['worst_case_acc']:>8} {e['elapsed_s']:>8.1f}  (wall time of all runs into {out})")
+    print(f"report: {out / 'report.md'} (JSON entry: report.json)")
     return 0
 
 
@@ -171,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp.set_defaults(func=cmd_evaluate)
 
-    sp = sub.add_parser("report", help="rebuild report.md / report.json / figures of a reproduce folder from its store")
-    sp.add_argument("out", help="folder written by `spatialadv reproduce`")
+    sp = sub.add_parser("report", help="rebuild report.md / report.json (and a reproduce folder's figures) from a folder's store")
+    sp.add_argument("out", help="folder written by `spatialadv reproduce` or `spatialadv audit`")
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("reproduce", help="reproduce a paper's experiment end to end")
@@ -183,6 +239,42 @@ def build_parser() -> argparse.ArgumentParser:
         esp.add_argument("--quiet", action="store_true", help="no progress bars")
         add_config_arguments(esp, exp.config)
         esp.set_defaults(func=cmd_reproduce)
+
+    from .audit import THREATS, AuditConfig
+
+    d = AuditConfig()
+    sp = sub.add_parser("audit", help="audit your own model: robust accuracy per threat model and worst case per example",
+                        description="Attack a user's model under stAdv, STM, L∞, L2 and smooth threats (a cascade per "
+                        "threat), check it (AutoAttack's sanity checks) and write report.md / report.json (RobustBench "
+                        "fields) into --out. Resumable; shardable with --shard.")
+    sp.add_argument("--model", required=True, metavar="FILE.py:FACTORY | module:FACTORY | TORCHSCRIPT",
+                    help="a factory returning an nn.Module (in a Python file or an importable module), or a TorchScript file")
+    sp.add_argument("--weights", metavar="FILE.safetensors", help="state dict to load into the factory's model (safetensors only)")
+    sp.add_argument("--data", required=True, metavar="NAME|FILE|FOLDER",
+                    help="built-in dataset (test split), .npz (x, y), IDX images (with --labels) or a folder with one "
+                         "sub-folder of images per class")
+    sp.add_argument("--labels", metavar="IDX", help="labels file of IDX images")
+    sp.add_argument("--threats", default=",".join(d.threats), help=f"comma-separated subset of {','.join(THREATS)}")
+    sp.add_argument("--n", type=int, default=d.n, help=f"examples audited (default {d.n})")
+    sp.add_argument("--out", default="runs/audit", help="output folder (results.sqlite, report.md, report.json, figures)")
+    sp.add_argument("--mean", type=float, nargs="+", help="input normalisation mean per channel ([0, 1] units)")
+    sp.add_argument("--std", type=float, nargs="+", help="input normalisation std per channel")
+    sp.add_argument("--output", metavar="KEY", help="the logits' key (dict outputs, default 'logits') or position (tuples, default 0)")
+    sp.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/K", help="audit only examples I, I+K, ... (default 0/1)")
+    for name, help_ in [("flow_budget", "stAdv flow budget: total variation (stAdv Eq. 5) in pixels"),
+                        ("max_rotation", "STM rotation bound, degrees"), ("max_translation", "STM translation bound, pixels"),
+                        ("linf_eps", "L∞ budget, [0, 1] pixel units"), ("l2_eps", "L2 budget, [0, 1] pixel units"),
+                        ("smooth_eps", "L2 budget of smooth perturbations (sPGD2)")]:
+        sp.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
+                        help=f"{help_} (default {getattr(d, name):g})")
+    for name, help_ in [("pgd_steps", "PGD iterations"), ("smooth_steps", "sPGD2 iterations"),
+                        ("random_tries", "random-search points per example (gradient-masking check)"),
+                        ("stm_rotations", "STM grid: rotations"), ("stm_translations", "STM grid: translations per axis"),
+                        ("batch_size", "examples per attack call"), ("seed", "seed of random starts and of built-in splits")]:
+        sp.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=f"{help_} (default {getattr(d, name)})")
+    sp.add_argument("--stadv-max-iter", type=int, default=None, help="stAdv L-BFGS steps per image (default: StAdv()'s)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.set_defaults(func=cmd_audit)
     return p
 
 

@@ -53,6 +53,11 @@ PAPERS: dict[str, Paper] = {
                       "Training: Attacks and Defenses", "ICLR 2018"),
     "sdp-nn": Paper("A. Raghunathan, J. Steinhardt, P. Liang", "Certified Defenses against Adversarial Examples",
                     "ICLR 2018"),
+    "autoattack": Paper("F. Croce, M. Hein", "Reliable Evaluation of Adversarial Robustness with an Ensemble of Diverse "
+                        "Parameter-free Attacks", "ICML 2020"),
+    "robustbench": Paper("F. Croce, M. Andriushchenko, V. Sehwag, E. Debenedetti, N. Flammarion, M. Chiang, P. Mittal, "
+                         "M. Hein", "RobustBench: a standardized adversarial robustness benchmark",
+                         "NeurIPS 2021 Datasets and Benchmarks Track"),
 }
 
 

@@ -43,3 +43,7 @@ ATTACKS["stm"] = RotationTranslation
 from .generative import GeneratorNets, SdpAdv, advgan, sdadv  # noqa: E402
 
 __all__ += ["SdpAdv", "GeneratorNets", "sdadv", "advgan"]
+
+from .random_search import RandomSearch  # noqa: E402
+
+__all__ += ["RandomSearch"]

@@ -13,7 +13,7 @@ from torch import nn
 from _contract import run_checked
 from spatialadv.attacks import StAdv
 from spatialadv.ops import flow_tv, flow_tv_loss, flow_warp
-from spatialadv.ops.flow import to_normalized
+from spatialadv.ops.flow import flow_l2, neumann_smoother, to_normalized, to_pixels
 from spatialadv.optim import lbfgs_per_example
 
 FAST = StAdv(tau=0.05, max_iter=20)  # succeeds on almost every digit
@@ -491,3 +491,99 @@ def test_restarts_only_touch_failures(digits_model):
         StAdv(restart_offsets=(0.7,))
     with pytest.raises(TypeError):
         StAdv(restart_offsets=[0.01])
+
+
+# -- the paper's units, the preconditioner, the solver's budget ----------------------------------
+
+
+def test_flow_unit_conversion_round_trips():
+    f = torch.randn(3, 2, 8, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    n = to_normalized(f)
+    torch.testing.assert_close(n[:, 0], f[:, 0] * 2 / 11)  # Δu along W
+    torch.testing.assert_close(n[:, 1], f[:, 1] * 2 / 7)  # Δv along H
+    torch.testing.assert_close(to_pixels(n), f)
+
+
+def test_neumann_smoother_matches_dense_inverse_and_is_row_independent():
+    h, w, lam, spacing = 5, 7, 3.0, (0.5, 2.0)
+    n = h * w
+    lap = torch.zeros(n, n, dtype=torch.float64)
+    for r in range(h):
+        for c in range(w):
+            for dr, dc, s in ((0, 1, spacing[1]), (1, 0, spacing[0])):
+                if r + dr < h and c + dc < w:
+                    a, b = r * w + c, (r + dr) * w + c + dc
+                    wgt = 1.0 / s**2
+                    lap[a, b] -= wgt
+                    lap[b, a] -= wgt
+                    lap[a, a] += wgt
+                    lap[b, b] += wgt
+    k = torch.linalg.inv(torch.eye(n, dtype=torch.float64) + lam * lap)
+    op = neumann_smoother(h, w, lam, spacing=spacing)
+    v = torch.randn(6, 2 * n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(op(v), (v.view(6, 2, n) @ k).view(6, -1))
+    v32 = v.float()
+    assert torch.equal(op(v32), torch.cat([op(v32[i : i + 1]) for i in range(6)]))  # float32: each row alone
+    assert torch.equal(neumann_smoother(h, w, 0.0)(v), v)
+    with pytest.raises(ValueError, match="lam"):
+        neumann_smoother(h, w, -1.0)
+    with pytest.raises(ValueError, match="spacing"):
+        neumann_smoother(h, w, 1.0, spacing=(0.0, 1.0))
+
+
+def test_normalized_tau_is_pixel_tau_rescaled(digits_model):
+    """τ on normalised flows equals τ·2/(W−1) on pixel flows (L_flow is 1-homogeneous; eps and λ rescale)."""
+    model, x, y = digits_model
+    m = copy.deepcopy(model).double()
+    x, y, t = x[:12].double(), y[:12], _targets(y[:12], 3)
+    s = 2 / 7  # 8 × 8 digits
+    norm = StAdv(tau=0.5, eps=1e-6, precondition=0.5, max_iter=15)(m, x, y, target=t)
+    pix = StAdv(tau=0.5 * s, eps=1e-6 / s**2, precondition=0.5 / s**2, flow_units="pixels", max_iter=15)(m, x, y, target=t)
+    assert torch.equal(norm.success, pix.success)
+    torch.testing.assert_close(norm.flow, pix.flow, rtol=0, atol=1e-6)
+
+
+def test_preconditioner_reaches_smoother_flows(digits_model):
+    """Same objective, same success, lower L_flow and lower TV/L2 than plain L-BFGS (measured on MNIST too)."""
+    model, x, y = digits_model
+    x, y, t = x[:32], y[:32], _targets(y[:32], 4)
+    pre, plain = StAdv()(model, x, y, target=t), StAdv(precondition=0.0)(model, x, y, target=t)
+    both = pre.success & plain.success
+    assert int(both.sum()) >= 28
+    l_pre = flow_tv_loss(to_normalized(pre.flow[both]), eps=0.0).mean()
+    l_plain = flow_tv_loss(to_normalized(plain.flow[both]), eps=0.0).mean()
+    assert float(l_pre) < float(l_plain)
+    ratio = (lambda r: (flow_tv(r.flow[both]) / flow_l2(r.flow[both])).mean())
+    assert float(ratio(pre)) < float(ratio(plain))
+
+
+def test_failing_images_continue_while_objective_decreases(digits_model):
+    """Without abandon_after an unsuccessful image runs until L-BFGS converges or the cap; steps are reported."""
+    model, x, y = digits_model
+    x, y, t = x[:16], y[:16], _targets(y[:16], 5)
+    keep = StAdv(tau=2.0, max_iter=25)(model, x, y, target=t)
+    drop = StAdv(tau=2.0, max_iter=25, abandon_after=2)(model, x, y, target=t)
+    fail = ~keep.success & ~drop.success
+    assert int(fail.sum()) >= 4
+    steps_keep, steps_drop = keep.params["steps"], drop.params["steps"]
+    assert torch.all(steps_keep <= 25) and bool((steps_keep[fail] == 25).any())  # failures ran to the cap
+    assert torch.all(steps_drop[fail] <= steps_keep[fail]) and bool((steps_drop[fail] < steps_keep[fail]).any())
+    assert torch.all(keep.params["steps"] <= keep.iterations)  # every step costs at least one evaluation
+
+
+def test_lbfgs_per_example_line_search_limits_and_preconditioner():
+    a, c = _quadratics()
+    n, d = a.shape
+    z0 = torch.zeros(n, d, dtype=torch.float64)
+    # a preconditioner changes the path, not the minimiser
+    k = torch.linspace(0.5, 2.0, d, dtype=torch.float64)
+    z, _, _ = lbfgs_per_example(_objective(a, c, torch.arange(n), {}), z0, max_iter=300, ftol=0.0, gtol=1e-10,
+                                precondition=lambda v: v * k)
+    torch.testing.assert_close(z, c, rtol=0, atol=1e-8)
+    # a per-example trial limit: 1 trial per line search stops example 0's first failing search
+    limits = torch.full((n,), 10, dtype=torch.long)
+    limits[0] = 1
+    _, _, e_lim = lbfgs_per_example(_objective(a, c, torch.arange(n), {}), z0, max_iter=50, max_ls=limits)
+    _, _, e_all = lbfgs_per_example(_objective(a, c, torch.arange(n), {}), z0, max_iter=50, max_ls=10)
+    assert torch.equal(e_lim[1:], e_all[1:])  # the others are untouched
+    assert int(e_lim[0]) <= int(e_all[0])

@@ -26,7 +26,7 @@ def lbfgs_per_example(
     *,
     max_iter: int = 100,
     history: int = 10,
-    max_ls: int = 10,
+    max_ls: int | Tensor = 10,
     c1: float = 1e-4,
     init_step: float = 0.1,
     ftol: float = 1e-6,
@@ -44,7 +44,9 @@ def lbfgs_per_example(
         z0: starting points ``(N, D)``.
         max_iter: iterations (accepted steps) per example.
         history: number of curvature pairs kept per example.
-        max_ls: backtracking halvings before an example is declared converged.
+        max_ls: backtracking trials before an example's line search fails;
+            an int, or an int64 tensor ``(N,)`` of per-example limits that the
+            caller may change between iterations (e.g. from ``callback``).
         c1: Armijo sufficient-decrease constant.
         init_step: length (∞-norm, in the units of z) of the first step and of
             steps after a history reset.
@@ -128,8 +130,9 @@ def lbfgs_per_example(
         new_loss = f0.clone()
         new_grad = g.clone()
         new_aux_rows: list[tuple[Tensor, object]] = []
-        for _ls in range(max_ls):
-            sidx = searching.nonzero().squeeze(1)
+        limit = max_ls[idx] if isinstance(max_ls, Tensor) else torch.full((idx.numel(),), max_ls, dtype=torch.long, device=dev)
+        for _ls in range(int(limit.max()) if idx.numel() else 0):
+            sidx = (searching & (limit > _ls)).nonzero().squeeze(1)
             if sidx.numel() == 0:
                 break
             zt = z[idx[sidx]] + t[sidx, None] * direction[sidx]

@@ -56,7 +56,10 @@ class AttackResult:
             (normalised coordinates) and ``eta_linf`` ``(N,)`` ([0, 1] pixel
             units); stAdv with a τ search ``tau`` ``(N,)`` (the τ of the
             returned flow). Empty for the L_p attacks (``delta`` is the
-            parameter) and flow attacks without per-example τ.
+            parameter) and flow attacks without per-example τ. Keys an
+            attack lists in its ``solver_params`` describe the solver, not
+            the perturbation, and keep their value where failed (stAdv
+            ``steps`` ``(N,)``: L-BFGS steps used).
         forward_evals: ``(N,)`` int64, **forward-only** model evaluations per
             example made by the attack's search (STM candidates, the final
             evaluation of C&W's last iterate, success checks between τ runs).
@@ -211,6 +214,8 @@ class Attack:
     """
 
     norm: ClassVar[str] = "l2"
+    #: ``params`` keys that describe the solver's work (kept for failed examples too)
+    solver_params: ClassVar[tuple[str, ...]] = ()
 
     @property
     def threat(self) -> Threat:
@@ -310,6 +315,9 @@ class Attack:
         params = {}
         for key, value in (parts.get("params") or {}).items():
             value = value.detach()
+            if key in self.solver_params:
+                params[key] = value
+                continue
             if key == "theta":
                 fail = torch.zeros_like(value)
                 fail[:, 0, 0] = 1

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .._validation import check_int, check_positive
 from ..attacks.stadv import StAdv
-from ..ops.flow import flow_tv_loss
+from ..ops.flow import flow_tv_loss, to_normalized
 from ..ops.warp import flow_warp
 
 __all__ = ["StAdvTauBinarySearch"]
@@ -39,6 +39,12 @@ class StAdvTauBinarySearch(StAdv):
     pixels summed over directed 4-neighbour pairs); flows beyond the budget
     are discarded.
 
+    Convention: unlike :class:`~spatialadv.attacks.StAdv`, τ, the budget and
+    ``eps`` are in **pixels** by default (``flow_units="pixels"``), and the
+    solver is plain L-BFGS (``precondition=0``) abandoning an unsuccessful
+    image after 10 steps without progress — the settings of the thesis
+    reproduction in ``spatialadv reproduce certify-stadv``.
+
     Args:
         tau_low, tau_high: the search interval (thesis: 0 and 1000).
         search_steps: number of stAdv runs per image.
@@ -53,6 +59,11 @@ class StAdvTauBinarySearch(StAdv):
     tau_low: float = 0.0
     tau_high: float = 1000.0
     search_steps: int = 8
+    # the thesis' τ and budget are in pixels, solved by plain L-BFGS (the settings its reproduction was measured with)
+    flow_units: str = "pixels"
+    eps: float = 1e-4
+    precondition: float = 0.0
+    abandon_after: int | None = 10
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,12 +85,12 @@ class StAdvTauBinarySearch(StAdv):
         for _ in range(self.search_steps):
             tau = (lo + hi) / 2
             start = torch.full((n, 2, h, w), self.init_offset, dtype=x.dtype, device=x.device)
-            flow, ok, it, _ = self._solve(model, x, y, target, tau, start)
+            flow, ok, it, _, _ = self._solve(model, x, y, target, tau, start)
             iterations += it
             with torch.no_grad():
                 pred = model(flow_warp(x, flow, padding_mode=self.padding_mode)).argmax(1)
             crit = pred == target if target is not None else pred != y
-            lflow = flow_tv_loss(flow, eps=0.0)
+            lflow = flow_tv_loss(to_normalized(flow) if self.flow_units == "normalized" else flow, eps=0.0)
             ok = ok & crit & (lflow <= budget)
             better = ok & (lflow < best_lflow)
             best_flow[better] = flow[better]

@@ -203,7 +203,7 @@ class StAdvPoolPenalty:
     Args:
         data: the training set ``(N, C, H, W)`` in [0, 1].
         lam_r: weight of the pool loss, ≥ 0.
-        tau: stAdv's flow-smoothness weight τ.
+        tau: stAdv's flow-smoothness weight τ, on pixel flows (``flow_units="pixels"``, plain L-BFGS).
         refresh: regenerate the pool every ``refresh`` epochs (epoch 0 included).
         pool_size: number of training images in the pool.
         max_iter: stAdv optimiser iterations.
@@ -220,7 +220,8 @@ class StAdvPoolPenalty:
         self.data = data
         self.lam_r = lam_r
         self.refresh = refresh
-        self.attack = StAdv(tau=tau, max_iter=max_iter)
+        # τ in pixels, plain L-BFGS: the attack the cached stadv-at checkpoints were trained with
+        self.attack = StAdv(tau=tau, max_iter=max_iter, flow_units="pixels", eps=1e-4, precondition=0.0, abandon_after=10)
         gen = torch.Generator().manual_seed(seed)
         self.idx = torch.randperm(len(data), generator=gen)[:pool_size]
         self.gen = gen

@@ -203,6 +203,12 @@ def neumann_smoother(h: int, w: int, lam: float, *, spacing: tuple[float, float]
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
 
+    sv, su = (float(v) for v in spacing)
+    if not (math.isfinite(sv) and math.isfinite(su) and sv > 0 and su > 0):
+        raise ValueError(f"spacing must be two finite numbers > 0, got {spacing!r}")
+    if lam == 0:
+        return lambda v: v
+
     def path_eig(m: int) -> tuple[Tensor, Tensor]:
         lap = torch.zeros(m, m, dtype=torch.float64)
         i = torch.arange(m - 1)
@@ -216,9 +222,6 @@ def neumann_smoother(h: int, w: int, lam: float, *, spacing: tuple[float, float]
     ew, qw = path_eig(w)
     # float64 and the small matrix always on the left (one equally shaped product per image and
     # channel), so an image's result does not depend on how many images are in the batch
-    sv, su = (float(v) for v in spacing)
-    if not (math.isfinite(sv) and math.isfinite(su) and sv > 0 and su > 0):
-        raise ValueError(f"spacing must be two finite numbers > 0, got {spacing!r}")
     scale = (1.0 / (1.0 + lam * (eh[:, None] / sv**2 + ew[None, :] / su**2))).to(device=device)
     qh, qw = qh.to(device=device), qw.to(device=device)
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from spatialadv.attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2, RotationTranslation, StAdv
+from spatialadv.attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2, RotationTranslation
 from spatialadv.data import DataSpec, load_dataset
 from spatialadv.eval.runner import example_index, first_correct
+from spatialadv.experiments import stadv as stadv_experiment
 from spatialadv.models import ModelSpec, TrainConfig, load_or_train
 
 
@@ -34,7 +35,7 @@ def attacks() -> dict:
         "PGD-Linf (random start)": PGD(norm="linf", eps=0.3, step_size=0.01, steps=40, random_start=True, early_stop=True),
         "MIM": MIM(eps=0.3, step_size=0.01, steps=40, early_stop=True),
         "C&W-L2": CarliniWagnerL2(initial_const=1.0, binary_search_steps=3, steps=100, lr=0.05),
-        "stAdv (main job)": StAdv(tau_search=(0.005, 0.0005), max_iter=100, restart_offsets=(0.01, -0.01, 0.05, -0.05)),
+        "stAdv (main job)": stadv_experiment.attacks()["stAdv"],
         "STM (grid)": RotationTranslation(early_stop=True),
     }
 

@@ -128,7 +128,9 @@ class StAdv(Attack):
     (:class:`~spatialadv.threats.PixelFlow`); ``params["tau"]`` ``(N,)`` the
     τ of the run that produced the returned flow (0 where failed) and
     ``params["steps"]`` ``(N,)`` the L-BFGS steps used over all τ values and
-    restarts (failed examples included); ``iterations`` the objective evaluations (forward+backward,
+    restarts (failed examples included) and ``params["start"]`` ``(N,)`` which
+    start produced the returned flow (0: ``init_offset``, k: the k-th
+    ``restart_offsets`` entry, −1: none succeeded); ``iterations`` the objective evaluations (forward+backward,
     line-search trials included); ``forward_evals`` 0.
 
     Raises:
@@ -142,7 +144,7 @@ class StAdv(Attack):
     """
 
     norm: ClassVar[str] = "flow_tv"
-    solver_params: ClassVar[tuple[str, ...]] = ("steps",)
+    solver_params: ClassVar[tuple[str, ...]] = ("steps", "start")
 
     tau: float = 0.05
     kappa: float = 0.0
@@ -206,10 +208,11 @@ class StAdv(Attack):
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         steps = torch.zeros(n, dtype=torch.long, device=x.device)
+        start_used = torch.full((n,), -1, dtype=torch.long, device=x.device)
         # Start from a tiny constant flow: it has zero L_flow and moves every
         # sampling position off the integer grid, where the bilinear warp has a
         # kink in every pixel (one-sided gradients would not give a descent direction).
-        for offset in (self.init_offset, *self.restart_offsets):
+        for k, offset in enumerate((self.init_offset, *self.restart_offsets)):
             start = torch.full_like(best_flow, offset)
             for tau in self.tau_search or (self.tau,):
                 todo = (~found).nonzero().squeeze(1)
@@ -219,11 +222,13 @@ class StAdv(Attack):
                 best_flow[todo] = flow
                 found[todo] = ok
                 tau_used[todo[ok]] = float(tau)
+                start_used[todo[ok]] = k
                 start[todo] = last  # warm start of the next, smaller τ
                 iterations[todo] += it
                 steps[todo] += st
         x_adv = flow_warp(x, best_flow, padding_mode=self.padding_mode).clamp(0, 1)
-        return {"x_adv": x_adv, "flow": best_flow, "iterations": iterations, "params": {"tau": tau_used, "steps": steps}}
+        return {"x_adv": x_adv, "flow": best_flow, "iterations": iterations,
+                "params": {"tau": tau_used, "steps": steps, "start": start_used}}
 
     def _solve(self, model, x, y, target, tau, start):
         n, _, h, w = x.shape

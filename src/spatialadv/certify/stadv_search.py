@@ -42,7 +42,7 @@ class StAdvTauBinarySearch(StAdv):
     Convention: unlike :class:`~spatialadv.attacks.StAdv`, τ, the budget and
     ``eps`` are in **pixels** by default (``flow_units="pixels"``), and the
     solver is plain L-BFGS (``precondition=0``) abandoning an unsuccessful
-    image after 10 steps without progress — the settings of the thesis
+    image after 10 steps without progress, 10 line-search trials throughout — the settings of the thesis
     reproduction in ``spatialadv reproduce certify-stadv``.
 
     Args:
@@ -64,6 +64,7 @@ class StAdvTauBinarySearch(StAdv):
     eps: float = 1e-4
     precondition: float = 0.0
     abandon_after: int | None = 10
+    polish_ls: int = 10
 
     def __post_init__(self) -> None:
         super().__post_init__()

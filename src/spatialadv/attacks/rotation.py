@@ -135,14 +135,22 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
             most ``max_batch`` images ``(example, candidate)`` are warped and
             evaluated at once. Chunking never changes the result: the running
             best is updated in ``params`` order with the same tie rule.
+        selection: ``"success_first"`` (default) or ``"max_loss"``, see below.
 
-    Selection rule (per example):
+    Selection rule (per example), ``selection="success_first"``:
         Untargeted: among candidates the model misclassifies (``pred ≠ y``),
         the one with the highest cross-entropy ``CE(f(x_T), y)``; if there is
         none, the one with the highest ``CE(f(x_T), y)``. Targeted: among
         candidates classified as ``target``, the one with the lowest
         ``CE(f(x_T), target)``; if none, the lowest ``CE(f(x_T), target)``.
         Ties go to the first candidate in ``params`` order.
+
+    ``selection="max_loss"`` (CleverHans' ``SpatialTransformationMethod``):
+        the candidate of highest ``CE(f(x_T), y)`` (targeted: lowest
+        ``CE(f(x_T), target)``) whether or not it meets the criterion; the
+        example succeeds iff that candidate does. It can miss a misclassifying
+        candidate of lower loss, so it is never stronger than
+        ``"success_first"``. Ties go to the first candidate.
 
     Returns:
         dict with ``x_t`` ``(N, C, H, W)`` the chosen warped images,

@@ -19,6 +19,7 @@ run — in any output folder — reuses them.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,7 +293,7 @@ def report(cfg: Config, res) -> Report:
         # the paper's Table 3 "L2" column matches the squared L2 (pixels in [0, 1]); same denominator as l2_mean
         sq = [x["l2"] ** 2 for x in r.records() if x["clean_pred"] == x["label"] and x["success"]]
         results.append({"model": r.model, "attack": r.attack, "defense": r.tags.get("defense"), "eps": r.tags.get("eps"),
-                        **s, "l2_squared_mean": float(np.mean(sq)) if sq else float("nan"),
+                        **s, "l2_squared_mean": float(np.mean(sq)) if sq else math.nan,
                         "seconds_per_100": s["ms_per_example"] / 10.0})
     figures = _panels(res, test, res.out)
     config = {**vars(cfg), "dataset": cfg.data, "gen_train": min(cfg.gen_train, len(res.data(cfg.data, "train", cfg.seed))),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -355,7 +356,7 @@ def _panels(res, test, out: Path, n: int = 10) -> list[Path]:
         acc = r.summary()["robust_accuracy"]
         eps = r.tags.get("eps")
         tag = r.attack + ("" if eps is None else f" ε={eps:g}")
-        fname = "fig3_" + tag.replace(" ε=", "_eps").replace(".", "") + ".png"
+        fname = "fig3_" + re.sub(r"[^A-Za-z0-9_]+", "_", tag.replace(" ε=", "_eps").replace(".", "")).strip("_") + ".png"
         figs.append(prediction_panel(imgs, [short(names[p]) for p in preds], out / fname,
                                      colors=["black" if p == l else "red" for p, l in zip(preds, labels)],
                                      title=f"{tag} on {MODEL_LABEL.get(models[0], models[0])}, accuracy on the evaluated images {acc:.3f}; titles: prediction"))
@@ -490,6 +491,6 @@ EXPERIMENTS = [
                "(Perturbations Are Not Enough, ICLR 2020 submission, Tables 1, 3)", Config(), plan, report,
                papers=("sdpadv", "engstrom", "stadv", "fgsm", "pgd", "mim")),
     Experiment("sdpadv-fashion", "the same on Fashion-MNIST (Tables 2, 3)",
-               Config(data="fashion-mnist", clf_train=6000, clf_epochs=8), plan, report,
+               Config(data="fashion-mnist", clf_epochs=5, gen_train=12000, gen_epochs=10, gen_warm_epochs=4), plan, report,
                papers=("sdpadv", "engstrom", "stadv", "fgsm", "pgd", "mim")),
 ]

@@ -324,8 +324,17 @@ def _reference_check(rep) -> dict:
     clean = rep["models"].get("c4/none", {})
     sdp = _lookup(res, "c4", "none", "SdpAdv", 0.1)
     sd = _lookup(res, "c4", "none", "SdAdv", None)
+    by_eps = {}
+    for e in EPS:
+        r = _lookup(res, "c4", "none", "SdpAdv", e)
+        if r is not None:
+            by_eps[f"{e:g}"] = r["robust_accuracy"]
+    vals = list(by_eps.values())
     return {"clean_accuracy_eval": clean.get("eval_accuracy"), "clean_accuracy_test": clean.get("test_accuracy"),
             "sdpadv_eps0.1_accuracy": None if sdp is None else sdp["robust_accuracy"],
+            "sdpadv_accuracy_by_eps": by_eps,
+            # a larger threat set is never weaker: accuracy under attack should not increase with ε
+            "sdpadv_non_increasing_in_eps": all(a >= b for a, b in zip(vals, vals[1:])) if len(vals) > 1 else None,
             "sdadv_accuracy": None if sd is None else sd["robust_accuracy"]}
 
 
@@ -403,6 +412,15 @@ def _markdown(rep) -> str:
              f"test split; paper {_f(pa.get('No attack', [None])[0])}); SdpAdv ε = 0.1: **{_f(dw['sdpadv_eps0.1_accuracy'])}** "
              f"(paper {_f(pa.get('SdpAdv', [None])[0])}); SdAdv: **{_f(dw['sdadv_accuracy'])}** (paper {_f(pa.get('SdAdv', [None])[0])})."
              )
+    mono = dw.get("sdpadv_non_increasing_in_eps")
+    if mono is not None:
+        L.append("")
+        L.append("SdpAdv accuracy under attack by ε (0.1, 0.2, 0.3): "
+                 + ", ".join(f"{_f(v)}" for v in dw["sdpadv_accuracy_by_eps"].values())
+                 + (" — non-increasing in ε, as it must be (a larger threat set contains the smaller)." if mono else
+                    " — **not** non-increasing in ε: a larger threat set contains the smaller one, so the larger-ε "
+                    "generator is under-trained or its validation model selection missed (differences of a few images "
+                    "out of 1 000 are within sampling noise)."))
     L.append("")
     for m in cfg["models"]:
         pm = paper.get(m, {})

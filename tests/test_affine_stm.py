@@ -291,3 +291,113 @@ def test_stm_budget_validation():
     for bad, exc in ((0, ValueError), (1.5, TypeError), (True, TypeError)):
         with pytest.raises(exc, match="max_chunk_bytes"):
             RotationTranslation(max_chunk_bytes=bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# presets: CleverHans' grid (the SdpAdv paper's STM) and Engstrom's
+# ------------------------------------------------------------------------------------------------
+def test_cleverhans_preset_grid():
+    atk = RotationTranslation.preset("cleverhans")
+    c = atk.candidates(3)
+    assert c.shape == (24, 3) and atk.selection == "max_loss" and not atk.early_stop
+    assert atk.padding_mode == "zeros"
+    torch.testing.assert_close(torch.unique(c[:, 0]), torch.tensor([-30.0, -18, -6, 6, 18, 30], dtype=torch.float64))
+    for k in (1, 2):  # ±0.1 of the image size, in pixels
+        torch.testing.assert_close(torch.unique(c[:, k]), torch.tensor([-2.8, 2.8], dtype=torch.float64))
+    assert not (c == 0).all(1).any()  # no identity in this grid
+    assert torch.unique(c, dim=0).shape[0] == 24
+    big = RotationTranslation.preset("cleverhans", image_size=32)
+    assert big.max_translation == pytest.approx(3.2)
+    eng = RotationTranslation.preset("engstrom")
+    assert eng.candidates(1).shape == (775, 3) and eng.selection == "success_first"
+    assert eng.max_translation == 3.0 and eng.max_rotation == 30.0
+    assert RotationTranslation.preset("engstrom", early_stop=True).early_stop
+    with pytest.raises(ValueError, match="preset name"):
+        RotationTranslation.preset("foolbox")
+    with pytest.raises(ValueError, match="early_stop"):
+        RotationTranslation.preset("cleverhans", early_stop=True)
+    with pytest.raises(ValueError, match="selection"):
+        RotationTranslation(selection="first")
+    with pytest.raises(ValueError, match="active_only_until_success"):
+        worst_transform(_Scorer().eval(), torch.rand(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), c,
+                        selection="max_loss", active_only_until_success=True)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_max_loss_selection_is_the_argmax_of_the_loss(targeted):
+    torch.manual_seed(1)
+    model = _Scorer().eval()
+    x = torch.rand(40, 1, 8, 8).round() * torch.rand(40, 1, 8, 8)
+    x[20:] *= 0.05
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    target = (y + 1) % 4 if targeted else None
+    cands = torch.tensor([[0.0, 0, 0], [0, 2, 0], [0, -2, 0], [0, 0, 2], [30, 0, 0], [-30, 1, 1], [10, -1, 2]], dtype=torch.float64)
+    with torch.no_grad():
+        out = worst_transform(model, x, y, cands, target=target, max_batch=50, selection="max_loss")
+        first = worst_transform(model, x, y, cands, target=target, max_batch=50)
+        succ, loss = _brute_force(model, x, y, cands, target)
+    j = loss.argmax(1)
+    assert torch.equal(out["params"], cands[j])
+    assert torch.equal(out["success"], succ.gather(1, j[:, None]).squeeze(1))
+    torch.testing.assert_close(out["loss"], loss.gather(1, j[:, None]).squeeze(1))
+    # never stronger than success-first
+    assert not (out["success"] & ~first["success"]).any()
+    with torch.no_grad():
+        out2 = worst_transform(model, x, y, cands, target=target, max_batch=10_000, selection="max_loss")
+    assert torch.equal(out2["params"], out["params"]) and torch.equal(out2["x_t"], out["x_t"])
+
+
+class _CodeReader(nn.Module):
+    """Logits read off the centre pixel of a (1, 3, 5) image: a code value picks log-probabilities over 3 classes."""
+
+    codes = {0.1: [0.40, 0.45, 0.15], 0.2: [0.35, 0.33, 0.32], 0.9: [0.90, 0.05, 0.05]}
+
+    def forward(self, x):
+        v = x[:, 0, 1, 2]
+        out = torch.full((len(x), 3), -5.0, dtype=x.dtype)
+        for code, p in self.codes.items():
+            hit = (v - code).abs() < 1e-3
+            out[hit] = torch.tensor(p, dtype=x.dtype).log()
+        return out
+
+
+def test_max_loss_can_miss_a_misclassifying_transform():
+    # shifting by ±1 px shows the centre pixel 0.1 (misclassified, CE 0.92) or 0.2 (still correct, CE 1.05)
+    x = torch.zeros(1, 1, 3, 5)
+    x[0, 0, 1] = torch.tensor([0.0, 0.1, 0.9, 0.2, 0.0])
+    y = torch.zeros(1, dtype=torch.long)
+    cands = torch.tensor([[0.0, 0, 0], [0, 1, 0], [0, -1, 0]], dtype=torch.float64)
+    model = _CodeReader().eval()
+    with torch.no_grad():
+        succ, loss = _brute_force(model, x, y, cands)
+        first = worst_transform(model, x, y, cands)
+        worst = worst_transform(model, x, y, cands, selection="max_loss")
+    assert succ[0].tolist() == [False, True, False] or succ[0].tolist() == [False, False, True]
+    j_succ, j_loss = int(succ[0].float().argmax()), int(loss[0].argmax())
+    assert j_succ != j_loss and not succ[0, j_loss]
+    assert bool(first["success"][0]) and torch.equal(first["params"][0], cands[j_succ])
+    assert not bool(worst["success"][0]) and torch.equal(worst["params"][0], cands[j_loss])
+    # the attack class with the CleverHans rule returns the input for the failed example (contract)
+    atk = RotationTranslation(max_rotation=0.0, max_translation=1.0, num_rotations=1, num_translations=3,
+                              selection="max_loss")
+    res = atk(model, x, y)
+    assert not bool(res.success[0]) and torch.equal(res.x_adv, x)
+
+
+def test_cleverhans_preset_contract_and_batch_independence(digits_model):
+    model, x, y = digits_model
+    atk = RotationTranslation.preset("cleverhans", image_size=x.shape[-1])
+    res = run_checked(atk, model, x, y)
+    assert torch.all(res.forward_evals == 24)
+    with torch.no_grad():
+        assert torch.equal(res.success, model(res.x_adv).argmax(1) != y)
+        _, loss = _brute_force(model, x, y, atk.candidates(len(x)))
+    # a successful example holds the transform of highest cross-entropy
+    s = res.success
+    assert s.any()
+    best = atk.candidates(len(x))[loss.argmax(1)].to(res.params["angle"].dtype)
+    torch.testing.assert_close(res.params["angle"][s], best[s, 0])
+    torch.testing.assert_close(res.params["shift"][s], best[s, 1:])
+    sub = atk(model, x[3:7], y[3:7])
+    assert torch.equal(sub.x_adv, res.x_adv[3:7]) and torch.equal(sub.success, res.success[3:7])

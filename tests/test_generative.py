@@ -160,3 +160,21 @@ def test_fgsm_adv_train_is_cached_and_more_robust(tmp_path, one_thread):
     plain.requires_grad_(True)
     xa = fgsm_adversary(0.1)(plain, x, test.y[:8])
     assert float((xa - x).abs().max()) <= 0.1 + 1e-6 and all(p.grad is None for p in plain.parameters())
+
+
+def test_warm_start(digits_model, fitted):
+    model, x, _ = digits_model
+    train = load_dataset("digits", "train")
+    start = fitted["sdadv"]
+    before = {k: v.clone() for k, v in start.nets.state_dict().items()}
+    warm = SdpAdv(eps=0.2, **{**FAST, "epochs": 2}).fit(model, train, progress=False, init=start)
+    h = warm.history
+    # the start is "epoch 0" of the model selection: the kept networks are never worse on validation
+    assert h["init_val_success"] is not None and h["best_val_success"] >= h["init_val_success"]
+    assert h["init"] == start.hyperparameters() and len(h["epochs"]) == 2
+    assert all(torch.equal(v, start.nets.state_dict()[k]) for k, v in before.items())  # the start is untouched
+    _check_bounds(warm, x)
+    with pytest.raises(ValueError, match="fitted"):
+        SdpAdv(eps=0.2, **FAST).fit(model, train, progress=False, init=SdpAdv(eps=0.1))
+    with pytest.raises(TypeError, match="init"):
+        SdpAdv(eps=0.2, **FAST).fit(model, train, progress=False, init="sdadv")

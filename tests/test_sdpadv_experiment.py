@@ -17,11 +17,13 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     out = tmp_path / "run"
     exp = experiments()["sdpadv-mnist"]
     assert "sdpadv-fashion" in experiments()
-    cfg = dataclasses.replace(exp.config, n_eval=10, n_stadv=2, models=("fc-200",), gen_epochs=1, gen_train=300, clf_epochs=1)
+    cfg = dataclasses.replace(exp.config, n_eval=10, n_stadv=2, models=("fc-200",), gen_epochs=1, gen_warm_epochs=1, gen_train=300,
+                              clf_epochs=1)
     rep = run_experiment(exp, cfg, out, progress=False)
     res = rep["results"]
-    # non-robust: STM, stAdv, SdAdv + (AdvGAN, SdpAdv, FGSM, PGD, MIM) × 3 ε; Adv-Train: 3 + 5 at ε = 0.3
-    assert len(res) == (3 + 5 * 3) + (3 + 5)
+    # non-robust: STM (two grids), stAdv, SdAdv + (AdvGAN, SdpAdv, FGSM, PGD, MIM) × 3 ε; Adv-Train: 4 + 5 at ε = 0.3
+    assert len(res) == (4 + 5 * 3) + (4 + 5)
+    assert {r["attack"] for r in res} >= {"STM", "STM (Engstrom grid)"}
     assert all(r["pairs"] == (2 if r["attack"] == "stAdv" else 10) for r in res)
     assert all(0 <= r["robust_accuracy"] <= 1 for r in res)
     # untargeted: robust accuracy = clean accuracy × (1 − success rate over the correctly classified)
@@ -30,20 +32,68 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     assert len(rep["generators"]) == 7 + 3
     assert set(rep["not_built"]) == {"Adv-Critic", "Defense-GAN"}
     md = (out / "report.md").read_text()
-    assert "Table 1 — Model B (fc-200)" in md and "not yet built" in md and "1 epochs each (paper: 100)" in md
+    assert "Table 1 — Model B (fc-200)" in md and "not yet built" in md and "1 epochs (paper: 100)" in md
+    assert "squared L2" in md and "CleverHans" in md and "Engstrom" in md
+    # Table 3's distortion is the squared L2; the plain L2 stays in the JSON
+    for r in res:
+        if r["successes"]:
+            assert r["l2_squared_mean"] >= r["l2_mean"] ** 2 - 1e-9  # mean of squares ≥ square of the mean
+    # warm starts: SdpAdv ε = 0.1 from SdAdv, 0.2 from 0.1; AdvGAN 0.1 from scratch
+    g = rep["generators"]
+    assert g["fc-200/none/SdpAdv/0.1"]["warm_start"] == g["fc-200/none/SdAdv/0"]["file"]
+    assert g["fc-200/none/SdpAdv/0.2"]["warm_start"] == g["fc-200/none/SdpAdv/0.1"]["file"]
+    assert g["fc-200/none/AdvGAN/0.1"]["warm_start"] is None
+    assert g["fc-200/advtrain/SdpAdv/0.3"]["warm_start"] == g["fc-200/advtrain/SdAdv/0"]["file"]
     assert "seed 00" not in md and "Issue" not in md
     assert json.loads((out / "report.json").read_text())["results"] == json.loads(json.dumps(res, default=float))
     for f in rep["figures"]:
         assert (out / f).stat().st_size > 1000
-    assert len(rep["figures"]) == 1 + (2 + 5 * 3)  # originals + every attack on 10 images (stAdv ran on 2)
+    assert len(rep["figures"]) == 1 + (3 + 5 * 3)  # originals + every attack on 10 images (stAdv ran on 2)
+    # generators live in the checkpoint cache, not the output folder
+    gdir = tmp_path / "cache" / "generators"
+    assert not (out / "generators").exists() and len(list(gdir.glob("*.safetensors"))) == 7 + 3
     # resuming: generators are loaded, not refitted, and no pair is attacked twice
-    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "generators").iterdir()}
+    mtimes = {p.name: p.stat().st_mtime_ns for p in gdir.iterdir()}
     with ResultStore(out / "results.sqlite") as store:
         n_before = len(store.runs())
     rep2 = run_experiment(exp, cfg, out, progress=False)
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "generators").iterdir()} == mtimes
+    assert {p.name: p.stat().st_mtime_ns for p in gdir.iterdir()} == mtimes
     assert [r["robust_accuracy"] for r in rep2["results"]] == [r["robust_accuracy"] for r in res]
     assert rebuild(out)["results"] == rep2["results"]
     with ResultStore(out / "results.sqlite") as store:
         assert len(store.runs()) == n_before
+    # another output folder reuses the cached generators too
+    rep3 = run_experiment(exp, cfg, tmp_path / "other", progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in gdir.iterdir()} == mtimes
+    assert [r["robust_accuracy"] for r in rep3["results"] if r["attack"] in ("SdAdv", "AdvGAN", "SdpAdv")] == \
+        [r["robust_accuracy"] for r in res if r["attack"] in ("SdAdv", "AdvGAN", "SdpAdv")]
     assert torch.get_num_threads() == 1
+
+
+def test_generator_cache_keys_and_refit(tmp_path, monkeypatch, digits_model, one_thread):
+    from spatialadv.attacks import SdpAdv
+    from spatialadv.data import load_dataset
+    from spatialadv.experiments.sdpadv import fit_or_load_generator, generator_path
+
+    monkeypatch.setenv("SPATIALADV_CACHE", str(tmp_path / "cache"))
+    model, _, _ = digits_model
+    train = load_dataset("digits", "train")
+    proto = SdpAdv(eps=0.1, epochs=1, batch_size=64, seed=0)
+    p = generator_path("clf-a", "data-a", proto)
+    assert p.parent == tmp_path / "cache" / "generators" and p.name.startswith("clf-a-SdpAdv-eps0.1-")
+    # every ingredient changes the key; the same ingredients give the same key
+    assert generator_path("clf-a", "data-a", proto) == p
+    others = {generator_path("clf-b", "data-a", proto), generator_path("clf-a", "data-b", proto),
+              generator_path("clf-a", "data-a", dataclasses.replace(proto, epochs=2)),
+              generator_path("clf-a", "data-a", proto, init_path=tmp_path / "x.safetensors")}
+    assert len(others) == 4 and p not in others
+    g1 = fit_or_load_generator(model, proto, p, train)
+    t1 = p.stat().st_mtime_ns
+    g2 = fit_or_load_generator(model, proto, p, train)  # loaded
+    assert p.stat().st_mtime_ns == t1
+    x = train.x[:20]
+    assert torch.equal(g1.generate(x)["x_a"], g2.generate(x)["x_a"])
+    p.write_bytes(b"not a checkpoint")  # a corrupt file is refitted, not fatal
+    g3 = fit_or_load_generator(model, proto, p, train)
+    assert torch.equal(g3.generate(x)["x_a"], g1.generate(x)["x_a"])  # seeded: the same fit
+    assert SdpAdv.load(p) == proto

@@ -23,7 +23,10 @@ from ..ops.affine import affine_warp, rotation_translation_theta, theta_to_norma
 from ..threats import RotationTranslationBox
 from .base import Attack
 
-__all__ = ["RotationTranslation", "worst_transform", "warp_bytes_per_image", "MAX_CHUNK_BYTES"]
+__all__ = ["RotationTranslation", "worst_transform", "warp_bytes_per_image", "MAX_CHUNK_BYTES", "PRESETS", "SELECTIONS"]
+
+#: Named STM settings, see :meth:`RotationTranslation.preset`.
+PRESETS = ("engstrom", "cleverhans")
 
 
 _EARLY_CAP = 128
@@ -54,7 +57,11 @@ def warp_bytes_per_image(c: int, h: int, w: int, itemsize: int) -> int:
     return max(1, h * w * ((5 * c + 14) * itemsize + 6 * 8 + 1))
 
 
-def _update_chunk(model, x, y, target, p, idx, padding_mode, best_succ, best_loss, best_x, best_p) -> Tensor:
+SELECTIONS = ("success_first", "max_loss")
+
+
+def _update_chunk(model, x, y, target, p, idx, padding_mode, best_succ, best_loss, best_x, best_p,
+                  selection: str = "success_first") -> Tensor:
     """Evaluate candidates ``p (m, Tc, 3)`` on the examples ``idx (m,)``, updating the running best in place.
 
     Returns ``(m,)`` bool: whether each example had a successful candidate in this chunk.
@@ -74,8 +81,20 @@ def _update_chunk(model, x, y, target, p, idx, padding_mode, best_succ, best_los
         loss = -F.cross_entropy(logits, tr, reduction="none")
         succ = logits.argmax(1) == tr
     loss, succ = loss.view(m, tc).to(dt), succ.view(m, tc)
-    # lexicographic key: success first, then loss; argmax keeps the first maximum
     any_succ = succ.any(1)
+    if selection == "max_loss":  # CleverHans: the candidate of highest loss, successful or not; first maximum wins
+        j = loss.argmax(1)
+        c_loss = loss.gather(1, j[:, None]).squeeze(1)
+        c_succ = succ.gather(1, j[:, None]).squeeze(1)
+        better = c_loss > best_loss[idx]
+        upd = idx[better]
+        flat = torch.arange(m, device=dev)[better] * tc + j[better]
+        best_succ[upd] = c_succ[better]
+        best_loss[upd] = c_loss[better]
+        best_x[upd] = xt[flat]
+        best_p[upd] = p.reshape(-1, 3)[flat]
+        return any_succ
+    # lexicographic key: success first, then loss; argmax keeps the first maximum
     j = torch.where(any_succ, torch.where(succ, loss, loss.new_full((), float("-inf"))).argmax(1), loss.argmax(1))
     c_loss = loss.gather(1, j[:, None]).squeeze(1)
     better = (any_succ & ~best_succ[idx]) | ((any_succ == best_succ[idx]) & (c_loss > best_loss[idx]))
@@ -90,7 +109,8 @@ def _update_chunk(model, x, y, target, p, idx, padding_mode, best_succ, best_los
 
 def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, target: Tensor | None = None,
                     max_batch: int = 8192, active_only_until_success: bool = False,
-                    padding_mode: str = "zeros", max_chunk_bytes: int = MAX_CHUNK_BYTES) -> dict:
+                    padding_mode: str = "zeros", max_chunk_bytes: int = MAX_CHUNK_BYTES,
+                    selection: str = "success_first") -> dict:
     """Per example, the worst of its candidate rotation-translations.
 
     Args:
@@ -115,14 +135,22 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
             most ``max_batch`` images ``(example, candidate)`` are warped and
             evaluated at once. Chunking never changes the result: the running
             best is updated in ``params`` order with the same tie rule.
+        selection: ``"success_first"`` (default) or ``"max_loss"``, see below.
 
-    Selection rule (per example):
+    Selection rule (per example), ``selection="success_first"``:
         Untargeted: among candidates the model misclassifies (``pred ≠ y``),
         the one with the highest cross-entropy ``CE(f(x_T), y)``; if there is
         none, the one with the highest ``CE(f(x_T), y)``. Targeted: among
         candidates classified as ``target``, the one with the lowest
         ``CE(f(x_T), target)``; if none, the lowest ``CE(f(x_T), target)``.
         Ties go to the first candidate in ``params`` order.
+
+    ``selection="max_loss"`` (CleverHans' ``SpatialTransformationMethod``):
+        the candidate of highest ``CE(f(x_T), y)`` (targeted: lowest
+        ``CE(f(x_T), target)``) whether or not it meets the criterion; the
+        example succeeds iff that candidate does. It can miss a misclassifying
+        candidate of lower loss, so it is never stronger than
+        ``"success_first"``. Ties go to the first candidate.
 
     Returns:
         dict with ``x_t`` ``(N, C, H, W)`` the chosen warped images,
@@ -132,9 +160,15 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
         int64 candidates evaluated per example.
 
     Raises:
-        ValueError: ``params`` of the wrong shape.
+        ValueError: ``params`` of the wrong shape; ``selection`` unknown, or
+            ``"max_loss"`` with ``active_only_until_success``.
         TypeError, ValueError: ``max_batch`` or ``max_chunk_bytes`` not an int ≥ 1.
     """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    if selection == "max_loss" and active_only_until_success:
+        raise ValueError("selection='max_loss' needs every candidate: it cannot stop at the first success "
+                         "(active_only_until_success=True)")
     check_int(max_batch, "max_batch", minimum=1)
     check_int(max_chunk_bytes, "max_chunk_bytes", minimum=1)
     n = x.shape[0]
@@ -174,7 +208,7 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
                 for a in range(s, e, sub):
                     b = min(a + sub, e)
                     hit |= _update_chunk(model, x, y, target, params[idx, a:b].to(torch.float64), idx, padding_mode,
-                                         best_succ, best_loss, best_x, best_p)
+                                         best_succ, best_loss, best_x, best_p, selection)
                 evaluated[idx] += tc
                 if active_only_until_success:
                     active[idx[hit]] = False
@@ -236,6 +270,12 @@ class RotationTranslation(Attack):
             evaluated at once, int ≥ 1 (default :data:`MAX_CHUNK_BYTES`, 256 MiB;
             see :func:`worst_transform`); the model's activations come on top.
             Results do not depend on it.
+        selection: ``"success_first"`` (default: a misclassifying candidate
+            is preferred, as above) or ``"max_loss"`` (CleverHans: the
+            candidate of highest loss, successful or not; needs
+            ``early_stop=False``). See :func:`worst_transform`.
+
+    Named settings: :meth:`preset` (``"engstrom"``, ``"cleverhans"``).
 
     Raises:
         TypeError, ValueError: invalid hyper-parameters (named in the message).
@@ -253,6 +293,7 @@ class RotationTranslation(Attack):
     max_batch: int = 8192
     padding_mode: str = "zeros"
     max_chunk_bytes: int = MAX_CHUNK_BYTES
+    selection: str = "success_first"
 
     def __post_init__(self) -> None:
         RotationTranslationBox(max_rotation=self.max_rotation, max_translation=self.max_translation)  # validates
@@ -266,6 +307,74 @@ class RotationTranslation(Attack):
         check_int(self.max_chunk_bytes, "max_chunk_bytes", minimum=1)
         if self.padding_mode not in ("zeros", "border"):
             raise ValueError(f"padding_mode must be 'zeros' or 'border', got {self.padding_mode!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.selection == "max_loss" and self.early_stop:
+            raise ValueError("selection='max_loss' evaluates every candidate: it needs early_stop=False")
+
+    @classmethod
+    def preset(cls, name: str, *, image_size: int = 28, **overrides) -> "RotationTranslation":
+        """A named STM setting.
+
+        * ``"engstrom"`` — Engstrom, Tran, Tsipras, Schmidt & Madry, *Exploring
+          the Landscape of Spatial Robustness*, ICML 2019 (MNIST): ±3 px ×
+          ±3 px × ±30°, grid 5 × 5 × 31 = 775 transforms (identity included),
+          a misclassifying transform preferred (``"success_first"``);
+          ``image_size`` is not used.
+        * ``"cleverhans"`` — the STM baseline of *Perturbations Are Not
+          Enough: Generating Adversarial Examples with Spatial Distortions*
+          (ICLR 2020 submission), which runs CleverHans'
+          ``SpatialTransformationMethod`` (Papernot et al., *Technical Report
+          on the CleverHans v2.1.0 Adversarial Examples Library*, 2018) with
+          its default arguments: dx, dy ∈ ``linspace(−0.1, 0.1, 2)`` of the
+          image size, angles ``linspace(−30°, 30°, 6)`` — 2 × 2 × 6 = 24
+          transforms, **no identity** (every translation is ±0.1 · size, no
+          angle is 0) — and the one of highest cross-entropy kept
+          (``"max_loss"``), black border.
+
+        Convention:
+            ``"cleverhans"`` translations are a fraction of the image size,
+            turned into pixels here: ``max_translation = 0.1 · image_size``
+            (2.8 px on 28 × 28; CleverHans multiplies dx by the height and dy
+            by the width — the same for square images). Rotation about the
+            image centre, then translation, as every :class:`RotationTranslation`
+            (CleverHans pads the image, rotates about the centre, translates
+            and crops: the same transform, corners not cut). Border fill
+            zeros (CleverHans' ``black_border_size=0``: no extra black
+            frame; what enters from outside is black). The loss is the
+            cross-entropy of the **true label** (CleverHans defaults to the
+            model's prediction when no label is given; the SdpAdv paper
+            reports accuracy on true labels). Bilinear sampling; the sign of
+            the angle and shifts is irrelevant, both grids being symmetric.
+
+        Args:
+            name: one of :data:`PRESETS`.
+            image_size: side in pixels of the (square) images, int ≥ 1
+                (``"cleverhans"`` only: its translations scale with it).
+            **overrides: any other field, e.g. ``max_batch``.
+
+        Returns:
+            A :class:`RotationTranslation`.
+
+        Raises:
+            ValueError: unknown ``name``; invalid fields, as the constructor.
+
+        Example:
+            >>> len(RotationTranslation.preset("cleverhans").candidates(1))
+            24
+            >>> len(RotationTranslation.preset("engstrom").candidates(1))
+            775
+        """
+        check_int(image_size, "image_size", minimum=1)
+        if name == "engstrom":
+            base = dict(max_rotation=30.0, max_translation=3.0, num_rotations=31, num_translations=5,
+                        selection="success_first")
+        elif name == "cleverhans":
+            base = dict(max_rotation=30.0, max_translation=0.1 * image_size, num_rotations=6, num_translations=2,
+                        selection="max_loss", early_stop=False)
+        else:
+            raise ValueError(f"preset name must be one of {PRESETS}, got {name!r}")
+        return cls(**{**base, **overrides})
 
     @property
     def threat(self) -> RotationTranslationBox:
@@ -291,7 +400,7 @@ class RotationTranslation(Attack):
         params = self.candidates(x.shape[0], index).to(x.device)
         out = worst_transform(model, x, y, params, target=target, max_batch=self.max_batch,
                               active_only_until_success=self.early_stop, padding_mode=self.padding_mode,
-                              max_chunk_bytes=self.max_chunk_bytes)
+                              max_chunk_bytes=self.max_chunk_bytes, selection=self.selection)
         theta = theta_to_normalized(out["theta"], (x.shape[2], x.shape[3]))
         p = out["params"].to(x.dtype)
         return {"x_adv": out["x_t"], "iterations": torch.zeros_like(out["evaluated"]),

@@ -87,20 +87,14 @@ def _update_chunk(model, x, y, target, p, idx, padding_mode, best_succ, best_los
         c_loss = loss.gather(1, j[:, None]).squeeze(1)
         c_succ = succ.gather(1, j[:, None]).squeeze(1)
         better = c_loss > best_loss[idx]
-        upd = idx[better]
-        flat = torch.arange(m, device=dev)[better] * tc + j[better]
-        best_succ[upd] = c_succ[better]
-        best_loss[upd] = c_loss[better]
-        best_x[upd] = xt[flat]
-        best_p[upd] = p.reshape(-1, 3)[flat]
-        return any_succ
-    # lexicographic key: success first, then loss; argmax keeps the first maximum
-    j = torch.where(any_succ, torch.where(succ, loss, loss.new_full((), float("-inf"))).argmax(1), loss.argmax(1))
-    c_loss = loss.gather(1, j[:, None]).squeeze(1)
-    better = (any_succ & ~best_succ[idx]) | ((any_succ == best_succ[idx]) & (c_loss > best_loss[idx]))
+    else:  # lexicographic key: success first, then loss; argmax keeps the first maximum
+        j = torch.where(any_succ, torch.where(succ, loss, loss.new_full((), float("-inf"))).argmax(1), loss.argmax(1))
+        c_loss = loss.gather(1, j[:, None]).squeeze(1)
+        c_succ = any_succ
+        better = (any_succ & ~best_succ[idx]) | ((any_succ == best_succ[idx]) & (c_loss > best_loss[idx]))
     upd = idx[better]
     flat = torch.arange(m, device=dev)[better] * tc + j[better]
-    best_succ[upd] = any_succ[better]
+    best_succ[upd] = c_succ[better]
     best_loss[upd] = c_loss[better]
     best_x[upd] = xt[flat]
     best_p[upd] = p.reshape(-1, 3)[flat]

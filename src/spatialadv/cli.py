@@ -42,14 +42,19 @@ def _spec(args):
     return _user(ModelSpec, args.model, DataSpec(args.data, seed=args.seed), _user(TrainConfig, epochs=args.epochs, seed=args.seed))
 
 
-def _load_model(args):
+def _load_model(args, device=None):
     from .models import load_or_train
 
-    return load_or_train(_spec(args), progress=not args.quiet)
+    return load_or_train(_spec(args), progress=not args.quiet, device=device)
 
 
 def cmd_train(args) -> int:
-    _, info = _load_model(args)
+    from . import distributed
+
+    _spec(args)
+    _, info = _load_model(args, _device(args))
+    if distributed.rank() > 0:
+        return 0
     print(f"{args.model} on {args.data}: test accuracy {100 * info['test_accuracy']:.2f}% "
           f"({'loaded from' if info['cached'] else 'saved to'} {info['path']})")
     return 0
@@ -64,7 +69,26 @@ def _print_summary(rows: list[tuple[str, str, dict]]) -> None:
               f"{s['l2_mean']:>7.3f} {'' if tv is None else f'{tv:.4f}':>8} {s['ms_per_example']:>8.1f}")
 
 
+def _device(args):
+    """The ``--device`` as a torch.device, with the process group joined under torchrun."""
+    import torch
+
+    from . import distributed
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise UsageError(f"--device: {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available to this process")
+    distributed.init(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def cmd_attack(args) -> int:
+    from . import distributed
     from .attacks import make_attack
     from .data import load_dataset
     from .eval import ResultStore, attack_config, first_correct, make_pairs, run_attack, run_key, summarize
@@ -75,17 +99,27 @@ def cmd_attack(args) -> int:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     attack = _user(make_attack, args.attack, **dict(args.param or []))
     _spec(args)  # validate the model options before any work
+    device = _device(args)
     test = load_dataset(args.data, "test", seed=args.seed)
-    with ResultStore(args.store) as store:  # opened (and checked) before any training
-        model, info = _load_model(args)
-        idx = first_correct(model, test.x, test.y, args.n)
+    with distributed.rank_zero_first():  # rank 0 creates the store's tables before the others open it
+        store = ResultStore(args.store)  # opened (and checked) before any training
+    with store:
+        model, info = _load_model(args, device)
+        x, y = test.x.to(device), test.y.to(device)
+        idx = first_correct(model, x, y, args.n).cpu()
         pairs = make_pairs(idx, test.y, test.num_classes, args.mode, seed=args.seed)
         key = run_key(info["key"], attack, f"{args.data}-test-seed{args.seed}", args.mode)
-        store.register_run(key, args.model, args.attack, attack_config(attack), planned=len(pairs))
-        done = run_attack(store, key, model, attack, test.x, test.y, pairs, batch_size=args.batch_size, progress=not args.quiet)
         wanted = set(pairs)
+        before = len(wanted & store.done(key))
+        distributed.barrier()  # every process counted before any writes
+        if distributed.rank() == 0:
+            store.register_run(key, args.model, args.attack, attack_config(attack), planned=len(pairs))
+        run_attack(store, key, model, attack, x, y, pairs, batch_size=args.batch_size, progress=not args.quiet)
+        if distributed.rank() > 0:
+            return 0  # rank 0 reports for every process
         recs = [r for r in store.records(key) if (r["idx"], r["target"]) in wanted]
-    print(f"clean accuracy {100 * info['test_accuracy']:.2f}%; attacked {done} new of {len(pairs)} pairs; store {args.store}")
+    procs = f" by {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+    print(f"clean accuracy {100 * info['test_accuracy']:.2f}%; attacked {len(recs) - before} new of {len(pairs)} pairs{procs}; store {args.store}")
     _print_summary([(args.model, args.attack, summarize(recs))])
     return 0
 
@@ -206,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=0, help="seed of the data split and of training")
         sp.add_argument("--epochs", type=int, default=12, help="training epochs when the model is not cached")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        sp.add_argument("--device", default="cpu", help="where to compute: cpu, cuda or cuda:K (under torchrun with cuda: "
+                        "each process uses cuda:LOCAL_RANK and NCCL)")
 
     sp = sub.add_parser("train", help="train a registry model (or load it from the cache) and print its test accuracy")
     common(sp)
@@ -216,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--attack", default="stadv", choices=sorted(ATTACKS))
     sp.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE",
                     help="attack hyper-parameter (JSON value), e.g. --param tau=0.005 --param 'tau_search=[0.005,0.0005]'")
-    sp.add_argument("--n", type=int, default=10, help="number of correctly classified test images")
+    sp.add_argument("-n", "--n", type=int, default=10, help="number of correctly classified test images (-n under torchrun, "
+                    "whose own parser takes --n for an abbreviation of its options; or put -- before the command)")
     sp.add_argument("--mode", default="all", choices=["all", "random", "untargeted"], help="targets: all 9, one random, or none")
     sp.add_argument("--store", default="runs/attacks.sqlite", help="results store (resumable)")
     sp.add_argument("--batch-size", type=int, default=256)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import distributed
 from ..attacks.base import Attack
 from ..ops.flow import flow_l2, flow_tv
 from .store import ResultStore, encode_array, encode_arrays
@@ -117,25 +118,39 @@ def run_attack(store: ResultStore, key: str, model: nn.Module, attack: Attack, x
         desc: the progress bar's label.
 
     Returns:
-        Number of pairs attacked now (0 when everything was already stored).
-        Each pair is attacked with its identity row (:func:`example_index`),
-        so the stored results do not depend on where a previous run was
-        interrupted or on the batch size.
+        Number of pairs attacked now by this process (0 when everything was
+        already stored). Each pair is attacked with its identity row
+        (:func:`example_index`), so the stored results do not depend on where a
+        previous run was interrupted or on the batch size.
+
+    Under ``torchrun`` (:mod:`spatialadv.distributed`) this is collective:
+    every process calls it with the same arguments, attacks its share of the
+    batches (:func:`spatialadv.distributed.shard`: batch ``b`` to rank ``b mod
+    world``), commits each batch to the shared store, and returns once every
+    process has finished, so the store then holds every pair.
 
     Raises:
         ValueError: ``batch_size`` < 1, or pairs mixing targeted and untargeted entries.
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if pairs and any((t >= 0) != (pairs[0][1] >= 0) for _, t in pairs):
+        raise ValueError("pairs mix targeted (target >= 0) and untargeted (target -1) entries; run them under separate keys")
+    try:
+        return _attack_pairs(store, key, model, attack, x, y, distributed.shard(pairs, batch_size), batch_size,
+                             progress and distributed.rank() == 0, desc)
+    finally:
+        distributed.barrier()
+
+
+def _attack_pairs(store, key, model, attack, x, y, pairs, batch_size, progress, desc) -> int:
+    from tqdm.auto import tqdm
+
     done = store.done(key)
     todo = [p for p in pairs if p not in done]
     if not todo:
         return 0
     targeted = todo[0][1] >= 0
-    if any((t >= 0) != targeted for _, t in todo):
-        raise ValueError("pairs mix targeted (target >= 0) and untargeted (target -1) entries; run them under separate keys")
     bar = tqdm(total=len(todo), desc=desc or type(attack).__name__, disable=not progress, unit="ex")
     for s in range(0, len(todo), batch_size):
         chunk = todo[s : s + batch_size]

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .. import distributed
 from .._validation import check_name
 from ..data import DataSpec
 from .architectures import MODELS, build_model
@@ -169,7 +170,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict | 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {k: json.dumps(v) for k, v in metadata.items()}
     meta[_CHECKSUM_KEY] = state_checksum(state)
     save_file(state, str(tmp), metadata=meta)
@@ -258,8 +259,8 @@ def _move_aside(path: Path) -> Path:
     return dest
 
 
-def load_or_train(spec: ModelSpec, *, progress: bool = True,
-                  directory: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
+def load_or_train(spec: ModelSpec, *, progress: bool = True, directory: str | os.PathLike | None = None,
+                  device: str | torch.device | None = None) -> tuple[nn.Module, dict]:
     """Return the model ``spec`` describes, trained once and then loaded from the cache.
 
     The architecture is built under ``torch.manual_seed(spec.train.seed)`` in a
@@ -282,6 +283,8 @@ def load_or_train(spec: ModelSpec, *, progress: bool = True,
         spec: the model to get.
         progress: show a training progress bar.
         directory: checkpoint folder (default ``cache_dir() / "models"``).
+        device: where the model is trained and returned (default: the CPU);
+            the checkpoint is the same whatever the device.
 
     Returns:
         ``(model, info)``. The model is in **eval mode with every parameter
@@ -319,40 +322,45 @@ def load_or_train(spec: ModelSpec, *, progress: bool = True,
         return build_model(spec.architecture, in_channels=c, image_size=s, num_classes=train.num_classes)
 
     model, notes, cached = None, {}, False
-    if path.is_file():
-        with torch.random.fork_rng():
-            torch.manual_seed(spec.train.seed)
-            model = build()
-        try:
-            meta = load_checkpoint(model, path)
-            problem = _metadata_problem(meta, key, spec)
-            if problem:
-                raise CorruptCheckpointError(f"checkpoint {path}: {problem}")
-        except CorruptCheckpointError as e:
-            aside = _move_aside(path)
-            warnings.warn(f"{e}; moved it to {aside.name} and retraining {key} from its spec", UserWarning, stacklevel=2)
-            log.warning("corrupt checkpoint %s (%s) moved to %s; retraining", path, e, aside)
-            model = None
-        else:
-            cached, notes = True, meta.get("notes", {})
-            log.info("loaded %s from %s", key, path)
+    # under torchrun, rank 0 checks (and moves aside a corrupt file) before the others look,
+    # so every rank reaches the same decision; training is then data-parallel over all ranks
+    with distributed.rank_zero_first():
+        if path.is_file():
+            with torch.random.fork_rng():
+                torch.manual_seed(spec.train.seed)
+                model = build()
+            try:
+                meta = load_checkpoint(model, path)
+                problem = _metadata_problem(meta, key, spec)
+                if problem:
+                    raise CorruptCheckpointError(f"checkpoint {path}: {problem}")
+            except CorruptCheckpointError as e:
+                aside = _move_aside(path)
+                warnings.warn(f"{e}; moved it to {aside.name} and retraining {key} from its spec", UserWarning, stacklevel=2)
+                log.warning("corrupt checkpoint %s (%s) moved to %s; retraining", path, e, aside)
+                model = None
+            else:
+                cached, notes = True, meta.get("notes", {})
+                log.info("loaded %s from %s", key, path)
     seconds = None
     if model is None:
         with torch.random.fork_rng():
             torch.manual_seed(spec.train.seed)
-            model = build()
+            model = build().to(device or "cpu")
             t0 = time.perf_counter()
             notes = train_model(model, train, spec.train, objective=spec.objective, progress=progress)
             seconds = time.perf_counter() - t0
-    model.eval()
+    model.to(device or "cpu").eval()
     for p in model.parameters():
         p.requires_grad_(False)
         p.grad = None
     acc = accuracy(model, test.x, test.y)
-    if not cached:
+    if not cached and distributed.rank() == 0:
         save_checkpoint(model, path, {"format": KEY_FORMAT, "key": key, "spec": spec.to_dict(), "test_accuracy": acc,
                                       "train_seconds": seconds, "notes": notes})
         log.info("trained %s in %.1f s (test accuracy %.4f), saved to %s", key, seconds, acc, path)
+    if not cached:
+        distributed.barrier()  # the checkpoint exists for every rank from here on
     return model, {"key": key, "path": str(path), "cached": cached, "test_accuracy": acc, "train_seconds": seconds,
                    "notes": notes, "spec": spec.to_dict()}
 

@@ -387,8 +387,10 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500) -
     The model's mode is not changed; an empty set gives 0.
     """
     correct = 0
+    dev = next(iter(model.parameters()), x).device
     for i in range(0, len(x), batch_size):
-        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+        pred = model(x[i : i + batch_size].to(dev)).argmax(1)
+        correct += int((pred == y[i : i + batch_size].to(dev)).sum())
     return correct / max(len(x), 1)
 
 
@@ -399,6 +401,15 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
     Deterministic for a given ``config.seed`` on one machine, given the global
     RNG state (dropout draws from it; seeded initialisation is the caller's
     job: :func:`spatialadv.models.load_or_train` seeds before building).
+
+    Under ``torchrun`` (:mod:`spatialadv.distributed`) the loop is
+    data-parallel: every process draws the same permutation and shifts, takes
+    rows ``rank, rank + world, ...`` of each global batch of
+    ``config.batch_size``, and :class:`~torch.nn.parallel.DistributedDataParallel`
+    averages the gradients (the objective's extra parameters are averaged
+    explicitly), so each step uses the same global batch as one process; the
+    weights match a single-process run up to floating-point reduction order
+    and per-process dropout draws.
 
     Args:
         model: maps ``(B, C, H, W)`` images in [0, 1] to logits ``(B, K)``.
@@ -424,26 +435,43 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     parts = OBJECTIVES[objective.name].build(model, data, config, objective.options)
     if parts.trains:
+        from .. import distributed
+
+        # data-parallel under torchrun: every rank draws the same permutation and shifts, takes the
+        # rows r, r + w, ... of each global batch, and DistributedDataParallel averages the gradients
+        rank, world = distributed.rank(), distributed.world_size()
+        dev = next(iter(model.parameters()), data.x).device  # batches follow the model (CPU or CUDA)
+        net = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
         gen = torch.Generator().manual_seed(config.seed)
         opt = torch.optim.Adam([*model.parameters(), *parts.extra_parameters], lr=config.lr, weight_decay=config.weight_decay)
         n = len(data)
         model.train()
-        bar = tqdm(range(config.epochs), desc=f"train {data.name} {objective.name}", disable=not progress, unit="epoch")
+        bar = tqdm(range(config.epochs), desc=f"train {data.name} {objective.name}", disable=not progress or rank > 0,
+                   unit="epoch")
         for epoch in bar:
             perm = torch.randperm(n, generator=gen)
             total = 0.0
             for i in range(0, n, config.batch_size):
                 idx = perm[i : i + config.batch_size]
-                xb, yb = _random_shift(data.x[idx], config.shift, gen), data.y[idx]
-                logits = model(xb)
+                xb, yb = _random_shift(data.x[idx], config.shift, gen).to(dev), data.y[idx].to(dev)
+                if world > 1:
+                    if len(idx) < world:  # a last batch too small to split: skipped by every rank alike
+                        continue
+                    xb, yb = xb[rank::world], yb[rank::world]
+                logits = net(xb)
                 loss = parts.criterion(logits, yb)
                 if parts.adversary is not None:
                     xa = parts.adversary(model, xb, yb).detach()
-                    loss = (1 - parts.adv_weight) * loss + parts.adv_weight * parts.criterion(model(xa), yb)
+                    loss = (1 - parts.adv_weight) * loss + parts.adv_weight * parts.criterion(net(xa), yb)
                 if parts.penalty is not None:
                     loss = loss + parts.penalty(model, xb, yb, logits, epoch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.all_reduce_mean([p.grad for p in parts.extra_parameters if p.grad is not None])
                 opt.step()
                 total += loss.item() * len(idx)
             bar.set_postfix(loss=f"{total / n:.4f}")

@@ -179,3 +179,28 @@ def test_ddp_training_gives_a_loadable_checkpoint_with_single_process_accuracy(t
     assert ddp["cached"] and one["cached"]
     assert ddp["test_accuracy"] > 0.8
     assert abs(ddp["test_accuracy"] - one["test_accuracy"]) <= 0.03
+
+
+@pytest.mark.slow
+def test_torchrun_reproduce_builds_one_report_with_the_single_process_results(tmp_path):
+    args = ["reproduce", "stadv-mnist", "--models", "fc-200", "--n", "3", "--n-baselines", "1", "--n-ablation", "1",
+            "--epochs", "1", "--quiet"]
+    cache = tmp_path / "cache"
+    out = _cli(args + ["--out", str(tmp_path / "dist")], cache, torchrun=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("report: ") == 1  # rank 0 alone prints (and writes) the report
+    out = _cli(args + ["--out", str(tmp_path / "single")], cache)
+    assert out.returncode == 0, out.stderr[-3000:]
+    dist, single = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("dist", "single"))
+    assert dist["environment"]["processes"] == 2 and single["environment"]["processes"] == 1
+    assert dist["complete"] and single["complete"]
+    assert _no_time(dist["results"]) == _no_time(single["results"])
+    assert len(dist["results"]) == len(single["results"]) > 3
+
+
+def _no_time(o):
+    if isinstance(o, dict):
+        return {k: _no_time(v) for k, v in o.items() if "time" not in k and not k.startswith("ms_")}
+    if isinstance(o, list):
+        return [_no_time(v) for v in o]
+    return o

@@ -163,6 +163,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
+    from . import distributed
     from .experiments import experiments, run_experiment
     from .experiments.framework import config_from_args, validate_config
 
@@ -171,7 +172,10 @@ def cmd_reproduce(args) -> int:
         raise UsageError(f"--out {args.out} exists and is not a folder")
     cfg = _user(config_from_args, exp.config, args)
     _user(validate_config, cfg)
+    distributed.init()
     rep = run_experiment(exp, cfg, args.out, progress=not args.quiet)
+    if distributed.rank() > 0:
+        return 0  # rank 0 wrote and prints the report
     print((Path(args.out) / "report.md").read_text())
     print(f"report: {Path(args.out) / 'report.md'} (JSON: report.json; figures: {', '.join(rep['figures'])})")
     return 0

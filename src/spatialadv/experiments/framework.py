@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..attacks.base import Attack
 from ..eval.runner import attack_config, first_correct, run_attack, run_key, summarize
 from ..eval.store import ResultStore
@@ -277,6 +278,7 @@ class Context:
         self.store = store
         self.progress = progress
         self._data: dict = {}
+        self._meta: dict = {}  # what this process stored: read back without waiting for rank 0's writes
 
     def data(self, name: str, split: str, seed: int = 0):
         """A dataset split (loaded once per job); see :func:`spatialadv.data.load_dataset`."""
@@ -295,18 +297,22 @@ class Context:
         """
         from ..models import load_or_train
 
-        model, info = load_or_train(spec, progress=self.progress)  # eval mode, frozen
-        models = self.store.get_meta("models", {})
+        model, info = load_or_train(spec, progress=self.progress)  # eval mode, frozen (collective under torchrun)
+        models = self.get_meta("models", {})
         models[label] = {k: v for k, v in info.items() if k != "path"}
-        self.store.set_meta("models", models)
+        self.meta("models", models)
         return model, info
 
     def meta(self, key: str, value) -> None:
-        """Store a JSON-able value for the report (e.g. generator training histories)."""
-        self.store.set_meta(key, value)
+        """Store a JSON-able value for the report (e.g. generator training histories); rank 0 writes it under torchrun."""
+        self._meta[key] = value
+        if distributed.rank() == 0:
+            self.store.set_meta(key, value)
 
     def get_meta(self, key: str, default=None):
         """A value stored with :meth:`meta`."""
+        if key in self._meta:
+            return self._meta[key]
         return self.store.get_meta(key, default)
 
     @staticmethod
@@ -317,18 +323,23 @@ class Context:
 
 def _environment() -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "processes": distributed.world_size(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
 
 
 def _register(run, store: ResultStore) -> dict:
-    """Register ``run`` in the store and return its plan entry (before any record is computed)."""
+    """Register ``run`` in the store (rank 0) and return its plan entry (before any record is computed)."""
     key = run.key()
+    if distributed.rank() > 0:
+        store = None
     if isinstance(run, AttackRun):
-        store.register_run(key, run.model, run.label, attack_config(run.attack), tags=run.tags, planned=len(run.pairs))
+        if store is not None:
+            store.register_run(key, run.model, run.label, attack_config(run.attack), tags=run.tags, planned=len(run.pairs))
         return {"kind": "attack", "run_key": key, "model": run.model, "attack": run.label, "tags": run.tags,
                 "pairs": [list(p) for p in run.pairs]}
     if isinstance(run, TaskRun):
-        store.register_run(key, run.model, run.label, run.config, tags=run.tags, planned=len(run.items))
+        if store is not None:
+            store.register_run(key, run.model, run.label, run.config, tags=run.tags, planned=len(run.items))
         return {"kind": "task", "run_key": key, "model": run.model, "attack": run.label, "tags": run.tags,
                 "items": list(run.items)}
     raise TypeError(f"a plan must yield AttackRun or TaskRun, got {type(run).__name__}")
@@ -341,18 +352,22 @@ def _execute(run, key: str, store: ResultStore, progress: bool) -> None:
         return
     from tqdm.auto import tqdm
 
-    done = store.done_items(key)
-    todo = [i for i in run.items if i not in done]
-    bar = tqdm(total=len(todo), desc=f"{run.model} {run.label}", disable=not progress or not todo, unit="item")
-    for s in range(0, len(todo), run.batch_size):
-        chunk = todo[s : s + run.batch_size]
-        values = run.compute(chunk)
-        missing = set(chunk) - set(values)
-        if missing:
-            raise RuntimeError(f"task {run.label!r} returned no value for {sorted(missing)[:3]}")
-        store.add_items(key, {i: values[i] for i in chunk})
-        bar.update(len(chunk))
-    bar.close()
+    try:
+        done = store.done_items(key)
+        todo = [i for i in distributed.shard(run.items, run.batch_size) if i not in done]
+        bar = tqdm(total=len(todo), desc=f"{run.model} {run.label}", disable=not progress or not todo or distributed.rank() > 0,
+                   unit="item")
+        for s in range(0, len(todo), run.batch_size):
+            chunk = todo[s : s + run.batch_size]
+            values = run.compute(chunk)
+            missing = set(chunk) - set(values)
+            if missing:
+                raise RuntimeError(f"task {run.label!r} returned no value for {sorted(missing)[:3]}")
+            store.add_items(key, {i: values[i] for i in chunk})
+            bar.update(len(chunk))
+        bar.close()
+    finally:
+        distributed.barrier()  # every item is stored before the plan goes on (later runs may read them)
 
 
 def run_experiment(exp: Experiment, cfg: Any, out: str | Path, *, progress: bool = True) -> dict:
@@ -373,34 +388,42 @@ def run_experiment(exp: Experiment, cfg: Any, out: str | Path, *, progress: bool
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    lead = distributed.rank() == 0  # under torchrun, rank 0 writes the metadata and the report
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
     threads_before = torch.get_num_threads()
     threads = getattr(cfg, "threads", None)
     t_start = time.perf_counter()
-    with ResultStore(out / STORE_NAME) as store:
-        stored = {"experiment": exp.name, "values": config_to_dict(cfg)}
-        prev = store.get_meta("config")
-        if prev is not None and prev != stored:
-            log.warning("%s holds a run with another configuration; records are keyed by what changes them, so nothing "
-                        "is mixed, and the report describes the new configuration", out)
-        # one transaction: a kill never leaves a new config beside an old plan
-        store.set_metas({"config": stored, "plan": [], "complete": False, "models": {}})
+    with distributed.rank_zero_first():  # rank 0 creates the store before the others open it
+        store = ResultStore(out / STORE_NAME)
+        if lead:
+            stored = {"experiment": exp.name, "values": config_to_dict(cfg)}
+            prev = store.get_meta("config")
+            if prev is not None and prev != stored:
+                log.warning("%s holds a run with another configuration; records are keyed by what changes them, so "
+                            "nothing is mixed, and the report describes the new configuration", out)
+            # one transaction: a kill never leaves a new config beside an old plan
+            store.set_metas({"config": stored, "plan": [], "complete": False, "models": {}})
+    with store:
         ctx = Context(out, store, progress)
         plan: list[dict] = []
         try:
             if threads:
                 torch.set_num_threads(int(threads))
-            store.set_meta("environment", _environment())
+            ctx.meta("environment", _environment())
             for run in exp.plan(cfg, ctx):
                 entry = _register(run, store)
                 plan.append(entry)
-                store.set_meta("plan", plan)  # registered when it starts: an interrupted folder lists it
+                ctx.meta("plan", plan)  # registered when it starts: an interrupted folder lists it
                 _execute(run, entry["run_key"], store, progress)
-            store.set_meta("environment", _environment())
-            store.set_meta("complete", True)
+            ctx.meta("environment", _environment())
+            ctx.meta("complete", True)
         finally:
             torch.set_num_threads(threads_before)
-            store.set_meta("elapsed_s", store.get_meta("elapsed_s", 0.0) + (time.perf_counter() - t_start))
+            if lead:
+                store.set_meta("elapsed_s", store.get_meta("elapsed_s", 0.0) + (time.perf_counter() - t_start))
+    if not lead:
+        return {}
     return rebuild(out, exp)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data import DataSpec
 from ..eval.runner import make_pairs
 from ..models import ModelSpec, Objective, TrainConfig
@@ -253,8 +254,9 @@ def plan(cfg: Config, ctx):
                     settings["gamma"] = 0.0
                 proto = SdpAdv(eps=eps, **settings)
                 gpath = generator_path(info["key"], gen_data_key, proto, None if init is None else init[1])
-                gen = fit_or_load_generator(model, proto, gpath, gen_data, init=None if init is None else init[0],
-                                            progress=ctx.progress)
+                with distributed.rank_zero_first():  # under torchrun rank 0 fits and caches, the others load
+                    gen = fit_or_load_generator(model, proto, gpath, gen_data, init=None if init is None else init[0],
+                                                progress=ctx.progress)
                 prev[row] = (gen, gpath)
                 h = gen.history
                 gens_meta[f"{label}/{row}/{eps:g}"] = {

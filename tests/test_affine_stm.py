@@ -183,7 +183,7 @@ def test_worst_transform_selection_rule(targeted):
 
 def test_stm_grid_contract_and_batch_independence(digits_model):
     model, x, y = digits_model
-    atk = RotationTranslation(max_translation=1.0, max_batch=4096)
+    atk = RotationTranslation(max_translation=1.0, max_batch=4096, early_stop=False)
     res = run_checked(atk, model, x, y)
     assert res.success_rate > 0.5
     assert torch.all(res.forward_evals == 5 * 5 * 31) and torch.all(res.iterations == 0)
@@ -207,7 +207,7 @@ def test_stm_grid_contract_and_batch_independence(digits_model):
 
 def test_stm_random_worst_of_k(digits_model):
     model, x, y = digits_model
-    atk = RotationTranslation(max_translation=1.0, grid=False, random_tries=10, seed=3)
+    atk = RotationTranslation(max_translation=1.0, grid=False, random_tries=10, seed=3, early_stop=False)
     res = run_checked(atk, model, x, y)
     assert torch.all(res.forward_evals == 10) and torch.all(res.iterations == 0)
     cands = atk.candidates(len(x))
@@ -222,8 +222,10 @@ def test_stm_random_worst_of_k(digits_model):
 
 def test_stm_early_stop_and_validation(digits_model):
     model, x, y = digits_model
-    full = RotationTranslation(max_translation=1.0)(model, x, y)
-    fast = RotationTranslation(max_translation=1.0, early_stop=True, max_batch=64 * 25)(model, x, y)
+    full = RotationTranslation(max_translation=1.0, early_stop=False)(model, x, y)
+    fast = RotationTranslation(max_translation=1.0, max_batch=64 * 25)(model, x, y)  # the default: early stop
+    assert fast.forward_evals.float().mean() < 100  # the default stops at the first chunk with a success
+    assert RotationTranslation().early_stop and not RotationTranslation(selection="max_loss").early_stop
     assert torch.equal(fast.success, full.success)  # same candidates, only fewer evaluated
     assert fast.forward_evals.sum() < full.forward_evals.sum()
     # fixed chunk boundaries (1, 2, 4, ...): an image's chosen transform does not depend on its batch
@@ -309,7 +311,7 @@ def test_cleverhans_preset_grid():
     big = RotationTranslation.preset("cleverhans", image_size=32)
     assert big.max_translation == pytest.approx(3.2)
     eng = RotationTranslation.preset("engstrom")
-    assert eng.candidates(1).shape == (775, 3) and eng.selection == "success_first"
+    assert eng.candidates(1).shape == (775, 3) and eng.selection == "success_first" and not eng.early_stop
     assert eng.max_translation == 3.0 and eng.max_rotation == 30.0
     assert RotationTranslation.preset("engstrom", early_stop=True).early_stop
     with pytest.raises(ValueError, match="preset name"):

@@ -258,6 +258,12 @@ class RotationTranslation(Attack):
             (≤ 128) and stop evaluating an example after the first chunk that
             contains a successful candidate (much faster; the choice is then the
             best of that chunk, not of the whole grid; success is the same).
+            Default None: True (the fast mode; its success rate equals the
+            exhaustive scan's on every example, since both search the same
+            candidates), except with ``selection="max_loss"``, which needs
+            every candidate. ``early_stop=False`` is the exhaustive worst-case
+            scan (the lowest-loss successful transform per example, e.g. for
+            the transform statistics of Engstrom et al.).
         max_batch: warped images per model call, int ≥ 1.
         padding_mode: ``"zeros"`` or ``"border"``.
         max_chunk_bytes: memory budget in bytes of the warped candidates
@@ -283,7 +289,7 @@ class RotationTranslation(Attack):
     grid: bool = True
     random_tries: int = 10
     seed: int = 0
-    early_stop: bool = False
+    early_stop: bool | None = None
     max_batch: int = 8192
     padding_mode: str = "zeros"
     max_chunk_bytes: int = MAX_CHUNK_BYTES
@@ -296,6 +302,8 @@ class RotationTranslation(Attack):
         check_bool(self.grid, "grid")
         check_int(self.random_tries, "random_tries", minimum=1)
         check_int(self.seed, "seed", minimum=0)
+        if self.early_stop is None:  # resolved here, so the stored configuration names what ran
+            object.__setattr__(self, "early_stop", self.selection != "max_loss")
         check_bool(self.early_stop, "early_stop")
         check_int(self.max_batch, "max_batch", minimum=1)
         check_int(self.max_chunk_bytes, "max_chunk_bytes", minimum=1)
@@ -313,8 +321,9 @@ class RotationTranslation(Attack):
         * ``"engstrom"`` — Engstrom, Tran, Tsipras, Schmidt & Madry, *Exploring
           the Landscape of Spatial Robustness*, ICML 2019 (MNIST): ±3 px ×
           ±3 px × ±30°, grid 5 × 5 × 31 = 775 transforms (identity included),
-          a misclassifying transform preferred (``"success_first"``);
-          ``image_size`` is not used.
+          a misclassifying transform preferred (``"success_first"``) from the
+          exhaustive scan (``early_stop=False``: the worst transform of the
+          whole grid, as in the paper's grid search); ``image_size`` is not used.
         * ``"cleverhans"`` — the STM baseline of *Perturbations Are Not
           Enough: Generating Adversarial Examples with Spatial Distortions*
           (ICLR 2020 submission), which runs CleverHans'
@@ -362,7 +371,7 @@ class RotationTranslation(Attack):
         check_int(image_size, "image_size", minimum=1)
         if name == "engstrom":
             base = dict(max_rotation=30.0, max_translation=3.0, num_rotations=31, num_translations=5,
-                        selection="success_first")
+                        selection="success_first", early_stop=False)
         elif name == "cleverhans":
             base = dict(max_rotation=30.0, max_translation=0.1 * image_size, num_rotations=6, num_translations=2,
                         selection="max_loss", early_stop=False)

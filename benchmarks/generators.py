@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     attacks = {
         "SdpAdv eps=0.1 (forward)": lambda: gen(plain, x, y),
         "FGSM eps=0.3": lambda: FGSM(eps=0.3)(plain, x, y),
-        "STM grid 775 (full)": lambda: RotationTranslation()(plain, x, y),
+        "STM grid 775 (full)": lambda: RotationTranslation(early_stop=False)(plain, x, y),
         "STM grid 775 (early stop)": lambda: RotationTranslation(early_stop=True)(plain, x, y),
     }
     for name, fn in attacks.items():
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             clean = float((model(x).argmax(1) == y).float().mean())
         row = {"clean_accuracy": clean}
-        for name, fn in (("ours (full grid)", lambda: RotationTranslation()(model, x, y).x_adv),
+        for name, fn in (("ours (full grid)", lambda: RotationTranslation(early_stop=False)(model, x, y).x_adv),
                          ("ours (early stop)", lambda: RotationTranslation(early_stop=True)(model, x, y).x_adv),
                          ("foolbox 3.3.4 SpatialAttack", lambda: _foolbox_stm(model, x, y))):
             med, times, xa = _timed(fn, args.repeats)

@@ -192,7 +192,13 @@ def _shard(s: str) -> tuple[int, int]:
 
 
 def cmd_audit(args) -> int:
+    import os
+
     from .audit import AuditConfig, AuditInputError, check_model_on_data, load_user_data, load_user_model, run_audit
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise UsageError("audit does not run under torchrun yet: start one process per shard with --shard I/K "
+                         "(each into its own --out), as documented under `spatialadv audit --help`")
 
     threats = tuple(t.strip() for t in args.threats.split(",") if t.strip())
     kw = {k: getattr(args, k) for k in ("n", "flow_budget", "max_rotation", "max_translation", "linf_eps", "l2_eps",

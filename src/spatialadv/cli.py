@@ -198,7 +198,7 @@ def cmd_audit(args) -> int:
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise UsageError("audit does not run under torchrun yet: start one process per shard with --shard I/K "
-                         "(each into its own --out), as documented under `spatialadv audit --help`")
+                         "(all into the same --out), then once without --shard to write the report")
 
     threats = tuple(t.strip() for t in args.threats.split(",") if t.strip())
     kw = {k: getattr(args, k) for k in ("n", "flow_budget", "max_rotation", "max_translation", "linf_eps", "l2_eps",

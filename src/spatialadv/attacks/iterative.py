@@ -64,6 +64,15 @@ def iterate(
     """
     n = x.shape[0]
     x_adv = x_start.clone()
+    if not early_stop:
+        # every example takes every step: whole-batch tensors, no index bookkeeping and no host
+        # synchronisation inside the loop (on a GPU the steps are queued back to back)
+        every = torch.arange(n, device=x.device)
+        loss = ce_loss(y, target)
+        for _ in range(steps):
+            grad, _ = input_grad(model, x_adv, loss)
+            x_adv = step(every, x_adv, x, grad).detach()
+        return {"x_adv": x_adv, "iterations": torch.full((n,), steps, dtype=torch.long, device=x.device)}
     iterations = torch.zeros(n, dtype=torch.long, device=x.device)
     active = torch.ones(n, dtype=torch.bool, device=x.device)
     for _ in range(steps):

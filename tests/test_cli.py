@@ -134,3 +134,22 @@ def test_unusable_stores_and_data_files(cache, capsys, monkeypatch):
     assert main(["train", "--data", "fashion-mnist", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "truncated or corrupt" in err and "images-idx3-ubyte.gz" in err and "Traceback" not in err
+
+
+def test_pgd_adversarial_training_from_the_cli_resists_pgd(cache, capsys):
+    def robust(objective: list[str]) -> float:
+        store = cache / f"{'-'.join(objective) or 'plain'}.sqlite"
+        assert main(["attack", "--model", "fc-200", "--data", "digits", "--epochs", "8", *objective, "--attack", "pgd",
+                     "--param", "eps=0.15", "--param", "step_size=0.02", "--param", "steps=20", "--n", "100",
+                     "--mode", "untargeted", "--store", str(store), "--quiet"]) == 0
+        capsys.readouterr()
+        assert main(["evaluate", "--store", str(store), "--json"]) == 0
+        return json.loads(capsys.readouterr().out)[0]["robust_accuracy"]
+
+    plain = robust([])
+    trained = robust(["--objective", "pgd-at", "--objective-param", "eps=0.15", "--objective-param", "steps=5",
+                      "--objective-param", "step_size=0.05"])
+    assert trained > plain + 0.2, (plain, trained)
+    assert trained > 0.5 > plain, (plain, trained)
+    assert main(["train", "--objective", "pgd-at", "--objective-param", "epsilon=0.1", "--quiet"]) == 2
+    assert "no option 'epsilon'" in capsys.readouterr().err

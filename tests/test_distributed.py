@@ -1,4 +1,4 @@
-"""torchrun: exact sharding of attacks over 2 gloo processes, resume after a killed rank, DDP training."""
+"""torchrun: exact sharding of attacks over 2 gloo processes, resume after a killed rank, DDP (PGD adversarial) training."""
 
 from __future__ import annotations
 
@@ -161,23 +161,24 @@ def test_torchrun_attack_equals_single_process_and_resumes_after_a_killed_rank(t
 
 
 @pytest.mark.slow
-def test_ddp_training_gives_a_loadable_checkpoint_with_single_process_accuracy(tmp_path):
+def test_ddp_pgd_training_gives_a_loadable_checkpoint_with_single_process_accuracy(tmp_path):
     from spatialadv.data import DataSpec
-    from spatialadv.models import ModelSpec, TrainConfig, load_or_train, model_key
+    from spatialadv.models import ModelSpec, Objective, TrainConfig, load_or_train, model_key
 
-    args = ["train", *MODEL]
+    pgd = {"eps": 0.1, "steps": 3, "step_size": 0.05}
+    args = ["train", *MODEL, "--objective", "pgd-at", *sum((["--objective-param", f"{k}={v}"] for k, v in pgd.items()), [])]
     dist_out = _cli(args, tmp_path / "ddp", torchrun=True)
     assert dist_out.returncode == 0, dist_out.stderr[-3000:]
     single_out = _cli(args, tmp_path / "single")
     assert single_out.returncode == 0, single_out.stderr[-3000:]
 
-    spec = ModelSpec("fc-500", DataSpec("digits"), TrainConfig(epochs=2))
+    spec = ModelSpec("fc-500", DataSpec("digits"), TrainConfig(epochs=2), Objective("pgd-at", **pgd))
     name = f"{model_key(spec)}.safetensors"
     assert (tmp_path / "ddp" / "models" / name).is_file()  # same format and cache key as one process
     _, ddp = load_or_train(spec, directory=tmp_path / "ddp" / "models", progress=False)
     _, one = load_or_train(spec, directory=tmp_path / "single" / "models", progress=False)
     assert ddp["cached"] and one["cached"]
-    assert ddp["test_accuracy"] > 0.8
+    assert ddp["test_accuracy"] > 0.75
     assert abs(ddp["test_accuracy"] - one["test_accuracy"]) <= 0.03
 
 

@@ -35,11 +35,13 @@ def _param(s: str) -> tuple[str, object]:
 
 def _spec(args):
     from .data import DataSpec
-    from .models import ModelSpec, TrainConfig
+    from .models import ModelSpec, Objective, TrainConfig
 
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    return _user(ModelSpec, args.model, DataSpec(args.data, seed=args.seed), _user(TrainConfig, epochs=args.epochs, seed=args.seed))
+    objective = _user(Objective, args.objective, **dict(args.objective_param or []))
+    return _user(ModelSpec, args.model, DataSpec(args.data, seed=args.seed), _user(TrainConfig, epochs=args.epochs, seed=args.seed),
+                 objective)
 
 
 def _load_model(args, device=None):
@@ -238,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .experiments import experiments
     from .experiments.framework import add_config_arguments
-    from .models import MODELS
+    from .models import MODELS, OBJECTIVES
 
     p = argparse.ArgumentParser(prog="spatialadv", description="Adversarial examples beyond L_p norms: attacks, evaluation, reports.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -249,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data", default="mnist", choices=sorted(DATASETS))
         sp.add_argument("--seed", type=int, default=0, help="seed of the data split and of training")
         sp.add_argument("--epochs", type=int, default=12, help="training epochs when the model is not cached")
+        sp.add_argument("--objective", default="standard", choices=sorted(OBJECTIVES),
+                        help="training objective (e.g. fgsm-at, pgd-at: adversarial training)")
+        sp.add_argument("--objective-param", action="append", type=_param, metavar="KEY=VALUE",
+                        help="objective option (JSON value), e.g. --objective-param eps=0.3 --objective-param steps=7")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
         sp.add_argument("--device", default="cpu", help="where to compute: cpu, cuda or cuda:K (under torchrun with cuda: "
                         "each process uses cuda:LOCAL_RANK and NCCL)")

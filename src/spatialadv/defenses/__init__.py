@@ -1,5 +1,5 @@
-"""Defenses: adversarial training (the ``fgsm-at`` objective of :mod:`spatialadv.models`) and, later, input filters and detectors."""
+"""Defenses: adversarial training (the ``fgsm-at`` and ``pgd-at`` objectives of :mod:`spatialadv.models`) and, later, input filters and detectors."""
 
-from .adversarial import fgsm_adversary
+from .adversarial import fgsm_adversary, pgd_adversary
 
-__all__ = ["fgsm_adversary"]
+__all__ = ["fgsm_adversary", "pgd_adversary"]

@@ -11,6 +11,10 @@ An objective says *what* is minimised; :func:`train_model` owns the loop
                 L∞ FGSM step of size ``eps`` (pixels in [0, 1]) on the current model
                 (Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial
                 Examples", ICLR 2015, Eq. 3; :func:`spatialadv.defenses.fgsm_adversary`).
+``pgd-at``      PGD adversarial training (``eps`` = 0.3, ``steps`` = 40, ``step_size`` = 0.01,
+                ``adv_weight`` = 1: the loss on PGD examples only, as Madry, Makelov,
+                Schmidt, Tsipras & Vladu, "Towards Deep Learning Models Resistant to
+                Adversarial Attacks", ICLR 2018, §3; :func:`spatialadv.defenses.pgd_adversary`).
 ``random``      no training: the seeded initialisation (f_rd of the certificate experiments).
 ``hinge``       multi-class hinge loss (Weston-Watkins, margin 1).
 ``frobenius``   hinge + ``lam·(‖W‖_F + ‖V‖_F)`` (``lam`` = 0.08), one-hidden-layer nets only.
@@ -313,6 +317,13 @@ def _fgsm_at(model, data, config, options) -> TrainingParts:
     return TrainingParts(adversary=fgsm_adversary(options["eps"]), adv_weight=options["adv_weight"])
 
 
+def _pgd_at(model, data, config, options) -> TrainingParts:
+    from ..defenses.adversarial import pgd_adversary
+
+    return TrainingParts(adversary=pgd_adversary(options["eps"], options["steps"], options["step_size"]),
+                         adv_weight=options["adv_weight"])
+
+
 def _random(model, data, config, options) -> TrainingParts:
     return TrainingParts(trains=False)
 
@@ -352,6 +363,10 @@ _NONNEG = dict(low=0.0)
 register_objective("standard", _standard, description="cross-entropy")
 register_objective("fgsm-at", _fgsm_at, description="FGSM adversarial training, Adv-Train (Goodfellow et al. 2015)",
                    options={"eps": OptionSpec(0.3, float, 0.0, 1.0, low_open=True), "adv_weight": OptionSpec(0.5, float, 0.0, 1.0)})
+register_objective("pgd-at", _pgd_at, description="PGD adversarial training (Madry et al. 2018)",
+                   options={"eps": OptionSpec(0.3, float, 0.0, 1.0, low_open=True), "steps": OptionSpec(40, int, 1.0),
+                            "step_size": OptionSpec(0.01, float, 0.0, 1.0, low_open=True),
+                            "adv_weight": OptionSpec(1.0, float, 0.0, 1.0)})
 register_objective("random", _random, description="no training: the seeded initialisation")
 register_objective("hinge", _hinge, description="multi-class hinge loss")
 register_objective("frobenius", _frobenius, description="hinge + lam (‖W‖_F + ‖V‖_F)",

@@ -50,7 +50,7 @@ from ..threats.base import example_generator
 __all__ = ["SmoothedClassifier", "SmoothingCertificate", "GridCertificate", "FlowCertificate", "lower_confidence_bound",
            "cohen_radius", "bilinear_box_deviation", "rotation_interpolation_bound", "translation_interpolation_bound",
            "flow_linf_bound", "certify_grid", "certify_rotation", "certify_translation", "exhaustive_translation",
-           "certify_flow", "rotation_cells", "FP_SLACK"]
+           "certify_flow", "rotation_cells", "FP_SLACK", "SmoothingAugmentation"]
 
 #: Absolute slack (L2, pixel units in [0, 1]) added to every interpolation bound: covers the difference between the
 #: exact bilinear interpolant (the bounds are computed in float64) and the float32 warp the model receives
@@ -227,8 +227,10 @@ class SmoothedClassifier:
         """Counts of each class among ``f(x_i + δ_j)``, ``j = 1..num``: ``(B, num_classes)`` int64.
 
         Args:
-            x: ``(B, C, H, W)`` in [0, 1]. num: samples per image, int ≥ 1.
-            seed: int ≥ 0. index: per-example identities (default positions).
+            x: ``(B, C, H, W)`` in [0, 1].
+            num: samples per image, int ≥ 1.
+            seed: int ≥ 0.
+            index: per-example identities (default positions).
             stream: extra ints appended to each generator key (separates the selection and estimation draws).
 
         Raises:
@@ -250,8 +252,11 @@ class SmoothedClassifier:
         probability ≤ α.
 
         Args:
-            x: ``(B, C, H, W)`` in [0, 1]. n: samples, int ≥ 1. alpha: in (0, 1).
-            seed, index: as :meth:`counts` (stream ``(2,)``).
+            x: ``(B, C, H, W)`` in [0, 1].
+            n: samples, int ≥ 1.
+            alpha: in (0, 1).
+            seed: as :meth:`counts` (stream ``(2,)``).
+            index: as :meth:`counts`.
 
         Returns:
             ``(B,)`` int64, −1 where abstained.
@@ -280,8 +285,11 @@ class SmoothedClassifier:
 
         Args:
             x: ``(B, C, H, W)`` in [0, 1].
-            n0: selection samples, int ≥ 1. n: estimation samples, int ≥ 1. alpha: in (0, 1).
-            seed, index: per-example seeding (see the class docstring).
+            n0: selection samples, int ≥ 1.
+            n: estimation samples, int ≥ 1.
+            alpha: in (0, 1).
+            seed: int ≥ 0, see the class docstring.
+            index: per-example identities (default positions).
             stream: extra ints in the generator keys (selection draws use ``(*stream, 0)``, estimation ``(*stream, 1)``).
 
         Returns:
@@ -345,7 +353,7 @@ def bilinear_box_deviation(x: Tensor, flow: Tensor, half_width: Tensor, ref: Ten
     gy = torch.arange(hh, dtype=torch.float64, device=x.device).view(1, hh, 1)
     gx = torch.arange(ww, dtype=torch.float64, device=x.device).view(1, 1, ww)
     qx, qy = gx + flow[:, 0], gy + flow[:, 1]  # (N, H, W) box centres
-    m = int(math.ceil(2 * float(w.max()))) + 1 if w.numel() else 1
+    m = max(1, int(math.ceil(2 * float(w.max()))))  # an open interval of length 2w holds ≤ ⌈2w⌉ integers
 
     def axis(q: Tensor) -> list[Tensor]:
         lo, hi = q - w, q + w
@@ -444,7 +452,9 @@ def translation_interpolation_bound(x: Tensor, centres: Tensor, half_width: floa
     :data:`FP_SLACK` (integer shifts are exact).
 
     Args:
-        x: ``(N, C, H, W)``. centres: ``(K, 2)`` cell centres ``(tx, ty)`` in pixels. half_width: h ≥ 0 pixels.
+        x: ``(N, C, H, W)``.
+        centres: ``(K, 2)`` cell centres ``(tx, ty)`` in pixels.
+        half_width: h ≥ 0 pixels.
 
     Returns:
         ``(N, K)`` float64.
@@ -475,7 +485,8 @@ def flow_linf_bound(x: Tensor, delta: float) -> Tensor:
     suprema over-estimates (still sound). Plus :data:`FP_SLACK`.
 
     Args:
-        x: ``(N, C, H, W)``. delta: δ ≥ 0 pixels.
+        x: ``(N, C, H, W)``.
+        delta: δ ≥ 0 pixels.
 
     Returns:
         ``(N,)`` float64, L2 in pixel units of ``x``.
@@ -526,20 +537,31 @@ def certify_grid(smoothed: SmoothedClassifier, images: Tensor, bounds: Tensor, e
                  alpha: float, seed: int, row: list[int], stop_on_failure: bool = True) -> dict:
     """Certify one example over a grid of K transformed images (Bonferroni over the cells).
 
-    Cell k holds when CERTIFY at ``images[k]`` with confidence ``α/K`` returns
-    the centre cell's class with radius ``> bounds[k]``. With probability ≥ 1 − α
-    all K Cohen certificates are simultaneously valid (union bound), so every
-    image within ``bounds[k]`` of ``images[k]`` (L2) gets that class for every
-    passed cell at once. Cells are sampled in order of ``edges`` (distance of
-    the cell to the identity in budget units); with ``stop_on_failure`` the
-    first failure ends the example (nothing farther can be certified: budgets
-    are symmetric intervals about the identity).
+    The cell nearest the identity (smallest edge) runs CERTIFY (Cohen et al.
+    2019, Algorithm 1): ``n0`` selection samples choose the class ``c``, ``n``
+    estimation samples bound ``p_c``. Every other cell tests the same ``c``
+    with ``n`` estimation samples of its own (``c`` is fixed before they are
+    drawn, so the Clopper–Pearson bound stays valid). Cell k holds when its
+    (1 − α/K) lower bound gives a radius ``σ Φ⁻¹(p_k) > bounds[k]``. With
+    probability ≥ 1 − α all K bounds hold simultaneously (union bound), so
+    ``g(z) = c`` for every ``z`` within ``bounds[k]`` (L2) of ``images[k]``,
+    for every passed cell at once. Cells are sampled in order of ``edges``
+    (the cell's distance to the identity in budget units), in groups of about
+    ``smoothed.batch_size / n`` cells; with ``stop_on_failure`` the group with
+    the first failure ends the example (budgets are symmetric intervals about
+    the identity, so nothing farther can be certified).
 
     Args:
-        smoothed: the smoothed classifier. images: ``(K, C, H, W)`` in [0, 1], the cell centres' images.
-        bounds: ``(K,)`` interpolation bounds M_k. edges: ``(K,)`` inner edges of the cells (≥ 0).
-        n0, n, alpha: CERTIFY's settings. seed, row: the example's seeding key (cell k adds ``(k,)`` to the stream).
-        stop_on_failure: stop at the first failed cell.
+        smoothed: the smoothed classifier.
+        images: ``(K, C, H, W)`` in [0, 1], the cell centres' images.
+        bounds: ``(K,)`` interpolation bounds M_k.
+        edges: ``(K,)`` inner edges of the cells (≥ 0).
+        n0: selection samples (centre cell).
+        n: estimation samples per cell.
+        alpha: total confidence parameter (α/K per cell).
+        seed: int ≥ 0.
+        row: the example's seeding key (cell k adds ``(k, phase)`` to it).
+        stop_on_failure: stop after the first failed cell's group.
 
     Returns:
         dict with ``prediction``, ``certified_below``, ``evaluated``, ``min_margin``, ``max_bound``, ``cells``.
@@ -547,20 +569,30 @@ def certify_grid(smoothed: SmoothedClassifier, images: Tensor, bounds: Tensor, e
     k_cells = images.shape[0]
     order = sorted(range(k_cells), key=lambda k: (float(edges[k]), k))
     a = alpha / k_cells
-    pred, below, margin, evaluated = _ABSTAIN, math.inf, math.inf, 0
-    for k in order:
-        cert = smoothed.certify(images[k : k + 1], n0=n0, n=n, alpha=a, seed=seed, index=torch.tensor([row]),
-                                stream=(k,))
-        evaluated += 1
-        c, r = int(cert.prediction[0]), float(cert.radius[0])
-        if evaluated == 1:
-            pred = c
-        ok = c >= 0 and c == pred and r > float(bounds[k])
-        margin = min(margin, r - float(bounds[k]))
-        if not ok:
-            below = min(below, float(edges[k]))
-            if stop_on_failure:
-                break
+    first = order[0]
+    cert = smoothed.certify(images[first : first + 1], n0=n0, n=n, alpha=a, seed=seed, index=torch.tensor([row]),
+                            stream=(first,))
+    pred = int(cert.prediction[0])
+    radius = {first: float(cert.radius[0])}
+    below = math.inf
+    if pred < 0 or radius[first] <= float(bounds[first]):
+        below = float(edges[first])
+    group = max(1, smoothed.batch_size // n)
+    rest = order[1:]
+    evaluated = 1
+    s = 0
+    while s < len(rest) and pred >= 0 and not (stop_on_failure and below < math.inf):
+        ks = rest[s : s + group]
+        s += len(ks)
+        gens = [example_generator(seed, [*row, k, 1]) for k in ks]
+        counts = smoothed._counts_many(images[ks], n, gens)[:, pred].numpy()
+        r = cohen_radius(lower_confidence_bound(counts, n, a), smoothed.sigma)
+        evaluated += len(ks)
+        for k, rk in zip(ks, r.tolist()):
+            radius[k] = rk
+            if not rk > float(bounds[k]):
+                below = min(below, float(edges[k]))
+    margin = min(radius[k] - float(bounds[k]) for k in radius)
     return {"prediction": pred, "certified_below": below, "evaluated": evaluated, "min_margin": margin,
             "max_bound": float(bounds.max()), "cells": k_cells}
 
@@ -620,8 +652,11 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
         smoothed: the smoothed classifier ``g``.
         x: ``(B, C, H, W)`` in [0, 1].
         max_angle: Θ_max in degrees ≥ 0.
-        n0, n, alpha: CERTIFY's settings per cell (α is the total over the K cells).
-        seed, index: per-example seeding (batch-independent).
+        n0: selection samples (centre cell only).
+        n: estimation samples per cell.
+        alpha: total over the K cells, in (0, 1).
+        seed: int ≥ 0.
+        index: per-example identities (batch-independent seeding).
         cells: fix K (odd); default: chosen per image as above.
         bound_fraction: in (0, 1], the target of the automatic choice of K.
         max_cells: the largest K of the automatic choice.
@@ -652,6 +687,12 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
         candidates = [cells] if cells is not None else [k for k in _CELL_COUNTS if k < max_cells] + [max_cells]
         if max_angle == 0:
             candidates = [1]
+        elif cells is None and len(candidates) > 2:
+            # skip candidates that are clearly too coarse: the bound shrinks about linearly with the cell width
+            c0, h0 = rotation_cells(float(max_angle), candidates[0])
+            m0 = float(rotation_interpolation_bound(xi, c0, h0)[0].max())
+            need = 0.8 * candidates[0] * m0 / (bound_fraction * smoothed.max_radius(n, alpha / candidates[0]))
+            candidates = [k for k in candidates[:-1] if k >= need] + [candidates[-1]]
         for k in candidates:
             centres, half = rotation_cells(float(max_angle), k)
             bounds = rotation_interpolation_bound(xi, centres, half)[0]
@@ -703,9 +744,17 @@ def certify_translation(smoothed: SmoothedClassifier, x: Tensor, *, max_shift: f
     (Cohen et al. 2019 Thm. 1 per cell at α/K, union bound, interpolation bound).
 
     Args:
-        smoothed: ``g``. x: ``(B, C, H, W)`` in [0, 1]. max_shift: pixels ≥ 0 (an integer in the first mode).
+        smoothed: ``g``.
+        x: ``(B, C, H, W)`` in [0, 1].
+        max_shift: pixels ≥ 0 (an integer in the first mode).
         step: sub-pixel cell side in pixels (> 0), or None for integer shifts.
-        n0, n, alpha, seed, index, stop_on_failure, progress: as :func:`certify_rotation`.
+        n0: as :func:`certify_rotation`.
+        n: as :func:`certify_rotation`.
+        alpha: as :func:`certify_rotation`.
+        seed: as :func:`certify_rotation`.
+        index: as :func:`certify_rotation`.
+        stop_on_failure: as :func:`certify_rotation`.
+        progress: as :func:`certify_rotation`.
 
     Returns:
         :class:`GridCertificate` (budgets in pixels, ∞-norm).
@@ -751,7 +800,9 @@ def exhaustive_translation(model: nn.Module, x: Tensor, *, max_shift: int = 3) -
     enumerating it is a proof. Integer shifts only.
 
     Args:
-        model: ``f``. x: ``(B, C, H, W)`` in [0, 1]. max_shift: int ≥ 0.
+        model: ``f``.
+        x: ``(B, C, H, W)`` in [0, 1].
+        max_shift: int ≥ 0.
 
     Returns:
         ``(prediction (B,), certified_below (B,))``, the latter float64 (``inf`` if every shift keeps the class).
@@ -805,8 +856,14 @@ def certify_flow(smoothed: SmoothedClassifier, x: Tensor, deltas, *, n0: int = 6
     smoothing is in pixel space and the bound is on the warped pixels.
 
     Args:
-        smoothed: ``g``. x: ``(B, C, H, W)`` in [0, 1]. deltas: iterable of δ ≥ 0 (pixels).
-        n0, n, alpha, seed, index: CERTIFY's settings and seeding.
+        smoothed: ``g``.
+        x: ``(B, C, H, W)`` in [0, 1].
+        deltas: iterable of δ ≥ 0 (pixels).
+        n0: CERTIFY's selection samples.
+        n: CERTIFY's estimation samples.
+        alpha: in (0, 1).
+        seed: int ≥ 0.
+        index: per-example identities.
 
     Returns:
         :class:`FlowCertificate`.

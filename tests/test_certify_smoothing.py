@@ -247,3 +247,24 @@ def test_smoothing_objective_and_augmentation():
     with pytest.raises(ValueError, match="rotation"):
         S.SmoothingAugmentation(sigma=0.1, rotation=-1.0)
     assert np.isfinite(float(b1.sum()))
+
+
+# ------------------------------------------------------------------------------------------------ min over the bounds
+def test_min_bound_is_entrywise_minimum_and_certifies_at_least_as_much():
+    from spatialadv.certify import certify, pair_bounds
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    te = load_dataset("digits", "test")
+    qs = {m: pair_bounds(mlp, (1, 8, 8), method=m, dual_steps=50) for m in ("sdp", "spectral", "frobenius", "min")}
+    plain = {m: q.as_subclass(torch.Tensor) for m, q in qs.items()}
+    assert torch.equal(plain["min"], torch.minimum(torch.minimum(plain["sdp"], plain["spectral"]), plain["frobenius"]))
+    assert bool((plain["min"] <= plain["spectral"]).all()) and bool((plain["min"] <= plain["sdp"]).all())
+    assert qs["min"].method == "min"
+    x, y = te.x[:50], mlp(te.x[:50]).argmax(1)
+    for eps in (0.001, 0.01):
+        c_min = certify(mlp, x, y, eps, q=qs["min"])
+        for m in ("sdp", "spectral", "frobenius"):
+            c = certify(mlp, x, y, eps, q=qs[m])
+            assert bool((c_min.bound <= c.bound + 1e-12).all())
+            assert bool((c_min.certified | ~c.certified).all())

@@ -58,6 +58,8 @@ __all__ = ["SmoothedClassifier", "SmoothingCertificate", "GridCertificate", "Flo
 FP_SLACK = 1e-4
 
 _ABSTAIN = -1
+#: Generator stream of :func:`certify_flow` (apart from the grid cells' streams ``(k, phase)``, k < 10⁶).
+_FLOW_STREAM = 1_000_000
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -642,6 +644,12 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
     the construction of TSS (Li et al., ACM CCS 2021) for the interpolation
     error, without TSS's smoothing over the angle (see the module docstring).
 
+    Convention:
+        Angles in degrees, positive counter-clockwise as displayed, about the
+        image centre ``((W−1)/2, (H−1)/2)``; bilinear sampling, zero padding
+        (black); budgets are symmetric intervals ``[−Θ, Θ]``; σ, radii and
+        bounds are L2 over all ``C·H·W`` values of [0, 1] images.
+
     Choosing K (per image, from ``x`` only, before any sampling — so the
     Bonferroni factor is fixed in advance): the smallest K of
     ``(15, 21, 31, …, max_cells)`` (or ``cells`` if given) whose largest
@@ -742,6 +750,10 @@ def certify_translation(smoothed: SmoothedClassifier, x: Tensor, *, max_shift: f
     the model receives (:func:`~spatialadv.ops.rotation_translation_theta`
     ``(0, tx, ty)``, bilinear, zero padding). Proof as :func:`certify_rotation`
     (Cohen et al. 2019 Thm. 1 per cell at α/K, union bound, interpolation bound).
+
+    Convention:
+        ``tx`` positive moves the content right, ``ty`` down (pixels); zero
+        padding; the budget is the ∞-norm box ``max(|tx|, |ty|) ≤ t``.
 
     Args:
         smoothed: ``g``.
@@ -870,7 +882,7 @@ def certify_flow(smoothed: SmoothedClassifier, x: Tensor, deltas, *, n0: int = 6
     """
     x = check_images(x)
     deltas = tuple(float(d) for d in deltas)
-    cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, seed=seed, index=index, stream=(7,))
+    cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, seed=seed, index=index, stream=(_FLOW_STREAM,))
     bounds = torch.stack([flow_linf_bound(x, d) for d in deltas], 1) if deltas else torch.zeros(x.shape[0], 0, dtype=torch.float64)
     ok = (cert.prediction[:, None] >= 0) & (cert.radius[:, None] > bounds)
     return FlowCertificate(cert.prediction, cert.radius, deltas, bounds, ok)

@@ -228,6 +228,14 @@ def test_translation_and_flow_certificates(smooth_net, mnist):
         r = (torch.rand(8, 2, 28, 28, generator=gen) * 2 - 1) * 0.02
         p = g.predict(flow_warp(x[i : i + 1].expand(8, -1, -1, -1), r).clamp(0, 1), 300, alpha=1e-6)
         assert bool(((p == -1) | (p == fc.prediction[i])).all())
+    # and against the projected flow attack inside the budget (on f, checked on g's prediction)
+    from spatialadv.experiments.certify_smoothing import flow_linf_pgd
+
+    ok = torch.nonzero(fc.certified[:, 1])[:, 0]
+    adv, _ = flow_linf_pgd(net, x[ok], fc.prediction[ok], 0.02, steps=10)
+    assert bool(((adv - x[ok]).flatten(1).norm(dim=1) <= fc.bounds[ok, 1]).all())
+    p = g.predict(adv.clamp(0, 1), 300, alpha=1e-6)
+    assert bool(((p == -1) | (p == fc.prediction[ok])).all())
 
 
 # ------------------------------------------------------------------------------------------------ training

@@ -55,6 +55,12 @@ PAPERS: dict[str, Paper] = {
                     "ICLR 2018"),
     "autoattack": Paper("F. Croce, M. Hein", "Reliable Evaluation of Adversarial Robustness with an Ensemble of Diverse "
                         "Parameter-free Attacks", "ICML 2020"),
+    "cohen-smoothing": Paper("J. Cohen, E. Rosenfeld, J. Z. Kolter", "Certified Adversarial Robustness via Randomized "
+                             "Smoothing", "ICML 2019"),
+    "tss": Paper("L. Li, M. Weber, X. Xu, L. Rimanic, B. Kailkhura, T. Xie, C. Zhang, B. Li", "TSS: Transformation-Specific "
+                 "Smoothing for Robustness Certification", "ACM CCS 2021"),
+    "deformrs": Paper("M. Alfarra, A. Bibi, N. Khan, P. H. S. Torr, B. Ghanem", "DeformRS: Certifying Input Deformations "
+                      "with Randomized Smoothing", "AAAI 2022"),
     "robustbench": Paper("F. Croce, M. Andriushchenko, V. Sehwag, E. Debenedetti, N. Flammarion, M. Chiang, P. Mittal, "
                          "M. Hein", "RobustBench: a standardized adversarial robustness benchmark",
                          "NeurIPS 2021 Datasets and Benchmarks Track"),

@@ -14,6 +14,9 @@ Lehigh University, 2018 ("the Nguyen thesis"), §4.
   Algs. 1-2) and a budget-restricted flow attack, all evaluated on the true
   bilinear warp.
 * :mod:`~spatialadv.certify.training` — the training variants of the provable-defenses paper, §6.8.
+* :mod:`~spatialadv.certify.smoothing` — randomized smoothing (Cohen et al., ICML 2019): the smoothed
+  classifier, PREDICT / CERTIFY, and certificates against rotations, translations and flows that hold on the
+  warped image the model receives (interpolation error bounded exactly per pixel, after TSS, Li et al., CCS 2021).
 """
 
 from .bounds import (
@@ -41,6 +44,23 @@ from .lower_bound import (
     rescale_to_budget,
     warp_derivative,
 )
+from .smoothing import (
+    FlowCertificate,
+    GridCertificate,
+    SmoothedClassifier,
+    SmoothingAugmentation,
+    SmoothingCertificate,
+    bilinear_box_deviation,
+    certify_flow,
+    certify_rotation,
+    certify_translation,
+    cohen_radius,
+    exhaustive_translation,
+    flow_linf_bound,
+    lower_confidence_bound,
+    rotation_interpolation_bound,
+    translation_interpolation_bound,
+)
 from .smoothness import (
     BORDERS,
     box_half_widths,
@@ -57,3 +77,7 @@ __all__ = ["METHODS", "Certificate", "NetworkWeights", "brute_force_max", "certi
            "BORDERS", "box_half_widths", "flow_smoothness", "gram_inverse", "gram_inverse_sqrt", "neighbour_matrices",
            "smoothness_gram", "LowerBoundResult", "SmoothFlowPGD", "lower_bound_attack", "pair_margin_change",
            "rescale_to_budget", "warp_derivative", "StAdvTauBinarySearch", "PairBounds", "weights_fingerprint"]
+__all__ += ["SmoothedClassifier", "SmoothingCertificate", "GridCertificate", "FlowCertificate", "SmoothingAugmentation",
+            "lower_confidence_bound", "cohen_radius", "bilinear_box_deviation", "rotation_interpolation_bound",
+            "translation_interpolation_bound", "flow_linf_bound", "certify_rotation", "certify_translation",
+            "exhaustive_translation", "certify_flow"]

@@ -3,7 +3,7 @@
 * :mod:`~spatialadv.models.architectures` — the registry :data:`MODELS`, :func:`build_model`,
   :class:`STNClassifier`.
 * :mod:`~spatialadv.models.training` — :class:`TrainConfig`, :class:`Objective` (``standard``,
-  ``fgsm-at``, ``random``, ``hinge``, ``frobenius``, ``spectral``, ``sdp``, ``stadv-at``),
+  ``fgsm-at``, ``random``, ``hinge``, ``frobenius``, ``spectral``, ``sdp``, ``stadv-at``, ``smoothing``),
   :func:`train_model`, :func:`accuracy`.
 * :mod:`~spatialadv.models.cache` — :class:`ModelSpec`, :func:`model_key`, :func:`load_or_train`,
   safetensors checkpoints.

@@ -27,6 +27,10 @@ An objective says *what* is minimised; :func:`train_model` owns the loop
                 (``tau``) adversarial training images regenerated every ``refresh`` epochs
                 (``lam_r`` = 0.3, ``tau`` = 0.05, ``refresh`` = 3, ``pool_size`` = 1000);
                 :class:`spatialadv.certify.training.StAdvPoolPenalty`.
+``smoothing``   ``(1 − aug_weight)·CE(f(x), y) + aug_weight·CE(f(x_aug), y)``, x_aug a draw of the smoothing
+                distribution: rotation U[±``rotation``°], translation U[±``translation`` px], + N(0, ``sigma``²)
+                (``sigma`` = 0.25, ``rotation`` = 30, ``translation`` = 3, ``aug_weight`` = 1);
+                :class:`spatialadv.certify.smoothing.SmoothingAugmentation`.
 ==============  ===============================================================================
 
 The certificate objectives (``random`` … ``stadv-at``) are the training
@@ -351,6 +355,14 @@ def _sdp(model, data, config, options) -> TrainingParts:
     return TrainingParts(penalty=pen, extra_parameters=(pen.c,))
 
 
+def _smoothing(model, data, config, options) -> TrainingParts:
+    from ..certify.smoothing import SmoothingAugmentation
+
+    aug = SmoothingAugmentation(sigma=options["sigma"], rotation=options["rotation"], translation=options["translation"],
+                                seed=config.seed)
+    return TrainingParts(adversary=aug, adv_weight=options["aug_weight"])
+
+
 def _stadv_at(model, data, config, options) -> TrainingParts:
     from ..certify.training import StAdvPoolPenalty
 
@@ -378,6 +390,10 @@ register_objective("sdp", _sdp, description="CE on SDP-dual robust logits (Raghu
 register_objective("stadv-at", _stadv_at, description="CE + lam_r CE on a refreshed stAdv pool",
                    options={"lam_r": OptionSpec(0.3, float, **_NONNEG), "tau": OptionSpec(0.05, float, **_NONNEG),
                             "refresh": OptionSpec(3, int, 1.0), "pool_size": OptionSpec(1000, int, 1.0)})
+register_objective("smoothing", _smoothing, description="CE on the smoothing distribution: random rotation/translation "
+                   "+ Gaussian noise (Cohen et al. 2019; TSS, Li et al. 2021)",
+                   options={"sigma": OptionSpec(0.25, float, **_NONNEG), "rotation": OptionSpec(30.0, float, 0.0, 180.0),
+                            "translation": OptionSpec(3.0, float, **_NONNEG), "aug_weight": OptionSpec(1.0, float, 0.0, 1.0)})
 
 
 # ------------------------------------------------------------------------------------------- the loop

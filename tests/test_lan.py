@@ -137,3 +137,20 @@ def test_adaptive_attack_contract(mnist_small, tmp_path):
         attack(f1, xs, ys)
     with pytest.raises(TypeError):
         LANAdaptivePGD(detector=f1)
+
+
+def test_detection_rates_from_records():
+    from spatialadv.experiments.lan_detection import _rates
+
+    recs = [
+        # successful, flagged, mask class retained, benign mask correct, recovered
+        {"y": 1, "target": 2, "fools_f1": True, "pred1": 1, "pred2": 1, "pred1_adv": 2, "pred2_adv": 1},
+        # successful, not flagged (mask follows the attack), benign mask wrong
+        {"y": 3, "target": 4, "fools_f1": True, "pred1": 3, "pred2": 5, "pred1_adv": 4, "pred2_adv": 4},
+        # failed attack: ignored
+        {"y": 0, "target": 6, "fools_f1": True, "pred1": 0, "pred2": 0, "pred1_adv": 7, "pred2_adv": 0},
+    ]
+    r = _rates(recs)
+    assert r["successes"] == 2 and r["n"] == 3
+    assert r["tpr"] == 0.5 and r["tnr"] == 0.5 and r["retention"] == 0.5
+    assert r["filtered"] == 1 and r["tpr_filtered"] == 1.0 and r["tnr_filtered"] == 1.0 and r["recovery"] == 1.0

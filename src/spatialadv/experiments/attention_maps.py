@@ -44,11 +44,11 @@ class Config:
     """Settings of ``spatialadv reproduce attention-maps``."""
 
     datasets: tuple[str, ...] = option(("mnist", "fashion-mnist"), "datasets", choices=("mnist", "fashion-mnist"))
-    n: int = option(100, "test images attacked per dataset for the attention-shift table", minimum=1)
+    n: int = option(50, "test images attacked per dataset for the attention-shift table", minimum=1)
     figure_images: int = option(3, "images per Fig. 9 analogue", minimum=1)
     seed: int = option(0, "seed of the data split, training and targets", minimum=0)
     epochs: int = option(6, "training epochs (plain and FGSM-AT) when not cached", minimum=1)
-    max_train: int = option(8000, "train on at most this many training images (MNIST-5k has 4000)", minimum=100)
+    max_train: int = option(4000, "train on at most this many training images (MNIST-5k has 4000)", minimum=100)
     cw_steps: int = option(100, "C&W Adam steps per binary-search step", minimum=1)
     threads: int = option(2, "torch intra-op threads", minimum=1)
 

@@ -5,7 +5,7 @@ Figs. 2, 4, 5, with LAN masks (Grimm et al. 2017) and an adaptive attack
 (Carlini & Wagner, AISec 2017). The thesis uses CIFAR-10 (AlexNet as f1, a
 VGG-like net for transfer); CIFAR-10 is not available offline, so the tables
 are reproduced on MNIST-5k and Fashion-MNIST with Tramèr et al.'s model A as
-f1 and model C as the transfer source.
+f1 and the C4 network (Zhang et al.'s MNIST model) as the transfer source.
 
 Per dataset: f1 and the source net are trained (or loaded from the cache),
 the LAN mask generator g and the mask classifier f2 (LeNet) are trained on f1
@@ -63,10 +63,10 @@ class Config:
     """Settings of ``spatialadv reproduce lan-detection``."""
 
     datasets: tuple[str, ...] = option(("mnist", "fashion-mnist"), "datasets", choices=("mnist", "fashion-mnist"))
-    n: int = option(100, "test images (correctly classified by f1 and the source net) attacked per dataset", minimum=1)
+    n: int = option(50, "test images (correctly classified by f1 and the source net) attacked per dataset", minimum=1)
     seed: int = option(0, "seed of the data split, training and targets", minimum=0)
     epochs: int = option(6, "f1 / source-net training epochs when not cached", minimum=1)
-    max_train: int = option(8000, "train f1, the source net, the LAN and f2 on at most this many training images "
+    max_train: int = option(4000, "train f1, the source net, the LAN and f2 on at most this many training images "
                             "(MNIST-5k has 4000)", minimum=100)
     beta: float = option(1.0, "β of the LAN loss (not stated in the thesis)", minimum=0.0)
     lan_epochs: int = option(20, "LAN training epochs", minimum=1)
@@ -108,7 +108,7 @@ def plan(cfg: Config, ctx):
         dspec = DataSpec(data, seed=cfg.seed, max_train=None if max_train >= len(train_full) else max_train)
         tc = TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
         f1, info1 = ctx.model(f"{data}/f1", ModelSpec("mnist-a", dspec, tc))
-        src, info_s = ctx.model(f"{data}/source", ModelSpec("mnist-c", dspec, tc))
+        src, info_s = ctx.model(f"{data}/source", ModelSpec("c4", dspec, tc))
         train = dspec.train()
         lcfg = LANConfig(beta=cfg.beta, lan_epochs=cfg.lan_epochs, f2_epochs=cfg.f2_epochs, seed=cfg.seed)
         det, linfo = load_or_train_lan(f1, info1["key"], train, lcfg)
@@ -207,7 +207,7 @@ def report(cfg: Config, results) -> Report:
     blocks.append(
         "The thesis evaluates on CIFAR-10 (f1 = AlexNet, 82 % accuracy; transfer source = a VGG-like net). "
         "**CIFAR-10 is not available offline**, so this report reproduces the method on MNIST-5k and Fashion-MNIST: "
-        "f1 = Tramèr et al.'s model A, transfer source = model C, g = a 3-layer fully connected LAN "
+        "f1 = Tramèr et al.'s model A, transfer source = C4, g = a 3-layer fully connected LAN "
         f"(β = {cfg.beta}, η = random training images, F = f1 frozen), f2 = LeNet-5 on per-pixel standardised masks. "
         "Adversarial examples count when they fool f1 (targeted attacks: f1 predicts the target). "
         "TPR = flagged fraction of the successful adversarial examples; TNR = unflagged fraction of their benign "
@@ -255,7 +255,7 @@ def report(cfg: Config, results) -> Report:
             if setting == "direct" and adaptive is not None:
                 rows.append(["adaptive PGD (C&W 2017)", str(adaptive["successes"]), fmt(adaptive["tpr"], 3),
                              fmt(adaptive["tnr"], 3), "–", "–"])
-            what = "crafted on f1" if setting == "direct" else "crafted on the source net (model C), evaluated on f1"
+            what = "crafted on f1" if setting == "direct" else "crafted on the source net (C4), evaluated on f1"
             blocks.append(Table(["attack", "pairs", "TPR", "TNR", "thesis TPR", "thesis TNR"], rows,
                                 f"Table {tno} analogue ({name}): examples {what}; each pair = one successful "
                                 "adversarial example and its benign original."))
@@ -281,7 +281,7 @@ def report(cfg: Config, results) -> Report:
             if (results.out / f).is_file():
                 figures.append(f)
     blocks.append(
-        "Deviations: MNIST-5k / Fashion-MNIST instead of CIFAR-10 (unavailable offline); model A / model C instead of "
+        "Deviations: MNIST-5k / Fashion-MNIST instead of CIFAR-10 (unavailable offline); model A / C4 instead of "
         "AlexNet / VGG-like; f2 standardises masks per pixel (without it LeNet stays at chance on the nearly "
         "class-independent LAN masks); β = 1 and the LAN learning rate 2e-4 are ours (the thesis gives neither); "
         "stAdv is added to the thesis's three attacks; the adaptive attack is ours, after Carlini & Wagner's recipe. "

@@ -264,7 +264,7 @@ class LANConfig:
 
     beta: float = 1.0
     hidden: int = 256
-    lan_epochs: int = 20
+    lan_epochs: int = 10
     f2_epochs: int = 8
     lr: float = 2e-4
     f2_lr: float = 1e-3

@@ -69,7 +69,7 @@ class Config:
     max_train: int = option(4000, "train f1, the source net, the LAN and f2 on at most this many training images "
                             "(MNIST-5k has 4000)", minimum=100)
     beta: float = option(1.0, "β of the LAN loss (not stated in the thesis)", minimum=0.0)
-    lan_epochs: int = option(20, "LAN training epochs", minimum=1)
+    lan_epochs: int = option(10, "LAN training epochs", minimum=1)
     f2_epochs: int = option(8, "mask-classifier training epochs", minimum=1)
     cw_steps: int = option(100, "C&W Adam steps per binary-search step", minimum=1)
     adaptive_steps: int = option(100, "adaptive-attack PGD steps", minimum=1)

@@ -144,17 +144,28 @@ def plan(cfg: Config, ctx):
         _figures(ctx, data, det, f1, test, t, attacks, masks_pred)
 
 
+def _mask_rows(det, x: torch.Tensor) -> list[list[np.ndarray]]:
+    """Per image: the LAN mask in [0, 1] and what f2 sees, ``(m − μ)/σ`` mapped from [−3, 3] to [0, 1]."""
+    with torch.no_grad():
+        m = det.g(x)
+        z = ((m - det.f2.mu) / det.f2.sigma + 3) / 6 if hasattr(det.f2, "mu") else m
+    return [[a[0].numpy(), b[0].clamp(0, 1).numpy()] for a, b in zip(m, z)]
+
+
 def _figures(ctx, data: str, det, f1, test, t, attacks, masks_pred) -> None:
-    """Figs. 2, 4 and 5 of the thesis: masks per class, masks of one image and its adversarial examples, wrong masks."""
+    """Figs. 2, 4 and 5 of the thesis: masks per class, masks of one image and its adversarial examples, wrong masks.
+
+    Row 2 shows the masks, row 3 the standardised masks f2 classifies.
+    """
     from ..viz import image_map_figure
+
+    rows = ["mask", "standardised"]
 
     name = NAMES[data]
     first = [int((test.y == c).nonzero()[0]) for c in range(test.num_classes)]
     xs = test.x[first]
-    with torch.no_grad():
-        m = det.g(xs)
-    image_map_figure([x.numpy() for x in xs], [mm[0].numpy() for mm in m], [f"class {c}" for c in range(len(first))],
-                     ctx.out / f"lan_fig2_{data}.png", overlay=False, suptitle=f"{name}: images and their LAN masks (thesis Fig. 2)")
+    image_map_figure([x.numpy() for x in xs], _mask_rows(det, xs), [f"class {c}" for c in range(len(first))],
+                     ctx.out / f"lan_fig2_{data}.png", overlay=False, map_titles=rows, suptitle=f"{name}: images and their LAN masks (thesis Fig. 2)")
     i = first[0]
     x0, y0, t0 = test.x[i:i + 1], test.y[i:i + 1], t[i:i + 1]
     imgs, titles = [x0[0]], []
@@ -164,20 +175,17 @@ def _figures(ctx, data: str, det, f1, test, t, attacks, masks_pred) -> None:
         res = attack(f1, x0, y0, target=None if label == "FGSM" else t0)
         pa = det.predict(res.x_adv)
         imgs.append(res.x_adv[0])
-        titles.append(f"{label} f1={int(pa['pred1'][0])} f2={int(pa['pred2'][0])}")
-    with torch.no_grad():
-        masks = det.g(torch.stack(imgs))
-    image_map_figure([im.numpy() for im in imgs], [mm[0].numpy() for mm in masks], titles,
-                     ctx.out / f"lan_fig4_{data}.png", overlay=False,
+        titles.append(f"{label}{'' if bool(res.success[0]) else ' (failed)'} f1={int(pa['pred1'][0])} "
+                      f"f2={int(pa['pred2'][0])}")
+    image_map_figure([im.numpy() for im in imgs], _mask_rows(det, torch.stack(imgs)), titles,
+                     ctx.out / f"lan_fig4_{data}.png", overlay=False, map_titles=rows,
                      suptitle=f"{name}: a benign image, its adversarial examples and their masks (thesis Fig. 4)")
     wrong = ((masks_pred["pred2"] != test.y) & (masks_pred["pred1"] == test.y)).nonzero().squeeze(1)[:4]
     if len(wrong):
         xw = test.x[wrong]
-        with torch.no_grad():
-            mw = det.g(xw)
-        image_map_figure([x.numpy() for x in xw], [mm[0].numpy() for mm in mw],
+        image_map_figure([x.numpy() for x in xw], _mask_rows(det, xw),
                          [f"y={int(test.y[k])} f2={int(masks_pred['pred2'][k])}" for k in wrong],
-                         ctx.out / f"lan_fig5_{data}.png", overlay=False,
+                         ctx.out / f"lan_fig5_{data}.png", overlay=False, map_titles=rows,
                          suptitle=f"{name}: masks f2 classifies as another class (thesis Fig. 5)")
 
 

@@ -74,7 +74,9 @@ class JSMA(Attack):
         gamma: maximum fraction of changed features, in (0, 1] (the paper's
             Υ = 14.5 % on MNIST).
         batch_chunk: examples whose ``(d, d)`` pair maps are built at once
-            (memory only; results do not depend on it), int ≥ 1.
+            (memory only; results do not depend on it), int ≥ 1. Memory is
+            about ``16 · batch_chunk · d²`` bytes in float32 (``d = C·H·W``):
+            ~160 MB at 28×28 and the default 16; lower it for larger images.
 
     Call: ``attack(model, x, y, *, target=None) -> AttackResult``;
     ``size`` is the number of changed features ``‖x_adv − x‖₀`` (``unit

@@ -64,6 +64,19 @@ PAPERS: dict[str, Paper] = {
     "robustbench": Paper("F. Croce, M. Andriushchenko, V. Sehwag, E. Debenedetti, N. Flammarion, M. Chiang, P. Mittal, "
                          "M. Hein", "RobustBench: a standardized adversarial robustness benchmark",
                          "NeurIPS 2021 Datasets and Benchmarks Track"),
+    "jsma": Paper("N. Papernot, P. McDaniel, S. Jha, M. Fredrikson, Z. B. Celik, A. Swami", "The Limitations of Deep "
+                  "Learning in Adversarial Settings", "IEEE EuroS&P 2016"),
+    "lan": Paper("C. Grimm, D. Arumugam, S. Karamcheti, D. Abel, L. L. S. Wong, M. L. Littman", "Modeling Latent "
+                 "Attention Within Neural Networks", "arXiv:1706.00536, 2017"),
+    "cw-detect": Paper("N. Carlini, D. Wagner", "Adversarial Examples Are Not Easily Detected: Bypassing Ten Detection "
+                       "Methods", "ACM AISec 2017"),
+    "cam": Paper("B. Zhou, A. Khosla, A. Lapedriza, A. Oliva, A. Torralba", "Learning Deep Features for Discriminative "
+                 "Localization", "CVPR 2016"),
+    "grad-cam": Paper("R. R. Selvaraju, M. Cogswell, A. Das, R. Vedantam, D. Parikh, D. Batra", "Grad-CAM: Visual "
+                      "Explanations from Deep Networks via Gradient-based Localization", "ICCV 2017"),
+    "captum": Paper("N. Kokhlikyan, V. Miglani, M. Martin, E. Wang, B. Alsallakh, J. Reynolds, A. Melnikov, N. Kliushkina, "
+                    "C. Araya, S. Yan, O. Reblitz-Richardson", "Captum: A unified and generic model interpretability "
+                    "library for PyTorch", "arXiv:2009.07896, 2020"),
 }
 
 

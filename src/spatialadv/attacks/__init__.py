@@ -47,3 +47,8 @@ __all__ += ["SdpAdv", "GeneratorNets", "sdadv", "advgan"]
 from .random_search import RandomSearch  # noqa: E402
 
 __all__ += ["RandomSearch"]
+
+from .jsma import JSMA  # noqa: E402
+
+__all__ += ["JSMA"]
+ATTACKS["jsma"] = JSMA

@@ -16,14 +16,16 @@ class                      perturbation           ``size`` (``unit``)
 :class:`FlowSmoothnessBall` flow (N, 2, H, W) px  ℓ_diff, pixels (``flow_smoothness``)
 :class:`RotationTranslationBox` (angle°, tx, ty)  fraction of the box (``rt_box``)
 :class:`AffineLinf`        θ (N, 2, 3), η         fraction of the box (``affine_linf_box``)
+:class:`L0Pixels`          additive δ (JSMA)      ‖δ‖₀, changed features (``l0``)
 =========================  ====================  =========================================
 """
 
 from .base import Threat, example_generator, per_example_draws
 from .flow import FlowSmoothnessBall, PixelFlow
 from .geometric import AffineLinf, RotationTranslationBox
-from .lp import L2Ball, LinfBall
+from .lp import L0Pixels, L2Ball, LinfBall
 from .smooth import SmoothingParams, SmoothLikeX, check_smoothing
 
 __all__ = ["Threat", "example_generator", "per_example_draws", "LinfBall", "L2Ball", "SmoothLikeX", "SmoothingParams", "check_smoothing",
-           "PixelFlow", "FlowSmoothnessBall", "RotationTranslationBox", "AffineLinf"]
+           "PixelFlow", "FlowSmoothnessBall", "RotationTranslationBox", "AffineLinf",
+           "L0Pixels"]

@@ -1,4 +1,4 @@
-"""L∞ and L2 balls of additive perturbations (pixel values in [0, 1])."""
+"""L∞ and L2 balls of additive perturbations (pixel values in [0, 1]) and the L0 budget of JSMA."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .._validation import check_positive
 from .base import Threat, per_example_draws
 
-__all__ = ["LinfBall", "L2Ball"]
+__all__ = ["LinfBall", "L2Ball", "L0Pixels"]
 
 
 def _check_eps(eps: object) -> None:
@@ -142,3 +143,43 @@ class L2Ball(_AdditiveBall):
     def size(self, delta: Tensor) -> Tensor:
         """``‖δ‖₂`` per example, ``(N,)``, for ``δ`` ``(N, …)``."""
         return delta.flatten(1).norm(dim=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class L0Pixels(Threat):
+    """``{δ : ‖δ‖₀ ≤ ⌊gamma · d⌋}``, at most a fraction ``gamma`` of the ``d = C·H·W`` features changed.
+
+    Papernot et al., *The Limitations of Deep Learning in Adversarial
+    Settings*, IEEE EuroS&P 2016, Sec. III (Υ, the maximum distortion, in % of
+    the features).
+
+    Args:
+        gamma: maximum fraction of changed features, in (0, 1].
+
+    Units: ``size`` is the number of changed features (``unit = "l0"``); for
+    one-channel images a feature is a pixel.
+
+    Raises:
+        TypeError: ``gamma`` is not a number. ValueError: ``gamma`` not in (0, 1].
+    """
+
+    name: ClassVar[str] = "l0"
+    unit: ClassVar[str] = "l0"
+    gamma: float = 0.145
+
+    def __post_init__(self) -> None:
+        check_positive(self.gamma, "gamma")
+        if float(self.gamma) > 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+
+    def budget(self, x: Tensor) -> int:
+        """The largest number of changed features allowed in one image of ``x`` ``(N, C, H, W)``."""
+        return int(math.floor(float(self.gamma) * x[0].numel() + 1e-9))
+
+    def measure(self, x: Tensor, result) -> Tensor:
+        """``size(result.x_adv − x)``."""
+        return self.size(result.x_adv - x)
+
+    def size(self, delta: Tensor) -> Tensor:
+        """``‖δ‖₀`` per example (number of non-zero entries, as ``delta``'s dtype), ``(N,)``."""
+        return (delta.flatten(1) != 0).sum(1).to(delta.dtype)

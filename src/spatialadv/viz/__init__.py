@@ -223,3 +223,53 @@ def perturbation_panels(original: np.ndarray, rows: list[tuple[str, np.ndarray |
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(plt, fig, path)
+
+
+def image_map_figure(images: list[np.ndarray], maps: list[np.ndarray | list[np.ndarray]], titles: list[str],
+                     path: str | Path, *, map_titles: list[str] | None = None, overlay: bool = True,
+                     suptitle: str = "") -> Path:
+    """Images in the first row and one or more rows of maps under them (stAdv Figs. 8-9, the LAN thesis Figs. 2, 4, 5).
+
+    Args:
+        images: ``(C, H, W)`` images in [0, 1], one per column.
+        maps: per column an ``(H, W)`` map in [0, 1], or a list of them (one per map row).
+        titles: one title per column.
+        map_titles: one label per map row (y-axis).
+        path: the PNG to write.
+        overlay: draw each map as a heat map over the grey image (``jet``, α = 0.5);
+            otherwise the map alone in grey.
+        suptitle: the figure's title.
+
+    Returns:
+        ``path``.
+    """
+    plt = _plt()
+    cols = len(images)
+    per_col = [m if isinstance(m, list) else [m] for m in maps]
+    rows = 1 + max(len(m) for m in per_col)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols + 0.4, 1.55 * rows + 0.3), squeeze=False)
+    for j, img in enumerate(images):
+        _show(axes[0, j], img)
+        axes[0, j].set_title(titles[j], fontsize=7)
+        for i in range(1, rows):
+            ax = axes[i, j]
+            m = per_col[j][i - 1] if i - 1 < len(per_col[j]) else None
+            if m is None:
+                _show(ax, None)
+                continue
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if overlay:
+                base = np.asarray(img).mean(0)
+                ax.imshow(base, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(np.asarray(m), cmap="jet", vmin=0, vmax=1, alpha=0.5, interpolation="bilinear")
+            else:
+                ax.imshow(np.asarray(m), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if map_titles and j == 0 and i - 1 < len(map_titles):
+                ax.set_ylabel(map_titles[i - 1], fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=8)
+    return _save(plt, fig, path)
+
+
+__all__ += ["image_map_figure"]

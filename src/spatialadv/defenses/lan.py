@@ -1,0 +1,401 @@
+"""Latent attention (LAN) masks and the attention-based adversarial-example detector.
+
+* LAN — Grimm, Arumugam, Karamcheti, Abel, Wong & Littman, 2017, "Modeling
+  Latent Attention Within Neural Networks", arXiv:1706.00536: a mask
+  generator ``A(x) ∈ [0, 1]^{H×W}`` trained with
+  ``L = E_η[L_F(F(x̃), F(x)) − β·mean(A(x))]``,
+  ``x̃ = A(x)⊙η + (1 − A(x))⊙x`` (the thesis's Eqs. 8-9), η a training
+  image, F frozen.
+* The detector — Nguyen, MSc thesis 2018, §3.2, Fig. 3: image classifier
+  ``f1``, attention model ``g`` (a LAN trained on ``f1``) and mask classifier
+  ``f2`` trained on the masks of clean training images; an input is flagged
+  adversarial when ``f2(g(x)) ≠ f1(x)``.
+* The adaptive attack — Carlini & Wagner, 2017, "Adversarial Examples Are
+  Not Easily Detected: Bypassing Ten Detection Methods", AISec 2017: attack
+  ``f1`` and the detector at once (:class:`LANAdaptivePGD`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import check_bool, check_int, check_positive
+from ..attacks.base import Attack
+from ..threats import LinfBall
+
+__all__ = ["MaskGenerator", "MaskClassifier", "corrupt", "lan_loss", "train_lan", "train_mask_classifier",
+           "LANDetector", "LANConfig", "load_or_train_lan", "LANAdaptivePGD"]
+
+log = logging.getLogger(__name__)
+
+
+class MaskGenerator(nn.Module):
+    """The LAN attention model ``A``: a 3-layer fully connected network, ``(N, C, H, W) → (N, 1, H, W)`` in [0, 1].
+
+    Grimm et al. 2017 and the thesis (§3.3: "a 3-layer Fully Connected
+    Network"): ``FC(hidden) − ReLU − FC(hidden) − ReLU − FC(H·W) − sigmoid``.
+    One mask per pixel, shared by the channels.
+
+    Args:
+        in_channels, image_size: the images' C and H = W.
+        hidden: width of the two hidden layers, ≥ 1.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, hidden: int = 256) -> None:
+        super().__init__()
+        check_int(in_channels, "in_channels")
+        check_int(image_size, "image_size")
+        check_int(hidden, "hidden")
+        self.image_size = image_size
+        d = in_channels * image_size * image_size
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, image_size * image_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Mask ``(N, 1, H, W)`` in [0, 1] of images ``x`` ``(N, C, H, W)``."""
+        s = self.image_size
+        return torch.sigmoid(self.net(x)).view(-1, 1, s, s)
+
+
+class MaskClassifier(nn.Module):
+    """The mask classifier ``f2``: LeNet-5 (the thesis, §3.3) on masks ``(N, 1, H, W)`` → logits ``(N, K)``.
+
+    ``Conv(6, 5×5) − ReLU − MaxPool 2 − Conv(16, 5×5) − ReLU − MaxPool 2 − FC(120) − ReLU − FC(84) − ReLU − FC(K)``
+    (ReLU in place of LeNet's tanh; padding 2 on the first convolution for images smaller than 32).
+
+    The masks are first standardised per pixel, ``(m − μ) / σ``, with the
+    per-pixel mean and standard deviation of the training masks (buffers set
+    by :meth:`set_standardization`; identity until then).
+
+    Convention:
+        Not in the thesis. LAN masks of different classes differ by a few
+        hundredths on a common background (the part of the mask every image
+        shares); without standardisation LeNet does not learn to separate them
+        (test accuracy ≈ chance on MNIST-5k), with it f2 reaches the thesis's
+        regime (≈ 55-60 % on masks, thesis §3.3: 60 %).
+    """
+
+    def __init__(self, image_size: int = 28, num_classes: int = 10) -> None:
+        super().__init__()
+        check_int(image_size, "image_size", minimum=12)
+        check_int(num_classes, "num_classes", minimum=2)
+        pad = 2 if image_size < 32 else 0
+        self.features = nn.Sequential(nn.Conv2d(1, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, 1, image_size, image_size)).numel()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                                  nn.Linear(84, num_classes))
+        self.register_buffer("mu", torch.zeros(1, 1, image_size, image_size))
+        self.register_buffer("sigma", torch.ones(1, 1, image_size, image_size))
+
+    def set_standardization(self, masks: Tensor) -> None:
+        """Set μ and σ (floored at 1e-6) from training masks ``(N, 1, H, W)``."""
+        with torch.no_grad():
+            self.mu.copy_(masks.mean(0, keepdim=True))
+            self.sigma.copy_(masks.std(0, keepdim=True).clamp_min(1e-6))
+
+    def forward(self, m: Tensor) -> Tensor:
+        """Logits ``(N, K)`` of masks ``m`` ``(N, 1, H, W)``."""
+        return self.head(self.features((m - self.mu) / self.sigma))
+
+
+def corrupt(x: Tensor, mask: Tensor, eta: Tensor) -> Tensor:
+    """``x̃ = A(x)⊙η + (1 − A(x))⊙x`` (the thesis's Eq. 8), ``(N, C, H, W)``; the mask broadcasts over channels."""
+    return mask * eta + (1 - mask) * x
+
+
+def lan_loss(model: nn.Module, generator: nn.Module, x: Tensor, eta: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """LAN objective on one draw of η (the thesis's Eq. 9; Grimm et al. 2017), averaged over the batch.
+
+    Args:
+        model: the frozen classifier F (eval mode), logits ``(N, K)``.
+        generator: the mask generator A.
+        x: images ``(N, C, H, W)`` in [0, 1].
+        eta: the noise images ``(N, C, H, W)`` (training images).
+        beta: weight β ≥ 0 of the mask-size reward.
+
+    Returns:
+        ``(loss, L_F)``: the scalar ``mean(L_F) − β·mean(A(x))`` and ``L_F`` ``(N,)``.
+
+    Convention:
+        ``L_F(F(x̃), F(x))`` is the cross-entropy of F's softmax on ``x̃``
+        against F's softmax on ``x`` (soft labels, held constant): F was
+        trained with the cross-entropy, and "F(x)" is its output distribution.
+    """
+    mask = generator(x)
+    with torch.no_grad():
+        p_ref = model(x).softmax(1)
+    lf = -(p_ref * model(corrupt(x, mask, eta)).log_softmax(1)).sum(1)
+    return lf.mean() - beta * mask.mean(), lf.detach()
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def train_lan(generator: nn.Module, model: nn.Module, x: Tensor, *, beta: float = 1.0, epochs: int = 5,
+              lr: float = 1e-3, batch_size: int = 128, seed: int = 0) -> list[float]:
+    """Train the mask generator on images ``x`` ``(N, C, H, W)`` with F frozen; returns the mean loss per epoch.
+
+    Adam; each step draws η for every image from a uniformly random training
+    image (:func:`lan_loss`, one sample of the expectation). ``model`` must be
+    in eval mode (its parameters are not updated).
+
+    Raises:
+        ValueError: ``model`` in train mode; invalid hyper-parameters.
+    """
+    if model.training:
+        raise ValueError("F must be in eval mode (model.eval()) while the LAN is trained")
+    check_positive(beta, "beta", allow_zero=True)
+    check_int(epochs, "epochs")
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(generator.parameters(), lr=lr)
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    generator.train()
+    history = []
+    try:
+        for _ in range(epochs):
+            total, count = 0.0, 0
+            for b in _batches(len(x), batch_size, gen):
+                eta = x[torch.randint(0, len(x), (len(b),), generator=gen)]
+                loss, _ = lan_loss(model, generator, x[b], eta, beta)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(b)
+                count += len(b)
+            history.append(total / count)
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+        generator.eval()
+    return history
+
+
+@torch.no_grad()
+def _masks(generator: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    return torch.cat([generator(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def train_mask_classifier(classifier: nn.Module, masks: Tensor, y: Tensor, *, epochs: int = 5, lr: float = 1e-3,
+                          batch_size: int = 64, seed: int = 0) -> list[float]:
+    """Train ``f2`` on masks ``(N, 1, H, W)`` with labels ``y`` ``(N,)`` (cross-entropy, Adam); mean loss per epoch.
+
+    A :class:`MaskClassifier` gets its standardisation from ``masks`` first.
+    """
+    if isinstance(classifier, MaskClassifier):
+        classifier.set_standardization(masks)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(classifier.parameters(), lr=lr)
+    classifier.train()
+    history = []
+    for _ in range(epochs):
+        total = 0.0
+        for b in _batches(len(masks), batch_size, gen):
+            loss = F.cross_entropy(classifier(masks[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        history.append(total / len(masks))
+    classifier.eval()
+    return history
+
+
+class LANDetector(nn.Module):
+    """Classification-interpretation contrastive detector (the thesis, §3.2, Fig. 3).
+
+    Args:
+        f1: image classifier, ``(N, C, H, W)`` → logits ``(N, K)``.
+        g: attention model (:class:`MaskGenerator`), ``(N, C, H, W)`` → masks ``(N, 1, H, W)``.
+        f2: mask classifier, masks → logits ``(N, K)``.
+
+    ``forward(x)`` returns ``f2``'s logits on ``g(x)`` (so the detector's mask
+    branch is itself a model attacks can target).
+    """
+
+    def __init__(self, f1: nn.Module, g: nn.Module, f2: nn.Module) -> None:
+        super().__init__()
+        self.f1, self.g, self.f2 = f1, g, f2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Mask-classifier logits ``f2(g(x))`` ``(N, K)``."""
+        return self.f2(self.g(x))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, batch_size: int = 500) -> dict[str, Tensor]:
+        """Per example: ``pred1 = argmax f1(x)``, ``pred2 = argmax f2(g(x))``, ``flag = pred1 ≠ pred2`` (all ``(N,)``)."""
+        p1, p2 = [], []
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            p1.append(self.f1(xb).argmax(1))
+            p2.append(self(xb).argmax(1))
+        pred1, pred2 = torch.cat(p1), torch.cat(p2)
+        return {"pred1": pred1, "pred2": pred2, "flag": pred1 != pred2}
+
+
+@dataclass(frozen=True)
+class LANConfig:
+    """Training settings of the LAN mask generator and of the mask classifier (part of their cache key).
+
+    Attributes:
+        beta: β of Eq. 9 (not stated in the thesis; 1.0: the mask reward and the
+            cross-entropy on a common scale). hidden: the generator's hidden width.
+        lan_epochs, f2_epochs: training epochs. lr, f2_lr: Adam learning rates
+            (a small LAN rate: at 1e-3 the sigmoid saturates early and the mask
+            collapses to one input-independent mask on MNIST).
+        seed: seed of both trainings. max_train: train on the first this many
+            training images (None: all).
+    """
+
+    beta: float = 1.0
+    hidden: int = 256
+    lan_epochs: int = 10
+    f2_epochs: int = 8
+    lr: float = 2e-4
+    f2_lr: float = 1e-3
+    seed: int = 0
+    max_train: int | None = None
+
+
+def load_or_train_lan(f1: nn.Module, f1_key: str, train, config: LANConfig = LANConfig(), *,
+                      directory: str | Path | None = None) -> tuple[LANDetector, dict]:
+    """The detector ``(f1, g, f2)`` for a cached classifier, with ``g`` and ``f2`` trained once and then cached.
+
+    Args:
+        f1: the frozen classifier (eval mode), e.g. from :func:`spatialadv.models.load_or_train`.
+        f1_key: its cache key (:func:`spatialadv.models.model_key`); part of the LAN key.
+        train: the training split (``.x`` ``(N, C, H, W)``, ``.y``, ``.num_classes``).
+        config: :class:`LANConfig`.
+        directory: checkpoint folder (default ``cache_dir() / "models"``).
+
+    Returns:
+        ``(detector, info)`` with ``info`` keys ``key``, ``cached``, ``lan_history``, ``f2_history``,
+        ``train_seconds``, ``f2_train_accuracy``. ``g`` and ``f2`` are in eval mode and frozen.
+    """
+    from ..models.cache import cache_dir, load_checkpoint, save_checkpoint
+
+    blob = json.dumps({"format": "lan-1", "f1": f1_key, "config": asdict(config)}, sort_keys=True)
+    key = f"lan-{f1_key}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    folder = Path(directory or cache_dir() / "models")
+    c, s = int(train.x.shape[1]), int(train.x.shape[2])
+    x, y = train.x, train.y
+    if config.max_train is not None:
+        x, y = x[:config.max_train], y[:config.max_train]
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        g = MaskGenerator(c, s, config.hidden)
+        f2 = MaskClassifier(s, train.num_classes)
+    gpath, fpath = folder / f"{key}-g.safetensors", folder / f"{key}-f2.safetensors"
+    info = {"key": key, "cached": False}
+    if gpath.is_file() and fpath.is_file():
+        meta = load_checkpoint(g, gpath)
+        load_checkpoint(f2, fpath)
+        info.update(cached=True, **meta.get("info", {}))
+    else:
+        t0 = time.perf_counter()
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            lan_hist = train_lan(g, f1, x, beta=config.beta, epochs=config.lan_epochs, lr=config.lr, seed=config.seed)
+            masks = _masks(g, x)
+            f2_hist = train_mask_classifier(f2, masks, y, epochs=config.f2_epochs, lr=config.f2_lr, seed=config.seed)
+        with torch.no_grad():
+            acc = float(torch.cat([f2(masks[i:i + 1000]).argmax(1) for i in range(0, len(masks), 1000)]).eq(y)
+                        .float().mean())
+        meta = {"lan_history": lan_hist, "f2_history": f2_hist, "train_seconds": time.perf_counter() - t0,
+                "f2_train_accuracy": acc}
+        info.update(meta)
+        save_checkpoint(g, gpath, {"key": key, "info": meta})
+        save_checkpoint(f2, fpath, {"key": key})
+        log.info("trained LAN %s in %.1f s", key, meta["train_seconds"])
+    for m in (g, f2):
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    return LANDetector(f1, g, f2), info
+
+
+@dataclass(frozen=True, kw_only=True)
+class LANAdaptivePGD(Attack):
+    """Adaptive L∞ PGD against the LAN detector (Carlini & Wagner, AISec 2017, §"perfect-knowledge" attacks).
+
+    Attacks ``f1`` (the model it is called with) to the target while keeping
+    the detector's mask class on the target too, so the input is not
+    flagged: from ``x``, ``steps`` signed-gradient steps of size ``step_size``
+    descending ``CE(f1(x'), t) + CE(f2(g(x')), t)``, projected onto the
+    ε-ball and [0, 1]; an example stops at its first iterate where both
+    ``argmax f1 = t`` and ``argmax f2(g) = t``. Targeted only.
+
+    Args:
+        detector: the :class:`LANDetector` (its ``f2(g(·))`` branch is attacked).
+        eps: L∞ budget in [0, 1] pixel units. step_size: per step. steps: iterations.
+        early_stop: stop an example once it both fools ``f1`` and evades the detector.
+
+    ``success`` is the contract's (``f1`` predicts the target); whether the
+    detector is evaded is read off ``detector.predict(x_adv)``.
+
+    Raises:
+        TypeError, ValueError: invalid hyper-parameters; untargeted call.
+    """
+
+    norm: ClassVar[str] = "linf"
+    detector: nn.Module
+    eps: float = 0.3
+    step_size: float = 0.01
+    steps: int = 100
+    early_stop: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.detector, LANDetector):
+            raise TypeError(f"detector must be a LANDetector, got {type(self.detector).__name__}")
+        check_positive(self.eps, "eps")
+        check_positive(self.step_size, "step_size")
+        check_int(self.steps, "steps")
+        check_bool(self.early_stop, "early_stop")
+
+    @property
+    def threat(self) -> LinfBall:
+        """:class:`~spatialadv.threats.LinfBall` of radius ``eps``."""
+        return LinfBall(eps=self.eps)
+
+    def _run(self, model, x, y, target, index):
+        if target is None:
+            raise ValueError("LANAdaptivePGD is targeted: pass target")
+        ball, a = self.threat, float(self.step_size)
+        x_adv = x.clone()
+        iterations = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        active = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(self.steps):
+            idx = active.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            xs = x_adv[idx].requires_grad_(True)
+            t = target[idx]
+            with torch.enable_grad():
+                z1, z2 = model(xs), self.detector(xs)
+                loss = F.cross_entropy(z1, t, reduction="sum") + F.cross_entropy(z2, t, reduction="sum")
+                (grad,) = torch.autograd.grad(loss, xs)
+            iterations[idx] += 1
+            if self.early_stop:
+                done = (z1.argmax(1) == t) & (z2.argmax(1) == t)
+                active[idx[done]] = False
+                keep = ~done
+                idx, grad = idx[keep], grad[keep]
+                if idx.numel() == 0:
+                    break
+            x_adv[idx] = ball.project(x_adv[idx] - a * grad.sign(), x[idx]).detach()
+        return {"x_adv": x_adv, "iterations": iterations}

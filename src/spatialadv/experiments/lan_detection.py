@@ -63,9 +63,9 @@ class Config:
     """Settings of ``spatialadv reproduce lan-detection``."""
 
     datasets: tuple[str, ...] = option(("mnist", "fashion-mnist"), "datasets", choices=("mnist", "fashion-mnist"))
-    n: int = option(50, "test images (correctly classified by f1 and the source net) attacked per dataset", minimum=1)
+    n: int = option(40, "test images (correctly classified by f1 and the source net) attacked per dataset", minimum=1)
     seed: int = option(0, "seed of the data split, training and targets", minimum=0)
-    epochs: int = option(6, "f1 / source-net training epochs when not cached", minimum=1)
+    epochs: int = option(5, "f1 / source-net training epochs when not cached", minimum=1)
     max_train: int = option(4000, "train f1, the source net, the LAN and f2 on at most this many training images "
                             "(MNIST-5k has 4000)", minimum=100)
     beta: float = option(1.0, "β of the LAN loss (not stated in the thesis)", minimum=0.0)

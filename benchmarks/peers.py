@@ -61,6 +61,8 @@ from spatialadv.data import DataSpec, load_dataset  # noqa: E402
 from spatialadv.eval import first_correct  # noqa: E402
 from spatialadv.models import ModelSpec, TrainConfig, load_or_train  # noqa: E402
 
+GROUPS = ["PGD", "C&W", "C&W-default", "STM", "overhead"]
+
 
 def _timed(fn, repeats: int):
     times, out = [], None
@@ -106,6 +108,8 @@ def main(argv=None) -> int:
     p.add_argument("--cw-c", type=float, default=10.0, help="C&W constant c at equal settings")
     p.add_argument("--cw-steps", type=int, default=100, help="C&W Adam steps at equal settings")
     p.add_argument("--skip-peers", action="store_true", help="only our attacks (no torchattacks / foolbox)")
+    p.add_argument("--groups", nargs="+", default=GROUPS, choices=GROUPS,
+                   help="which rows to run (C&W-default: our default binary search, ~2 min; overhead: every attack once)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/peers.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -133,32 +137,57 @@ def main(argv=None) -> int:
         import foolbox as fb
         import torchattacks
 
+    groups = set(args.groups)
     # --- PGD L∞ -----------------------------------------------------------------------------
+    if "PGD" in groups:
+        _pgd_rows(row, model, x, y, args, torchattacks if not args.skip_peers else None)
+    if "C&W" in groups:
+        _cw_rows(row, model, x, y, args, torchattacks if not args.skip_peers else None)
+    if "C&W-default" in groups:
+        row("C&W", "ours CarliniWagnerL2() (binary search, default)", lambda: CarliniWagnerL2()(model, x, y).x_adv, repeats=1)
+    if "STM" in groups:
+        _stm_rows(row, model, x, y, args, fb if not args.skip_peers else None)
+    if "overhead" in groups:
+        _overhead(res, model, x, y, args)
+    _ratios(res, rows, args)
+    res["load_avg_end"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _pgd_rows(row, model, x, y, args, torchattacks) -> None:
     row("PGD", "ours PGD(), 40 steps, no early stop", lambda: PGD()(model, x, y).x_adv)
     row("PGD", "ours PGD(early_stop=True)", lambda: PGD(early_stop=True)(model, x, y).x_adv)
-    if not args.skip_peers:
+    if torchattacks is not None:
         ta_pgd = torchattacks.PGD(model, eps=0.3, alpha=0.01, steps=40, random_start=True)
         row("PGD", "torchattacks 3.5.1 PGD, 40 steps", lambda: ta_pgd(x, y))
-    # --- C&W L2 -----------------------------------------------------------------------------
+
+
+def _cw_rows(row, model, x, y, args, torchattacks) -> None:
     c, steps = args.cw_c, args.cw_steps
     row("C&W", f"ours c={c:g}, {steps} steps, no abort",
         lambda: CarliniWagnerL2(initial_const=c, binary_search_steps=1, steps=steps, lr=0.01, abort_early=False)(model, x, y).x_adv)
     row("C&W", f"ours c={c:g}, {steps} steps, per-example abort",
         lambda: CarliniWagnerL2(initial_const=c, binary_search_steps=1, steps=steps, lr=0.01)(model, x, y).x_adv)
-    if not args.skip_peers:
+    if torchattacks is not None:
         ta_cw = torchattacks.CW(model, c=c, kappa=0, steps=steps, lr=0.01)
         row("C&W", f"torchattacks 3.5.1 CW c={c:g}, {steps} steps", lambda: ta_cw(x, y))
-    row("C&W", "ours CarliniWagnerL2() (binary search, default)", lambda: CarliniWagnerL2()(model, x, y).x_adv, repeats=1)
-    # --- STM --------------------------------------------------------------------------------
+
+
+def _stm_rows(row, model, x, y, args, fb) -> None:
     row("STM", "ours RotationTranslation() (default: early stop)", lambda: RotationTranslation()(model, x, y).x_adv)
     row("STM", "ours RotationTranslation(early_stop=False)", lambda: RotationTranslation(early_stop=False)(model, x, y).x_adv)
-    if not args.skip_peers:
+    if fb is not None:
         fmodel = fb.PyTorchModel(model, bounds=(0, 1))
         fb_stm = fb.attacks.SpatialAttack(max_translation=3, max_rotation=30, num_translations=5, num_rotations=31,
                                           grid_search=True)
         row("STM", "foolbox 3.3.4 SpatialAttack (same grid)", lambda: fb_stm(fmodel, x, y)[0])
 
-    # --- overhead over the model ------------------------------------------------------------
+
+def _overhead(res, model, x, y, args) -> None:
+    n = len(x)
     t_fb, t_f = _model_cost(model, x, y, args.repeats)
     res["model_seconds"] = {"forward_backward": t_fb, "forward": t_f}
     print(f"model on the batch of {n}: forward+backward {1000 * t_fb:.2f} ms, forward {1000 * t_f:.2f} ms")
@@ -175,24 +204,21 @@ def main(argv=None) -> int:
         print(f"overhead {name:18s} {med:8.3f} s  {grads:7.1f} grad + {fwd:6.1f} fwd evals/img  model {cost:7.3f} s  "
               f"ratio {ratio:5.2f}", flush=True)
 
-    g = rows.get("PGD", {})
-    if "torchattacks 3.5.1 PGD, 40 steps" in g:
-        res["pgd_time_ratio_ours_over_torchattacks"] = g["ours PGD(), 40 steps, no early stop"]["seconds"] / \
-            g["torchattacks 3.5.1 PGD, 40 steps"]["seconds"]
-        cw = rows["C&W"]
-        res["cw_time_ratio_ours_over_torchattacks"] = cw[f"ours c={c:g}, {steps} steps, no abort"]["seconds"] / \
-            cw[f"torchattacks 3.5.1 CW c={c:g}, {steps} steps"]["seconds"]
-        stm = rows["STM"]
-        res["stm_speedup_default_vs_foolbox"] = stm["foolbox 3.3.4 SpatialAttack (same grid)"]["seconds"] / \
-            stm["ours RotationTranslation() (default: early stop)"]["seconds"]
-        print(f"PGD ours/torchattacks time {res['pgd_time_ratio_ours_over_torchattacks']:.3f} (target <= 1.05); "
-              f"C&W ours/torchattacks {res['cw_time_ratio_ours_over_torchattacks']:.3f} (target <= 1); "
-              f"STM foolbox/ours {res['stm_speedup_default_vs_foolbox']:.1f}x (target >= 3)")
-    res["load_avg_end"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
-    return 0
+
+def _ratios(res, rows, args) -> None:
+    c, steps = args.cw_c, args.cw_steps
+    pairs = [("pgd_time_ratio_ours_over_torchattacks", "PGD", "ours PGD(), 40 steps, no early stop",
+              "torchattacks 3.5.1 PGD, 40 steps", "target <= 1.05"),
+             ("cw_time_ratio_ours_over_torchattacks", "C&W", f"ours c={c:g}, {steps} steps, no abort",
+              f"torchattacks 3.5.1 CW c={c:g}, {steps} steps", "target <= 1"),
+             ("stm_time_ratio_ours_over_foolbox", "STM", "ours RotationTranslation() (default: early stop)",
+              "foolbox 3.3.4 SpatialAttack (same grid)", "target <= 1/3")]
+    for key, group, ours, theirs, target in pairs:
+        g = rows.get(group, {})
+        if ours in g and theirs in g:
+            res[key] = g[ours]["seconds"] / g[theirs]["seconds"]
+            print(f"{key} {res[key]:.3f} ({target}; success {100 * g[ours]['success']:.0f} % vs "
+                  f"{100 * g[theirs]['success']:.0f} %)")
 
 
 if __name__ == "__main__":

@@ -444,14 +444,16 @@ class CarliniWagnerL2(Attack):
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
             prev = torch.zeros(n, **opts)
             for it in range(self.steps):
-                idx = all_idx if bool(active.all()) else active.nonzero().squeeze(1)
+                full = bool(active.all())  # every example active: whole tensors, no gather / scatter copies
+                idx = all_idx if full else active.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
-                w_s = w[idx].requires_grad_(True)
+                w_s = (w if full else w[idx]).detach().requires_grad_(True)
                 with torch.enable_grad():
-                    xa, penalty = self._image(w_s, x[idx], idx, ctx)
+                    xa, penalty = self._image(w_s, x if full else x[idx], idx, ctx)
                     logits = model(xa)
-                    loss = penalty + c[idx] * margin(logits, y[idx], None if target is None else target[idx], kappa)
+                    loss = penalty + (c if full else c[idx]) * margin(
+                        logits, y if full else y[idx], None if target is None else (target if full else target[idx]), kappa)
                     (grad,) = torch.autograd.grad(loss.sum(), w_s)
                 iterations[idx] += 1
                 with torch.no_grad():
@@ -460,18 +462,25 @@ class CarliniWagnerL2(Attack):
                     if self.abort_early and it % check_every == 0:
                         if it > 0:
                             stalled = loss > prev[idx] - 1e-4 * prev[idx].abs()
-                            active[idx[stalled]] = False
-                            keep = ~stalled
-                            idx, grad, loss = idx[keep], grad[keep], loss[keep]
+                            if bool(stalled.any()):
+                                full = False
+                                active[idx[stalled]] = False
+                                keep = ~stalled
+                                idx, grad, loss = idx[keep], grad[keep], loss[keep]
                         prev[idx] = loss
                     # Adam (Kingma & Ba, 2015, Algorithm 1); every active example has taken
                     # exactly `it` previous steps in this binary-search step.
                     t = it + 1
-                    m[idx] = b1 * m[idx] + (1 - b1) * grad
-                    v[idx] = b2 * v[idx] + (1 - b2) * grad * grad
-                    m_hat = m[idx] / (1 - b1**t)
-                    v_hat = v[idx] / (1 - b2**t)
-                    w[idx] = w[idx] - lr * m_hat / (v_hat.sqrt() + self._ADAM_EPS)
+                    if full:
+                        m = b1 * m + (1 - b1) * grad
+                        v = b2 * v + (1 - b2) * grad * grad
+                        w = w - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + self._ADAM_EPS)
+                    else:
+                        m[idx] = b1 * m[idx] + (1 - b1) * grad
+                        v[idx] = b2 * v[idx] + (1 - b2) * grad * grad
+                        m_hat = m[idx] / (1 - b1**t)
+                        v_hat = v[idx] / (1 - b2**t)
+                        w[idx] = w[idx] - lr * m_hat / (v_hat.sqrt() + self._ADAM_EPS)
             # the last update of the still-active examples has not been evaluated yet
             idx = active.nonzero().squeeze(1)
             forward_evals[idx] += 1

@@ -23,7 +23,7 @@ import torch
 
 from ..data import DataSpec
 from ..models import ModelSpec, Objective, TrainConfig
-from .framework import Experiment, Report, Table, TaskRun, fmt, option
+from .framework import Experiment, Report, Table, TaskRun, fmt, option, random_targets
 
 __all__ = ["Config", "plan", "report", "EXPERIMENTS", "map_attacks"]
 
@@ -33,10 +33,9 @@ ATTACK_NAMES = ("FGSM", "C&W", "stAdv")
 
 def map_attacks(data: str, *, cw_steps: int = 100) -> dict:
     """FGSM (ε = 0.3 MNIST / 0.1 Fashion-MNIST), C&W L2 (3 × ``cw_steps``) and stAdv (defaults), by label."""
-    from ..attacks import FGSM, CarliniWagnerL2, StAdv
+    from .lan_detection import lan_attacks
 
-    return {"FGSM": FGSM(eps=0.3 if data == "mnist" else 0.1),
-            "C&W": CarliniWagnerL2(binary_search_steps=3, steps=cw_steps), "stAdv": StAdv()}
+    return {k: a for k, a in lan_attacks(data, cw_steps=cw_steps, cw_search=3).items() if k != "JSMA"}
 
 
 @dataclass(frozen=True)
@@ -51,11 +50,6 @@ class Config:
     max_train: int = option(4000, "train on at most this many training images (MNIST-5k has 4000)", minimum=100)
     cw_steps: int = option(100, "C&W Adam steps per binary-search step", minimum=1)
     threads: int = option(2, "torch intra-op threads", minimum=1)
-
-
-def _targets(y: torch.Tensor, seed: int, k: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed + 777)
-    return (y + torch.randint(1, k, (len(y),), generator=gen)) % k
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -94,7 +88,7 @@ def plan(cfg: Config, ctx):
         robust, info_r = ctx.model(f"{data}/fgsm-at", ModelSpec("mnist-a", dspec, tc, Objective("fgsm-at", eps=eps)))
         idx = ctx.first_correct(plain, test.x, test.y, cfg.n)
         items = [str(int(i)) for i in idx]
-        t = _targets(test.y, cfg.seed, test.num_classes)
+        t = random_targets(test.y, cfg.seed + 777, test.num_classes)
         attacks = map_attacks(data, cw_steps=cfg.cw_steps)
         for label, attack in attacks.items():
             conf = {"attack": repr(attack), "robust": info_r["key"], "targets": cfg.seed + 777, "cam": "grad-cam"}

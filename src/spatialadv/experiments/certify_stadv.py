@@ -23,7 +23,7 @@ from ..eval.runner import make_pairs
 from ..models import TrainConfig
 from ..ops.flow import flow_tv_loss
 from ._certify_report import PAPER, certify_blocks, model_rows
-from .framework import AttackRun, Experiment, Report, TaskRun, option
+from .framework import AttackRun, Experiment, Report, TaskRun, option, random_targets
 
 __all__ = ["Config", "PAPER", "VARIANTS", "plan", "report", "EXPERIMENTS"]
 
@@ -58,8 +58,7 @@ def _margins(model, x, items: list[str]) -> dict:
 
 def thesis_targets(y: torch.Tensor, seed: int) -> torch.Tensor:
     """The thesis experiment's random targets ≠ label, ``(N,)``, from ``torch.Generator().manual_seed(seed + 12345)``."""
-    gen = torch.Generator().manual_seed(seed + 12345)
-    return (y + torch.randint(1, 10, (len(y),), generator=gen)) % 10
+    return random_targets(y, seed + 12345, 10)
 
 
 def pixel_stadv(tau: float, max_iter: int) -> StAdv:

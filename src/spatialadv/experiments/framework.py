@@ -321,6 +321,15 @@ class Context:
         return first_correct(model, x, y, n)
 
 
+def random_targets(y: torch.Tensor, seed: int, num_classes: int) -> torch.Tensor:
+    """One target class ≠ y per image, ``(N,)`` int64, drawn from ``torch.Generator().manual_seed(seed)``.
+
+    The draw for image ``i`` depends on its position in ``y``: pass the whole split's labels.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    return (y + torch.randint(1, num_classes, (len(y),), generator=gen)) % num_classes
+
+
 def _environment() -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "processes": distributed.world_size(),

@@ -26,7 +26,7 @@ import torch
 
 from ..data import DataSpec
 from ..models import ModelSpec, TrainConfig
-from .framework import Experiment, Report, Table, TaskRun, fmt, option
+from .framework import Experiment, Report, Table, TaskRun, fmt, option, random_targets
 
 __all__ = ["Config", "PAPER", "plan", "report", "EXPERIMENTS", "lan_attacks"]
 
@@ -76,11 +76,6 @@ class Config:
     threads: int = option(2, "torch intra-op threads", minimum=1)
 
 
-def _targets(y: torch.Tensor, seed: int, k: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed + 4242)
-    return (y + torch.randint(1, k, (len(y),), generator=gen)) % k
-
-
 def _detect(det, net, attack, x, y, t, targeted: bool, items: list[str]) -> dict:
     """Attack ``net`` on the images of ``items`` and record f1's and f2's classes on benign and adversarial images."""
     idx = torch.tensor([int(i) for i in items])
@@ -118,7 +113,7 @@ def plan(cfg: Config, ctx):
             masks_pred = det.predict(test.x)
         both = sorted(set(ok1.tolist()) & set(ok_src.tolist()))[: cfg.n]
         items = [str(i) for i in both]
-        t = _targets(test.y, cfg.seed, test.num_classes)
+        t = random_targets(test.y, cfg.seed + 4242, test.num_classes)
         ctx.meta(f"{data}/lan", {"key": linfo["key"], "cached": linfo["cached"], "lan_history": linfo.get("lan_history"),
                                  "f2_train_accuracy": linfo.get("f2_train_accuracy"),
                                  "train_seconds": linfo.get("train_seconds"),

@@ -148,10 +148,10 @@ def test_train_model_learns_and_returns_eval_mode(digits, one_thread):
 
 # ---------------------------------------------------------------------------------- Objective
 def test_objective_defaults_equality_and_json():
-    assert set(OBJECTIVES) == {"standard", "fgsm-at", "pgd-at", "random", "hinge", "frobenius", "spectral", "sdp", "stadv-at",
+    assert set(OBJECTIVES) >= {"standard", "fgsm-at", "pgd-at", "ll-at", "random", "hinge", "frobenius", "spectral", "sdp", "stadv-at",
                                "smoothing"}
     defaults = {"smoothing": {"sigma": 0.25, "rotation": 30.0, "translation": 3.0, "aug_weight": 1.0},
-                "standard": {}, "fgsm-at": {"eps": 0.3, "adv_weight": 0.5},
+                "standard": {}, "fgsm-at": {"eps": 0.3, "adv_weight": 0.5}, "ll-at": {"eps": 0.3, "adv_weight": 0.5},
                 "pgd-at": {"eps": 0.3, "steps": 40, "step_size": 0.01, "adv_weight": 1.0}, "random": {}, "hinge": {}, "frobenius": {"lam": 0.08},
                 "spectral": {"lam": 0.09}, "sdp": {"eps_train": 0.02},
                 "stadv-at": {"lam_r": 0.3, "tau": 0.05, "refresh": 3, "pool_size": 1000}}

@@ -1,4 +1,4 @@
-"""Adversarial training: the FGSM adversary of "Adv-Train" and the PGD adversary of Madry et al.
+"""Adversarial training with any attack as the adversary: FGSM ("Adv-Train"), step l.l., PGD (Madry et al.), any :class:`~spatialadv.attacks.base.Attack`.
 
 Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial
 Examples", ICLR 2015 (Eq. 3); the "Adv. training" baseline of Tramèr et al.
@@ -15,8 +15,18 @@ PGD adversarial training (Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards
 Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018) is the
 objective ``pgd-at`` with :func:`pgd_adversary`.
 
-This module supplies only the adversaries those objectives plug into
-:func:`spatialadv.models.train_model`; there is no second cache.
+Step l.l. (Kurakin, Goodfellow & Bengio, "Adversarial Examples in the
+Physical World", ICLR 2017 workshop, §2.1; the adversarial training of Zhang
+et al., "Smooth Adversarial Examples", Table 2) is the objective ``ll-at``
+with :func:`ll_adversary`.
+
+One mechanism: an objective's adversary is a callable ``(model, x, y) ->
+x_adv`` plugged into :func:`spatialadv.models.train_model`. Any attack of
+this library becomes one with :func:`attack_adversary`, and
+:func:`register_adversarial_objective` registers it as a named objective
+whose options (the attack's hyper-parameters) enter the checkpoint's cache
+key, so adversarially trained models are cached like every model; there is
+no second cache.
 """
 
 from __future__ import annotations
@@ -27,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_int, check_positive
-from ..attacks.base import input_grad
+from .._validation import check_bool, check_int, check_positive
+from ..attacks.base import Attack, input_grad
 
-__all__ = ["fgsm_adversary", "pgd_adversary"]
+__all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "attack_adversary", "register_adversarial_objective"]
 
 
 def fgsm_adversary(eps: float = 0.3) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
@@ -91,3 +101,131 @@ def pgd_adversary(eps: float = 0.3, steps: int = 40, step_size: float = 0.01) ->
         return xa.detach()
 
     return adversary
+
+
+def ll_adversary(eps: float = 0.3) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """The adversary of the ``ll-at`` objective: one "step l.l." (least-likely class) step.
+
+    ``x_adv = clip_[0,1](x − eps · sign(∇_x CE(f(x), y_LL)))`` with ``y_LL =
+    argmin_k f(x)_k`` on the current model: a step *towards* the class the
+    model finds least likely (Kurakin, Goodfellow & Bengio, ICLR 2017
+    workshop, Eq. 4). The model's mode is not changed; gradients are taken
+    w.r.t. the input only.
+
+    Args:
+        eps: L∞ budget in [0, 1] pixel units, > 0 (the smooth-adv paper does not state it; 0.3 is the
+            MNIST budget of the other defenses here).
+
+    Returns:
+        ``adversary(model, x (N, C, H, W), y (N,)) -> x_adv (N, C, H, W)`` in [0, 1] (``y`` is not used).
+
+    Raises:
+        ValueError: ``eps`` ≤ 0.
+    """
+    check_positive(eps, "eps")
+
+    def adversary(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            y_ll = model(x).argmin(1)
+        g, _ = input_grad(model, x, lambda z: F.cross_entropy(z, y_ll, reduction="none"))
+        return (x - eps * g.sign()).clamp(0.0, 1.0)
+
+    return adversary
+
+
+def attack_adversary(attack: Attack, *, eval_mode: bool = True) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """Any untargeted :class:`~spatialadv.attacks.base.Attack` as a training adversary.
+
+    ``adversary(model, x, y) = attack(model, x, y).x_adv``, detached. The
+    attack contract returns the **input** where the attack fails, so those
+    examples are trained on clean (for Madry et al.'s PGD, which trains on
+    the last iterate whatever it is, use :func:`pgd_adversary`). Parameter
+    gradients the attack leaves behind are discarded (the ones present
+    before the call are restored).
+
+    Args:
+        attack: the attack, run untargeted on each training batch.
+        eval_mode: craft in eval mode (dropout off, batch-norm statistics
+            frozen; the model's mode is restored afterwards) — the attacks'
+            contract expects it. False crafts on the model as the loop holds
+            it (train mode), as Goodfellow et al.'s FGSM training does; the
+            attack then warns once per batch.
+
+    Returns:
+        ``adversary(model, x (N, C, H, W), y (N,)) -> x_adv (N, C, H, W)``.
+
+    Raises:
+        TypeError: ``attack`` is not an :class:`~spatialadv.attacks.base.Attack`, ``eval_mode`` not a bool.
+    """
+    if not isinstance(attack, Attack):
+        raise TypeError(f"attack must be a spatialadv Attack, got {type(attack).__name__}")
+    check_bool(eval_mode, "eval_mode")
+
+    def adversary(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        was_training = model.training
+        grads = [(p, p.grad) for p in model.parameters()]
+        try:
+            if eval_mode:
+                model.eval()
+            x_adv = attack(model, x, y).x_adv.detach()
+        finally:
+            model.train(was_training)
+            for p, g in grads:
+                p.grad = g
+        return x_adv
+
+    return adversary
+
+
+def register_adversarial_objective(name: str, make_attack: Callable[..., Attack | Callable], *, options: dict | None = None,
+                                   adv_weight: float = 0.5, eval_mode: bool = True, description: str = ""):
+    """Register a training objective whose adversary is an attack built from the objective's options.
+
+    The objective's loss per batch is ``(1 − adv_weight)·CE(f(x), y) +
+    adv_weight·CE(f(x_adv), y)`` with ``x_adv`` from ``make_attack(**options)``
+    (an :class:`~spatialadv.attacks.base.Attack`, wrapped by
+    :func:`attack_adversary`, or directly an adversary callable ``(model, x, y)
+    -> x_adv``). The options — the attack's hyper-parameters, plus
+    ``adv_weight`` — enter the cache key of every model trained with it::
+
+        from spatialadv.attacks import PGD
+        from spatialadv.models import OptionSpec
+        register_adversarial_objective(
+            "pgd-l2-at", lambda eps: PGD(norm="l2", eps=eps, steps=10, step_size=eps / 4),
+            options={"eps": OptionSpec(2.0, float, 0.0, low_open=True)})
+        spec = ModelSpec("c4", DataSpec("mnist"), TrainConfig(), Objective("pgd-l2-at", eps=1.5))
+
+    Args:
+        name: the objective's name (a safe file-name part, not yet registered).
+        make_attack: ``(**options) -> Attack`` (or adversary callable), called once per training run.
+        options: :class:`~spatialadv.models.training.OptionSpec` per keyword of ``make_attack``.
+        adv_weight: default weight of the adversarial loss, in [0, 1] (an option of the objective).
+        eval_mode: passed to :func:`attack_adversary`.
+        description: one line for listings.
+
+    Returns:
+        The registered :class:`~spatialadv.models.training.ObjectiveType`.
+
+    Raises:
+        ValueError: ``name`` already registered or unsafe; ``options`` names ``adv_weight``.
+        TypeError: ``make_attack`` not callable.
+    """
+    from ..models.training import OptionSpec, TrainingParts, register_objective
+
+    if not callable(make_attack):
+        raise TypeError(f"make_attack must be callable, got {type(make_attack).__name__}")
+    options = dict(options or {})
+    if "adv_weight" in options:
+        raise ValueError("options must not name 'adv_weight': it is added by register_adversarial_objective")
+    check_bool(eval_mode, "eval_mode")
+    attack_options = tuple(options)
+
+    def build(model, data, config, opts) -> TrainingParts:
+        made = make_attack(**{k: opts[k] for k in attack_options})
+        adversary = attack_adversary(made, eval_mode=eval_mode) if isinstance(made, Attack) else made
+        if not callable(adversary):
+            raise TypeError(f"objective {name!r}: make_attack returned {type(made).__name__}, not an Attack or callable")
+        return TrainingParts(adversary=adversary, adv_weight=opts["adv_weight"])
+
+    options["adv_weight"] = OptionSpec(adv_weight, float, 0.0, 1.0)
+    return register_objective(name, build, options=options, description=description)

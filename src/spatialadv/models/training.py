@@ -15,6 +15,11 @@ An objective says *what* is minimised; :func:`train_model` owns the loop
                 ``adv_weight`` = 1: the loss on PGD examples only, as Madry, Makelov,
                 Schmidt, Tsipras & Vladu, "Towards Deep Learning Models Resistant to
                 Adversarial Attacks", ICLR 2018, §3; :func:`spatialadv.defenses.pgd_adversary`).
+``ll-at``       "step l.l." adversarial training (``eps`` = 0.3, ``adv_weight`` = 0.5): as ``fgsm-at``
+                with one step *towards* the least-likely class, ``x − eps·sign(∇_x CE(f(x), y_LL))``
+                (Kurakin, Goodfellow & Bengio, "Adversarial Examples in the Physical World", ICLR 2017
+                workshop; the adversarially trained C4 of Zhang et al., "Smooth Adversarial Examples",
+                Table 2; :func:`spatialadv.defenses.ll_adversary`).
 ``random``      no training: the seeded initialisation (f_rd of the certificate experiments).
 ``hinge``       multi-class hinge loss (Weston-Watkins, margin 1).
 ``frobenius``   hinge + ``lam·(‖W‖_F + ‖V‖_F)`` (``lam`` = 0.08), one-hidden-layer nets only.
@@ -37,7 +42,8 @@ The certificate objectives (``random`` … ``stadv-at``) are the training
 variants of the smooth-flow certificate experiments of *Provable Defenses
 against Spatially Transformed Adversarial Inputs: Impossibility and
 Possibility Results* (ICLR 2019 submission), §6.8; their mathematics lives in :mod:`spatialadv.certify.training`.
-New objectives: :func:`register_objective`.
+New objectives: :func:`register_objective`; an adversarial-training objective with any attack as the adversary:
+:func:`spatialadv.defenses.register_adversarial_objective`.
 """
 
 from __future__ import annotations
@@ -328,6 +334,12 @@ def _pgd_at(model, data, config, options) -> TrainingParts:
                          adv_weight=options["adv_weight"])
 
 
+def _ll_at(model, data, config, options) -> TrainingParts:
+    from ..defenses.adversarial import ll_adversary
+
+    return TrainingParts(adversary=ll_adversary(options["eps"]), adv_weight=options["adv_weight"])
+
+
 def _random(model, data, config, options) -> TrainingParts:
     return TrainingParts(trains=False)
 
@@ -379,6 +391,8 @@ register_objective("pgd-at", _pgd_at, description="PGD adversarial training (Mad
                    options={"eps": OptionSpec(0.3, float, 0.0, 1.0, low_open=True), "steps": OptionSpec(40, int, 1.0),
                             "step_size": OptionSpec(0.01, float, 0.0, 1.0, low_open=True),
                             "adv_weight": OptionSpec(1.0, float, 0.0, 1.0)})
+register_objective("ll-at", _ll_at, description="step l.l. adversarial training (Kurakin et al. 2017)",
+                   options={"eps": OptionSpec(0.3, float, 0.0, 1.0, low_open=True), "adv_weight": OptionSpec(0.5, float, 0.0, 1.0)})
 register_objective("random", _random, description="no training: the seeded initialisation")
 register_objective("hinge", _hinge, description="multi-class hinge loss")
 register_objective("frobenius", _frobenius, description="hinge + lam (‖W‖_F + ‖V‖_F)",

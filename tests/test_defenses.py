@@ -1,0 +1,181 @@
+"""Input filters, ``Defended`` models (adaptive and BPDA attacks through them) and the adversarial-training mechanism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from torch import nn
+
+from spatialadv.attacks import FGSM, JSMA, PGD, CarliniWagnerL2, RotationTranslation, SmoothPGDL2, StAdv
+from spatialadv.data import DataSpec, load_dataset
+from spatialadv.defenses import (
+    BilateralFilter,
+    Defended,
+    MeanFilter,
+    MedianFilter,
+    attack_adversary,
+    ll_adversary,
+    register_adversarial_objective,
+)
+from spatialadv.models import OBJECTIVES, ModelSpec, Objective, OptionSpec, TrainConfig, load_or_train, model_key
+from spatialadv.ops.filters import joint_bilateral
+
+
+def _images(seed=0, n=3, c=2, h=9, w=11):
+    return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------- filters
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_mean_and_median_filters_equal_scipy(size):
+    x = _images()
+    ref_mean = ndimage.uniform_filter(x.numpy(), size=(1, 1, size, size), mode="nearest")
+    ref_median = ndimage.median_filter(x.numpy(), size=(1, 1, size, size), mode="nearest")
+    np.testing.assert_allclose(MeanFilter(size)(x).numpy(), ref_mean, atol=1e-12)
+    np.testing.assert_allclose(MedianFilter(size)(x).numpy(), ref_median, atol=0)
+
+
+def test_bilateral_filter_is_the_papers_setting_and_matches_the_op():
+    x = _images(c=1)
+    f = BilateralFilter()
+    assert (f.sigma_domain, f.sigma_range) == (0.5, 0.2)  # smooth-adv Table 3
+    torch.testing.assert_close(f(x), joint_bilateral(x, sigma_spatial=0.5, sigma_range=0.2))
+    assert not torch.allclose(f(x), x)
+
+
+def test_filters_pass_gradients_and_keep_shape():
+    x = _images().requires_grad_(True)
+    for f in (MeanFilter(3), MedianFilter(3), BilateralFilter()):
+        out = f(x)
+        assert out.shape == x.shape
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
+    assert torch.autograd.gradcheck(lambda z: MeanFilter(3)(z), (_images(n=1, c=1, h=5, w=5).requires_grad_(True),))
+
+
+@pytest.mark.parametrize("bad,exc", [(2, ValueError), (0, ValueError), (3.0, TypeError), (True, TypeError)])
+def test_filter_sizes_are_checked(bad, exc):
+    for cls in (MeanFilter, MedianFilter):
+        with pytest.raises(exc, match="size"):
+            cls(bad)
+
+
+def test_filter_inputs_and_sigmas_are_checked():
+    with pytest.raises(ValueError, match="sigma_range"):
+        BilateralFilter(sigma_range=0.0)
+    with pytest.raises(ValueError, match="sigma_domain"):
+        BilateralFilter(sigma_domain=-1.0)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        MeanFilter(3)(torch.rand(4, 4))
+    with pytest.raises(TypeError, match="Tensor"):
+        MedianFilter(3)(np.zeros((1, 1, 4, 4)))
+    with pytest.raises(TypeError, match="model"):
+        Defended(MeanFilter(3), lambda x: x)
+    with pytest.raises(TypeError, match="bpda"):
+        Defended(MeanFilter(3), nn.Identity(), bpda=1)
+
+
+# ----------------------------------------------------------------------------------------- Defended
+def test_defended_is_a_module_every_attack_accepts(digits_model):
+    model, x, y = digits_model
+    defended = Defended(MeanFilter(3), model).eval()
+    assert isinstance(defended, nn.Module) and not defended.model.training
+    x, y = x[:6], y[:6]
+    torch.testing.assert_close(defended(x), model(MeanFilter(3)(x)))
+    attacks = [FGSM(eps=0.2), PGD(eps=0.2, steps=5, step_size=0.05), CarliniWagnerL2(steps=10, binary_search_steps=1),
+               StAdv(max_iter=5), RotationTranslation(max_rotation=10.0, max_translation=1.0, num_rotations=3, num_translations=3),
+               SmoothPGDL2(eps=1.0, steps=3), JSMA(gamma=0.2)]
+    for atk in attacks:
+        res = atk(defended, x, y)
+        assert res.x_adv.shape == x.shape and res.success.shape == (6,)
+        pred = defended(res.x_adv).argmax(1)
+        assert torch.equal(pred, res.pred)
+
+
+def test_adaptive_attack_through_the_filter_is_at_least_as_strong_as_the_transfer(digits_model):
+    model, x, y = digits_model
+    defended = Defended(MeanFilter(3), model).eval()
+    ok = defended(x).argmax(1) == y  # images the defended model gets right
+    x, y = x[ok], y[ok]
+    atk = PGD(eps=0.15, steps=20, step_size=0.02, random_start=False)
+    transfer = atk(model, x, y).x_adv  # crafted on the model alone, then filtered (the non-adaptive evaluation)
+    transfer_success = float((defended(transfer).argmax(1) != y).float().mean())
+    adaptive_success = float(atk(defended, x, y).success.float().mean())
+    assert adaptive_success >= transfer_success
+    assert adaptive_success > 0.5  # and the adaptive attack breaks the filter defense
+
+
+def test_bpda_keeps_the_forward_pass_and_takes_the_models_gradient_at_the_filtered_image(digits_model):
+    model, x, y = digits_model
+    x = x[:5].clone()
+    f = MedianFilter(3)
+    plain, bpda = Defended(f, model), Defended(f, model, bpda=True)
+    torch.testing.assert_close(bpda(x), plain(x))
+    xr = x.clone().requires_grad_(True)
+    (g_bpda,) = torch.autograd.grad(nn.functional.cross_entropy(bpda(xr), y[:5]), xr)
+    xf = f(x).requires_grad_(True)
+    (g_model,) = torch.autograd.grad(nn.functional.cross_entropy(model(xf), y[:5]), xf)
+    torch.testing.assert_close(g_bpda, g_model)
+
+
+# ------------------------------------------------------------------------------ adversarial training
+def test_ll_adversary_moves_towards_the_least_likely_class(digits_model):
+    model, x, y = digits_model
+    with torch.no_grad():
+        logits = model(x)
+        y_ll = logits.argmin(1)
+    xa = ll_adversary(0.1)(model, x, y)
+    assert xa.min() >= 0 and xa.max() <= 1 and (xa - x).abs().max() <= 0.1 + 1e-6
+    with torch.no_grad():
+        new = model(xa)
+    gain = (new.log_softmax(1) - logits.log_softmax(1)).gather(1, y_ll[:, None]).squeeze(1)
+    assert float((gain > 0).float().mean()) > 0.9
+    with pytest.raises(ValueError, match="eps"):
+        ll_adversary(0.0)
+
+
+def test_attack_adversary_restores_mode_and_parameter_gradients(digits_model):
+    model, x, y = digits_model
+    model.train()
+    try:
+        marker = [torch.full_like(p, 7.0) for p in model.parameters()]
+        for p, m in zip(model.parameters(), marker):
+            p.grad = m.clone()
+        xa = attack_adversary(PGD(eps=0.2, steps=3, step_size=0.1))(model, x[:8], y[:8])
+        assert model.training and xa.shape == x[:8].shape and not xa.requires_grad
+        for p, m in zip(model.parameters(), marker):
+            assert torch.equal(p.grad, m)
+    finally:
+        model.eval()
+        model.zero_grad(set_to_none=True)
+    with pytest.raises(TypeError, match="Attack"):
+        attack_adversary(lambda m, x, y: x)
+
+
+def test_any_attack_registers_as_a_cached_adversarial_objective(tmp_path):
+    name = "test-pgd-l2-at"
+    OBJECTIVES.pop(name, None)
+    try:
+        register_adversarial_objective(name, lambda eps: PGD(norm="l2", eps=eps, steps=3, step_size=eps / 2),
+                                       options={"eps": OptionSpec(1.0, float, 0.0, low_open=True)}, description="test")
+        with pytest.raises(ValueError, match="already registered"):
+            register_adversarial_objective(name, lambda: FGSM())
+        with pytest.raises(ValueError, match="adv_weight"):
+            register_adversarial_objective("test-other", lambda adv_weight: FGSM(), options={"adv_weight": OptionSpec(0.5, float)})
+        assert Objective(name).options == {"eps": 1.0, "adv_weight": 0.5}
+        with pytest.raises(ValueError, match="eps"):
+            Objective(name, eps=-1.0)
+        data, cfg = DataSpec("digits"), TrainConfig(epochs=2, batch_size=128)
+        a = ModelSpec("fc-200", data, cfg, Objective(name, eps=1.0))
+        b = ModelSpec("fc-200", data, cfg, Objective(name, eps=2.0))
+        assert model_key(a) != model_key(b)
+        model, info = load_or_train(a, directory=tmp_path, progress=False)
+        again, info2 = load_or_train(a, directory=tmp_path, progress=False)
+        assert not info["cached"] and info2["cached"] and info["test_accuracy"] > 0.5
+        test = load_dataset("digits", "test")
+        torch.testing.assert_close(model(test.x[:4]), again(test.x[:4]))
+    finally:
+        OBJECTIVES.pop(name, None)
+        OBJECTIVES.pop("test-other", None)

@@ -65,13 +65,16 @@ def test_certify_stadv_tiny(cache, capsys, one_thread):
     out = cache / "cs"
     args = ["reproduce", "certify-stadv", "--out", str(out), "--variants", "normal", "sdp", "--epochs", "1", "--n", "6",
             "--n-thesis", "6", "--taus", "0", "0.05", "--max-iter", "3", "--thesis-max-iter", "3", "--search-steps", "1",
-            "--flow-budgets", "250", "--quiet"]
+            "--flow-budgets", "250", "--gap-budgets", "400", "--gap-check-budgets", "250", "--quiet"]
     assert main(args) == 0
     rep = json.loads((out / "report.json").read_text())
     fig6 = rep["results"]["fig6"]["variants"]
     assert set(fig6) == {"normal", "sdp"} and all(len(v["rows"]) == 2 for v in fig6.values())
     thesis = rep["results"]["thesis"]["variants"]
-    assert set(thesis) == {"normal@250.0", "sdp@250.0"} and all(t["n"] == 6 for t in thesis.values())
+    assert set(thesis) == {"normal@250.0", "sdp@250.0", "normal@400.0", "sdp@400.0"} and all(t["n"] == 6 for t in thesis.values())
+    gap = rep["results"]["thesis"]["gap"]  # the measured explanation of the gap: τ range and training strength
+    assert set(gap["tau"]) == {"normal@250.0", "sdp@250.0"} and set(gap["strength"]) == {"sdp-strong@250.0"}
+    assert gap["tau_range"] == [0.0, 10.0] and gap["eps_train"] == 0.1
     md = (out / "report.md").read_text()
-    assert "Fig. 6" in md and "seed 00" not in md
+    assert "Fig. 6" in md and "seed 00" not in md and "Why our counts differ" in md and "Training strength" in md
     assert main(args) == 0 and json.loads((out / "report.json").read_text())["results"] == rep["results"]

@@ -29,6 +29,8 @@ __all__ = ["Config", "PAPER", "VARIANTS", "plan", "report", "EXPERIMENTS"]
 
 VARIANTS = ("normal", "frobenius", "spectral", "sdp", "stn", "stadv-at")
 THESIS_VARIANTS = ("normal", "sdp")
+#: The more strongly SDP-trained net of the gap analysis (``--gap-eps-train``).
+STRONG = "sdp-strong"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,14 @@ class Config:
     search_steps: int = option(5, "τ binary-search runs per image (thesis)", minimum=1)
     flow_budgets: tuple[float, ...] = option((7.0, 94.5, 250.0), "hinge budgets on L_flow (thesis: 7.0, units unstated; "
                                              "94.5 = 7.0 in normalised coordinates)", minimum=0.0)
+    gap_budgets: tuple[float, ...] = option((25.0, 50.0, 150.0, 400.0, 700.0), "further budgets of the thesis experiment's "
+                                            "budget sweep (the measured explanation of the gap: units of the budget)", minimum=0.0)
+    gap_check_budgets: tuple[float, ...] = option((94.5, 250.0, 400.0), "budgets of the τ-range and training-strength checks "
+                                                  "(the measured explanation of the gap)", minimum=0.0)
+    gap_tau_high: float = option(10.0, "upper end of the alternative τ search range [0, gap_tau_high] (thesis gap: τ range; "
+                                 "the thesis searches [0, 1000])", minimum=0.0)
+    gap_eps_train: float = option(0.1, "SDP training strength ε_train of a more strongly SDP-trained net (thesis gap: "
+                                  "training strength; the sdp variant uses 0.02)", minimum=0.0)
     threads: int = option(1, "torch intra-op threads (small tensors: more threads only add overhead)", minimum=1)
 
 
@@ -92,13 +102,31 @@ def plan(cfg: Config, ctx):
     nt = min(cfg.n_thesis, len(test))
     target = thesis_targets(test.y[:nt], cfg.seed)
     tpairs = [(i, int(t)) for i, t in enumerate(target.tolist())]
-    for budget in cfg.flow_budgets:
-        attack = StAdvTauBinarySearch(tau_low=0.0, tau_high=1000.0, search_steps=cfg.search_steps, flow_hinge=float(budget),
-                                      max_iter=cfg.thesis_max_iter)
-        for v in [v for v in THESIS_VARIANTS if v in nets]:
-            model, info = nets[v]
-            yield AttackRun(v, "stAdv τ search", model, attack, info["key"], test.x, test.y, data_key, tpairs,
-                            f"random-{cfg.seed + 12345}", tags={"kind": "thesis", "budget": float(budget)}, batch_size=nt)
+    thesis_nets = [v for v in THESIS_VARIANTS if v in nets]
+
+    def search(budget: float, tau_high: float = 1000.0) -> StAdvTauBinarySearch:
+        return StAdvTauBinarySearch(tau_low=0.0, tau_high=tau_high, search_steps=cfg.search_steps, flow_hinge=float(budget),
+                                    max_iter=cfg.thesis_max_iter)
+
+    def thesis_run(v, model, info, attack, budget, kind):
+        return AttackRun(v, "stAdv τ search", model, attack, info["key"], test.x, test.y, data_key, tpairs,
+                         f"random-{cfg.seed + 12345}", tags={"kind": kind, "budget": float(budget)}, batch_size=nt)
+
+    # the thesis' budget and its readings, then the rest of the budget sweep (units), then the τ range and the training
+    # strength at the check budgets — the measured explanation of the gap to the thesis' counts
+    sweep = list(dict.fromkeys([*cfg.flow_budgets, *cfg.gap_budgets]))
+    for budget in sweep:
+        for v in thesis_nets:
+            yield thesis_run(v, *nets[v], search(budget), budget, "thesis")
+    if not thesis_nets:
+        return
+    for budget in cfg.gap_check_budgets:
+        for v in thesis_nets:
+            yield thesis_run(v, *nets[v], search(budget, cfg.gap_tau_high), budget, "gap-tau")
+    if "sdp" in thesis_nets:
+        strong, info = ctx.model(STRONG, certify_spec("sdp", data, tc, eps_train=cfg.gap_eps_train))
+        for budget in cfg.gap_check_budgets:
+            yield thesis_run(STRONG, strong, info, search(budget), budget, "gap-strength")
 
 
 def report(cfg: Config, results) -> Report:
@@ -119,21 +147,28 @@ def report(cfg: Config, results) -> Report:
         ok = [str(r["idx"]) for r in recs0 if r["clean_pred"] == r["label"]]
         fig6[v] = {"rows": rows, "clean_accuracy_subset": len(ok) / len(recs0) if recs0 else float("nan"),
                    "median_logit_margin": float(np.median([margins[i] for i in ok if i in margins])) if ok else float("nan")}
-    thesis = {}
+    thesis, gap = {}, {"tau": {}, "strength": {}}
     for r in results.find(attack="stAdv τ search"):
+        kind = r.tags.get("kind", "thesis")
         recs = r.records(arrays=True)
         succ = [x for x in recs if x["success"]]
         lflow = [float(flow_tv_loss(torch.from_numpy(x["flow"])[None], eps=0.0)) for x in succ]
         budget = r.tags["budget"]
-        thesis[f"{r.model}@{budget}"] = {
+        entry = {
             "variant": r.model, "budget": budget, "successes": len(succ), "n": len(recs),
             "already_target": sum(x["clean_pred"] == x["target"] for x in recs),
             "clean_accuracy": results.models.get(r.model, {}).get("test_accuracy"),
             "median_lflow_success": float(np.median(lflow)) if lflow else None, "time_s": r.summary()["time_s"]}
+        if kind == "thesis":
+            thesis[f"{r.model}@{budget}"] = entry
+        else:
+            gap["tau" if kind == "gap-tau" else "strength"][f"{r.model}@{budget}"] = entry
     n_fig6 = len(results.find(attack="stAdv", kind="fig6")[0].records()) if results.find(attack="stAdv", kind="fig6") else 0
     res = {"models": models, "fig6": {"n": n_fig6, "variants": fig6, "max_iter": cfg.max_iter},
-           "thesis": {"variants": thesis, "flow_budgets": list(cfg.flow_budgets), "search_steps": cfg.search_steps,
-                      "max_iter": cfg.thesis_max_iter, "tau_range": [0.0, 1000.0], "target_seed": cfg.seed + 12345}}
+           "thesis": {"variants": thesis, "flow_budgets": sorted({*cfg.flow_budgets, *cfg.gap_budgets}), "search_steps": cfg.search_steps,
+                      "max_iter": cfg.thesis_max_iter, "tau_range": [0.0, 1000.0], "target_seed": cfg.seed + 12345,
+                      "gap": {**gap, "tau_range": [0.0, cfg.gap_tau_high], "eps_train": cfg.gap_eps_train,
+                              "check_budgets": list(cfg.gap_check_budgets)}}}
     blocks, figures = certify_blocks("certify-stadv", res, results.out)
     return Report("stAdv against certified training variants (Fig. 6) and plain vs SDP-trained (thesis §4.2)", blocks,
                   {"paper": PAPER, "results": res}, figures)

@@ -61,6 +61,8 @@ class Config:
                     "bilateral-filtered C4 all classify correctly", minimum=1)
     seed: int = option(0, "seed of the data split and of training", minimum=0)
     epochs: int = option(12, "C4 training epochs (plain and adversarial training) when not cached", minimum=1)
+    max_train: int | None = option(None, "train on a seeded subset of this many training images (none: all 4 000)",
+                                   minimum=10)
     at_eps: float = option(0.3, "L∞ step of the step l.l. adversary during training (the paper does not state it; 0.3 is "
                            "the MNIST budget of the other defenses)", minimum=1e-6)
     at_weight: float = option(0.5, "weight of the adversarial loss during training (Kurakin et al.: half the batch)",
@@ -97,7 +99,7 @@ def transfer_attacks(*, sigma: float = 0.1, steps: int = 50) -> dict:
 def _models(cfg: Config, ctx):
     from ..defenses import BilateralFilter, Defended
 
-    dspec, tc = DataSpec("mnist", seed=cfg.seed), TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
+    dspec, tc = DataSpec("mnist", seed=cfg.seed, max_train=cfg.max_train), TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
     plain, ip = ctx.model("c4", ModelSpec("c4", dspec, tc))
     at, ia = ctx.model("c4/ll-at", ModelSpec("c4", dspec, tc, Objective("ll-at", eps=cfg.at_eps, adv_weight=cfg.at_weight)))
     bil = Defended(BilateralFilter(cfg.sigma_domain, cfg.sigma_range), plain).eval()
@@ -179,7 +181,7 @@ def report(cfg: Config, res) -> Report:
     summ = {k: _summary(v) for k, v in runs.items() if v}
     n = len(next(iter(runs.values()), []))
     blocks: list = [
-        f"Models: C4 (Conv 64 k8 s2 – Conv 128 k6 s2 – Conv 128 k5 s1 – FC) on MNIST-5k (4 000 training images, "
+        f"Models: C4 (Conv 64 k8 s2 – Conv 128 k6 s2 – Conv 128 k5 s1 – FC) on MNIST-5k ({cfg.max_train or 4000} training images, "
         f"{cfg.epochs} epochs): plain (the smooth-mnist model), adversarially trained on step l.l. examples "
         f"(loss {1 - cfg.at_weight:g}·CE(x) + {cfg.at_weight:g}·CE(x_ll), x_ll = x − {cfg.at_eps:g}·sign(∇ CE(f(x), y_LL)) "
         f"on the current model; the paper does not state ε), and the plain C4 behind the bilateral filter (domain σ "

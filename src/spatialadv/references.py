@@ -51,6 +51,9 @@ PAPERS: dict[str, Paper] = {
                  "CVPR 2018"),
     "ensemble": Paper("F. Tramèr, A. Kurakin, N. Papernot, I. Goodfellow, D. Boneh, P. McDaniel", "Ensemble Adversarial "
                       "Training: Attacks and Defenses", "ICLR 2018"),
+    "kurakin-ll": Paper("A. Kurakin, I. Goodfellow, S. Bengio", "Adversarial Examples in the Physical World",
+                        "ICLR 2017 workshop"),
+    "bilateral": Paper("C. Tomasi, R. Manduchi", "Bilateral Filtering for Gray and Color Images", "ICCV 1998"),
     "sdp-nn": Paper("A. Raghunathan, J. Steinhardt, P. Liang", "Certified Defenses against Adversarial Examples",
                     "ICLR 2018"),
     "autoattack": Paper("F. Croce, M. Hein", "Reliable Evaluation of Adversarial Robustness with an Ensemble of Diverse "

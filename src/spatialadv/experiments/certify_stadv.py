@@ -5,6 +5,10 @@ Results* (ICLR 2019 submission): untargeted stAdv at each τ on every variant; a
 experiment of Nguyen, *Two Approaches to Defend against Adversarial Examples: Attention-based and
 Certificate-based* (MSc thesis, Lehigh University, 2018, §4.2): stAdv with a per-example τ binary search and a
 hinge on L_flow, random targets, on the plain and the SDP-trained fc-500. Every attack is stored per example.
+
+The thesis counts (≈380 vs ≈70 successes of 1 000 at budget 7.0) are not reproduced; the job measures why: a
+sweep of the budget (its unit is unstated), the same attack with another τ search range, and a more strongly
+SDP-trained net (``--gap-*`` options), and the report states what each factor does and does not explain.
 """
 
 from __future__ import annotations

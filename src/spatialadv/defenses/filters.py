@@ -103,7 +103,25 @@ def median_filter(x: Tensor, size: int = 3) -> Tensor:
     return _windows(x, size).median(2).values.reshape(x.shape)
 
 
-class MeanFilter(nn.Module):
+class _WindowFilter(nn.Module):
+    """A ``size × size`` window filter (odd ``size`` ≥ 1) applying ``_op(x, size)``."""
+
+    _op = staticmethod(mean_filter)
+
+    def __init__(self, size: int = 3) -> None:
+        super().__init__()
+        self.size = _check_size(size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, H, W) -> (N, C, H, W)``."""
+        return self._op(x, self.size)
+
+    def extra_repr(self) -> str:
+        """The settings shown by ``repr``."""
+        return f"size={self.size}"
+
+
+class MeanFilter(_WindowFilter):
     """:func:`mean_filter` as a module (stAdv Table 5: ``MeanFilter(3)``).
 
     Args:
@@ -113,20 +131,10 @@ class MeanFilter(nn.Module):
         ValueError: ``size`` not odd or < 1.
     """
 
-    def __init__(self, size: int = 3) -> None:
-        super().__init__()
-        self.size = _check_size(size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(N, C, H, W) -> (N, C, H, W)``."""
-        return mean_filter(x, self.size)
-
-    def extra_repr(self) -> str:
-        """The settings shown by ``repr``."""
-        return f"size={self.size}"
+    _op = staticmethod(mean_filter)
 
 
-class MedianFilter(nn.Module):
+class MedianFilter(_WindowFilter):
     """:func:`median_filter` as a module.
 
     Args:
@@ -136,17 +144,7 @@ class MedianFilter(nn.Module):
         ValueError: ``size`` not odd or < 1.
     """
 
-    def __init__(self, size: int = 3) -> None:
-        super().__init__()
-        self.size = _check_size(size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(N, C, H, W) -> (N, C, H, W)``."""
-        return median_filter(x, self.size)
-
-    def extra_repr(self) -> str:
-        """The settings shown by ``repr``."""
-        return f"size={self.size}"
+    _op = staticmethod(median_filter)
 
 
 class BilateralFilter(nn.Module):

@@ -16,6 +16,7 @@ from spatialadv.defenses import (
     MeanFilter,
     MedianFilter,
     attack_adversary,
+    ensemble_adversary,
     ll_adversary,
     register_adversarial_objective,
 )
@@ -179,3 +180,68 @@ def test_any_attack_registers_as_a_cached_adversarial_objective(tmp_path):
     finally:
         OBJECTIVES.pop(name, None)
         OBJECTIVES.pop("test-other", None)
+
+
+# ------------------------------------------------------------------------------ ensemble adversarial training
+class _Linear(nn.Module):
+    """Logits ``(z, −z)`` with ``z = sum(w · x)``: the FGSM direction is ``±sign(w)``."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x):
+        z = (x * self.w).flatten(1).sum(1, keepdim=True)
+        return torch.cat([z, -z], 1)
+
+
+def test_ensemble_adversary_crafts_on_the_current_and_each_static_model_in_turn():
+    torch.manual_seed(0)
+    shape = (1, 4, 4)
+    current, s1, s2 = (_Linear(torch.randn(shape)) for _ in range(3))
+    x, y = torch.full((2, *shape), 0.5), torch.zeros(2, dtype=torch.long)  # class 0: FGSM moves against sign(w)
+    adv = ensemble_adversary([s1, s2], eps=0.1)
+    for turn in range(6):
+        src = (current, s1, s2)[turn % 3]
+        expected = (x - 0.1 * src.w.detach().sign()).clamp(0, 1)
+        torch.testing.assert_close(adv(current, x, y), expected)
+    assert current.w.grad is None and s1.w.grad is None  # input gradients only
+    with pytest.raises(ValueError, match="static"):
+        ensemble_adversary([])
+    with pytest.raises(TypeError, match="nn.Module"):
+        ensemble_adversary([lambda z: z])
+    with pytest.raises(ValueError, match="eps"):
+        ensemble_adversary([s1], eps=0.0)
+
+
+def test_ens_at_trains_against_static_models_of_other_architectures(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("SPATIALADV_CACHE", str(tmp_path))
+    data, cfg = DataSpec("mnist", max_train=64), TrainConfig(epochs=1, batch_size=32)
+    spec = ModelSpec("mnist-b", data, cfg, Objective("ens-at", static_epochs=1))
+    model, info = load_or_train(spec, progress=False)
+    assert not info["cached"] and 0.0 <= info["test_accuracy"] <= 1.0
+    static = sorted(p.name.split("-standard-")[0] for p in (tmp_path / "models").glob("*-standard-*.safetensors"))
+    assert static == ["mnist-a", "mnist-c"]  # Tramèr et al.: the static models are other architectures
+    with pytest.raises(ValueError, match="static_seed"):  # static models must see the same training images
+        load_or_train(ModelSpec("mnist-b", DataSpec("mnist", seed=1, max_train=64), cfg,
+                                Objective("ens-at", static_epochs=1)), progress=False)
+
+
+def test_fine_tuning_starts_from_the_init_models_weights(tmp_path, one_thread):
+    data = DataSpec("digits", max_train=128)
+    plain = ModelSpec("fc-200", data, TrainConfig(epochs=2, batch_size=64))
+    copy = ModelSpec("fc-200", data, TrainConfig(epochs=1), Objective("random"), init=plain)  # no training: the init
+    tuned = ModelSpec("fc-200", data, TrainConfig(epochs=1, batch_size=64), Objective("fgsm-at", eps=0.1), init=plain)
+    assert len({model_key(plain), model_key(copy), model_key(tuned)}) == 3
+    assert ModelSpec.from_dict(tuned.to_dict()) == tuned and "init" not in plain.to_dict()
+    base, _ = load_or_train(plain, directory=tmp_path, progress=False)
+    same, _ = load_or_train(copy, directory=tmp_path, progress=False)
+    ft, info = load_or_train(tuned, directory=tmp_path, progress=False)
+    for a, b in zip(base.parameters(), same.parameters()):
+        torch.testing.assert_close(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(base.parameters(), ft.parameters()))
+    assert not info["cached"] and info["train_seconds"] > 0
+    with pytest.raises(ValueError, match="architecture"):
+        ModelSpec("fc-500", data, init=plain)
+    with pytest.raises(TypeError, match="init"):
+        ModelSpec("fc-200", data, init="fc-200")

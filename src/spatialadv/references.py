@@ -71,6 +71,8 @@ PAPERS: dict[str, Paper] = {
                   "Learning in Adversarial Settings", "IEEE EuroS&P 2016"),
     "lan": Paper("C. Grimm, D. Arumugam, S. Karamcheti, D. Abel, L. L. S. Wong, M. L. Littman", "Modeling Latent "
                  "Attention Within Neural Networks", "arXiv:1706.00536, 2017"),
+    "li-li": Paper("X. Li, F. Li", "Adversarial Examples Detection in Deep Networks with Convolutional Filter Statistics",
+                   "ICCV 2017"),
     "cw-detect": Paper("N. Carlini, D. Wagner", "Adversarial Examples Are Not Easily Detected: Bypassing Ten Detection "
                        "Methods", "ACM AISec 2017"),
     "cam": Paper("B. Zhou, A. Khosla, A. Lapedriza, A. Oliva, A. Torralba", "Learning Deep Features for Discriminative "

@@ -1,10 +1,17 @@
 """Defenses: input filters, adversarial training with any attack as the adversary, and detectors.
 
-Input filters and ``filter ∘ model``: :mod:`.filters`; adversaries and the ``fgsm-at``, ``ll-at`` and ``pgd-at``
+Input filters and ``filter ∘ model``: :mod:`.filters`; adversaries and the ``fgsm-at``, ``ens-at``, ``ll-at`` and ``pgd-at``
 objectives of :mod:`spatialadv.models`: :mod:`.adversarial`; latent attention detection (LAN): :mod:`.lan`.
 """
 
-from .adversarial import attack_adversary, fgsm_adversary, ll_adversary, pgd_adversary, register_adversarial_objective
+from .adversarial import (
+    attack_adversary,
+    ensemble_adversary,
+    fgsm_adversary,
+    ll_adversary,
+    pgd_adversary,
+    register_adversarial_objective,
+)
 from .filters import BilateralFilter, Defended, MeanFilter, MedianFilter, mean_filter, median_filter
 from .lan import (
     LANAdaptivePGD,
@@ -19,7 +26,7 @@ from .lan import (
     train_mask_classifier,
 )
 
-__all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "attack_adversary", "register_adversarial_objective",
+__all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "ensemble_adversary", "attack_adversary", "register_adversarial_objective",
            "MeanFilter", "MedianFilter", "BilateralFilter", "Defended", "mean_filter", "median_filter",
            "MaskGenerator", "MaskClassifier", "corrupt", "lan_loss", "train_lan",
            "train_mask_classifier", "LANDetector", "LANConfig", "load_or_train_lan", "LANAdaptivePGD"]

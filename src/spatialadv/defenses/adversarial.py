@@ -20,6 +20,12 @@ Physical World", ICLR 2017 workshop, §2.1; the adversarial training of Zhang
 et al., "Smooth Adversarial Examples", Table 2) is the objective ``ll-at``
 with :func:`ll_adversary`.
 
+Ensemble adversarial training (Tramèr, Kurakin, Papernot, Goodfellow, Boneh
+& McDaniel, "Ensemble Adversarial Training: Attacks and Defenses", ICLR
+2018) is the objective ``ens-at`` with :func:`ensemble_adversary`: the
+adversarial half of each batch is crafted on the current model or on one of
+several *static* pre-trained models, in turn.
+
 One mechanism: an objective's adversary is a callable ``(model, x, y) ->
 x_adv`` plugged into :func:`spatialadv.models.train_model`. Any attack of
 this library becomes one with :func:`attack_adversary`, and
@@ -40,7 +46,7 @@ from torch import Tensor, nn
 from .._validation import check_bool, check_int, check_positive
 from ..attacks.base import Attack, input_grad
 
-__all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "attack_adversary", "register_adversarial_objective"]
+__all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "ensemble_adversary", "attack_adversary", "register_adversarial_objective"]
 
 
 def fgsm_adversary(eps: float = 0.3) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
@@ -129,6 +135,51 @@ def ll_adversary(eps: float = 0.3) -> Callable[[nn.Module, Tensor, Tensor], Tens
             y_ll = model(x).argmin(1)
         g, _ = input_grad(model, x, lambda z: F.cross_entropy(z, y_ll, reduction="none"))
         return (x - eps * g.sign()).clamp(0.0, 1.0)
+
+    return adversary
+
+
+def ensemble_adversary(static_models, eps: float = 0.3) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """The adversary of the ``ens-at`` objective: FGSM crafted on the current model or on a static model, in turn.
+
+    Tramèr et al., "Ensemble Adversarial Training: Attacks and Defenses", ICLR
+    2018, §3.3 and Alg. 1: the source of each batch's adversarial examples
+    alternates between the model being trained and fixed pre-trained models,
+    so that training sees perturbations it did not produce itself (which
+    decouples them from its own, possibly masked, gradients). Here the
+    ``t``-th call (a training batch) crafts on ``sources[t mod (k + 1)]``
+    with ``sources = (current model, *static_models)``; each example is
+    ``clip_[0,1](x + eps · sign(∇_x CE(f_src(x), y)))`` (the paper's MNIST
+    adversary, L∞ ε = 0.3). The static models are used as given (put them in
+    eval mode); the current model's mode is not changed. Gradients are taken
+    w.r.t. the input only.
+
+    Args:
+        static_models: sequence of k ≥ 1 ``nn.Module`` returning logits for the same inputs.
+        eps: L∞ budget in [0, 1] pixel units, > 0.
+
+    Returns:
+        ``adversary(model, x (N, C, H, W), y (N,)) -> x_adv (N, C, H, W)`` in [0, 1]; stateful (the turn counter).
+
+    Raises:
+        ValueError: no static model, or ``eps`` ≤ 0.
+        TypeError: a static model that is not an ``nn.Module``.
+    """
+    static = tuple(static_models)
+    if not static:
+        raise ValueError("ensemble_adversary needs at least one static model")
+    for m in static:
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"static models must be nn.Module, got {type(m).__name__}")
+    check_positive(eps, "eps")
+    turn = [0]
+
+    def adversary(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        k = turn[0] % (len(static) + 1)
+        turn[0] += 1
+        source = model if k == 0 else static[k - 1]
+        g, _ = input_grad(source, x, lambda z: F.cross_entropy(z, y, reduction="none"))
+        return (x + eps * g.sign()).clamp(0.0, 1.0).detach()
 
     return adversary
 

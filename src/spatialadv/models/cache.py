@@ -54,9 +54,13 @@ class ModelSpec:
             gives ``info["test_accuracy"]``).
         train: optimiser settings; ``train.seed`` seeds initialisation, batch order and dropout.
         objective: the training objective (default cross-entropy).
+        init: None (train from the seeded initialisation) or the spec of a model of the same
+            architecture whose trained weights training starts from (fine-tuning, e.g.
+            adversarial fine-tuning of a plain model); it is part of the cache key, and
+            :func:`load_or_train` gets it (from the cache or by training it) first.
 
     Raises:
-        ValueError: unknown architecture.
+        ValueError: unknown architecture; ``init`` of another architecture.
         TypeError: a field of the wrong type.
 
     Example:
@@ -70,6 +74,7 @@ class ModelSpec:
     data: DataSpec
     train: TrainConfig = TrainConfig()
     objective: Objective = Objective("standard")
+    init: ModelSpec | None = None
 
     def __post_init__(self) -> None:
         check_name(self.architecture, "ModelSpec.architecture")
@@ -78,16 +83,27 @@ class ModelSpec:
         for name, kind in (("data", DataSpec), ("train", TrainConfig), ("objective", Objective)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"ModelSpec.{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.init is not None:
+            if not isinstance(self.init, ModelSpec):
+                raise TypeError(f"ModelSpec.init must be a ModelSpec or None, got {type(self.init).__name__}")
+            if self.init.architecture != self.architecture:
+                raise ValueError(f"ModelSpec.init must have the architecture {self.architecture!r}, "
+                                 f"got {self.init.architecture!r}")
 
     def to_dict(self) -> dict:
-        """JSON-able ``{"architecture", "data", "train", "objective"}`` (nested dicts)."""
-        return {"architecture": self.architecture, "data": self.data.to_dict(), "train": asdict(self.train),
-                "objective": self.objective.to_dict()}
+        """JSON-able ``{"architecture", "data", "train", "objective"}`` (nested dicts), plus ``"init"`` when set."""
+        d = {"architecture": self.architecture, "data": self.data.to_dict(), "train": asdict(self.train),
+             "objective": self.objective.to_dict()}
+        if self.init is not None:
+            d["init"] = self.init.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         """Inverse of :meth:`to_dict`."""
-        return cls(d["architecture"], DataSpec(**d["data"]), TrainConfig(**d["train"]), Objective.from_dict(d["objective"]))
+        init = cls.from_dict(d["init"]) if d.get("init") is not None else None
+        return cls(d["architecture"], DataSpec(**d["data"]), TrainConfig(**d["train"]), Objective.from_dict(d["objective"]),
+                   init)
 
 
 def model_key(spec: ModelSpec) -> str:
@@ -265,7 +281,7 @@ def load_or_train(spec: ModelSpec, *, progress: bool = True, directory: str | os
 
     The architecture is built under ``torch.manual_seed(spec.train.seed)`` in a
     forked RNG (the caller's RNG state is untouched) and, when no checkpoint
-    exists, trained on ``spec.data.train()`` with ``spec.objective``
+    exists, trained (from the weights of ``spec.init`` when set) on ``spec.data.train()`` with ``spec.objective``
     (:func:`~spatialadv.models.train_model`) in the same forked RNG — the same
     spec gives the same weights on one machine — then saved as
     ``<directory>/<model_key(spec)>.safetensors`` with the spec, test accuracy,
@@ -295,7 +311,8 @@ def load_or_train(spec: ModelSpec, *, progress: bool = True, directory: str | os
         * ``"path"``: the checkpoint path (str);
         * ``"cached"``: True when loaded rather than trained;
         * ``"test_accuracy"``: top-1 accuracy in [0, 1] on the whole test split of ``spec.data``;
-        * ``"train_seconds"``: wall-clock training time (float), None when cached;
+        * ``"train_seconds"``: wall-clock training time (float); when cached, the time recorded at
+          training (None if the checkpoint has none);
         * ``"notes"``: the objective's notes (dict, e.g. ``pool_success_rates`` of ``stadv-at``);
         * ``"spec"``: ``spec.to_dict()``.
 
@@ -341,12 +358,20 @@ def load_or_train(spec: ModelSpec, *, progress: bool = True, directory: str | os
                 model = None
             else:
                 cached, notes = True, meta.get("notes", {})
+                stored = meta.get("train_seconds")
+                seconds = float(stored) if isinstance(stored, (int, float)) else None
                 log.info("loaded %s from %s", key, path)
-    seconds = None
     if model is None:
+        seconds = None
+        start = None
+        if spec.init is not None:  # fine-tuning: the starting weights, from the cache or trained first
+            start, _ = load_or_train(spec.init, progress=progress, directory=directory, device=device)
         with torch.random.fork_rng():
             torch.manual_seed(spec.train.seed)
             model = build().to(device or "cpu")
+            if start is not None:
+                model.load_state_dict(start.state_dict())
+                model.requires_grad_(True)
             t0 = time.perf_counter()
             notes = train_model(model, train, spec.train, objective=spec.objective, progress=progress)
             seconds = time.perf_counter() - t0

@@ -15,6 +15,15 @@ An objective says *what* is minimised; :func:`train_model` owns the loop
                 ``adv_weight`` = 1: the loss on PGD examples only, as Madry, Makelov,
                 Schmidt, Tsipras & Vladu, "Towards Deep Learning Models Resistant to
                 Adversarial Attacks", ICLR 2018, §3; :func:`spatialadv.defenses.pgd_adversary`).
+``ens-at``      ensemble adversarial training (``eps`` = 0.3, ``adv_weight`` = 0.5, ``static_epochs`` = 12,
+                ``static_seed`` = 0): as ``fgsm-at``, with each batch's FGSM examples crafted in turn on
+                the current model or on one of the static models — the architectures of
+                :data:`ENSEMBLE_STATIC` other than the one being trained (and that take the image size),
+                trained plainly on the same
+                data (``DataSpec(name, seed=static_seed)``, with ``max_train`` when the run uses a
+                subset; ``static_epochs`` epochs, cached like every
+                model) (Tramèr, Kurakin, Papernot, Goodfellow, Boneh & McDaniel, "Ensemble Adversarial
+                Training: Attacks and Defenses", ICLR 2018; :func:`spatialadv.defenses.ensemble_adversary`).
 ``ll-at``       "step l.l." adversarial training (``eps`` = 0.3, ``adv_weight`` = 0.5): as ``fgsm-at``
                 with one step *towards* the least-likely class, ``x − eps·sign(∇_x CE(f(x), y_LL))``
                 (Kurakin, Goodfellow & Bengio, "Adversarial Examples in the Physical World", ICLR 2017
@@ -340,6 +349,49 @@ def _ll_at(model, data, config, options) -> TrainingParts:
     return TrainingParts(adversary=ll_adversary(options["eps"]), adv_weight=options["adv_weight"])
 
 
+#: The static models of ``ens-at``: the stAdv Table 4 architectures, each trained plainly (cross-entropy).
+ENSEMBLE_STATIC = ("mnist-a", "mnist-b", "mnist-c")
+
+
+def _ens_at(model, data, config, options) -> TrainingParts:
+    from ..data import DataSpec
+    from ..defenses.adversarial import ensemble_adversary
+    from .architectures import build_model
+    from .cache import ModelSpec, load_or_train
+
+    c, s, k = int(data.x.shape[1]), int(data.x.shape[2]), data.num_classes
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    seed = options["static_seed"]
+    spec_data = None
+    for cand in (DataSpec(data.name, seed=seed), DataSpec(data.name, seed=seed, max_train=len(data))):
+        try:
+            train = cand.train()
+        except ValueError:
+            continue
+        if train.x.shape == data.x.shape and torch.equal(train.x, data.x):
+            spec_data = cand
+            break
+    if spec_data is None:
+        raise ValueError(f"objective 'ens-at': DataSpec({data.name!r}, seed={seed}) does not reproduce this run's training "
+                         "set, so the static models would be trained on other images; pass static_seed = the data seed")
+    static = []
+    for name in ENSEMBLE_STATIC:
+        try:
+            with torch.random.fork_rng():
+                probe = build_model(name, in_channels=c, image_size=s, num_classes=k)
+        except ValueError:
+            continue  # the architecture does not take this image size
+        if [tuple(p.shape) for p in probe.parameters()] == shapes:
+            continue  # Tramèr et al.: the static models differ from the one being trained
+        net, _ = load_or_train(ModelSpec(name, spec_data, TrainConfig(epochs=options["static_epochs"], seed=seed)),
+                               progress=False)
+        static.append(net.eval())
+    if not static:
+        raise ValueError(f"objective 'ens-at': none of the static architectures {ENSEMBLE_STATIC} other than the trained "
+                         f"one accepts {s}×{s} images")
+    return TrainingParts(adversary=ensemble_adversary(static, options["eps"]), adv_weight=options["adv_weight"])
+
+
 def _random(model, data, config, options) -> TrainingParts:
     return TrainingParts(trains=False)
 
@@ -393,6 +445,10 @@ register_objective("pgd-at", _pgd_at, description="PGD adversarial training (Mad
                             "adv_weight": OptionSpec(1.0, float, 0.0, 1.0)})
 register_objective("ll-at", _ll_at, description="step l.l. adversarial training (Kurakin et al. 2017)",
                    options={"eps": OptionSpec(0.3, float, 0.0, 1.0, low_open=True), "adv_weight": OptionSpec(0.5, float, 0.0, 1.0)})
+register_objective("ens-at", _ens_at, description="ensemble adversarial training: FGSM from the current or a static "
+                   "pre-trained model in turn (Tramèr et al. 2018)",
+                   options={"eps": OptionSpec(0.3, float, 0.0, 1.0, low_open=True), "adv_weight": OptionSpec(0.5, float, 0.0, 1.0),
+                            "static_epochs": OptionSpec(12, int, 1.0), "static_seed": OptionSpec(0, int, 0.0)})
 register_objective("random", _random, description="no training: the seeded initialisation")
 register_objective("hinge", _hinge, description="multi-class hinge loss")
 register_objective("frobenius", _frobenius, description="hinge + lam (‖W‖_F + ‖V‖_F)",

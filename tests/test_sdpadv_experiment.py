@@ -18,7 +18,7 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     exp = experiments()["sdpadv-mnist"]
     assert "sdpadv-fashion" in experiments()
     cfg = dataclasses.replace(exp.config, n_eval=10, n_stadv=2, models=("fc-200",), gen_epochs=1, gen_warm_epochs=1, gen_train=300,
-                              clf_epochs=1)
+                              clf_epochs=1, dgan_n=4, dgan_steps=3, dgan_restarts=2, dgan_iterations=5, bpda_steps=2)
     rep = run_experiment(exp, cfg, out, progress=False)
     res = rep["results"]
     # non-robust: STM (two grids), stAdv, SdAdv + (AdvGAN, SdpAdv, FGSM, PGD, MIM) × 3 ε; Adv-Train: 4 + 5 at ε = 0.3
@@ -30,9 +30,15 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     for r in res:
         assert abs(r["robust_accuracy"] - r["clean_accuracy"] * (1 - r["success_rate"])) < 1e-9
     assert len(rep["generators"]) == 7 + 3
-    assert set(rep["not_built"]) == {"Adv-Critic", "Defense-GAN"}
+    assert set(rep["not_built"]) == {"Adv-Critic"}
+    dg = rep["defense_gan"]["accuracy"]["fc-200"]  # the ε-free rows and ε = 0.3, on the first 4 images, + BPDA
+    assert set(dg) == {"No attack", "STM", "STM (Engstrom grid)", "stAdv", "SdAdv", "BPDA-PGD"} | {
+        f"{r} ε=0.3" for r in ("FGSM", "PGD", "MIM", "AdvGAN", "SdpAdv")}
+    assert all(v["images"] == (2 if k == "stAdv" else 4) and 0 <= v["accuracy"] <= 1 for k, v in dg.items())
+    assert (tmp_path / "cache" / "defense-gan" / f"{rep['defense_gan']['generator']}.safetensors").is_file()
     md = (out / "report.md").read_text()
     assert "Table 1 — Model B (fc-200)" in md and "not yet built" in md and "1 epochs (paper: 100)" in md
+    assert "## Defense-GAN" in md and "BPDA-PGD" in md and "(2.9419)" in md  # the paper sum without Adv-Critic
     assert "squared L2" in md and "CleverHans" in md and "Engstrom" in md
     # Table 3's distortion is the squared L2; the plain L2 stays in the JSON
     for r in res:

@@ -73,6 +73,12 @@ PAPERS: dict[str, Paper] = {
                  "Attention Within Neural Networks", "arXiv:1706.00536, 2017"),
     "li-li": Paper("X. Li, F. Li", "Adversarial Examples Detection in Deep Networks with Convolutional Filter Statistics",
                    "ICCV 2017"),
+    "defense-gan": Paper("P. Samangouei, M. Kabkab, R. Chellappa", "Defense-GAN: Protecting Classifiers Against "
+                         "Adversarial Attacks Using Generative Models", "ICLR 2018"),
+    "bpda": Paper("A. Athalye, N. Carlini, D. Wagner", "Obfuscated Gradients Give a False Sense of Security: Circumventing "
+                  "Defenses to Adversarial Examples", "ICML 2018"),
+    "wgan-gp": Paper("I. Gulrajani, F. Ahmed, M. Arjovsky, V. Dumoulin, A. Courville", "Improved Training of Wasserstein "
+                     "GANs", "NeurIPS 2017"),
     "cw-detect": Paper("N. Carlini, D. Wagner", "Adversarial Examples Are Not Easily Detected: Bypassing Ten Detection "
                        "Methods", "ACM AISec 2017"),
     "cam": Paper("B. Zhou, A. Khosla, A. Lapedriza, A. Oliva, A. Torralba", "Learning Deep Features for Discriminative "

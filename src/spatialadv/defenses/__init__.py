@@ -1,7 +1,8 @@
 """Defenses: input filters, adversarial training with any attack as the adversary, and detectors.
 
 Input filters and ``filter ∘ model``: :mod:`.filters`; adversaries and the ``fgsm-at``, ``ens-at``, ``ll-at`` and ``pgd-at``
-objectives of :mod:`spatialadv.models`: :mod:`.adversarial`; latent attention detection (LAN): :mod:`.lan`.
+objectives of :mod:`spatialadv.models`: :mod:`.adversarial`; Defense-GAN (generator, projection): :mod:`.defense_gan`;
+latent attention detection (LAN): :mod:`.lan`.
 """
 
 from .adversarial import (
@@ -12,6 +13,7 @@ from .adversarial import (
     pgd_adversary,
     register_adversarial_objective,
 )
+from .defense_gan import DefenseGANProjection, GANConfig, load_or_train_generator
 from .filters import BilateralFilter, Defended, MeanFilter, MedianFilter, mean_filter, median_filter
 from .lan import (
     LANAdaptivePGD,
@@ -27,6 +29,7 @@ from .lan import (
 )
 
 __all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "ensemble_adversary", "attack_adversary", "register_adversarial_objective",
+           "DefenseGANProjection", "GANConfig", "load_or_train_generator",
            "MeanFilter", "MedianFilter", "BilateralFilter", "Defended", "mean_filter", "median_filter",
            "MaskGenerator", "MaskClassifier", "corrupt", "lan_loss", "train_lan",
            "train_mask_classifier", "LANDetector", "LANConfig", "load_or_train_lan", "LANAdaptivePGD"]

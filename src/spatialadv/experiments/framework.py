@@ -571,10 +571,10 @@ def fmt(v, digits: int = 2, pct: bool = False) -> str:
 
 
 def settings_line(results) -> str:
-    """The attacks' settings as stored with their runs (not as the current code would build them)."""
+    """The attacks' settings as stored with their runs (not as the current code would build them); tasks are skipped."""
     seen = {}
     for r in results.runs:
-        if r.attack not in seen:
+        if r.entry.get("kind", "attack") == "attack" and r.attack not in seen:
             c = dict(r.config)
             cls = c.pop("attack", r.attack)
             seen[r.attack] = f"{r.attack}: {cls}(" + ", ".join(f"{k}={v!r}" for k, v in c.items()) + ")"

@@ -7,7 +7,11 @@ Classifiers Model A (``c4``) and Model B (``fc-200``), each non-robust and
 FGSM-adversarially trained ("Adv-Train", ε = 0.3). Attacks, all untargeted:
 STM (rotation-translation grid), stAdv, SdAdv, and FGSM / PGD / MIM / AdvGAN /
 SdpAdv at ε ∈ {0.1, 0.2, 0.3} (robust classifiers: ε = 0.3 only, as the
-paper). Everything goes to an output folder: ``results.sqlite`` (per-example
+paper). The Defense-GAN column (Samangouei et al., ICLR 2018): the attacks of
+ε = 0.3 and the ε-free ones, crafted on the non-robust classifier, classified
+through the projection onto a WGAN-GP generator's range, on the first
+``dgan_n`` images, plus BPDA-PGD (Athalye et al., ICML 2018) as the adaptive
+attack; the "Sum" column adds the built columns. Everything goes to an output folder: ``results.sqlite`` (per-example
 records, resumable), ``report.md``, ``report.json`` and PNG panels;
 ``spatialadv report OUT`` rebuilds the report from the store. The fitted
 generators are cached beside the classifiers, under
@@ -18,6 +22,7 @@ run — in any output folder — reuses them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -31,7 +36,7 @@ from .. import distributed
 from ..data import DataSpec
 from ..eval.runner import make_pairs
 from ..models import ModelSpec, Objective, TrainConfig
-from .framework import AttackRun, Experiment, Report, fmt, option, settings_line
+from .framework import AttackRun, Experiment, Report, TaskRun, fmt, option, settings_line
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +210,16 @@ class Config:
     clf_train: int | None = option(None, "classifier training images, a seeded subset (none: the whole split)", minimum=10)
     clf_epochs: int = option(12, "classifier training epochs (plain and Adv-Train)", minimum=1)
     seed: int = option(0, "seed of the data split, subsets and training", minimum=0)
+    dgan_n: int = option(100, "first N evaluated images whose attacked versions are also classified through Defense-GAN "
+                         "(0: no Defense-GAN column)", minimum=0)
+    dgan_steps: int = option(200, "Defense-GAN projection: gradient steps L (Samangouei et al.: 200)", minimum=1)
+    dgan_restarts: int = option(10, "Defense-GAN projection: random starts R (Samangouei et al.: 10)", minimum=1)
+    dgan_iterations: int = option(3000, "Defense-GAN generator: WGAN-GP generator updates", minimum=1)
+    bpda_steps: int = option(20, "BPDA-PGD against Defense-GAN: L∞ steps of 0.03 (ε = 0.3)", minimum=1)
 
     def __post_init__(self) -> None:
+        if self.dgan_n > self.n_eval:
+            raise ValueError(f"--dgan-n must be <= --n-eval, got {self.dgan_n} > {self.n_eval}")
         if self.n_stadv > self.n_eval:
             raise ValueError(f"--n-stadv must be <= --n-eval, got {self.n_stadv} > {self.n_eval}")
         if not 0 < self.val_fraction < 1:
@@ -218,6 +231,46 @@ def model_spec(name: str, defense: str, cfg: Config) -> ModelSpec:
     objective = Objective("standard") if defense == "none" else Objective("fgsm-at", eps=0.3, adv_weight=0.5)
     return ModelSpec(name, DataSpec(cfg.data, seed=cfg.seed, max_train=cfg.clf_train),
                      TrainConfig(epochs=cfg.clf_epochs, seed=cfg.seed), objective)
+
+
+#: The BPDA attack's forward passes use this cheaper projection (L, R); its result is classified through the full one.
+BPDA_PROJECTION = (50, 2)
+
+
+def _defense_gan_task(model, projection, cheap, rows, x, y, n_stadv: int, bpda_steps: int, items: list[str]) -> dict:
+    """Classify each row's adversarial examples (crafted on ``model``) through Defense-GAN; plus BPDA-PGD through it."""
+    from ..attacks import PGD
+    from ..defenses import Defended
+
+    idx = torch.tensor([int(i) for i in items])
+    xs, ys = x[idx], y[idx]
+    defended = Defended(projection, model).eval()
+    out: dict = {i: {} for i in items}
+
+    def record(label, x_adv, keep):
+        with torch.no_grad():
+            correct = defended(x_adv).argmax(1) == ys[keep]
+        for j, k in enumerate(torch.nonzero(keep).flatten().tolist()):
+            out[items[k]][label] = bool(correct[j])
+
+    everything = torch.ones(len(items), dtype=torch.bool)
+    record("No attack", xs, everything)
+    for label, atk in rows:
+        keep = idx < n_stadv if label == "stAdv" else everything
+        if keep.any():
+            record(label, atk(model, xs[keep], ys[keep]).x_adv, keep)
+    bpda = Defended(cheap, model, bpda=True).eval()
+    x_adv = PGD(norm="linf", eps=0.3, step_size=0.03, steps=bpda_steps, random_start=True, seed=0)(bpda, xs, ys).x_adv
+    record("BPDA-PGD", x_adv, everything)
+    return out
+
+
+def defense_gan_generator(cfg: Config, progress: bool = False):
+    """The Defense-GAN generator of this job (WGAN-GP on the classifiers' training images), cached."""
+    from ..defenses.defense_gan import GANConfig, load_or_train_generator
+
+    spec = DataSpec(cfg.data, seed=cfg.seed, max_train=cfg.clf_train)
+    return load_or_train_generator(spec, GANConfig(iterations=cfg.dgan_iterations, seed=cfg.seed), progress=progress)
 
 
 def plan(cfg: Config, ctx):
@@ -276,6 +329,26 @@ def plan(cfg: Config, ctx):
                     continue
                 yield AttackRun(name, row, model, atk, info["key"], test.x, test.y, key_data, pairs_eval[:m], "untargeted",
                                 tags={"defense": defense, "eps": eps}, batch_size=100)
+            if defense == "none" and cfg.dgan_n > 0:
+                yield _defense_gan_run(cfg, ctx, name, model, info, todo, x_eval, y_eval)
+
+
+def _defense_gan_run(cfg: Config, ctx, name: str, model, info: dict, todo: list, x_eval, y_eval) -> TaskRun:
+    """The Defense-GAN column: the attacks of ε = 0.3 (and the ε-free ones) crafted on the classifier, projected."""
+    from ..defenses.defense_gan import DefenseGANProjection
+
+    gen, ginfo = defense_gan_generator(cfg, progress=ctx.progress)
+    ctx.meta("defense_gan", {"generator": ginfo["key"], "train_seconds": ginfo["train_seconds"],
+                             "critic_loss": ginfo["critic_loss"]})
+    proj = DefenseGANProjection(gen, steps=cfg.dgan_steps, restarts=cfg.dgan_restarts, seed=cfg.seed)
+    cheap = DefenseGANProjection(gen, steps=BPDA_PROJECTION[0], restarts=BPDA_PROJECTION[1], seed=cfg.seed)
+    rows = [(row if eps is None else f"{row} ε={eps:g}", atk, key) for row, eps, atk, key in todo if eps in (None, 0.3)]
+    conf = {"generator": ginfo["key"], "projection": repr(proj), "bpda": [repr(cheap), cfg.bpda_steps],
+            "rows": {label: [repr(atk), key] for label, atk, key in rows}, "n_stadv": cfg.n_stadv}
+    compute = functools.partial(_defense_gan_task, model, proj, cheap, [(lab, atk) for lab, atk, _ in rows], x_eval,
+                                y_eval, cfg.n_stadv, cfg.bpda_steps)
+    return TaskRun(name, "Defense-GAN", conf, info["key"], [str(i) for i in range(cfg.dgan_n)], compute,
+                   tags={"defense": "defense-gan"}, batch_size=cfg.dgan_n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,6 +365,8 @@ def report(cfg: Config, res) -> Report:
     models = {k: {**v, "eval_accuracy": eval_acc.get(k)} for k, v in res.models.items()}
     results = []
     for r in res.runs:
+        if r.entry.get("kind", "attack") != "attack":
+            continue
         s = r.summary()
         # the paper's Table 3 "L2" column matches the squared L2 (pixels in [0, 1]); same denominator as l2_mean
         sq = [x["l2"] ** 2 for x in r.records() if x["clean_pred"] == x["label"] and x["success"]]
@@ -302,15 +377,22 @@ def report(cfg: Config, res) -> Report:
     config = {**vars(cfg), "dataset": cfg.data, "gen_train": min(cfg.gen_train, len(res.data(cfg.data, "train", cfg.seed))),
               "clf_train": cfg.clf_train or len(res.data(cfg.data, "train", cfg.seed)),
               "generator_settings": generator_settings(cfg.gen_epochs, cfg.seed, cfg.val_fraction)}
+    dgan = {}
+    for m in cfg.models:
+        run = res.get(m, "Defense-GAN")
+        vals = list(run.items().values()) if run is not None else []
+        labels = sorted({k for v in vals for k in v})
+        dgan[m] = {lab: {"accuracy": float(np.mean([v[lab] for v in vals if lab in v])),
+                         "images": sum(lab in v for v in vals)} for lab in labels}
     rep = {"config": config, "models": models, "generators": res.meta("generators", {}), "results": results,
            "paper": {"tables_1_2": PAPER_TABLES[cfg.data], "table_3": PAPER_TABLE3[cfg.data]},
-           "not_built": ["Adv-Critic", "Defense-GAN"]}
+           "defense_gan": {"accuracy": dgan, **res.meta("defense_gan", {})}, "not_built": ["Adv-Critic"]}
     rep["reference_check"] = _reference_check(rep)
     rep["settings"] = settings_line(res)
     nice = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[cfg.data]
     title = (f"SdpAdv on {nice} — Perturbations Are Not Enough (ICLR 2020 submission), Tables "
              f"{'1' if cfg.data == 'mnist' else '2'} and 3, Fig. {'3' if cfg.data == 'mnist' else '4'}")
-    return Report(title, [_markdown(rep)], {k: rep[k] for k in ("generators", "results", "paper", "not_built",
+    return Report(title, [_markdown(rep)], {k: rep[k] for k in ("generators", "results", "paper", "defense_gan", "not_built",
                                                                   "reference_check")}, [p.name for p in figures])
 
 
@@ -428,30 +510,53 @@ def _markdown(rep) -> str:
         pm = paper.get(m, {})
         L.append(f"## Table {'1' if ds == 'mnist' else '2'} — {MODEL_LABEL.get(m, m)}: accuracy under attack, ours (paper)")
         L.append("")
-        L.append("| attack | NR ε=0.1 | NR ε=0.2 | NR ε=0.3 / no ε | Adv-Critic | Defense-GAN | Adv-Train (ε=0.3) |")
-        L.append("|---|---|---|---|---|---|---|")
+        L.append("| attack | NR ε=0.1 | NR ε=0.2 | NR ε=0.3 / no ε | Adv-Critic | Defense-GAN | Adv-Train (ε=0.3) | "
+                 "Sum without Adv-Critic |")
+        L.append("|---|---|---|---|---|---|---|---|")
         na = "not yet built"
+        dg = rep["defense_gan"]["accuracy"].get(m, {})
+
+        def sums(ours, p):  # the three built columns (NR at ε = 0.3, Defense-GAN, Adv-Train), ours (paper)
+            ok = all(v is not None for v in ours)
+            return f"{_f(sum(ours) if ok else None)} ({_f(p[0] + p[2] + p[3])})"
+
         p = pm.get("No attack", [None] * 4)
-        L.append(f"| No attack | | | {_f(models.get(f'{m}/none', {}).get('eval_accuracy'))} ({_f(p[0])}) | {na} ({_f(p[1])}) | "
-                 f"{na} ({_f(p[2])}) | {_f(models.get(f'{m}/advtrain', {}).get('eval_accuracy'))} ({_f(p[3])}) |")
+        a, d, b = (models.get(f"{m}/none", {}).get("eval_accuracy"), dg.get("No attack", {}).get("accuracy"),
+                   models.get(f"{m}/advtrain", {}).get("eval_accuracy"))
+        L.append(f"| No attack | | | {_f(a)} ({_f(p[0])}) | {na} ({_f(p[1])}) | {_f(d)} ({_f(p[2])}) | {_f(b)} ({_f(p[3])}) | "
+                 f"{sums((a, d, b), p)} |")
         for row in SIMPLE_ROWS:
             p = pm.get(row, [None] * 4)
             a = _lookup(res, m, "none", row, None)
             b = _lookup(res, m, "advtrain", row, None)
-            L.append(f"| {row} | | | {_f(a and a['robust_accuracy'])} ({_f(p[0])}) | {na} ({_f(p[1])}) | {na} ({_f(p[2])}) | "
-                     f"{_f(b and b['robust_accuracy'])} ({_f(p[3])}) |")
+            a, b, d = a and a["robust_accuracy"], b and b["robust_accuracy"], dg.get(row, {}).get("accuracy")
+            L.append(f"| {row} | | | {_f(a)} ({_f(p[0])}) | {na} ({_f(p[1])}) | {_f(d)} ({_f(p[2])}) | {_f(b)} ({_f(p[3])}) | "
+                     f"{sums((a, d, b), p) if row in pm else '–'} |")
         for row in EPS_ROWS:
             p = pm.get(row, [None] * 6)
             cells = []
             for k, e in enumerate(EPS):
                 a = _lookup(res, m, "none", row, e)
                 cells.append(f"{_f(a and a['robust_accuracy'])} ({_f(p[k])})")
+            a = _lookup(res, m, "none", row, 0.3)
             b = _lookup(res, m, "advtrain", row, 0.3)
-            L.append(f"| {row} | {' | '.join(cells)} | {na} ({_f(p[3])}) | {na} ({_f(p[4])}) | {_f(b and b['robust_accuracy'])} ({_f(p[5])}) |")
+            a, b, d = a and a["robust_accuracy"], b and b["robust_accuracy"], dg.get(f"{row} ε=0.3", {}).get("accuracy")
+            L.append(f"| {row} | {' | '.join(cells)} | {na} ({_f(p[3])}) | {_f(d)} ({_f(p[4])}) | {_f(b)} ({_f(p[5])}) | "
+                     f"{sums((a, d, b), (p[2], p[3], p[4], p[5]))} |")
+        bp = dg.get("BPDA-PGD", {})
+        L.append(f"| BPDA-PGD ε=0.3 (adaptive, ours only) | | | | | {_f(bp.get('accuracy'))} | | |")
         L.append("")
         L.append(f"Clean accuracy on the whole test split: non-robust {_f(models.get(f'{m}/none', {}).get('test_accuracy'))}, "
-                 f"Adv-Train {_f(models.get(f'{m}/advtrain', {}).get('test_accuracy'))}. Defense-GAN and Adv-Critic are not built "
-                 "in spatialadv yet (their columns show only the paper's numbers).")
+                 f"Adv-Train {_f(models.get(f'{m}/advtrain', {}).get('test_accuracy'))}. Adv-Critic is not built in "
+                 "spatialadv yet (its column shows only the paper's numbers; the last column sums the other three, the "
+                 "paper's likewise without its Adv-Critic value). "
+                 f"**Defense-GAN** column: the first {cfg['dgan_n']} evaluated images (stAdv: the first "
+                 f"{min(cfg['dgan_n'], cfg['n_stadv'])}), attacked on the non-robust classifier and classified through the "
+                 "projection (the paper does not say how it attacked Defense-GAN; gradients do not pass the projection, so "
+                 "attacks on the classifier are what an attacker without BPDA gets). BPDA-PGD is the adaptive attack: L∞ "
+                 f"PGD ε = 0.3, {cfg['bpda_steps']} steps of 0.03, through a cheaper projection (L = {BPDA_PROJECTION[0]}, "
+                 f"R = {BPDA_PROJECTION[1]}) with the backward pass of the identity (Athalye et al. 2018), the result "
+                 "classified through the full projection.")
         L.append("")
     L.append("## Table 3 — Model A (c4), non-robust: accuracy, mean squared L2 ‖x_A − x‖₂², seconds per 100 images — "
              "ours (paper)")
@@ -491,6 +596,20 @@ def _markdown(rep) -> str:
                  f"{g['best_epoch']} | {_f(g['best_val_success'])} | {g['fit_seconds']:.0f} | "
                  f"{g['train_images']} / {g['val_images']} |")
     L.append("")
+    dgm = rep["defense_gan"]
+    if dgm.get("generator"):
+        secs = dgm.get("train_seconds")
+        L.append("## Defense-GAN")
+        L.append("")
+        L.append(f"Samangouei et al., ICLR 2018. Generator: fully connected z (128) → 256 → 512 → {cfg['dataset']} image "
+                 f"(sigmoid), trained with WGAN-GP (Gulrajani et al. 2017: λ = 10, 5 critic updates per generator update, "
+                 f"Adam 1e-4, β = (0.5, 0.9), batch 64) for {cfg['dgan_iterations']} generator updates on the classifiers' "
+                 f"training images ({'–' if secs is None else f'{secs:.0f} s'}); the paper's MNIST generator is a DCGAN, "
+                 "a fully connected one fits the CPU budget. Projection: the paper's L = "
+                 f"{cfg['dgan_steps']} gradient steps (step 10, momentum 0.7, on the mean squared error) from R = "
+                 f"{cfg['dgan_restarts']} random starts z₀ ~ N(0, I) seeded per image, the best kept; the classifier is the "
+                 f"non-robust one, unchanged. Cache key: `{dgm['generator']}`.")
+        L.append("")
     L.append("## All runs")
     L.append("")
     L.append("| classifier | attack | ε | images | robust accuracy | success | mean L2 (successes) | mean L∞ (successes) | s / 100 images |")
@@ -509,8 +628,8 @@ def _markdown(rep) -> str:
 EXPERIMENTS = [
     Experiment("sdpadv-mnist", "SdpAdv/SdAdv/AdvGAN vs STM, stAdv, FGSM/PGD/MIM on MNIST models A/B, non-robust and Adv-Train "
                "(Perturbations Are Not Enough, ICLR 2020 submission, Tables 1, 3)", Config(), plan, report,
-               papers=("sdpadv", "engstrom", "stadv", "fgsm", "pgd", "mim")),
+               papers=("sdpadv", "engstrom", "stadv", "fgsm", "pgd", "mim", "defense-gan", "wgan-gp", "bpda")),
     Experiment("sdpadv-fashion", "the same on Fashion-MNIST (Tables 2, 3)",
                Config(data="fashion-mnist", clf_epochs=5, gen_train=12000, gen_epochs=10, gen_warm_epochs=4), plan, report,
-               papers=("sdpadv", "engstrom", "stadv", "fgsm", "pgd", "mim")),
+               papers=("sdpadv", "engstrom", "stadv", "fgsm", "pgd", "mim", "defense-gan", "wgan-gp", "bpda")),
 ]

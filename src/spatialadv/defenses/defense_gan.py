@@ -66,7 +66,7 @@ class GANConfig:
 
     z_dim: int = 128
     hidden: tuple[int, ...] = (256, 512)
-    iterations: int = 3000
+    iterations: int = 1500
     n_critic: int = 5
     gp_weight: float = 10.0
     lr: float = 1e-4

@@ -214,7 +214,7 @@ class Config:
                          "(0: no Defense-GAN column)", minimum=0)
     dgan_steps: int = option(200, "Defense-GAN projection: gradient steps L (Samangouei et al.: 200)", minimum=1)
     dgan_restarts: int = option(10, "Defense-GAN projection: random starts R (Samangouei et al.: 10)", minimum=1)
-    dgan_iterations: int = option(3000, "Defense-GAN generator: WGAN-GP generator updates", minimum=1)
+    dgan_iterations: int = option(1500, "Defense-GAN generator: WGAN-GP generator updates", minimum=1)
     bpda_steps: int = option(20, "BPDA-PGD against Defense-GAN: L∞ steps of 0.03 (ε = 0.3)", minimum=1)
 
     def __post_init__(self) -> None:

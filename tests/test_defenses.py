@@ -245,3 +245,50 @@ def test_fine_tuning_starts_from_the_init_models_weights(tmp_path, one_thread):
         ModelSpec("fc-500", data, init=plain)
     with pytest.raises(TypeError, match="init"):
         ModelSpec("fc-200", data, init="fc-200")
+
+
+# ------------------------------------------------------------------------------------------------ Adv-Critic
+def test_closest_boundary_target_is_deepfools_choice_on_a_linear_model():
+    from spatialadv.defenses.adv_critic import closest_boundary_target
+
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    x = torch.rand(6, 1, 4, 4)
+    w, b = lin[1].weight.detach(), lin[1].bias.detach()
+    f = x.flatten(1) @ w.T + b
+    lab = f.argmax(1)
+    expected = []
+    for i in range(6):
+        d = [abs(f[i, k] - f[i, lab[i]]) / (w[k] - w[lab[i]]).norm() if k != lab[i] else float("inf") for k in range(4)]
+        expected.append(int(torch.tensor(d).argmin()))
+    assert closest_boundary_target(lin, x).tolist() == expected
+
+
+def test_unrolled_attack_moves_towards_the_target_and_is_differentiable_in_the_parameters(digits_model):
+    from spatialadv.defenses.adv_critic import unrolled_attack
+
+    model, x, y = digits_model
+    x = x[:8]
+    with torch.no_grad():
+        target = (model(x).argmax(1) + 1) % 10
+    rows = torch.arange(8)
+    x_adv = unrolled_attack(model, x, target, torch.full((8,), 0.9), steps=5)
+    with torch.no_grad():
+        p0, p1 = (model(z).softmax(1)[rows, target] for z in (x, x_adv))
+    assert (p1 > p0).all()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(x_adv.sum(), params, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)  # double back-propagation reaches the weights
+    model.zero_grad(set_to_none=True)
+
+
+def test_adv_critic_fine_tunes_a_cached_model_and_checks_its_options(tmp_path, one_thread):
+    data = DataSpec("digits", max_train=256)
+    plain = ModelSpec("fc-200", data, TrainConfig(epochs=3, batch_size=64))
+    spec = ModelSpec("fc-200", data, TrainConfig(epochs=1, batch_size=64), Objective("adv-critic", steps=2), init=plain)
+    model, info = load_or_train(spec, directory=tmp_path, progress=False)
+    assert info["test_accuracy"] > 0.5 and set(info["notes"]) == {"critic_loss", "train_attack_success"}
+    assert 0.0 <= info["notes"]["train_attack_success"] <= 1.0
+    for bad in ({"lam": -1.0}, {"steps": 0}, {"overshoot": -0.1}):
+        with pytest.raises(ValueError):
+            Objective("adv-critic", **bad)

@@ -312,6 +312,8 @@ def test_every_objective_trains_a_tiny_model(name, tmp_path, one_thread, monkeyp
     if name == "stadv-at":
         rates = info["notes"]["pool_success_rates"]
         assert len(rates) == 1 and 0.0 <= rates[0] <= 1.0
+    elif name == "adv-critic":
+        assert set(info["notes"]) == {"critic_loss", "train_attack_success"}
     else:
         assert info["notes"] == {}
     again, info2 = load_or_train(spec, progress=False, directory=tmp_path)

@@ -29,6 +29,11 @@ An objective says *what* is minimised; :func:`train_model` owns the loop
                 (Kurakin, Goodfellow & Bengio, "Adversarial Examples in the Physical World", ICLR 2017
                 workshop; the adversarially trained C4 of Zhang et al., "Smooth Adversarial Examples",
                 Table 2; :func:`spatialadv.defenses.ll_adversary`).
+``adv-critic``  ``CE(f(x), y) + lam·mean_S softplus(−D(x̂)[f(x̂)]) + lam_cycle·mean_S ‖x − A_f(x̂)‖²`` with x̂ an
+                unrolled, differentiable attack to the closest class and D a class-conditional critic
+                trained alongside (``lam`` = 0.5, ``lam_cycle`` = 0.01, ``steps`` = 5, ``overshoot`` = 0.05;
+                Matyasko & Chau, "Improved Network Robustness with Adversary Critic", NeurIPS 2018;
+                :class:`spatialadv.defenses.adv_critic.AdvCriticPenalty`).
 ``random``      no training: the seeded initialisation (f_rd of the certificate experiments).
 ``hinge``       multi-class hinge loss (Weston-Watkins, margin 1).
 ``frobenius``   hinge + ``lam·(‖W‖_F + ‖V‖_F)`` (``lam`` = 0.08), one-hidden-layer nets only.
@@ -392,6 +397,14 @@ def _ens_at(model, data, config, options) -> TrainingParts:
     return TrainingParts(adversary=ensemble_adversary(static, options["eps"]), adv_weight=options["adv_weight"])
 
 
+def _adv_critic(model, data, config, options) -> TrainingParts:
+    from ..defenses.adv_critic import AdvCriticPenalty
+
+    pen = AdvCriticPenalty(int(data.x[0].numel()), data.num_classes, lam=options["lam"], lam_cycle=options["lam_cycle"],
+                           steps=options["steps"], overshoot=options["overshoot"])
+    return TrainingParts(penalty=pen, notes=pen.notes)
+
+
 def _random(model, data, config, options) -> TrainingParts:
     return TrainingParts(trains=False)
 
@@ -449,6 +462,10 @@ register_objective("ens-at", _ens_at, description="ensemble adversarial training
                    "pre-trained model in turn (Tramèr et al. 2018)",
                    options={"eps": OptionSpec(0.3, float, 0.0, 1.0, low_open=True), "adv_weight": OptionSpec(0.5, float, 0.0, 1.0),
                             "static_epochs": OptionSpec(12, int, 1.0), "static_seed": OptionSpec(0, int, 0.0)})
+register_objective("adv-critic", _adv_critic, description="CE + an adversary critic and adversarial cycle-consistency "
+                   "(Matyasko & Chau 2018)",
+                   options={"lam": OptionSpec(0.5, float, **_NONNEG), "lam_cycle": OptionSpec(0.01, float, **_NONNEG),
+                            "steps": OptionSpec(5, int, 1.0), "overshoot": OptionSpec(0.05, float, **_NONNEG)})
 register_objective("random", _random, description="no training: the seeded initialisation")
 register_objective("hinge", _hinge, description="multi-class hinge loss")
 register_objective("frobenius", _frobenius, description="hinge + lam (‖W‖_F + ‖V‖_F)",

@@ -30,14 +30,14 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     for r in res:
         assert abs(r["robust_accuracy"] - r["clean_accuracy"] * (1 - r["success_rate"])) < 1e-9
     assert len(rep["generators"]) == 7 + 3
-    assert set(rep["not_built"]) == {"Adv-Critic"}
+    assert rep["not_run"] == ["Adv-Critic"]
     dg = rep["defense_gan"]["accuracy"]["fc-200"]  # the ε-free rows and ε = 0.3, on the first 4 images, + BPDA
     assert set(dg) == {"No attack", "STM", "STM (Engstrom grid)", "stAdv", "SdAdv", "BPDA-PGD"} | {
         f"{r} ε=0.3" for r in ("FGSM", "PGD", "MIM", "AdvGAN", "SdpAdv")}
     assert all(v["images"] == (2 if k == "stAdv" else 4) and 0 <= v["accuracy"] <= 1 for k, v in dg.items())
     assert (tmp_path / "cache" / "defense-gan" / f"{rep['defense_gan']['generator']}.safetensors").is_file()
     md = (out / "report.md").read_text()
-    assert "Table 1 — Model B (fc-200)" in md and "not yet built" in md and "1 epochs (paper: 100)" in md
+    assert "Table 1 — Model B (fc-200)" in md and "not run (0.9817)" in md and "1 epochs (paper: 100)" in md
     assert "## Defense-GAN" in md and "BPDA-PGD" in md and "(2.9419)" in md  # the paper sum without Adv-Critic
     assert "squared L2" in md and "CleverHans" in md and "Engstrom" in md
     # Table 3's distortion is the squared L2; the plain L2 stays in the JSON
@@ -103,3 +103,14 @@ def test_generator_cache_keys_and_refit(tmp_path, monkeypatch, digits_model, one
     g3 = fit_or_load_generator(model, proto, p, train)
     assert torch.equal(g3.generate(x)["x_a"], g1.generate(x)["x_a"])  # seeded: the same fit
     assert SdpAdv.load(p) == proto
+
+
+def test_adv_critic_classifier_is_fine_tuned_from_the_plain_one():
+    from spatialadv.experiments.sdpadv import Config, model_spec
+
+    cfg = Config(critic_epochs=2)
+    assert "advcritic" not in cfg.defenses  # opt-in: --defenses none advtrain advcritic
+    for name, lam in (("fc-200", 0.5), ("c4", 0.1)):  # the authors' MLP / LeNet-5 weights
+        spec = model_spec(name, "advcritic", cfg)
+        assert spec.objective.name == "adv-critic" and spec.objective.options["lam"] == lam
+        assert spec.init == model_spec(name, "none", cfg) and spec.train.epochs == 2

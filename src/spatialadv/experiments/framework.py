@@ -56,7 +56,7 @@ from ..references import cite
 log = logging.getLogger(__name__)
 
 __all__ = ["option", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict", "Experiment",
-           "AttackRun", "TaskRun", "Context", "Results", "RunView", "Report", "Table", "run_experiment", "rebuild",
+           "AttackRun", "TaskRun", "transfer_task", "Context", "Results", "RunView", "Report", "Table", "run_experiment", "rebuild",
            "render", "fmt", "settings_line", "STORE_NAME", "stored_experiment", "validate_config"]
 
 #: File name of an experiment folder's results store.
@@ -568,6 +568,26 @@ def fmt(v, digits: int = 2, pct: bool = False) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     return f"{100 * v:.{digits}f}" if pct else f"{v:.{digits}f}"
+
+
+def transfer_task(source, targets: dict, attacks: dict, x: torch.Tensor, y: torch.Tensor, items: list[str]) -> dict:
+    """A :class:`TaskRun` computation: craft each attack on ``source`` for the images ``items``; test it on ``targets``.
+
+    Returns ``{item: {attack label: {"source": success on source, "l2": ‖x_adv − x‖₂, target name: whether the
+    target misclassifies x_adv}}}``; an attack that fails returns its input, which a target may still misclassify.
+    """
+    idx = torch.tensor([int(i) for i in items])
+    xs, ys = x[idx], y[idx]
+    out: dict = {i: {} for i in items}
+    for label, atk in attacks.items():
+        res = atk(source, xs, ys)
+        l2 = (res.x_adv - xs).flatten(1).norm(dim=1)
+        with torch.no_grad():
+            wrong = {name: torch.cat([net(res.x_adv[k : k + 500]).argmax(1) != ys[k : k + 500]
+                                      for k in range(0, len(xs), 500)]) for name, net in targets.items()}
+        for j, i in enumerate(items):
+            out[i][label] = {"source": bool(res.success[j]), "l2": float(l2[j]), **{n: bool(w[j]) for n, w in wrong.items()}}
+    return out
 
 
 def settings_line(results) -> str:

@@ -46,7 +46,7 @@ __all__ = ["Config", "PAPER_TABLES", "PAPER_TABLE3", "fixed_attacks", "spatial_a
 EPS = (0.1, 0.2, 0.3)
 SIMPLE_ROWS = ("STM", "STM (Engstrom grid)", "stAdv", "SdAdv")
 EPS_ROWS = ("FGSM", "PGD", "MIM", "AdvGAN", "SdpAdv")
-DEFENSES = ("none", "advtrain")
+DEFENSES = ("none", "advtrain", "advcritic")
 MODEL_LABEL = {"c4": "Model A (c4)", "fc-200": "Model B (fc-200)"}
 
 # SdpAdv paper (Perturbations Are Not Enough, ICLR 2020 submission) Tables 1-2: accuracy under attack. Simple rows and "No attack":
@@ -199,8 +199,10 @@ class Config:
     n_eval: int = option(1000, "first N test images attacked by every attack but stAdv (correct or not)", minimum=1)
     n_stadv: int = option(100, "first N test images attacked by stAdv", minimum=0)
     models: tuple[str, ...] = option(("c4", "fc-200"), "classifiers: Model A (c4), Model B (fc-200)", choices=("c4", "fc-200"))
-    defenses: tuple[str, ...] = option(DEFENSES, "none (non-robust) and/or advtrain (FGSM adversarial training, ε = 0.3)",
-                                       choices=DEFENSES)
+    defenses: tuple[str, ...] = option(("none", "advtrain"), "none (non-robust), advtrain (FGSM adversarial training, "
+                                       "ε = 0.3), advcritic (Adv-Critic fine-tuning of the non-robust classifier; "
+                                       "not in the defaults: see --critic-epochs)", choices=DEFENSES)
+    critic_epochs: int = option(1, "epochs of Adv-Critic fine-tuning, from the non-robust classifier", minimum=1)
     gen_epochs: int = option(20, "training epochs of a generator fitted from scratch: SdAdv, AdvGAN at the smallest ε "
                              "(paper: 100)", minimum=1)
     gen_warm_epochs: int = option(8, "training epochs of a warm-started generator: SdpAdv at each ε from SdAdv or the "
@@ -227,10 +229,17 @@ class Config:
 
 
 def model_spec(name: str, defense: str, cfg: Config) -> ModelSpec:
-    """The classifier ``name`` trained plainly (``"none"``) or with FGSM Adv-Train (``"advtrain"``, ε = 0.3)."""
+    """The classifier ``name``: plain (``"none"``), FGSM Adv-Train (``"advtrain"``, ε = 0.3) or Adv-Critic (``"advcritic"``).
+
+    Adv-Critic (Matyasko & Chau 2018) fine-tunes the plain classifier for ``cfg.critic_epochs`` epochs with the
+    authors' weights: λ = 0.5 for the fully connected net, 0.1 for the convolutional one (their MLP / LeNet-5 settings).
+    """
+    data = DataSpec(cfg.data, seed=cfg.seed, max_train=cfg.clf_train)
+    if defense == "advcritic":
+        return ModelSpec(name, data, TrainConfig(epochs=cfg.critic_epochs, seed=cfg.seed),
+                         Objective("adv-critic", lam=0.5 if name == "fc-200" else 0.1), init=model_spec(name, "none", cfg))
     objective = Objective("standard") if defense == "none" else Objective("fgsm-at", eps=0.3, adv_weight=0.5)
-    return ModelSpec(name, DataSpec(cfg.data, seed=cfg.seed, max_train=cfg.clf_train),
-                     TrainConfig(epochs=cfg.clf_epochs, seed=cfg.seed), objective)
+    return ModelSpec(name, data, TrainConfig(epochs=cfg.clf_epochs, seed=cfg.seed), objective)
 
 
 #: The BPDA attack's forward passes use this cheaper projection (L, R); its result is classified through the full one.
@@ -295,7 +304,7 @@ def plan(cfg: Config, ctx):
             ctx.meta("eval_accuracy", eval_acc)
             todo: list[tuple[str, float | None, object, str]] = [
                 (row, None, atk, data_key) for row, atk in spatial_attacks(test.x.shape[-1]).items()]
-            eps_list = EPS if defense == "none" else (0.3,)
+            eps_list = EPS if defense == "none" else (0.3,)  # robust classifiers: ε = 0.3 only, as the paper
             # warm starts: SdAdv → SdpAdv ε₁ → SdpAdv ε₂ …; AdvGAN ε₁ (fresh) → AdvGAN ε₂ … (a smaller threat set lies
             # inside a larger one, so each start is already a generator of the larger threat)
             prev: dict[str, tuple[object, Path] | None] = {"AdvGAN": None}
@@ -386,13 +395,14 @@ def report(cfg: Config, res) -> Report:
                          "images": sum(lab in v for v in vals)} for lab in labels}
     rep = {"config": config, "models": models, "generators": res.meta("generators", {}), "results": results,
            "paper": {"tables_1_2": PAPER_TABLES[cfg.data], "table_3": PAPER_TABLE3[cfg.data]},
-           "defense_gan": {"accuracy": dgan, **res.meta("defense_gan", {})}, "not_built": ["Adv-Critic"]}
+           "defense_gan": {"accuracy": dgan, **res.meta("defense_gan", {})},
+           "not_run": [] if any(k.endswith("/advcritic") for k in models) else ["Adv-Critic"]}
     rep["reference_check"] = _reference_check(rep)
     rep["settings"] = settings_line(res)
     nice = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[cfg.data]
     title = (f"SdpAdv on {nice} — Perturbations Are Not Enough (ICLR 2020 submission), Tables "
              f"{'1' if cfg.data == 'mnist' else '2'} and 3, Fig. {'3' if cfg.data == 'mnist' else '4'}")
-    return Report(title, [_markdown(rep)], {k: rep[k] for k in ("generators", "results", "paper", "defense_gan", "not_built",
+    return Report(title, [_markdown(rep)], {k: rep[k] for k in ("generators", "results", "paper", "defense_gan", "not_run",
                                                                   "reference_check")}, [p.name for p in figures])
 
 
@@ -510,46 +520,54 @@ def _markdown(rep) -> str:
         pm = paper.get(m, {})
         L.append(f"## Table {'1' if ds == 'mnist' else '2'} — {MODEL_LABEL.get(m, m)}: accuracy under attack, ours (paper)")
         L.append("")
+        critic = f"{m}/advcritic" in models
         L.append("| attack | NR ε=0.1 | NR ε=0.2 | NR ε=0.3 / no ε | Adv-Critic | Defense-GAN | Adv-Train (ε=0.3) | "
-                 "Sum without Adv-Critic |")
+                 f"{'Sum' if critic else 'Sum without Adv-Critic'} |")
         L.append("|---|---|---|---|---|---|---|---|")
-        na = "not yet built"
+        na = "not run"
         dg = rep["defense_gan"]["accuracy"].get(m, {})
 
-        def sums(ours, p):  # the three built columns (NR at ε = 0.3, Defense-GAN, Adv-Train), ours (paper)
+        def acc(defense, row, eps):
+            r = _lookup(res, m, defense, row, eps)
+            return r and r["robust_accuracy"]
+
+        def cell(v, p):
+            return f"{_f(v) if critic or v is not None else na} ({_f(p)})"
+
+        def sums(ours, p):  # NR at ε = 0.3, Adv-Critic, Defense-GAN, Adv-Train; without Adv-Critic when it was not run
+            ours = ours if critic else (ours[0], *ours[2:])
             ok = all(v is not None for v in ours)
-            return f"{_f(sum(ours) if ok else None)} ({_f(p[0] + p[2] + p[3])})"
+            return f"{_f(sum(ours) if ok else None)} ({_f(p[0] + p[2] + p[3] + (p[1] if critic else 0.0))})"
 
         p = pm.get("No attack", [None] * 4)
-        a, d, b = (models.get(f"{m}/none", {}).get("eval_accuracy"), dg.get("No attack", {}).get("accuracy"),
-                   models.get(f"{m}/advtrain", {}).get("eval_accuracy"))
-        L.append(f"| No attack | | | {_f(a)} ({_f(p[0])}) | {na} ({_f(p[1])}) | {_f(d)} ({_f(p[2])}) | {_f(b)} ({_f(p[3])}) | "
-                 f"{sums((a, d, b), p)} |")
+        a, c, d, b = (models.get(f"{m}/none", {}).get("eval_accuracy"), models.get(f"{m}/advcritic", {}).get("eval_accuracy"),
+                      dg.get("No attack", {}).get("accuracy"), models.get(f"{m}/advtrain", {}).get("eval_accuracy"))
+        L.append(f"| No attack | | | {_f(a)} ({_f(p[0])}) | {cell(c, p[1])} | {_f(d)} ({_f(p[2])}) | {_f(b)} ({_f(p[3])}) | "
+                 f"{sums((a, c, d, b), p)} |")
         for row in SIMPLE_ROWS:
             p = pm.get(row, [None] * 4)
-            a = _lookup(res, m, "none", row, None)
-            b = _lookup(res, m, "advtrain", row, None)
-            a, b, d = a and a["robust_accuracy"], b and b["robust_accuracy"], dg.get(row, {}).get("accuracy")
-            L.append(f"| {row} | | | {_f(a)} ({_f(p[0])}) | {na} ({_f(p[1])}) | {_f(d)} ({_f(p[2])}) | {_f(b)} ({_f(p[3])}) | "
-                     f"{sums((a, d, b), p) if row in pm else '–'} |")
+            a, c, b, d = (acc("none", row, None), acc("advcritic", row, None), acc("advtrain", row, None),
+                          dg.get(row, {}).get("accuracy"))
+            L.append(f"| {row} | | | {_f(a)} ({_f(p[0])}) | {cell(c, p[1])} | {_f(d)} ({_f(p[2])}) | {_f(b)} ({_f(p[3])}) | "
+                     f"{sums((a, c, d, b), p) if row in pm else '–'} |")
         for row in EPS_ROWS:
             p = pm.get(row, [None] * 6)
-            cells = []
-            for k, e in enumerate(EPS):
-                a = _lookup(res, m, "none", row, e)
-                cells.append(f"{_f(a and a['robust_accuracy'])} ({_f(p[k])})")
-            a = _lookup(res, m, "none", row, 0.3)
-            b = _lookup(res, m, "advtrain", row, 0.3)
-            a, b, d = a and a["robust_accuracy"], b and b["robust_accuracy"], dg.get(f"{row} ε=0.3", {}).get("accuracy")
-            L.append(f"| {row} | {' | '.join(cells)} | {na} ({_f(p[3])}) | {_f(d)} ({_f(p[4])}) | {_f(b)} ({_f(p[5])}) | "
-                     f"{sums((a, d, b), (p[2], p[3], p[4], p[5]))} |")
+            cells = [f"{_f(acc('none', row, e))} ({_f(p[k])})" for k, e in enumerate(EPS)]
+            a, c, b, d = (acc("none", row, 0.3), acc("advcritic", row, 0.3), acc("advtrain", row, 0.3),
+                          dg.get(f"{row} ε=0.3", {}).get("accuracy"))
+            L.append(f"| {row} | {' | '.join(cells)} | {cell(c, p[3])} | {_f(d)} ({_f(p[4])}) | {_f(b)} ({_f(p[5])}) | "
+                     f"{sums((a, c, d, b), (p[2], p[3], p[4], p[5]))} |")
         bp = dg.get("BPDA-PGD", {})
         L.append(f"| BPDA-PGD ε=0.3 (adaptive, ours only) | | | | | {_f(bp.get('accuracy'))} | | |")
         L.append("")
         L.append(f"Clean accuracy on the whole test split: non-robust {_f(models.get(f'{m}/none', {}).get('test_accuracy'))}, "
-                 f"Adv-Train {_f(models.get(f'{m}/advtrain', {}).get('test_accuracy'))}. Adv-Critic is not built in "
-                 "spatialadv yet (its column shows only the paper's numbers; the last column sums the other three, the "
-                 "paper's likewise without its Adv-Critic value). "
+                 f"Adv-Train {_f(models.get(f'{m}/advtrain', {}).get('test_accuracy'))}"
+                 + (f", Adv-Critic {_f(models.get(f'{m}/advcritic', {}).get('test_accuracy'))} (fine-tuned from the "
+                    f"non-robust classifier for {cfg['critic_epochs']} epoch(s); Matyasko & Chau train for 100)" if critic else
+                    ". **Adv-Critic** (Matyasko & Chau 2018) is built (`--defenses none advtrain advcritic`) but not run by "
+                    "default (cost), so its column shows only the paper's numbers and the last column sums the other three, "
+                    "the paper's likewise without its Adv-Critic value")
+                 + ". "
                  f"**Defense-GAN** column: the first {cfg['dgan_n']} evaluated images (stAdv: the first "
                  f"{min(cfg['dgan_n'], cfg['n_stadv'])}), attacked on the non-robust classifier and classified through the "
                  "projection (the paper does not say how it attacked Defense-GAN; gradients do not pass the projection, so "

@@ -32,7 +32,7 @@ import torch
 from ..data import DataSpec
 from ..eval.runner import make_pairs
 from ..models import ModelSpec, Objective, TrainConfig
-from .framework import AttackRun, Experiment, Report, Table, TaskRun, fmt, option
+from .framework import AttackRun, Experiment, Report, Table, TaskRun, fmt, option, transfer_task
 from .smooth import PAPER as TABLE1
 from .smooth import smooth_attacks
 
@@ -116,22 +116,6 @@ def _correct_all(nets, x, y, batch: int = 500) -> torch.Tensor:
     return ok
 
 
-def _transfer(plain, at, bil, attacks, x, y, items: list[str]) -> dict:
-    idx = torch.tensor([int(i) for i in items])
-    xs, ys = x[idx], y[idx]
-    out = {i: {} for i in items}
-    for label, atk in attacks.items():
-        res = atk(plain, xs, ys)
-        l2 = (res.x_adv - xs).flatten(1).norm(dim=1)
-        with torch.no_grad():
-            bil_wrong = bil(res.x_adv).argmax(1) != ys
-            at_wrong = at(res.x_adv).argmax(1) != ys
-        for j, i in enumerate(items):
-            out[i][label] = {"source": bool(res.success[j]), "l2": float(l2[j]), "bilateral": bool(bil_wrong[j]),
-                             "ll-at": bool(at_wrong[j])}
-    return out
-
-
 def plan(cfg: Config, ctx):
     """Train (or load) the two C4s; attack the common correctly classified images; the transfer task."""
     test = ctx.data("mnist", "test", cfg.seed)
@@ -152,7 +136,7 @@ def plan(cfg: Config, ctx):
     single = transfer_attacks(sigma=cfg.sigma, steps=cfg.steps)
     conf = {"attacks": {k: repr(a) for k, a in single.items()}, "targets": [ia["key"], bil_key], "data": data_key}
     yield TaskRun("c4", "transfer", conf, ip["key"], [str(int(i)) for i in idx],
-                  functools.partial(_transfer, plain, at, bil, single, test.x, test.y), batch_size=cfg.batch_size)
+                  functools.partial(transfer_task, plain, {"bilateral": bil, "ll-at": at}, single, test.x, test.y), batch_size=cfg.batch_size)
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -36,7 +36,7 @@ import torch
 from ..data import DataSpec
 from ..eval.runner import make_pairs
 from ..models import ModelSpec, Objective, TrainConfig
-from .framework import AttackRun, Experiment, Report, Table, TaskRun, fmt, option
+from .framework import AttackRun, Experiment, Report, Table, TaskRun, fmt, option, transfer_task
 
 __all__ = ["Config", "PAPER", "DEFENSES", "attacks", "plan", "report", "EXPERIMENTS"]
 
@@ -122,21 +122,6 @@ def _correct(net, x, y, batch: int = 500) -> torch.Tensor:
     return torch.cat([net(x[i : i + batch]).argmax(1) == y[i : i + batch] for i in range(0, len(x), batch)])
 
 
-def _transfer(plain, targets: dict, crafted: dict, x, y, items: list[str]) -> dict:
-    """Craft each attack on ``plain`` for the images ``items``; record whether every target model misclassifies."""
-    idx = torch.tensor([int(i) for i in items])
-    xs, ys = x[idx], y[idx]
-    out = {i: {} for i in items}
-    for label, atk in crafted.items():
-        res = atk(plain, xs, ys)
-        l2 = (res.x_adv - xs).flatten(1).norm(dim=1)
-        wrong = {name: ~_correct(net, res.x_adv, ys) for name, net in targets.items()}
-        for j, i in enumerate(items):
-            out[i][label] = {"source": bool(res.success[j]), "l2": float(l2[j]),
-                             **{name: bool(w[j]) for name, w in wrong.items()}}
-    return out
-
-
 def plan(cfg: Config, ctx):
     """Per architecture: the plain and three adversarially trained models; transfer, white-box and mean-filter runs."""
     from ..defenses import Defended, MeanFilter
@@ -166,7 +151,7 @@ def plan(cfg: Config, ctx):
         conf = {"attacks": {k: repr(a) for k, a in crafted.items()}, "targets": {k: keys[k] for k in targets},
                 "data": data_key}
         yield TaskRun(f"{arch}/plain", "transfer", conf, keys["plain"], items,
-                      functools.partial(_transfer, nets["plain"], targets, crafted, test.x, test.y),
+                      functools.partial(transfer_task, nets["plain"], targets, crafted, test.x, test.y),
                       batch_size=cfg.batch_size)
         yield AttackRun(f"{arch}/plain", "PGD", nets["plain"], atk["PGD"], keys["plain"], test.x, test.y, data_key,
                         pairs, "untargeted", batch_size=cfg.batch_size)

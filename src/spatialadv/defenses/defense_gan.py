@@ -279,7 +279,10 @@ class DefenseGANProjection(nn.Module):
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(z* (N, z_dim), per-image reconstruction error ‖G(z*) − x‖²₂ / (C·H·W) (N,))``."""
-        shape = tuple(self.generator(torch.zeros(1, self.generator.z_dim, device=x.device)).shape[1:])
+        shape = getattr(self.generator, "shape", None)
+        if shape is None:  # a generator without a ``shape`` attribute: one forward pass tells it
+            with torch.no_grad():
+                shape = tuple(self.generator(torch.zeros(1, self.generator.z_dim, device=x.device)).shape[1:])
         if x.dim() != 4 or tuple(x.shape[1:]) != shape or not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise ValueError(f"DefenseGANProjection takes finite images (N, {', '.join(map(str, shape))}) in [0, 1], "
                              f"got shape {tuple(x.shape)}")

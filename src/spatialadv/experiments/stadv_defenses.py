@@ -130,13 +130,14 @@ def plan(cfg: Config, ctx):
     data_key = f"mnist-test-seed{cfg.seed}"
     atk = attacks(cfg.eps)
     clean = {}
-    for arch in ARCHS:  # every plain model first: they are also the static models of ensemble training
-        ctx.model(f"{arch}/plain", _specs(cfg, arch)["plain"])
+    # every plain model first: they are also the static models of ensemble training
+    plain = {arch: ctx.model(f"{arch}/plain", _specs(cfg, arch)["plain"]) for arch in ARCHS}
     for arch in cfg.models:
-        nets, keys = {}, {}
+        nets, keys = {"plain": plain[arch][0]}, {"plain": plain[arch][1]["key"]}
         for label, spec in _specs(cfg, arch).items():
-            nets[label], info = ctx.model(f"{arch}/{label}", spec)
-            keys[label] = info["key"]
+            if label != "plain":
+                nets[label], info = ctx.model(f"{arch}/{label}", spec)
+                keys[label] = info["key"]
         filtered = Defended(MeanFilter(cfg.filter_size), nets["plain"]).eval()
         keys["mean"] = f"{keys['plain']}+mean-{cfg.filter_size}"
         ok = {label: _correct(net, test.x, test.y) for label, net in nets.items()}

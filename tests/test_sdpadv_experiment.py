@@ -18,27 +18,33 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     exp = experiments()["sdpadv-mnist"]
     assert "sdpadv-fashion" in experiments()
     cfg = dataclasses.replace(exp.config, n_eval=10, n_stadv=2, models=("fc-200",), gen_epochs=1, gen_warm_epochs=1, gen_train=300,
-                              clf_epochs=1, dgan_n=4, dgan_steps=3, dgan_restarts=2, dgan_iterations=5, bpda_steps=2)
+                              clf_epochs=1, dgan_n=4, dgan_steps=3, dgan_restarts=2, dgan_iterations=5, bpda_steps=2,
+                              critic_epochs=1, critic_train=300)
     rep = run_experiment(exp, cfg, out, progress=False)
     res = rep["results"]
-    # non-robust: STM (two grids), stAdv, SdAdv + (AdvGAN, SdpAdv, FGSM, PGD, MIM) × 3 ε; Adv-Train: 4 + 5 at ε = 0.3
-    assert len(res) == (4 + 5 * 3) + (4 + 5)
+    # non-robust: STM (two grids), stAdv, SdAdv + (AdvGAN, SdpAdv, FGSM, PGD, MIM) × 3 ε; Adv-Train, Adv-Critic: 4 + 5
+    # at ε = 0.3
+    assert len(res) == (4 + 5 * 3) + 2 * (4 + 5)
+    assert {r["defense"] for r in res} == {"none", "advtrain", "advcritic"}
     assert {r["attack"] for r in res} >= {"STM", "STM (Engstrom grid)"}
     assert all(r["pairs"] == (2 if r["attack"] == "stAdv" else 10) for r in res)
     assert all(0 <= r["robust_accuracy"] <= 1 for r in res)
     # untargeted: robust accuracy = clean accuracy × (1 − success rate over the correctly classified)
     for r in res:
         assert abs(r["robust_accuracy"] - r["clean_accuracy"] * (1 - r["success_rate"])) < 1e-9
-    assert len(rep["generators"]) == 7 + 3
-    assert rep["not_run"] == ["Adv-Critic"]
+    assert len(rep["generators"]) == 7 + 3 + 3
+    assert rep["not_run"] == []
+    critic = rep["models"]["fc-200/advcritic"]
+    assert critic["spec"]["init"] == rep["models"]["fc-200/none"]["spec"] and critic["spec"]["data"]["max_train"] == 300
     dg = rep["defense_gan"]["accuracy"]["fc-200"]  # the ε-free rows and ε = 0.3, on the first 4 images, + BPDA
     assert set(dg) == {"No attack", "STM", "STM (Engstrom grid)", "stAdv", "SdAdv", "BPDA-PGD"} | {
         f"{r} ε=0.3" for r in ("FGSM", "PGD", "MIM", "AdvGAN", "SdpAdv")}
     assert all(v["images"] == (2 if k == "stAdv" else 4) and 0 <= v["accuracy"] <= 1 for k, v in dg.items())
     assert (tmp_path / "cache" / "defense-gan" / f"{rep['defense_gan']['generator']}.safetensors").is_file()
     md = (out / "report.md").read_text()
-    assert "Table 1 — Model B (fc-200)" in md and "not run (0.9817)" in md and "1 epochs (paper: 100)" in md
-    assert "## Defense-GAN" in md and "BPDA-PGD" in md and "(2.9419)" in md  # the paper sum without Adv-Critic
+    assert "Table 1 — Model B (fc-200)" in md and "not run" not in md and "1 epochs (paper: 100)" in md
+    assert "## Defense-GAN" in md and "BPDA-PGD" in md and "(3.9236)" in md  # the paper's sum of the four columns
+    assert "fine-tuned for 1 epoch(s) on 300 training images, 5 steps of batch 64" in md
     assert "squared L2" in md and "CleverHans" in md and "Engstrom" in md
     # Table 3's distortion is the squared L2; the plain L2 stays in the JSON
     for r in res:
@@ -57,7 +63,7 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     assert len(rep["figures"]) == 1 + (3 + 5 * 3)  # originals + every attack on 10 images (stAdv ran on 2)
     # generators live in the checkpoint cache, not the output folder
     gdir = tmp_path / "cache" / "generators"
-    assert not (out / "generators").exists() and len(list(gdir.glob("*.safetensors"))) == 7 + 3
+    assert not (out / "generators").exists() and len(list(gdir.glob("*.safetensors"))) == 7 + 3 + 3
     # resuming: generators are loaded, not refitted, and no pair is attacked twice
     mtimes = {p.name: p.stat().st_mtime_ns for p in gdir.iterdir()}
     with ResultStore(out / "results.sqlite") as store:
@@ -109,8 +115,16 @@ def test_adv_critic_classifier_is_fine_tuned_from_the_plain_one():
     from spatialadv.experiments.sdpadv import Config, model_spec
 
     cfg = Config(critic_epochs=2)
-    assert "advcritic" not in cfg.defenses  # opt-in: --defenses none advtrain advcritic
+    assert "advcritic" in cfg.defenses  # a column of the default tables
     for name, lam in (("fc-200", 0.5), ("c4", 0.1)):  # the authors' MLP / LeNet-5 weights
         spec = model_spec(name, "advcritic", cfg)
         assert spec.objective.name == "adv-critic" and spec.objective.options["lam"] == lam
         assert spec.init == model_spec(name, "none", cfg) and spec.train.epochs == 2
+        assert spec.data == spec.init.data  # no critic subset: the classifier's own training images
+    # a critic subset is a seeded subset of the classifier's training images, never larger than them
+    assert model_spec("c4", "advcritic", Config(critic_train=500)).data.max_train == 500
+    assert model_spec("c4", "advcritic", Config(critic_train=500, clf_train=300)).data.max_train == 300
+    assert model_spec("c4", "advcritic", Config(clf_train=300)).data.max_train == 300
+    default = Config()  # per classifier: one c4 epoch costs about 20 fc-200 epochs
+    assert model_spec("c4", "advcritic", default).train.epochs == 1
+    assert model_spec("fc-200", "advcritic", default).train.epochs == 8

@@ -673,7 +673,7 @@ def _markdown(rep) -> str:
 
 
 EXPERIMENTS = [
-    Experiment("sdpadv-mnist", "SdpAdv/SdAdv/AdvGAN vs STM, stAdv, FGSM/PGD/MIM on MNIST models A/B, non-robust and Adv-Train "
+    Experiment("sdpadv-mnist", "SdpAdv/SdAdv/AdvGAN vs STM, stAdv, FGSM/PGD/MIM on MNIST models A/B: non-robust, Adv-Critic, Defense-GAN, Adv-Train "
                "(Perturbations Are Not Enough, ICLR 2020 submission, Tables 1, 3)", Config(), plan, report,
                papers=("sdpadv", "engstrom", "stadv", "fgsm", "pgd", "mim", "defense-gan", "wgan-gp", "bpda")),
     Experiment("sdpadv-fashion", "the same on Fashion-MNIST (Tables 2, 3)",

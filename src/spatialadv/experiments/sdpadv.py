@@ -51,6 +51,8 @@ DEFENSES = ("none", "advtrain", "advcritic")
 #: back-propagation through a convolutional net); on MNIST-5k (500 test images) fc-200's PGD ε = 0.1 accuracy rose from
 #: 0.04 (plain) to 0.19 / 0.50 / 0.63 after 2 / 4 / 8 epochs, c4's did not rise (0.49 plain, 0.33 / 0.40 after 1 / 3).
 CRITIC_EPOCHS = {"c4": 1, "fc-200": 8}
+#: Adv-Critic weight λ per classifier: the authors' LeNet-5 (0.1) and MLP (0.5) settings
+CRITIC_LAM = {"c4": 0.1, "fc-200": 0.5}
 MODEL_LABEL = {"c4": "Model A (c4)", "fc-200": "Model B (fc-200)"}
 
 # SdpAdv paper (Perturbations Are Not Enough, ICLR 2020 submission) Tables 1-2: accuracy under attack. Simple rows and "No attack":
@@ -251,7 +253,7 @@ def model_spec(name: str, defense: str, cfg: Config) -> ModelSpec:
         subset = cfg.critic_train if cfg.clf_train is None else min(cfg.critic_train or cfg.clf_train, cfg.clf_train)
         return ModelSpec(name, DataSpec(cfg.data, seed=cfg.seed, max_train=subset),
                          TrainConfig(epochs=critic_epochs(name, cfg), seed=cfg.seed),
-                         Objective("adv-critic", lam=0.5 if name == "fc-200" else 0.1), init=model_spec(name, "none", cfg))
+                         Objective("adv-critic", lam=CRITIC_LAM[name]), init=model_spec(name, "none", cfg))
     objective = Objective("standard") if defense == "none" else Objective("fgsm-at", eps=0.3, adv_weight=0.5)
     return ModelSpec(name, data, TrainConfig(epochs=cfg.clf_epochs, seed=cfg.seed), objective)
 
@@ -634,7 +636,7 @@ def _markdown(rep) -> str:
                  + (f", Adv-Critic {_f(models.get(f'{m}/advcritic', {}).get('test_accuracy'))}. **Adv-Critic** "
                     f"(Matyasko & Chau 2018): the non-robust classifier fine-tuned for {cfg['critic_epochs_used'][m]} "
                     f"epoch(s) on {cfg['critic_train']} training images, {_critic_steps(cfg, m)} steps of batch 64 "
-                    f"(λ = {0.5 if m == 'fc-200' else 0.1}; the authors train "
+                    f"(λ = {CRITIC_LAM[m]}; the authors train "
                     "for 100 epochs of 50 000 images, about 50 000 steps of batch 100, after one pre-training epoch): "
                     "a CPU budget, so the column measures a short fine-tune, not the authors' model. Default epochs "
                     "measured on MNIST-5k (PGD ε = 0.1, 20 steps, 500 test images): fc-200's accuracy rises from 0.04 "

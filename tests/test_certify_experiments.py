@@ -78,3 +78,25 @@ def test_certify_stadv_tiny(cache, capsys, one_thread):
     md = (out / "report.md").read_text()
     assert "Fig. 6" in md and "seed 00" not in md and "Why our counts differ" in md and "Training strength" in md
     assert main(args) == 0 and json.loads((out / "report.json").read_text())["results"] == rep["results"]
+
+
+def test_certify_smoothing_tiny(cache, capsys, one_thread):
+    out = cache / "sm"
+    args = ["reproduce", "certify-smoothing", "--out", str(out), "--datasets", "mnist", "--n", "4", "--epochs", "1",
+            "--n0", "16", "--samples", "40", "--predict-samples", "40", "--max-angle", "4", "--angle-budgets", "0", "2", "4",
+            "--max-shift", "1", "--flow-deltas", "0", "0.01", "--pgd-steps", "2", "--quiet"]
+    assert main(args) == 0
+    rep = json.loads((out / "report.json").read_text())
+    c = rep["curves"]["mnist"]
+    assert c["n"] == 4 and [p["budget"] for p in c["rotation"]] == [0, 2, 4] and len(c["translation"]) == 2
+    assert len(c["flow"]) == 2 and c["violations"] == []
+    assert 0 <= c["refined_images"] <= 4 and c["refined_cells"] >= c["refined_images"]
+    with ResultStore(out / "results.sqlite") as st:
+        rot = next(r for r in st.runs() if r["attack"] == "certify rotation")
+        assert rot["config"]["refine"] == 4 and st.count(rot["run_key"]) == 4
+    md = (out / "report.md").read_text()
+    assert "split once into 4 sub-cells" in md and "α/(2K)" in md
+    assert main(args) == 0 and json.loads((out / "report.json").read_text())["curves"] == rep["curves"]
+    no_ref = cache / "sm0"
+    assert main(args[:3] + [str(no_ref)] + args[4:] + ["--refine", "0"]) == 0
+    assert "Failed cells are not refined" in (no_ref / "report.md").read_text()

@@ -181,7 +181,7 @@ def test_integer_translation_bound_is_slack_only(mnist):
 def test_grid_certificate_budget_semantics():
     c = S.GridCertificate(prediction=torch.tensor([3, 3, -1]), certified_below=torch.tensor([math.inf, 9.5, math.inf]),
                           max_budget=30.0, cells=torch.tensor([61] * 3), evaluated=torch.tensor([61, 20, 1]),
-                          min_margin=torch.zeros(3), max_bound=torch.zeros(3))
+                          min_margin=torch.zeros(3), max_bound=torch.zeros(3), refined=torch.zeros(3, dtype=torch.int64))
     assert c.certified(30.0).tolist() == [True, False, False]
     assert c.certified(9.0).tolist() == [True, True, False]
     assert c.certified(31.0).tolist() == [False, False, False]
@@ -201,6 +201,65 @@ def test_rotation_certificate_not_broken_by_dense_angles_on_smoothed_prediction(
         pred = g.predict(imgs.clamp(0, 1), 300, alpha=1e-6, seed=5)
         broken += int(((pred >= 0) & (pred != cert.prediction[i])).sum())
     assert broken == 0
+
+
+class _Constant(nn.Module):
+    """Votes for class 0 unless the image's mean exceeds ``cut`` (then class 1): counts are all-or-nothing."""
+
+    def __init__(self, cut: float = 10.0):
+        super().__init__()
+        self.cut = cut
+
+    def forward(self, x):
+        return torch.stack([torch.zeros(len(x)), (x.flatten(1).mean(1) > self.cut).float() * 2 - 1], 1)
+
+
+def test_grid_refinement_splits_alpha_and_rescues_failed_cells():
+    """Refinement: α/(2K) per cell, α/(2KS) per sub-cell; a failed cell passes when all its sub-cells pass."""
+    g = S.SmoothedClassifier(_Constant().eval(), sigma=0.25, num_classes=2, batch_size=500)
+    k, n = 5, 200
+    images = torch.zeros(k, 1, 4, 4)
+    edges = torch.tensor([0.0, 1.0, 1.0, 2.0, 2.0])
+    r_cell = g.max_radius(n, 0.001 / (2 * k))
+    r_sub = g.max_radius(n, 0.001 / (2 * k * 4))
+    assert r_sub < r_cell < g.max_radius(n, 0.001 / k)
+    bounds = torch.tensor([0.0, 0.0, 0.0, r_cell, 0.0], dtype=torch.float64)  # cell 3 fails at the first level
+    calls = []
+
+    def sub(j, m):
+        def refine(c):
+            calls.append(c)
+            return torch.zeros(4, 1, 4, 4), torch.full((4,), m, dtype=torch.float64)
+        return refine
+
+    common = dict(n0=20, n=n, alpha=0.001, seed=0, row=[0])
+    plain = S.certify_grid(g, images, bounds, edges, **common)
+    assert plain["certified_below"] == math.inf  # α/K: r > M
+    failed = S.certify_grid(g, images, bounds, edges, **common, refine=sub(0, 0.0), splits=4)
+    assert failed["certified_below"] == math.inf and failed["refined"] == 1 and calls == [3]
+    assert failed["min_margin"] == pytest.approx(r_sub)  # the sub-cells' radius at α/(2KS)
+    calls.clear()
+    hopeless = S.certify_grid(g, images, bounds, edges, **common, refine=sub(0, r_sub), splits=4)
+    assert hopeless["certified_below"] == 2.0 and hopeless["refined"] == 1 and calls == [3]
+    with pytest.raises(ValueError, match="splits"):
+        S.certify_grid(g, images, bounds, edges, **common, refine=sub(0, 0.0), splits=1)
+
+
+def test_rotation_refinement_certifies_more_and_stays_sound(smooth_net, mnist):
+    """A coarse grid (K = 3 over ±6°) fails; refinement into 8 sub-cells rescues examples, none broken at 0.1° steps."""
+    x = mnist[0][:8]
+    g = S.SmoothedClassifier(smooth_net, sigma=0.25, num_classes=10)
+    kw = dict(max_angle=6.0, n0=32, n=200, alpha=0.001, index=torch.arange(8), cells=3)
+    plain = S.certify_rotation(g, x, refine=0, **kw)
+    fine = S.certify_rotation(g, x, refine=8, **kw)
+    assert int(plain.refined.sum()) == 0 and int(fine.refined.sum()) > 0
+    gained = fine.certified(6.0) & ~plain.certified(6.0)
+    assert int(gained.sum()) >= 1
+    angles = torch.arange(-60, 61, dtype=torch.float64) / 10
+    for i in torch.nonzero(gained)[:, 0].tolist()[:2]:
+        imgs = affine_warp(x[i : i + 1].expand(len(angles), -1, -1, -1), rotation_translation_theta(angles, 0, 0), units="pixels")
+        pred = g.predict(imgs.clamp(0, 1), 300, alpha=1e-6, seed=5)
+        assert int(((pred >= 0) & (pred != fine.prediction[i])).sum()) == 0
 
 
 def test_translation_and_flow_certificates(smooth_net, mnist):

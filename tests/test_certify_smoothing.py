@@ -59,6 +59,20 @@ def test_smoothed_classifier_rejects_bad_settings(kwargs):
         S.SmoothedClassifier(nn.Flatten(), **args)
 
 
+def test_forward_batch_only_changes_the_chunking(mnist):
+    """Forward passes in chunks of any size give the same counts (the noise draws do not depend on it)."""
+    torch.manual_seed(0)
+    net = build_model("cnn-small").eval()
+    x = mnist[0][:3]
+    ref = S.SmoothedClassifier(net, sigma=0.5, num_classes=10, forward_batch=10_000).counts(x, 300, seed=1)
+    for fb in (None, 7, 256):
+        got = S.SmoothedClassifier(net, sigma=0.5, num_classes=10, forward_batch=fb).counts(x, 300, seed=1)
+        assert torch.equal(got, ref)
+    assert int(ref.sum()) == 900 and int((ref > 0).sum()) > 3  # several classes: the comparison has teeth
+    with pytest.raises(ValueError, match="forward_batch"):
+        S.SmoothedClassifier(net, sigma=0.5, num_classes=10, forward_batch=0)
+
+
 def test_certify_rejects_bad_inputs(mnist):
     g = S.SmoothedClassifier(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval(), sigma=0.25, num_classes=10)
     x = mnist[0][:2]

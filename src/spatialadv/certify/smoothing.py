@@ -142,11 +142,13 @@ class SmoothingCertificate:
         prediction: ``(B,)`` int64, the certified class, −1 where abstained.
         p_lower: ``(B,)`` float64, the (1 − α) lower confidence bound of the selected class's probability.
         radius: ``(B,)`` float64, certified L2 radius (pixel units), 0 where abstained.
+        count: ``(B,)`` int64, votes for the selected class among the ``n`` estimation samples.
     """
 
     prediction: Tensor
     p_lower: Tensor
     radius: Tensor
+    count: Tensor
 
 
 class SmoothedClassifier:
@@ -324,7 +326,7 @@ class SmoothedClassifier:
         p = lower_confidence_bound(k, n, alpha)
         r = cohen_radius(p, self.sigma)
         pred = torch.where(torch.from_numpy(p > 0.5), c_hat, torch.full_like(c_hat, _ABSTAIN))
-        return SmoothingCertificate(pred, torch.from_numpy(p), torch.from_numpy(r))
+        return SmoothingCertificate(pred, torch.from_numpy(p), torch.from_numpy(r), torch.from_numpy(k).to(torch.int64))
 
     def max_radius(self, n: int, alpha: float) -> float:
         """The largest radius ``n`` estimation samples can certify at confidence ``alpha`` (all ``n`` votes for one class)."""
@@ -613,13 +615,9 @@ def certify_grid(smoothed: SmoothedClassifier, images: Tensor, bounds: Tensor, e
     a_sub = alpha / (2 * k_cells * max(splits, 1))
     n_sub = n if refine_samples is None else refine_samples
     first = order[0]
-    # CERTIFY at the first cell, as SmoothedClassifier.certify (same streams), keeping the estimation count
-    one = images[first : first + 1]
-    pred = int(smoothed.counts(one, n0, seed=seed, index=torch.tensor([row]), stream=(first, 0)).argmax(1)[0])
-    count0 = int(smoothed.counts(one, n, seed=seed, index=torch.tensor([row]), stream=(first, 1))[0, pred])
-    p0 = float(lower_confidence_bound(count0, n, a))
-    if not p0 > 0.5:
-        pred = _ABSTAIN
+    cert = smoothed.certify(images[first : first + 1], n0=n0, n=n, alpha=a, seed=seed, index=torch.tensor([row]),
+                            stream=(first,))
+    pred = int(cert.prediction[0])
     margins: list[float] = []
     below = math.inf
     refined = 0
@@ -630,8 +628,8 @@ def certify_grid(smoothed: SmoothedClassifier, images: Tensor, bounds: Tensor, e
         if rk > float(bounds[k]):
             margins.append(rk - float(bounds[k]))
             return True
-        sub = refine(k) if refine is not None and pred >= 0 else None
-        est = float(cohen_radius(min(count / n, 1 - 1e-9), smoothed.sigma))
+        sub = refine(k) if refine is not None else None
+        est = float(cohen_radius(min(count / n, 1 - 1e-9), smoothed.sigma))  # the radius p̂ would give
         if sub is None or not est > float(sub[1].max()):
             margins.append(rk - float(bounds[k]))
             return False
@@ -646,7 +644,7 @@ def certify_grid(smoothed: SmoothedClassifier, images: Tensor, bounds: Tensor, e
     if pred < 0:
         below = float(edges[first])
         margins.append(-float(bounds[first]))
-    elif not passes(first, count0, float(cohen_radius(p0, smoothed.sigma))):
+    elif not passes(first, int(cert.count[0]), float(cert.radius[0])):
         below = min(below, float(edges[first]))
     group = max(1, smoothed.batch_size // n)
     rest = order[1:]
@@ -727,7 +725,7 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
     Refinement (``refine`` = S ≥ 2, the default 4): a cell that fails — its
     radius does not exceed ``M_k`` — is split once into S equal sub-cells of
     half-width ``h/S``, whose bounds are about S times smaller, each
-    certified with ``n`` fresh samples; the cell holds when all of them do.
+    certified with ``refine_samples`` fresh samples; the cell holds when all of them do.
     The confidence is split in advance: α/(2K) per cell, α/(2KS) per
     possible sub-cell (:func:`certify_grid`), so the guarantee above holds
     unchanged. It rescues angles where ``p_c`` is high enough for a radius

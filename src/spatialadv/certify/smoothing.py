@@ -553,6 +553,11 @@ class GridCertificate:
         return ok & torch.tensor(budget <= self.max_budget + 1e-12)
 
 
+def _cell_alpha(alpha: float, cells: int, refined: bool) -> float:
+    """Confidence of one first-level cell of :func:`certify_grid`: α/K, or α/(2K) when failed cells may be refined."""
+    return alpha / (2 * cells) if refined else alpha / cells
+
+
 def certify_grid(smoothed: SmoothedClassifier, images: Tensor, bounds: Tensor, edges: Tensor, *, n0: int, n: int,
                  alpha: float, seed: int, row: list[int], stop_on_failure: bool = True,
                  refine: Callable[[int], tuple[Tensor, Tensor]] | None = None, splits: int = 0,
@@ -611,8 +616,8 @@ def certify_grid(smoothed: SmoothedClassifier, images: Tensor, bounds: Tensor, e
     if refine is not None and splits < 2:
         raise ValueError(f"refinement needs splits ≥ 2 sub-cells per cell, got {splits!r}")
     order = sorted(range(k_cells), key=lambda k: (float(edges[k]), k))
-    a = alpha / k_cells if refine is None else alpha / (2 * k_cells)
-    a_sub = alpha / (2 * k_cells * max(splits, 1))
+    a = _cell_alpha(alpha, k_cells, refine is not None)
+    a_sub = a / max(splits, 1)
     n_sub = n if refine_samples is None else refine_samples
     first = order[0]
     cert = smoothed.certify(images[first : first + 1], n0=n0, n=n, alpha=a, seed=seed, index=torch.tensor([row]),
@@ -781,7 +786,7 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
     refine_samples = 4 * n if refine_samples is None else refine_samples
     check_int(refine_samples, "refine_samples", minimum=1)
     alpha = _check_alpha(alpha)
-    split = 2 if refine >= 2 else 1  # share of α of the first level (see certify_grid)
+    refined = refine >= 2
     rows = check_index(index, x.shape[0]).tolist()
     from tqdm.auto import tqdm
 
@@ -795,18 +800,18 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
             # skip candidates that are clearly too coarse: the bound shrinks about linearly with the cell width
             c0, h0 = rotation_cells(float(max_angle), candidates[0])
             m0 = float(rotation_interpolation_bound(xi, c0, h0)[0].max())
-            need = 0.8 * candidates[0] * m0 / (bound_fraction * smoothed.max_radius(n, alpha / (split * candidates[0])))
+            need = 0.8 * candidates[0] * m0 / (bound_fraction * smoothed.max_radius(n, _cell_alpha(alpha, candidates[0], refined)))
             candidates = [k for k in candidates[:-1] if k >= need] + [candidates[-1]]
         for k in candidates:
             centres, half = rotation_cells(float(max_angle), k)
             bounds = rotation_interpolation_bound(xi, centres, half)[0]
-            if float(bounds.max()) <= bound_fraction * smoothed.max_radius(n, alpha / (split * k)):
+            if float(bounds.max()) <= bound_fraction * smoothed.max_radius(n, _cell_alpha(alpha, k, refined)):
                 break
         edges = (centres.abs() - half).clamp_min(0.0)
-        sub = functools.partial(_rotation_subcells, xi, centres, half, refine) if split == 2 else None
+        sub = functools.partial(_rotation_subcells, xi, centres, half, refine) if refined else None
         out.append(certify_grid(smoothed, _warp_rotations(xi, centres), bounds, edges, n0=n0, n=n, alpha=alpha,
                                 seed=seed, row=rows[i], stop_on_failure=stop_on_failure, refine=sub,
-                                splits=refine if split == 2 else 0, refine_samples=refine_samples))
+                                splits=refine if refined else 0, refine_samples=refine_samples))
     return _grid_result(out, float(max_angle))
 
 

@@ -309,8 +309,8 @@ def _curves(cfg: Config, results, ds: str) -> dict | None:
     out["median_cells"] = float(np.median([rot[k]["cells"] for k in keys]))
     out["mean_cells_evaluated"] = float(np.mean([rot[k]["evaluated"] for k in keys]))
     out["clean_abstentions"] = sum(1 for k in keys if emp[k]["g_clean"] == -1)
-    out["refined_images"] = sum(1 for k in keys if rot[k].get("refined", 0) > 0)
-    out["refined_cells"] = sum(rot[k].get("refined", 0) for k in keys)
+    out["refined_images"] = sum(1 for k in keys if rot[k]["refined"] > 0)
+    out["refined_cells"] = sum(rot[k]["refined"] for k in keys)
     out["violations"] = [f"{t}@{p['budget']}" for t in ("rotation", "translation", "flow") for p in out[t]
                          if p["certified_g"] > p["empirical_g"] + 1e-12]
     return out

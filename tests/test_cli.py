@@ -24,7 +24,7 @@ def test_reproduce_stadv_mnist_tiny(cache, capsys, one_thread):
     by = {(r["model"], r["attack"]): r for r in rep["results"]}
     assert by[("fc-200", "stAdv")]["pairs"] == 18  # 2 images × 9 targets
     assert by[("fc-200", "C&W-L2")]["pairs"] == 9
-    assert 0.0 <= by[("fc-200", "stAdv")]["success_rate"] <= 1.0
+    assert 0.0 <= by[("fc-200", "stAdv")]["P_suc"] <= 1.0
     for f in rep["figures"]:
         assert (out / f).stat().st_size > 1000
     assert {"fig2_grid_fc-200.png", "fig4_compare.png"} <= set(rep["figures"])
@@ -36,8 +36,8 @@ def test_reproduce_stadv_mnist_tiny(cache, capsys, one_thread):
     assert main(["reproduce", "stadv-mnist", "--out", str(out), "--models", "fc-200", "--n", "2", "--n-baselines", "1",
                  "--epochs", "1", "--quiet"]) == 0
     rep2 = json.loads((out / "report.json").read_text())
-    assert [(r["model"], r["attack"], r["successes"], r["l2_mean"]) for r in rep2["results"]] == \
-        [(r["model"], r["attack"], r["successes"], r["l2_mean"]) for r in rep["results"]]
+    assert [(r["model"], r["attack"], r["successes"], r["D_bar"]) for r in rep2["results"]] == \
+        [(r["model"], r["attack"], r["successes"], r["D_bar"]) for r in rep["results"]]
 
 
 def test_reproduce_smooth_mnist_tiny(cache, capsys, one_thread):

@@ -271,7 +271,7 @@ def test_run_attack_untargeted_lp(tmp_path, setup64):
     assert all(r["flow"] is None and r["flow_tv"] is None and r["flow_l2"] is None for r in recs)
     assert [r["success"] for r in recs] == res.success.int().tolist()
     s = summarize(recs)
-    assert "flow_tv_mean" not in s and s["success_rate"] == pytest.approx(res.success_rate)
+    assert "flow_tv_mean" not in s and s["P_suc"] == pytest.approx(res.success_rate)
 
 
 # -- summary --------------------------------------------------------------------------------
@@ -286,14 +286,14 @@ def test_summarize_known_answers():
     ]
     s = summarize(recs)
     assert s["pairs"] == 4 and s["images"] == 3 and s["successes"] == 2 and s["clean_pairs"] == 4
-    assert s["success_rate"] == 0.5
+    assert s["P_suc"] == 0.5
     assert s["robust_accuracy"] == 0.25  # only the second pair still predicts its label
     # a clean error is not an attack success, and counts as an error for robust accuracy
     recs2 = recs + [_row("k", 3, -1, label=4, clean_pred=9, success=1, pred=9, l2=9.0)]
     s2 = summarize(recs2)
-    assert s2["success_rate"] == 0.5 and s2["clean_pairs"] == 4 and s2["clean_accuracy"] == 0.8
-    assert s2["robust_accuracy"] == pytest.approx(0.2) and s2["l2_mean"] == pytest.approx(2.0)
-    assert s["l2_mean"] == pytest.approx(2.0)  # D̄ over successes only: (1 + 3) / 2
+    assert s2["P_suc"] == 0.5 and s2["clean_pairs"] == 4 and s2["clean_accuracy"] == 0.8
+    assert s2["robust_accuracy"] == pytest.approx(0.2) and s2["D_bar"] == pytest.approx(2.0)
+    assert s["D_bar"] == pytest.approx(2.0)  # D̄ over successes only: (1 + 3) / 2
     assert s["linf_mean"] == pytest.approx(0.6)
     assert s["flow_tv_mean"] == pytest.approx(0.4) and s["flow_tv_std"] == pytest.approx(np.std([0.2, 0.6], ddof=1))
     assert s["flow_l2_mean"] == pytest.approx(0.2) and s["flow_l2_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
@@ -305,12 +305,12 @@ def test_summarize_edge_cases():
     one = summarize([_row("k", 0, 1, success=1, flow_tv=0.3)])
     assert one["flow_tv_mean"] == pytest.approx(0.3) and one["flow_tv_std"] == 0.0
     none_ok = summarize([_row("k", 0, 1, success=0, label=2, pred=2)])
-    assert none_ok["success_rate"] == 0.0 and none_ok["robust_accuracy"] == 1.0
-    assert math.isnan(none_ok["l2_mean"]) and math.isnan(none_ok["flow_tv_mean"])
+    assert none_ok["P_suc"] == 0.0 and none_ok["robust_accuracy"] == 1.0
+    assert math.isnan(none_ok["D_bar"]) and math.isnan(none_ok["flow_tv_mean"])
     lp = summarize([_row("k", 0, -1, flow_tv=None, flow_l2=None)])
     assert "flow_tv_mean" not in lp and "flow_l2_mean" not in lp
     empty = summarize([])
-    assert empty["pairs"] == 0 and math.isnan(empty["success_rate"]) and math.isnan(empty["robust_accuracy"])
+    assert empty["pairs"] == 0 and math.isnan(empty["P_suc"]) and math.isnan(empty["robust_accuracy"])
 
 
 @pytest.mark.parametrize("make, exact", [

@@ -31,7 +31,7 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     assert all(0 <= r["robust_accuracy"] <= 1 for r in res)
     # untargeted: robust accuracy = clean accuracy × (1 − success rate over the correctly classified)
     for r in res:
-        assert abs(r["robust_accuracy"] - r["clean_accuracy"] * (1 - r["success_rate"])) < 1e-9
+        assert abs(r["robust_accuracy"] - r["clean_accuracy"] * (1 - r["P_suc"])) < 1e-9
     assert len(rep["generators"]) == 7 + 3 + 3
     assert rep["not_run"] == []
     critic = rep["models"]["fc-200/advcritic"]
@@ -49,7 +49,7 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     # Table 3's distortion is the squared L2; the plain L2 stays in the JSON
     for r in res:
         if r["successes"]:
-            assert r["l2_squared_mean"] >= r["l2_mean"] ** 2 - 1e-9  # mean of squares ≥ square of the mean
+            assert r["l2_squared_mean"] >= r["D_bar"] ** 2 - 1e-9  # mean of squares ≥ square of the mean
     # warm starts: SdpAdv ε = 0.1 from SdAdv, 0.2 from 0.1; AdvGAN 0.1 from scratch
     g = rep["generators"]
     assert g["fc-200/none/SdpAdv/0.1"]["warm_start"] == g["fc-200/none/SdAdv/0"]["file"]

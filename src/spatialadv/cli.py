@@ -67,8 +67,8 @@ def _print_summary(rows: list[tuple[str, str, dict]]) -> None:
     print(head)
     for m, a, s in rows:
         tv = s.get("flow_tv_mean")
-        print(f"{m:<10} {a:<12} {s['pairs']:>7} {100 * s['success_rate']:>9.2f} {100 * s['robust_accuracy']:>9.2f} "
-              f"{s['l2_mean']:>7.3f} {'' if tv is None else f'{tv:.4f}':>8} {s['ms_per_example']:>8.1f}")
+        print(f"{m:<10} {a:<12} {s['pairs']:>7} {100 * s['P_suc']:>9.2f} {100 * s['robust_accuracy']:>9.2f} "
+              f"{s['D_bar']:>7.3f} {'' if tv is None else f'{tv:.4f}':>8} {s['ms_per_example']:>8.1f}")
 
 
 def _device(args):

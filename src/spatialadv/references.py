@@ -6,6 +6,7 @@ title and venue; :func:`cite` formats one for a report.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = ["Paper", "PAPERS", "cite"]
@@ -27,6 +28,16 @@ class Paper:
 
     def __str__(self) -> str:
         return f"{self.authors}, *{self.title}*, {self.venue}"
+
+    @property
+    def short(self) -> str:
+        """The in-text citation: ``"Xiao et al. 2018"``, ``"Carlini & Wagner 2017"``, ``"Anonymous, ICLR 2020 submission"``."""
+        if self.authors == "Anonymous":
+            return f"Anonymous, {self.venue}"
+        names = [a.strip().split(" ")[-1] for a in self.authors.split(",")]
+        who = names[0] if len(names) == 1 else f"{names[0]} & {names[1]}" if len(names) == 2 else f"{names[0]} et al."
+        year = re.findall(r"(?:19|20)\d\d", self.venue)
+        return f"{who} {year[-1]}" if year else who
 
 
 #: The papers behind the reproduce jobs and the attacks they compare.

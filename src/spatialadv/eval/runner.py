@@ -195,22 +195,22 @@ def summarize(records: list[dict]) -> dict:
     """Metrics of one run from its records; each metric has one meaning in every report.
 
     Denominators:
-        * ``success_rate``: successes over the pairs whose clean image the model
+        * ``P_suc``: successes over the pairs whose clean image the model
           classifies correctly (``clean_pairs``); an already misclassified image
           is not an attack success.
         * ``robust_accuracy``: over **all** evaluated pairs: the model's
           prediction on the attacked image is the true label *and* its clean
           prediction was correct (a clean error counts as an error). For
           untargeted attacks on correctly classified images,
-          ``success_rate + robust_accuracy = 1``.
-        * ``l2_mean`` (D̄, Zhang et al. 2020 Eq. 20), ``linf_mean``,
+          ``P_suc + robust_accuracy = 1``.
+        * ``D_bar`` (D̄, Zhang et al. 2020 Eq. 20), ``linf_mean``,
           ``size_mean`` and the flow metrics: over successes on correctly
           classified images only.
 
     Returns:
         A dict with ``pairs``, ``images`` (distinct), ``clean_pairs``,
-        ``successes``, ``success_rate``, ``robust_accuracy``, ``clean_accuracy``
-        (over pairs), ``l2_mean`` (pixels in [0, 1]), ``linf_mean``,
+        ``successes``, ``P_suc``, ``robust_accuracy``, ``clean_accuracy``
+        (over pairs), ``D_bar`` (pixels in [0, 1]), ``linf_mean``,
         ``size_mean`` (the threat model's units), ``flow_tv_mean/std`` and
         ``flow_l2_mean/std`` (flow attacks; stAdv Eqs. 5-6, pixels),
         ``time_s``, ``ms_per_example``, ``iterations_mean`` (model gradient
@@ -226,10 +226,10 @@ def summarize(records: list[dict]) -> dict:
         "images": len({r["idx"] for r in records}),
         "clean_pairs": m,
         "successes": len(succ),
-        "success_rate": len(succ) / m if m else math.nan,
+        "P_suc": len(succ) / m if m else math.nan,
         "robust_accuracy": sum(r["pred"] == r["label"] and r["clean_pred"] == r["label"] for r in records) / n if n else math.nan,
         "clean_accuracy": m / n if n else math.nan,
-        "l2_mean": _mean_std([r["l2"] for r in succ])[0],
+        "D_bar": _mean_std([r["l2"] for r in succ])[0],
         "linf_mean": _mean_std([r["linf"] for r in succ])[0],
         "size_mean": _mean_std([r["size"] for r in succ])[0],
         "time_s": float(sum(r["time_s"] for r in records)),

@@ -144,7 +144,7 @@ def report(cfg: Config, results) -> Report:
         rows, recs0 = [], runs[0].records()
         for r in runs:
             s = r.summary()
-            rows.append({"tau": r.tags["tau"], "success_rate": s["success_rate"], "adv_accuracy": s["robust_accuracy"],
+            rows.append({"tau": r.tags["tau"], "success_rate": s["P_suc"], "adv_accuracy": s["robust_accuracy"],
                          "time_s": s["time_s"]})
         mrun = results.get(v, "logit margin")
         margins = mrun.items() if mrun else {}

@@ -49,6 +49,7 @@ from torch import nn
 
 from .. import distributed
 from ..attacks.base import Attack
+from ..eval.compare import METHODS, Cell, Comparison, Estimate, Metric, PaperValue, interval_note, run_estimates
 from ..eval.runner import attack_config, first_correct, run_attack, run_key, summarize
 from ..eval.store import ResultStore
 from ..references import cite
@@ -56,7 +57,7 @@ from ..references import cite
 log = logging.getLogger(__name__)
 
 __all__ = ["option", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict", "Experiment",
-           "AttackRun", "TaskRun", "transfer_task", "Context", "Results", "RunView", "Report", "Table", "run_experiment", "rebuild",
+           "AttackRun", "TaskRun", "transfer_task", "Context", "Results", "RunView", "Report", "Table", "Comparison", "Cell", "Metric", "PaperValue", "Estimate", "run_experiment", "rebuild",
            "render", "fmt", "settings_line", "STORE_NAME", "stored_experiment", "validate_config"]
 
 #: File name of an experiment folder's results store.
@@ -467,6 +468,10 @@ class RunView:
         """:func:`~spatialadv.eval.runner.summarize` of the records."""
         return summarize(self.records())
 
+    def estimates(self) -> dict[str, Estimate]:
+        """:func:`~spatialadv.eval.compare.run_estimates` of the records: the metrics with their 95 % intervals."""
+        return run_estimates(self.records())
+
     @property
     def complete(self) -> bool:
         """Whether every planned pair (or item) of the run has its record."""
@@ -527,10 +532,12 @@ class Results:
 
 @dataclass
 class Table:
-    """A Markdown table with a caption that states what its numbers mean.
+    """A Markdown table with a caption that states what its numbers mean (no paper column: see :class:`Comparison`).
 
     Attributes:
-        columns: header cells. rows: cell strings. caption: printed under the table.
+        columns: header cells. rows: cells: strings, numbers, or :class:`~spatialadv.eval.compare.Estimate`
+            (rendered with its 95 % interval; format it yourself for other digits or percent).
+        caption: printed under the table; the interval methods of its estimates are appended.
     """
 
     columns: list[str]
@@ -541,8 +548,10 @@ class Table:
         """The table as Markdown, caption below."""
         lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in self.rows]
-        if self.caption:
-            lines += ["", self.caption]
+        used = {c.method for r in self.rows for c in r if isinstance(c, Estimate) and c.n > 1}
+        cap = " ".join(s for s in (self.caption, interval_note([m for m in METHODS if m in used])) if s)
+        if cap:
+            lines += ["", cap]
         return "\n".join(lines)
 
 
@@ -612,7 +621,7 @@ def render(exp: Experiment, cfg: Any, results: Results, rep: Report) -> dict:
         f"Run `spatialadv reproduce {exp.name} --out {out}` again to finish it.", ""]
     lines += status
     for b in rep.blocks:
-        lines += [b.markdown() if isinstance(b, Table) else str(b), ""]
+        lines += [b.markdown() if isinstance(b, (Table, Comparison)) else str(b), ""]
     lines += ["## Run", ""]
     el = results.elapsed_s
     lines.append(f"Command: `spatialadv reproduce {exp.name}` with configuration `{json.dumps(config_to_dict(cfg))}`. "
@@ -627,7 +636,8 @@ def render(exp: Experiment, cfg: Any, results: Results, rep: Report) -> dict:
         lines += ["## References", ""] + [f"- {cite(p)}" for p in exp.papers] + [""]
     (out / "report.md").write_text("\n".join(lines))
     doc = {"experiment": exp.name, "config": config_to_dict(cfg), "environment": env, "elapsed_s": el,
-           "complete": results.complete, "models": results.models, **rep.data, "figures": list(rep.figures),
+           "complete": results.complete, "models": results.models, **rep.data,
+           "comparisons": [b.to_json() for b in rep.blocks if isinstance(b, Comparison)], "figures": list(rep.figures),
            "references": [cite(p) for p in exp.papers]}
     (out / "report.json").write_text(json.dumps(doc, indent=2, default=float))
     return doc

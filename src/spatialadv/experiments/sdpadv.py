@@ -398,7 +398,7 @@ def report(cfg: Config, res) -> Report:
         if r.entry.get("kind", "attack") != "attack":
             continue
         s = r.summary()
-        # the paper's Table 3 "L2" column matches the squared L2 (pixels in [0, 1]); same denominator as l2_mean
+        # the paper's Table 3 "L2" column matches the squared L2 (pixels in [0, 1]); same denominator as D_bar
         sq = [x["l2"] ** 2 for x in r.records() if x["clean_pred"] == x["label"] and x["success"]]
         results.append({"model": r.model, "attack": r.attack, "defense": r.tags.get("defense"), "eps": r.tags.get("eps"),
                         **s, "l2_squared_mean": float(np.mean(sq)) if sq else math.nan,
@@ -668,13 +668,13 @@ def _markdown(rep) -> str:
         a = _lookup(res, "c4", "none", row, e)
         p = t3.get(lab, (None, None, None))
         L.append(f"| {lab}{'' if e is None or lab.startswith('SdpAdv') else f' ε={e:g}'} | {_f(a and a['robust_accuracy'])} | "
-                 f"{_f(a and a['l2_squared_mean'], 2)} | {_f(a and a['l2_mean'], 2)} | {_f(a and a['seconds_per_100'], 3)} | "
+                 f"{_f(a and a['l2_squared_mean'], 2)} | {_f(a and a['D_bar'], 2)} | {_f(a and a['seconds_per_100'], 3)} | "
                  f"{_f(p[0])} | {_f(p[1], 2)} | {_f(p[2], 2)} |")
     L.append("")
     L.append("Distortion: the paper's column is headed \"L2\" but its values match the **squared** L2 distance "
              "E‖x_A − x‖₂² with pixels in [0, 1] (FGSM at ε = 0.3 changes most of the 784 pixels by 0.3: squared L2 up to "
              "784 · 0.09 ≈ 70, plain L2 at most 8.4), so the squared L2 is the column to compare; the plain L2 is shown in "
-             "brackets and both are in report.json (`l2_squared_mean`, `l2_mean`). Both are means over the *successful* "
+             "brackets and both are in report.json (`l2_squared_mean`, `D_bar`). Both are means over the *successful* "
              "examples on correctly classified images (a failed example returns its input); the paper does not say which "
              "examples it averages. Seconds per 100 images: attack time per batch of 100 images (generators: one forward pass; "
              "their training time is listed below), on a shared CPU. The Engstrom-grid STM row has no counterpart in the "
@@ -713,7 +713,7 @@ def _markdown(rep) -> str:
     L.append("|---|---|---|---|---|---|---|---|---|")
     for r in res:
         L.append(f"| {r['model']}/{r['defense']} | {r['attack']} | {'–' if r['eps'] is None else r['eps']} | {r['pairs']} | "
-                 f"{_f(r['robust_accuracy'])} | {_f(r['success_rate'])} | {_f(r['l2_mean'], 3)} | {_f(r['linf_mean'], 3)} | "
+                 f"{_f(r['robust_accuracy'])} | {_f(r['P_suc'])} | {_f(r['D_bar'], 3)} | {_f(r['linf_mean'], 3)} | "
                  f"{_f(r['seconds_per_100'], 3)} |")
     L.append("")
     L.append("Robust accuracy: over all evaluated test images (the prediction on the attacked image is the true label; a "

@@ -163,7 +163,7 @@ def report(cfg: Config, results) -> Report:
     for m in cfg.models:
         s = summaries.get((m, "stAdv"), {})
         rows.append([m, fmt(models.get(m, {}).get("test_accuracy"), pct=True), PAPER["clean_accuracy"].get(m, "–"),
-                     fmt(s.get("success_rate"), pct=True), fmt(stats.get((m, "stAdv"), {}).get("first_start_success"), pct=True),
+                     fmt(s.get("P_suc"), pct=True), fmt(stats.get((m, "stAdv"), {}).get("first_start_success"), pct=True),
                      PAPER["stadv_success"].get(m, "–"), f"{s.get('successes', 0)}/{s.get('clean_pairs', 0)}"])
     blocks.append(Table(["model", "clean accuracy (ours)", "clean accuracy (paper)", "stAdv success (ours)",
                          "of which StAdv() alone", "stAdv success (paper)", "successes / attacks"], rows,
@@ -202,8 +202,8 @@ def report(cfg: Config, results) -> Report:
     blocks.append("## All attacks (targeted, all 9 targets)")
     rows = []
     for (m, a), s in summaries.items():
-        rows.append([m, a, s["pairs"], fmt(s["success_rate"], pct=True), fmt(s["robust_accuracy"], pct=True),
-                     fmt(s["l2_mean"], 3), fmt(s["linf_mean"], 3), fmt(s["iterations_mean"], 1), fmt(s["ms_per_example"], 1)])
+        rows.append([m, a, s["pairs"], fmt(s["P_suc"], pct=True), fmt(s["robust_accuracy"], pct=True),
+                     fmt(s["D_bar"], 3), fmt(s["linf_mean"], 3), fmt(s["iterations_mean"], 1), fmt(s["ms_per_example"], 1)])
     blocks.append(Table(["model", "attack", "attacks", "success (%)", "robust accuracy (%)", "D̄ L2", "mean L∞",
                          "gradient evaluations", "ms / attack"], rows,
                         "Success rate over the attacked pairs of correctly classified images; robust accuracy over all "
@@ -249,8 +249,8 @@ def _ablation_blocks(cfg: Config, summaries: dict, stats: dict, unit: float) -> 
         Table(["solver", "L_flow (Eq. 4, normalised)", "TV (px)", "L2 (px)", "TV / L2 (mean)", "L-BFGS steps (mean)"], rows,
               f"L_flow, TV and L2: means over the {len(both)} pairs broken by both solvers; TV / L2 and steps over each "
               "solver's successes (steps: all pairs). Success: preconditioned "
-              f"{fmt(summaries.get((first, 'stAdv'), {}).get('success_rate'), pct=True)} % over all of {first}'s pairs, "
-              f"plain {fmt(s_plain.get('success_rate'), pct=True)} % over its {s_plain.get('pairs', 0)} pairs."),
+              f"{fmt(summaries.get((first, 'stAdv'), {}).get('P_suc'), pct=True)} % over all of {first}'s pairs, "
+              f"plain {fmt(s_plain.get('P_suc'), pct=True)} % over its {s_plain.get('pairs', 0)} pairs."),
     ]
 
 

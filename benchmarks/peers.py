@@ -195,7 +195,7 @@ def _overhead(res, model, x, y, args) -> None:
                       ("PGD (early stop)", PGD(early_stop=True)), ("C&W L2", CarliniWagnerL2()),
                       ("sPGD2", SmoothPGDL2()), ("stAdv", StAdv())):
         med, times, r = _timed(lambda a=atk: a(model, x, y), 1)
-        grads = float(r.iterations.float().mean())
+        grads = float(r.grad_evals.float().mean())
         fwd = float(r.forward_evals.float().mean()) if r.forward_evals is not None else 0.0
         cost = grads * t_fb + fwd * t_f
         ratio = med / cost if cost > 0 else float("nan")

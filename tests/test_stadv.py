@@ -32,9 +32,9 @@ def _check_invariants(attack: StAdv, model: nn.Module, x: torch.Tensor, y: torch
     assert res.flow.shape == (n, 2, h, w) and res.flow.dtype == x.dtype
     # gradient evaluations: >= 1 per τ tried, <= 1 + max_iter × 10 line-search trials per τ
     n_tau = len(attack.tau_search or (attack.tau,))
-    assert torch.all(res.iterations >= 1)
-    assert torch.all(res.iterations <= (1 + attack.max_iter * 10) * n_tau)
-    assert res.norm == "flow_tv" and res.delta is None
+    assert torch.all(res.grad_evals >= 1)
+    assert torch.all(res.grad_evals <= (1 + attack.max_iter * 10) * n_tau)
+    assert res.unit == "flow_tv" and res.delta is None
     assert res.targeted == (target is not None)
     if target is not None:
         assert torch.equal(res.target, target)
@@ -94,7 +94,7 @@ def test_failure_flow_zeroed_even_if_solver_returns_one(digits_model):
     class TinyFlow(StAdv):
         def _run(self, model, x, y, target, index):
             flow = torch.full((x.shape[0], 2, *x.shape[2:]), 1e-3, dtype=x.dtype)
-            return {"x_adv": flow_warp(x, flow), "flow": flow, "iterations": torch.ones(x.shape[0], dtype=torch.long)}
+            return {"x_adv": flow_warp(x, flow), "flow": flow, "grad_evals": torch.ones(x.shape[0], dtype=torch.long)}
 
     model, x, y = digits_model
     res = _check_invariants(TinyFlow(), model, x[:8], y[:8], _targets(y[:8]))
@@ -171,7 +171,7 @@ def test_best_iterate_is_kept(digits_model):
     assert int(s.sum()) >= 5 and torch.all(long.success[s])
     eps = StAdv().eps
     assert torch.all(flow_tv_loss(long.flow[s], eps=eps) <= flow_tv_loss(short.flow[s], eps=eps) + 1e-9)
-    assert torch.all(long.iterations >= short.iterations)
+    assert torch.all(long.grad_evals >= short.grad_evals)
 
 
 def test_tau_search_keeps_first_successful_tau(digits_model):
@@ -184,8 +184,8 @@ def test_tau_search_keeps_first_successful_tau(digits_model):
     assert 0 < int(s.sum()) < len(y)
     assert torch.all(search.success[s])
     torch.testing.assert_close(search.flow[s], first.flow[s], rtol=0, atol=1e-9)
-    assert torch.equal(search.iterations[s], first.iterations[s])
-    assert torch.all(search.iterations[~s] > first.iterations[~s])  # a second τ was tried
+    assert torch.equal(search.grad_evals[s], first.grad_evals[s])
+    assert torch.all(search.grad_evals[~s] > first.grad_evals[~s])  # a second τ was tried
     assert search.success_rate > first.success_rate
     # the per-example τ of the returned flow; 0 where failed
     assert torch.all(search.params["tau"][s] == 0.5)
@@ -280,7 +280,7 @@ def test_batch_independence(digits_model, targeted):
         alone = MIXED.replace(tau=0.05)(m, x[i : i + 1], y[i : i + 1], target=None if t is None else t[i : i + 1])
         assert bool(alone.success[0]) == bool(batch.success[i])
         torch.testing.assert_close(alone.flow[0], batch.flow[i], rtol=0, atol=1e-7)
-        assert int(alone.iterations[0]) == int(batch.iterations[i])
+        assert int(alone.grad_evals[0]) == int(batch.grad_evals[i])
 
 
 def test_batch_independence_float32(digits_model):
@@ -485,8 +485,8 @@ def test_restarts_only_touch_failures(digits_model):
     assert 0 < int(bad.sum())
     torch.testing.assert_close(more.flow[ok], base.flow[ok], rtol=0, atol=0)
     assert torch.all(more.success[ok])
-    assert torch.all(more.iterations[bad] > base.iterations[bad])  # restarts ran on the failures
-    assert torch.equal(more.iterations[ok], base.iterations[ok])
+    assert torch.all(more.grad_evals[bad] > base.grad_evals[bad])  # restarts ran on the failures
+    assert torch.equal(more.grad_evals[ok], base.grad_evals[ok])
     with pytest.raises(ValueError):
         StAdv(restart_offsets=(0.7,))
     with pytest.raises(TypeError):
@@ -568,7 +568,7 @@ def test_failing_images_continue_while_objective_decreases(digits_model):
     steps_keep, steps_drop = keep.params["steps"], drop.params["steps"]
     assert torch.all(steps_keep <= 25) and bool((steps_keep[fail] == 25).any())  # failures ran to the cap
     assert torch.all(steps_drop[fail] <= steps_keep[fail]) and bool((steps_drop[fail] < steps_keep[fail]).any())
-    assert torch.all(keep.params["steps"] <= keep.iterations)  # every step costs at least one evaluation
+    assert torch.all(keep.params["steps"] <= keep.grad_evals)  # every step costs at least one evaluation
 
 
 def test_lbfgs_per_example_line_search_limits_and_preconditioner():

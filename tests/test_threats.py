@@ -206,7 +206,7 @@ def test_result_follows_index_not_position(digits_model, name, one_thread):
     rev = torch.arange(n - 1, -1, -1)
     back = attack(model, x[rev], y[rev], index=index[rev])
     assert torch.equal(back.x_adv, full.x_adv[rev])
-    assert torch.equal(back.iterations, full.iterations[rev]) and torch.equal(back.forward_evals, full.forward_evals[rev])
+    assert torch.equal(back.grad_evals, full.grad_evals[rev]) and torch.equal(back.forward_evals, full.forward_evals[rev])
     # the random draw depends on the row: another row gives another draw
     s0 = _start(attack, x[7:8], index[7:8])
     s1 = _start(attack, x[7:8], index[7:8] + torch.tensor([[1, 0]]))
@@ -241,5 +241,5 @@ def test_smooth_flow_pgd_start_no_longer_depends_on_batch_size(digits_model, one
     full = attack(model, x, y)
     head = attack(model, x[:3], y[:3])
     assert torch.equal(head.flow, full.flow[:3])
-    assert full.norm == "flow_smoothness"
+    assert full.unit == "flow_smoothness"
     assert bool((full.size <= 0.5 * (1 + 1e-9)).all())

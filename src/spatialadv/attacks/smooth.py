@@ -16,7 +16,6 @@ paper MNIST 0.95), ``sigma`` (feature-kernel bandwidth on the [0, 1] scale),
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -56,7 +55,6 @@ class SmoothPGDL2(Attack, SmoothingParams):
         TypeError, ValueError: bad hyper-parameters (named in the message).
     """
 
-    norm: ClassVar[str] = "l2"
     eps: float = 5.0
     step_size: float = 3.0
     steps: int = 20

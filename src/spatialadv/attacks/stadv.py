@@ -124,13 +124,13 @@ class StAdv(Attack):
             ``L_flow`` (flows up to L_flow = h are free), in ``flow_units``.
 
     Result: ``AttackResult`` with ``flow`` ``(N, 2, H, W)`` in pixels (zero for
-    failures), ``norm = "flow_tv"`` and ``size`` = TV of Eq. 5 in pixels
+    failures), ``unit = "flow_tv"`` and ``size`` = TV of Eq. 5 in pixels
     (:class:`~spatialadv.threats.PixelFlow`); ``params["tau"]`` ``(N,)`` the
     τ of the run that produced the returned flow (0 where failed) and
     ``params["steps"]`` ``(N,)`` the L-BFGS steps used over all τ values and
     restarts (failed examples included) and ``params["start"]`` ``(N,)`` which
     start produced the returned flow (0: ``init_offset``, k: the k-th
-    ``restart_offsets`` entry, −1: none succeeded); ``iterations`` the objective evaluations (forward+backward,
+    ``restart_offsets`` entry, −1: none succeeded); ``grad_evals`` the objective evaluations (forward+backward,
     line-search trials included); ``forward_evals`` 0.
 
     Raises:
@@ -143,7 +143,6 @@ class StAdv(Attack):
         >>> res.flow.shape, res.success.float().mean()         # doctest: +SKIP
     """
 
-    norm: ClassVar[str] = "flow_tv"
     solver_params: ClassVar[tuple[str, ...]] = ("steps", "start")
 
     tau: float = 0.05
@@ -206,7 +205,7 @@ class StAdv(Attack):
         best_flow = torch.zeros(n, 2, h, w, device=x.device, dtype=x.dtype)
         tau_used = torch.zeros(n, device=x.device, dtype=x.dtype)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        grad_evals = torch.zeros(n, dtype=torch.long, device=x.device)
         steps = torch.zeros(n, dtype=torch.long, device=x.device)
         start_used = torch.full((n,), -1, dtype=torch.long, device=x.device)
         # Start from a tiny constant flow: it has zero L_flow and moves every
@@ -224,10 +223,10 @@ class StAdv(Attack):
                 tau_used[todo[ok]] = float(tau)
                 start_used[todo[ok]] = k
                 start[todo] = last  # warm start of the next, smaller τ
-                iterations[todo] += it
+                grad_evals[todo] += it
                 steps[todo] += st
         x_adv = flow_warp(x, best_flow, padding_mode=self.padding_mode).clamp(0, 1)
-        return {"x_adv": x_adv, "flow": best_flow, "iterations": iterations,
+        return {"x_adv": x_adv, "flow": best_flow, "grad_evals": grad_evals,
                 "params": {"tau": tau_used, "steps": steps, "start": start_used}}
 
     def _solve(self, model, x, y, target, tau, start):

@@ -311,15 +311,14 @@ class SmoothFlowPGD(Attack):
         random_start: start from a random point of the ball (seeded by ``seed``).
         seed: int ≥ 0.
 
-    Result: ``AttackResult`` with ``flow`` (pixels), ``norm = "flow_smoothness"``,
-    ``size`` = ℓ_diff of the flow (pixels); ``iterations`` = ``steps + 1``
+    Result: ``AttackResult`` with ``flow`` (pixels), ``unit = "flow_smoothness"``,
+    ``size`` = ℓ_diff of the flow (pixels); ``grad_evals`` = ``steps + 1``
     gradient evaluations per example; ``forward_evals`` 0.
 
     Raises:
         TypeError, ValueError: invalid hyper-parameters (named in the message).
     """
 
-    norm = "flow_smoothness"
 
     eps: float = 1.0
     steps: int = 100
@@ -366,4 +365,4 @@ class SmoothFlowPGD(Attack):
                 s = ball.project_latent(s - self.step_size * g)
         best_flow = ball.project(best_flow)
         return {"x_adv": flow_warp(x, best_flow).clamp(0, 1), "flow": best_flow,
-                "iterations": torch.full((n,), self.steps + 1, dtype=torch.long, device=x.device)}
+                "grad_evals": torch.full((n,), self.steps + 1, dtype=torch.long, device=x.device)}

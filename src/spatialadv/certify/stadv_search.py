@@ -81,13 +81,13 @@ class StAdvTauBinarySearch(StAdv):
         best_flow = torch.zeros(n, 2, h, w, dtype=x.dtype, device=x.device)
         best_lflow = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
         best_tau = torch.zeros(n, dtype=x.dtype, device=x.device)
-        iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        grad_evals = torch.zeros(n, dtype=torch.long, device=x.device)
         budget = float("inf") if self.flow_hinge is None else self.flow_hinge
         for _ in range(self.search_steps):
             tau = (lo + hi) / 2
             start = torch.full((n, 2, h, w), self.init_offset, dtype=x.dtype, device=x.device)
             flow, ok, it, _, _ = self._solve(model, x, y, target, tau, start)
-            iterations += it
+            grad_evals += it
             with torch.no_grad():
                 pred = model(flow_warp(x, flow, padding_mode=self.padding_mode)).argmax(1)
             crit = pred == target if target is not None else pred != y
@@ -100,5 +100,5 @@ class StAdvTauBinarySearch(StAdv):
             lo = torch.where(ok, tau, lo)
             hi = torch.where(ok, hi, tau)
         x_adv = flow_warp(x, best_flow, padding_mode=self.padding_mode).clamp(0, 1)
-        return {"x_adv": x_adv, "flow": best_flow, "iterations": iterations, "params": {"tau": best_tau},
+        return {"x_adv": x_adv, "flow": best_flow, "grad_evals": grad_evals, "params": {"tau": best_tau},
                 "forward_evals": torch.full((n,), self.search_steps, dtype=torch.long, device=x.device)}

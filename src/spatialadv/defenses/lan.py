@@ -23,7 +23,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -352,7 +351,6 @@ class LANAdaptivePGD(Attack):
         TypeError, ValueError: invalid hyper-parameters; untargeted call.
     """
 
-    norm: ClassVar[str] = "linf"
     detector: nn.Module
     eps: float = 0.3
     step_size: float = 0.01
@@ -377,7 +375,7 @@ class LANAdaptivePGD(Attack):
             raise ValueError("LANAdaptivePGD is targeted: pass target")
         ball, a = self.threat, float(self.step_size)
         x_adv = x.clone()
-        iterations = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        grad_evals = torch.zeros(len(x), dtype=torch.long, device=x.device)
         active = torch.ones(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.steps):
             idx = active.nonzero().squeeze(1)
@@ -389,7 +387,7 @@ class LANAdaptivePGD(Attack):
                 z1, z2 = model(xs), self.detector(xs)
                 loss = F.cross_entropy(z1, t, reduction="sum") + F.cross_entropy(z2, t, reduction="sum")
                 (grad,) = torch.autograd.grad(loss, xs)
-            iterations[idx] += 1
+            grad_evals[idx] += 1
             if self.early_stop:
                 done = (z1.argmax(1) == t) & (z2.argmax(1) == t)
                 active[idx[done]] = False
@@ -398,4 +396,4 @@ class LANAdaptivePGD(Attack):
                 if idx.numel() == 0:
                     break
             x_adv[idx] = ball.project(x_adv[idx] - a * grad.sign(), x[idx]).detach()
-        return {"x_adv": x_adv, "iterations": iterations}
+        return {"x_adv": x_adv, "grad_evals": grad_evals}

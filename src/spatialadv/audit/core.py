@@ -458,7 +458,7 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
                 successes = sum(1 for r in recs if r["success"] and r["clean_pred"] == r["label"])
                 runs[threat].append({"stage": s.label, "attack": attack_config(s.attack), "attacked": len(recs),
                                      "broken": broken, "over_budget": successes - broken, "time_s": float(sum(r["time_s"] for r in recs)),
-                                     "gradient_evals": int(sum(r["iterations"] for r in recs)),
+                                     "gradient_evals": int(sum(r["grad_evals"] for r in recs)),
                                      "forward_evals": int(sum(r["forward_evals"] or 0 for r in recs)),
                                      "gradient_free": s.gradient_free})
                 if s.gradient_free and broken and threat in ("linf", "l2"):

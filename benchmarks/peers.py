@@ -168,7 +168,7 @@ def _pgd_rows(row, model, x, y, args, torchattacks) -> None:
 def _cw_rows(row, model, x, y, args, torchattacks) -> None:
     c, steps = args.cw_c, args.cw_steps
     row("C&W", f"ours c={c:g}, {steps} steps, no abort",
-        lambda: CarliniWagnerL2(initial_const=c, binary_search_steps=1, steps=steps, lr=0.01, abort_early=False)(model, x, y).x_adv)
+        lambda: CarliniWagnerL2(initial_const=c, binary_search_steps=1, steps=steps, lr=0.01, early_stop=False)(model, x, y).x_adv)
     row("C&W", f"ours c={c:g}, {steps} steps, per-example abort",
         lambda: CarliniWagnerL2(initial_const=c, binary_search_steps=1, steps=steps, lr=0.01)(model, x, y).x_adv)
     if torchattacks is not None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from _contract import run_checked
-from spatialadv.attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2
+from spatialadv.attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2, SmoothCarliniWagnerL2
 from spatialadv.attacks.base import margin
 
 # Cheap but strong configurations (most examples succeed).
@@ -413,12 +413,23 @@ def test_cw_handles_saturated_pixels(digits_model):
         (CarliniWagnerL2, {"binary_search_steps": 0}, ValueError, "binary_search_steps"),
         (CarliniWagnerL2, {"steps": 0}, ValueError, "steps"),
         (CarliniWagnerL2, {"lr": 0.0}, ValueError, "lr"),
-        (CarliniWagnerL2, {"abort_early": None}, TypeError, "abort_early"),
+        (CarliniWagnerL2, {"early_stop": None}, TypeError, "early_stop"),
     ],
 )
 def test_invalid_hyperparameters(cls, kwargs, exc, name):
     with pytest.raises(exc, match=name):
         cls(**kwargs)
+
+
+def test_abort_early_is_a_deprecated_alias_of_early_stop():
+    """C&W's ``abort_early`` (named in committed reports) still works, with a DeprecationWarning."""
+    with pytest.warns(DeprecationWarning, match=r"CarliniWagnerL2\(abort_early=\.\.\.\) is deprecated; use early_stop"):
+        old = CarliniWagnerL2(abort_early=False)
+    assert old == CarliniWagnerL2(early_stop=False) and old.early_stop is False
+    with pytest.warns(DeprecationWarning, match=r"SmoothCarliniWagnerL2\(abort_early"):
+        assert SmoothCarliniWagnerL2(abort_early=False).early_stop is False
+    with pytest.warns(DeprecationWarning, match=r"\.abort_early is deprecated"):
+        assert old.abort_early is False
 
 
 def test_replace_revalidates_and_objects_are_frozen():
@@ -432,9 +443,9 @@ def test_replace_revalidates_and_objects_are_frozen():
 
 def test_cw_counts_gradient_and_forward_evaluations(digits_model):
     """grad_evals = gradient evaluations; forward_evals = the forward-only check of each
-    binary-search step's last iterate (every example stays active without abort_early)."""
+    binary-search step's last iterate (every example stays active without early_stop)."""
     model, x, y = digits_model
-    res = run_checked(CarliniWagnerL2(binary_search_steps=3, steps=7, abort_early=False), model, x[:8], y[:8])
+    res = run_checked(CarliniWagnerL2(binary_search_steps=3, steps=7, early_stop=False), model, x[:8], y[:8])
     assert torch.all(res.grad_evals == 21) and torch.all(res.forward_evals == 3)
     early = run_checked(CarliniWagnerL2(binary_search_steps=3, steps=40), model, x[:8], y[:8])
     assert torch.all(early.forward_evals <= 3) and bool((early.grad_evals < 120).any())

@@ -14,7 +14,7 @@ from spatialadv.eval import ResultStore, attack_config, first_correct, make_pair
 from spatialadv.eval.store import decode_array, encode_array
 from spatialadv.ops import flow_l2, flow_tv
 
-ATTACK = StAdv(tau=2.0, max_iter=15)  # fast; a strong flow penalty makes some pairs fail: both kinds of record
+ATTACK = StAdv(tau=2.0, steps=15)  # fast; a strong flow penalty makes some pairs fail: both kinds of record
 
 
 # -- store ----------------------------------------------------------------------------------
@@ -165,10 +165,10 @@ def test_first_correct(digits_model):
 
 
 def test_run_key_and_attack_config():
-    cfg = attack_config(StAdv(tau_search=(0.5, 0.05), max_iter=7))
-    assert cfg["attack"] == "StAdv" and cfg["tau_search"] == [0.5, 0.05] and cfg["max_iter"] == 7
+    cfg = attack_config(StAdv(tau_search=(0.5, 0.05), steps=7))
+    assert cfg["attack"] == "StAdv" and cfg["tau_search"] == [0.5, 0.05] and cfg["steps"] == 7 and "max_iter" not in cfg
     k = run_key("m", ATTACK, "digits-test", "random")
-    assert k == run_key("m", StAdv(tau=2.0, max_iter=15), "digits-test", "random")
+    assert k == run_key("m", StAdv(tau=2.0, steps=15), "digits-test", "random")
     others = {run_key("m2", ATTACK, "digits-test", "random"), run_key("m", ATTACK.replace(tau=0.4), "digits-test", "random"),
               run_key("m", ATTACK, "mnist-test", "random"), run_key("m", ATTACK, "digits-test", "all"),
               run_key("m", FGSM(eps=0.1), "digits-test", "random")}
@@ -285,7 +285,7 @@ def test_run_attack_resumes_after_interruption(tmp_path, setup64):
     lambda: PGD(norm="linf", eps=0.1, step_size=0.02, steps=5, random_start=True, seed=3),
     lambda: RotationTranslation(max_rotation=20.0, max_translation=1.0, grid=False, random_tries=4, seed=5),
     lambda: CarliniWagnerL2(binary_search_steps=2, steps=10),
-    lambda: StAdv(max_iter=10),
+    lambda: StAdv(steps=10),
 ], ids=["pgd-random-start", "stm-random", "cw", "stadv"])
 def test_resume_with_other_batch_size_and_n_equals_a_fresh_run(tmp_path, setup64, make):
     """Extending --n and changing --batch-size after a kill gives the records of a fresh run (per-example seeding)."""
@@ -367,7 +367,7 @@ def test_summarize_edge_cases():
     (lambda: PGD(norm="linf", eps=0.1, step_size=0.02, steps=10, random_start=True, seed=1, early_stop=True), True),
     (lambda: RotationTranslation(max_rotation=20.0, max_translation=1.0, num_rotations=5, num_translations=3), True),
     (lambda: CarliniWagnerL2(binary_search_steps=2, steps=20), False),
-    (lambda: StAdv(max_iter=20), False),
+    (lambda: StAdv(steps=20), False),
 ], ids=["fgsm", "pgd", "stm", "cw", "stadv"])
 def test_float32_batch_independence_guarantee(digits_model, make, exact):
     """The float32 promise stated in the README: an example attacked inside a batch gets the result it gets alone —

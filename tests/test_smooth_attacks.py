@@ -129,7 +129,8 @@ def test_sweep_keeps_the_smallest_successful_distortion(digits_model):
 @pytest.mark.parametrize("cls,kwargs,msg", [
     (SmoothPGDL2, {"alpha": 1.0}, "alpha"), (SmoothPGDL2, {"eps": 0}, "eps"), (SmoothPGDL2, {"sigma": -1.0}, "sigma"),
     (SmoothCarliniWagnerL2, {"kernel": "box"}, "kernel"), (SmoothCarliniWagnerL2, {"solver": "lu"}, "solver"),
-    (SmoothCarliniWagnerL2, {"lr": 0}, "lr"), (SmoothCarliniWagnerL2, {"max_iter": 0}, "max_iter"),
+    (SmoothCarliniWagnerL2, {"lr": 0}, "lr"), (SmoothCarliniWagnerL2, {"cg_max_iter": 0}, "cg_max_iter"),
+    (SmoothPGDL2, {"cg_tol": 0.0}, "cg_tol"),
 ])
 def test_invalid_hyperparameters(cls, kwargs, msg):
     with pytest.raises((ValueError, TypeError), match=msg):

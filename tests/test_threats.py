@@ -9,8 +9,8 @@ import torch
 
 from _contract import run_checked
 from spatialadv._validation import check_index
-from spatialadv.attacks import FGSM, PGD, MinDistortionSweep, RotationTranslation
-from spatialadv.certify import SmoothFlowPGD, flow_smoothness
+from spatialadv.attacks import FGSM, PGD, MinDistortionSweep, RotationTranslation, SmoothFlowPGD
+from spatialadv.certify import flow_smoothness
 from spatialadv.ops import flow_tv, identity_theta
 from spatialadv.threats import (
     AffineLinf,

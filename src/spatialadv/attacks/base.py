@@ -14,7 +14,7 @@ from .._validation import check_images, check_index, check_labels, check_logits,
 from ..threats import Threat
 
 __all__ = ["AttackResult", "Attack", "margin", "criterion", "predict_logits", "input_grad", "model_input_error",
-           "warn_if_probabilities"]
+           "warn_if_probabilities", "deprecated_keyword", "deprecated_alias"]
 
 
 @dataclass(frozen=True)
@@ -345,6 +345,43 @@ class Attack:
     def replace(self, **changes) -> "Attack":
         """A copy with some hyper-parameters changed (validated again)."""
         return replace(self, **changes)
+
+
+def deprecated_keyword(attack: "Attack", old: str, new: str, value: object, default: object) -> None:
+    """Apply a deprecated constructor keyword ``old`` (an ``InitVar``) to the field ``new``, with a ``DeprecationWarning``.
+
+    Call from ``__post_init__`` before validating. ``value`` is what the
+    caller passed as ``old`` (None: not passed), ``default`` the default of
+    ``new``.
+
+    Raises:
+        TypeError: both ``old`` and ``new`` passed with different values.
+    """
+    if value is None:
+        return
+    warnings.warn(f"{type(attack).__name__}({old}=...) is deprecated; use {new}=... (same meaning)", DeprecationWarning,
+                  stacklevel=4)
+    current = getattr(attack, new)
+    if current != default and current != value:
+        raise TypeError(f"{type(attack).__name__}: pass {new} only ({old} is its deprecated alias), got {new}={current!r} "
+                        f"and {old}={value!r}")
+    object.__setattr__(attack, new, value)
+
+
+def deprecated_alias(cls: type, old: str, new: str) -> type:
+    """Make the attribute ``old`` of a decorated attack class read ``new`` with a ``DeprecationWarning``.
+
+    Used after ``@dataclass`` for a renamed hyper-parameter whose old name is
+    kept as an ``InitVar`` (:func:`deprecated_keyword`), so that reading
+    ``attack.old`` keeps working too. Returns ``cls``.
+    """
+
+    def get(self):
+        warnings.warn(f"{type(self).__name__}.{old} is deprecated; use .{new}", DeprecationWarning, stacklevel=2)
+        return getattr(self, new)
+
+    setattr(cls, old, property(get, doc=f"Deprecated alias of :attr:`{new}`."))
+    return cls
 
 
 def input_grad(model: nn.Module, x: Tensor, loss_fn) -> tuple[Tensor, Tensor]:

@@ -32,7 +32,7 @@ Conventions shared by every attack here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import ClassVar
 
 import torch
@@ -40,7 +40,7 @@ from torch import Tensor, nn  # noqa: F401  (nn: doctests)
 
 from .._validation import check_bool, check_int, check_positive
 from ..threats import L2Ball, LinfBall, Threat
-from .base import Attack, criterion, margin
+from .base import Attack, criterion, deprecated_alias, deprecated_keyword, margin
 from .iterative import iterate, normalize
 
 __all__ = ["FGSM", "IFGSM", "PGD", "MIM", "CarliniWagnerL2"]
@@ -318,7 +318,7 @@ class CarliniWagnerL2(Attack):
     An iterate counts as successful when the attack criterion holds and the
     margin is ≤ −κ.
 
-    ``abort_early``: every ``max(steps // 10, 1)`` iterations, an example whose
+    ``early_stop`` (C&W's ``abort_early``): every ``max(steps // 10, 1)`` iterations, an example whose
     loss has not decreased by at least 0.01 % since the last check stops for
     the rest of this binary-search step (decided per example).
 
@@ -328,7 +328,9 @@ class CarliniWagnerL2(Attack):
         binary_search_steps: number of binary-search steps on ``c``, int ≥ 1.
         steps: Adam iterations per binary-search step, int ≥ 1.
         lr: Adam learning rate (in tanh space), > 0.
-        abort_early: stop an example's inner loop when its loss stalls.
+        early_stop: stop an example's inner loop when its loss stalls.
+        abort_early: deprecated alias of ``early_stop`` (a
+            ``DeprecationWarning``; kept because committed reports name it).
 
     Call: ``attack(model, x, y, *, target=None) -> AttackResult``;
     ``size`` is ``‖x_adv − x‖₂`` in [0, 1] pixel units; ``grad_evals`` is the
@@ -347,19 +349,21 @@ class CarliniWagnerL2(Attack):
     binary_search_steps: int = 6
     steps: int = 200
     lr: float = 0.05
-    abort_early: bool = True
+    early_stop: bool = True
+    abort_early: InitVar[bool | None] = None
 
     _BETAS: ClassVar[tuple[float, float]] = (0.9, 0.999)
     _ADAM_EPS: ClassVar[float] = 1e-8
     _NO_UPPER: ClassVar[float] = 1e10
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, abort_early: bool | None = None) -> None:
+        deprecated_keyword(self, "abort_early", "early_stop", abort_early, True)
         check_positive(self.kappa, "kappa", allow_zero=True)
         check_positive(self.initial_const, "initial_const")
         check_int(self.binary_search_steps, "binary_search_steps", minimum=1)
         check_int(self.steps, "steps", minimum=1)
         check_positive(self.lr, "lr")
-        check_bool(self.abort_early, "abort_early")
+        check_bool(self.early_stop, "early_stop")
 
     @classmethod
     def _search_update(cls, found: Tensor, c: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -453,7 +457,7 @@ class CarliniWagnerL2(Attack):
                 with torch.no_grad():
                     record(idx, xa.detach(), logits.detach(), found)
                     loss = loss.detach()
-                    if self.abort_early and it % check_every == 0:
+                    if self.early_stop and it % check_every == 0:
                         if it > 0:
                             stalled = loss > prev[idx] - 1e-4 * prev[idx].abs()
                             if bool(stalled.any()):
@@ -486,3 +490,6 @@ class CarliniWagnerL2(Attack):
             c, lower, upper = self._search_update(found, c, lower, upper)
 
         return {"x_adv": best_x, "grad_evals": grad_evals, "forward_evals": forward_evals}
+
+
+deprecated_alias(CarliniWagnerL2, "abort_early", "early_stop")

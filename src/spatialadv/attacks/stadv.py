@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import ClassVar
 
 import torch
@@ -13,7 +13,7 @@ from ..ops.flow import FLOW_UNITS, flow_tv_loss, neumann_smoother, to_normalized
 from ..ops.warp import flow_warp
 from ..optim import lbfgs_per_example
 from ..threats import PixelFlow
-from .base import Attack, margin
+from .base import Attack, deprecated_alias, deprecated_keyword, margin
 
 __all__ = ["StAdv"]
 
@@ -64,10 +64,10 @@ class StAdv(Attack):
     ``L_flow`` seen during the run. An image that has succeeded stops once its
     ``L_flow`` has not improved by more than ``rel_improvement`` for
     ``patience`` steps; an image that has not succeeded continues while its
-    objective decreases (L-BFGS's own convergence test) up to ``max_iter``
+    objective decreases (L-BFGS's own convergence test) up to ``steps``
     steps, or, with ``abandon_after=k``, stops after ``k`` steps without a
     ``rel_improvement`` decrease of its objective. ``params["steps"]`` counts
-    the L-BFGS steps each image used, to compare against ``max_iter``.
+    the L-BFGS steps each image used, to compare against ``steps``.
 
     τ search (optional, App. C): with ``tau_search=(τ₁ > τ₂ > …)``, images
     are first attacked with τ₁; those still failing are attacked again with
@@ -78,7 +78,9 @@ class StAdv(Attack):
     Args:
         tau: τ ≥ 0, weight of the flow loss (paper: 0.05), in ``flow_units``.
         kappa: κ ≥ 0, margin confidence of Eq. 3 (paper: 0).
-        max_iter: L-BFGS steps per image (and per τ of the search and restart).
+        steps: L-BFGS steps per image (and per τ of the search and restart).
+        max_iter: deprecated alias of ``steps`` (a ``DeprecationWarning``;
+            kept because committed reports and earlier command lines use it).
         history: L-BFGS memory.
         patience: steps without flow improvement after success before stopping.
         rel_improvement: relative decrease that counts as improvement.
@@ -97,9 +99,10 @@ class StAdv(Attack):
             (overrides ``tau``).
         padding_mode: border handling of the warp (``"zeros"`` or ``"border"``).
         flow_units: ``"normalized"`` (default, the paper's τ) or ``"pixels"``:
-            the unit of the flow inside ``L_flow``, so of ``tau``, ``eps`` and
+            the unit of the flow inside ``L_flow``, so of ``tau``, ``tv_smoothing`` and
             ``flow_hinge``.
-        eps: smoothing inside the square root of ``L_flow``, in ``flow_units``²;
+        tv_smoothing: constant inside the square root of ``L_flow``
+            (:func:`spatialadv.ops.flow_tv_loss`'s ``eps``), in ``flow_units``²;
             the default 1e-6 is (0.0135 px)² on MNIST and keeps the objective
             smooth enough for L-BFGS.
         max_step: largest displacement change (pixels, ∞-norm) of one L-BFGS
@@ -147,7 +150,7 @@ class StAdv(Attack):
 
     tau: float = 0.05
     kappa: float = 0.0
-    max_iter: int = 200
+    steps: int = 200
     history: int = 10
     patience: int = 5
     rel_improvement: float = 1e-2
@@ -156,24 +159,26 @@ class StAdv(Attack):
     tau_search: tuple[float, ...] | None = None
     padding_mode: str = "zeros"
     flow_units: str = "normalized"
-    eps: float = 1e-6
+    tv_smoothing: float = 1e-6
     max_step: float = 1.0
     precondition: float = 1.6
     init_offset: float = 1e-3
     restart_offsets: tuple[float, ...] = ()
     flow_hinge: float | None = None
+    max_iter: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, max_iter: int | None = None) -> None:
+        deprecated_keyword(self, "max_iter", "steps", max_iter, 200)
         check_positive(self.tau, "tau", allow_zero=True)
         check_positive(self.kappa, "kappa", allow_zero=True)
-        check_int(self.max_iter, "max_iter")
+        check_int(self.steps, "steps")
         check_int(self.history, "history")
         check_int(self.patience, "patience")
         check_int(self.polish_ls, "polish_ls")
         if self.abandon_after is not None:
             check_int(self.abandon_after, "abandon_after")
         check_positive(self.rel_improvement, "rel_improvement", allow_zero=True)
-        check_positive(self.eps, "eps")
+        check_positive(self.tv_smoothing, "tv_smoothing")
         check_positive(self.max_step, "max_step")
         check_positive(self.precondition, "precondition", allow_zero=True)
         if self.flow_units not in FLOW_UNITS:
@@ -238,7 +243,7 @@ class StAdv(Attack):
         best_loss = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
         stalled = torch.zeros(n, dtype=torch.long, device=x.device)
         max_ls = torch.full((n,), 10, dtype=torch.long, device=x.device)
-        kappa, pm, eps = self.kappa, self.padding_mode, self.eps
+        kappa, pm, smoothing = self.kappa, self.padding_mode, self.tv_smoothing
         normalized = self.flow_units == "normalized"
 
         def fun(z: Tensor, idx: Tensor):
@@ -246,7 +251,7 @@ class StAdv(Attack):
                 f = z.detach().view(-1, 2, h, w).requires_grad_(True)
                 logits = model(flow_warp(x[idx], f, padding_mode=pm))
                 l_adv = margin(logits, y[idx], None if target is None else target[idx], kappa)
-                l_flow = flow_tv_loss(to_normalized(f) if normalized else f, eps=eps)
+                l_flow = flow_tv_loss(to_normalized(f) if normalized else f, eps=smoothing)
                 penal = l_flow if self.flow_hinge is None else (l_flow - self.flow_hinge).clamp_min(0)
                 loss = l_adv + (tau[idx] if isinstance(tau, Tensor) else tau) * penal
                 (g,) = torch.autograd.grad(loss.sum(), f)
@@ -278,7 +283,10 @@ class StAdv(Attack):
             spacing = (2.0 / max(h - 1, 1), 2.0 / max(w - 1, 1)) if normalized else (1.0, 1.0)
             pre = neumann_smoother(h, w, float(self.precondition), spacing=spacing, device=x.device, dtype=x.dtype)
         last, steps, evals = lbfgs_per_example(
-            fun, start.reshape(n, d).clone(), max_iter=self.max_iter,
+            fun, start.reshape(n, d).clone(), max_iter=self.steps,
             history=self.history, max_step=self.max_step, callback=callback, precondition=pre, max_ls=max_ls,
         )
         return best_flow.view(n, 2, h, w), torch.isfinite(best_lflow), evals, steps, last.view(n, 2, h, w)
+
+
+deprecated_alias(StAdv, "max_iter", "steps")

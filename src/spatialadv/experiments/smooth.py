@@ -283,8 +283,8 @@ def _blocks(rep: dict) -> list[str]:
             L.append(f"| {row['schedule']} | {_fmt(a.get('P_suc'), 3)} | {_fmt(a.get('D_bar'), 3)} | {_fmt(a.get('grad_evals_mean'), 1)} "
                      f"| {_fmt(b.get('P_suc'), 3)} | {_fmt(b.get('D_bar'), 3)} | {_fmt(b.get('grad_evals_mean'), 1)} |")
         L.append("")
-        L.append("Both attacks stop an example's inner loop when its loss stalls (abort_early, checked every steps/10 "
-                 "iterations), so 'iterations' is the mean number actually used. The paper does not state its schedule; "
+        L.append("Both attacks stop an example's inner loop when its loss stalls (early_stop, checked every steps/10 "
+                 "iterations), so the gradient evaluations are the mean number actually used. The paper does not state its schedule; "
                  "the table shows how the comparison depends on it.")
         L.append("")
     L.append("*Flat / edge energy* (mean over successes, `spatialadv.eval.edge_flat_energy`): Σ(r_i − r_j)² / Σ(r_i² + r_j²) "

@@ -124,7 +124,7 @@ def _flow_stats(run, unit: float) -> dict:
     out["first_start_success"] = len(first) / len(clean) if clean else math.nan
     steps = [int(np.asarray(r["params"]["steps"]).reshape(-1)[0]) for r in recs if "steps" in r["params"]]
     if steps:
-        cap = run.config.get("max_iter")
+        cap = run.config.get("steps", run.config.get("max_iter"))  # max_iter: runs stored before the rename
         runs_per_image = 1 + len(run.config.get("restart_offsets") or [])
         out["steps_mean"], out["steps_max"], out["cap"] = float(np.mean(steps)), int(max(steps)), cap
         out["cap_total"] = cap * runs_per_image * len(run.config.get("tau_search") or [0]) if cap else None

@@ -428,8 +428,7 @@ def test_abort_early_is_a_deprecated_alias_of_early_stop():
     assert old == CarliniWagnerL2(early_stop=False) and old.early_stop is False
     with pytest.warns(DeprecationWarning, match=r"SmoothCarliniWagnerL2\(abort_early"):
         assert SmoothCarliniWagnerL2(abort_early=False).early_stop is False
-    with pytest.warns(DeprecationWarning, match=r"\.abort_early is deprecated"):
-        assert old.abort_early is False
+    assert old.replace(lr=0.1).early_stop is False
 
 
 def test_replace_revalidates_and_objects_are_frozen():

@@ -14,7 +14,7 @@ from .._validation import check_images, check_index, check_labels, check_logits,
 from ..threats import Threat
 
 __all__ = ["AttackResult", "Attack", "margin", "criterion", "predict_logits", "input_grad", "model_input_error",
-           "warn_if_probabilities", "deprecated_keyword", "deprecated_alias"]
+           "warn_if_probabilities", "deprecated_keyword"]
 
 
 @dataclass(frozen=True)
@@ -352,7 +352,10 @@ def deprecated_keyword(attack: "Attack", old: str, new: str, value: object, defa
 
     Call from ``__post_init__`` before validating. ``value`` is what the
     caller passed as ``old`` (None: not passed), ``default`` the default of
-    ``new``.
+    ``new``. Only the constructor (and so :func:`make_attack` and the CLI's
+    ``--param``) accepts the old name: it is no field, so ``replace``,
+    ``attack_config`` and run keys know only ``new``, and reading
+    ``attack.old`` gives None.
 
     Raises:
         TypeError: both ``old`` and ``new`` passed with different values.
@@ -366,22 +369,6 @@ def deprecated_keyword(attack: "Attack", old: str, new: str, value: object, defa
         raise TypeError(f"{type(attack).__name__}: pass {new} only ({old} is its deprecated alias), got {new}={current!r} "
                         f"and {old}={value!r}")
     object.__setattr__(attack, new, value)
-
-
-def deprecated_alias(cls: type, old: str, new: str) -> type:
-    """Make the attribute ``old`` of a decorated attack class read ``new`` with a ``DeprecationWarning``.
-
-    Used after ``@dataclass`` for a renamed hyper-parameter whose old name is
-    kept as an ``InitVar`` (:func:`deprecated_keyword`), so that reading
-    ``attack.old`` keeps working too. Returns ``cls``.
-    """
-
-    def get(self):
-        warnings.warn(f"{type(self).__name__}.{old} is deprecated; use .{new}", DeprecationWarning, stacklevel=2)
-        return getattr(self, new)
-
-    setattr(cls, old, property(get, doc=f"Deprecated alias of :attr:`{new}`."))
-    return cls
 
 
 def input_grad(model: nn.Module, x: Tensor, loss_fn) -> tuple[Tensor, Tensor]:

@@ -40,7 +40,7 @@ from torch import Tensor, nn  # noqa: F401  (nn: doctests)
 
 from .._validation import check_bool, check_int, check_positive
 from ..threats import L2Ball, LinfBall, Threat
-from .base import Attack, criterion, deprecated_alias, deprecated_keyword, margin
+from .base import Attack, criterion, deprecated_keyword, margin
 from .iterative import iterate, normalize
 
 __all__ = ["FGSM", "IFGSM", "PGD", "MIM", "CarliniWagnerL2"]
@@ -490,6 +490,3 @@ class CarliniWagnerL2(Attack):
             c, lower, upper = self._search_update(found, c, lower, upper)
 
         return {"x_adv": best_x, "grad_evals": grad_evals, "forward_evals": forward_evals}
-
-
-deprecated_alias(CarliniWagnerL2, "abort_early", "early_stop")

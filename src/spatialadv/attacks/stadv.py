@@ -13,7 +13,7 @@ from ..ops.flow import FLOW_UNITS, flow_tv_loss, neumann_smoother, to_normalized
 from ..ops.warp import flow_warp
 from ..optim import lbfgs_per_example
 from ..threats import PixelFlow
-from .base import Attack, deprecated_alias, deprecated_keyword, margin
+from .base import Attack, deprecated_keyword, margin
 
 __all__ = ["StAdv"]
 
@@ -287,6 +287,3 @@ class StAdv(Attack):
             history=self.history, max_step=self.max_step, callback=callback, precondition=pre, max_ls=max_ls,
         )
         return best_flow.view(n, 2, h, w), torch.isfinite(best_lflow), evals, steps, last.view(n, 2, h, w)
-
-
-deprecated_alias(StAdv, "max_iter", "steps")

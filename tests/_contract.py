@@ -19,7 +19,7 @@ def run_checked(attack, model, x, y, target=None, index=None):
     assert res.grad_evals.shape == (n,) and res.grad_evals.dtype == torch.int64
     assert res.forward_evals.shape == (n,) and res.forward_evals.dtype == torch.int64
     assert bool((res.grad_evals >= 0).all()) and bool((res.forward_evals >= 0).all())
-    # size in the threat's own units, named by norm; 0 where failed
+    # size in the threat's own units, named by unit; 0 where failed
     threat = attack.threat
     assert res.unit == threat.unit
     assert res.size.shape == (n,) and res.size.dtype == x.dtype

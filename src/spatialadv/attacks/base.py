@@ -32,8 +32,9 @@ class AttackResult:
             where the attack failed.
         unit: name of ``size``'s unit, the threat's ``unit``: ``"linf"``,
             ``"l2"`` (pixel values in [0, 1]), ``"flow_tv"`` (stAdv Eq. 5,
-            pixels), ``"flow_smoothness"`` (ℓ_diff, pixels), ``"rt_box"`` or
-            ``"affine_linf_box"`` (unitless fractions of the budget box); see
+            pixels), ``"flow_smoothness"`` (ℓ_diff, pixels), ``"l0"`` (changed
+            features), ``"rt_box"`` or ``"affine_linf_box"`` (unitless
+            fractions of the budget box); see
             :mod:`spatialadv.threats`.
         grad_evals: ``(N,)`` int64, **model gradient evaluations** per example:
             each forward+backward pass of the model through which the example

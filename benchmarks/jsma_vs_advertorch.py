@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ours = JSMA(theta=args.theta, gamma=args.gamma)(model, x, y, target=t)
     rows = [_row("spatialadv JSMA", model, x, t, ours.x_adv, time.perf_counter() - t0)]
-    rows[0]["mean_iterations"] = float(ours.iterations.float().mean())
+    rows[0]["mean_iterations"] = float(ours.grad_evals.float().mean())
 
     adv = JacobianSaliencyMapAttack(model, num_classes=10, theta=args.theta, gamma=args.gamma)
     with warnings.catch_warnings():

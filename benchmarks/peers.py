@@ -168,7 +168,7 @@ def _pgd_rows(row, model, x, y, args, torchattacks) -> None:
 def _cw_rows(row, model, x, y, args, torchattacks) -> None:
     c, steps = args.cw_c, args.cw_steps
     row("C&W", f"ours c={c:g}, {steps} steps, no abort",
-        lambda: CarliniWagnerL2(initial_const=c, binary_search_steps=1, steps=steps, lr=0.01, abort_early=False)(model, x, y).x_adv)
+        lambda: CarliniWagnerL2(initial_const=c, binary_search_steps=1, steps=steps, lr=0.01, early_stop=False)(model, x, y).x_adv)
     row("C&W", f"ours c={c:g}, {steps} steps, per-example abort",
         lambda: CarliniWagnerL2(initial_const=c, binary_search_steps=1, steps=steps, lr=0.01)(model, x, y).x_adv)
     if torchattacks is not None:
@@ -195,7 +195,7 @@ def _overhead(res, model, x, y, args) -> None:
                       ("PGD (early stop)", PGD(early_stop=True)), ("C&W L2", CarliniWagnerL2()),
                       ("sPGD2", SmoothPGDL2()), ("stAdv", StAdv())):
         med, times, r = _timed(lambda a=atk: a(model, x, y), 1)
-        grads = float(r.iterations.float().mean())
+        grads = float(r.grad_evals.float().mean())
         fwd = float(r.forward_evals.float().mean()) if r.forward_evals is not None else 0.0
         cost = grads * t_fb + fwd * t_f
         ratio = med / cost if cost > 0 else float("nan")

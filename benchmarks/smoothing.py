@@ -18,7 +18,7 @@ What is measured (one process, one run)
 
 2. Cost per iteration of sC&W vs C&W (``SmoothCarliniWagnerL2`` vs
    ``CarliniWagnerL2``, same settings, ``binary_search_steps=1``,
-   ``abort_early=False``, so every example takes exactly ``steps`` Adam steps):
+   ``early_stop=False``, so every example takes exactly ``steps`` Adam steps):
    at 28×28 on C4 trained on MNIST (the paper's network; cached checkpoint or
    trained here), at 224×224×3 on a randomly initialised 5-layer CNN (no
    ImageNet weights are available offline; the ratio depends on the network's
@@ -104,7 +104,7 @@ def big_cnn() -> nn.Module:
 def bench_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, repeats: int) -> dict:
     for p in model.parameters():
         p.requires_grad_(False)
-    common = dict(kappa=1.0, lr=0.1, initial_const=15.0, binary_search_steps=1, steps=steps, abort_early=False)
+    common = dict(kappa=1.0, lr=0.1, initial_const=15.0, binary_search_steps=1, steps=steps, early_stop=False)
     cw = CarliniWagnerL2(**common)
     scw = SmoothCarliniWagnerL2(**common, alpha=0.95, sigma=0.1)
     t_cw = _median_time(lambda: cw(model, x, y), repeats)

@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the random targets (default 0)")
     p.add_argument("--model", default="mnist-a", help="registry model (default mnist-a)")
     p.add_argument("--tau", type=float, default=None, help="StAdv tau (normalised flow units; default: StAdv's, the paper's 0.05)")
-    p.add_argument("--max-iter", type=int, default=None, help="StAdv L-BFGS steps per run (default: StAdv's)")
+    p.add_argument("--steps", type=int, default=None, help="StAdv L-BFGS steps per run (default: StAdv's)")
     p.add_argument("--restart-offsets", type=float, nargs="*", default=[], metavar="PX",
                    help="StAdv constant starting flows (pixels) for restarts of still-failing images (default: none)")
     p.add_argument("--adv-initial-const", type=float, default=0.05, help="advertorch initial_const (default 0.05)")
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, load avg {load_start[0]:.2f}", flush=True)
 
     # ---- ours
-    overrides = {k: v for k, v in (("tau", args.tau), ("max_iter", args.max_iter)) if v is not None}
+    overrides = {k: v for k, v in (("tau", args.tau), ("steps", args.steps)) if v is not None}
     if args.restart_offsets:
         overrides["restart_offsets"] = tuple(args.restart_offsets)
     attack = StAdv(**overrides)
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = summarize("spatialadv StAdv()" if not overrides else "spatialadv StAdv(...)", model, x, t, res.x_adv, res.flow,
                      ours_wall)
     ours["config"] = attack_config(attack)
-    ours["mean_iterations"] = float(res.iterations.float().mean())
+    ours["mean_iterations"] = float(res.grad_evals.float().mean())
     ours["reported_success_agrees"] = bool(torch.equal(res.success, torch.tensor(ours["success"])))
     print(f"StAdv done in {ours_wall:.1f} s", flush=True)
     rows = [ours]

@@ -16,12 +16,12 @@ def run_checked(attack, model, x, y, target=None, index=None):
     n = x.shape[0]
     assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
     assert res.success.shape == (n,) and res.success.dtype == torch.bool
-    assert res.iterations.shape == (n,) and res.iterations.dtype == torch.int64
+    assert res.grad_evals.shape == (n,) and res.grad_evals.dtype == torch.int64
     assert res.forward_evals.shape == (n,) and res.forward_evals.dtype == torch.int64
-    assert bool((res.iterations >= 0).all()) and bool((res.forward_evals >= 0).all())
-    # size in the threat's own units, named by norm; 0 where failed
+    assert bool((res.grad_evals >= 0).all()) and bool((res.forward_evals >= 0).all())
+    # size in the threat's own units, named by unit; 0 where failed
     threat = attack.threat
-    assert res.norm == threat.unit
+    assert res.unit == threat.unit
     assert res.size.shape == (n,) and res.size.dtype == x.dtype
     assert bool((res.size[~res.success] == 0).all())
     ok = res.success

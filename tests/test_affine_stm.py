@@ -104,13 +104,13 @@ def test_stm_single_integer_shift_is_hand_computed(digits_model):
     torch.testing.assert_close(res.theta[s][:, :, 2], torch.full((int(s.sum()), 2), 2.0 / 3.5))
     assert torch.equal(res.theta[~s], identity_theta(int((~s).sum())))
     # no gradients; one forward-only evaluation (the single candidate) per example
-    assert torch.all(res.iterations == 0) and torch.all(res.forward_evals == 1)
+    assert torch.all(res.grad_evals == 0) and torch.all(res.forward_evals == 1)
     # the chosen transform in the threat's parameters: (−2, −2) px, 0°; zero where failed
     assert torch.equal(res.params["angle"], torch.zeros(len(x)))
     assert torch.equal(res.params["shift"][s], torch.full((int(s.sum()), 2), -2.0))
     assert torch.equal(res.params["shift"][~s], torch.zeros(int((~s).sum()), 2))
     # size: box norm max(|angle|/0 → 0, 2/2) = 1 where successful, 0 where failed
-    assert res.norm == "rt_box"
+    assert res.unit == "rt_box"
     assert torch.equal(res.size, s.to(res.size.dtype))
 
 
@@ -186,7 +186,7 @@ def test_stm_grid_contract_and_batch_independence(digits_model):
     atk = RotationTranslation(max_translation=1.0, max_batch=4096, early_stop=False)
     res = run_checked(atk, model, x, y)
     assert res.success_rate > 0.5
-    assert torch.all(res.forward_evals == 5 * 5 * 31) and torch.all(res.iterations == 0)
+    assert torch.all(res.forward_evals == 5 * 5 * 31) and torch.all(res.grad_evals == 0)
     s = res.success
     torch.testing.assert_close(res.x_adv[s], affine_warp(x, res.theta)[s], rtol=0, atol=1e-6)
     with torch.no_grad():
@@ -209,7 +209,7 @@ def test_stm_random_worst_of_k(digits_model):
     model, x, y = digits_model
     atk = RotationTranslation(max_translation=1.0, grid=False, random_tries=10, seed=3, early_stop=False)
     res = run_checked(atk, model, x, y)
-    assert torch.all(res.forward_evals == 10) and torch.all(res.iterations == 0)
+    assert torch.all(res.forward_evals == 10) and torch.all(res.grad_evals == 0)
     cands = atk.candidates(len(x))
     assert cands.shape == (len(x), 10, 3)
     assert float(cands[..., 0].abs().max()) <= 30 and float(cands[..., 1:].abs().max()) <= 1

@@ -11,7 +11,7 @@ from torch import nn
 
 from spatialadv.attacks import PGD, RotationTranslation, StAdv
 
-ATTACKS = {"pgd": lambda: PGD(eps=0.1, steps=2), "stadv": lambda: StAdv(max_iter=2),
+ATTACKS = {"pgd": lambda: PGD(eps=0.1, steps=2), "stadv": lambda: StAdv(steps=2),
            "stm": lambda: RotationTranslation(num_rotations=3, num_translations=3)}
 
 

@@ -52,7 +52,7 @@ MODEL_FILE = textwrap.dedent('''
 ''')
 
 # cheap attack settings for tests: every threat, little effort
-CHEAP = ["--stadv-max-iter", "15", "--pgd-steps", "5", "--smooth-steps", "3", "--stm-rotations", "5",
+CHEAP = ["--stadv-steps", "15", "--pgd-steps", "5", "--smooth-steps", "3", "--stm-rotations", "5",
          "--stm-translations", "3", "--random-tries", "5", "--quiet"]
 
 
@@ -346,9 +346,9 @@ def test_stadv_counts_only_within_the_flow_budget(user, tmp_path, one_thread):
     d, _ = user
     model, info = load_user_model(f"{d / 'mynet.py'}:make", weights=str(d / "w.safetensors"))
     data = load_user_data("mnist")
-    loose = run_audit(model, info, data, AuditConfig(threats=("stadv",), n=8, stadv_max_iter=15, flow_budget=float("inf")),
+    loose = run_audit(model, info, data, AuditConfig(threats=("stadv",), n=8, stadv_steps=15, flow_budget=float("inf")),
                       tmp_path / "a", progress=False)
-    tight = run_audit(model, info, data, AuditConfig(threats=("stadv",), n=8, stadv_max_iter=15, flow_budget=1e-6),
+    tight = run_audit(model, info, data, AuditConfig(threats=("stadv",), n=8, stadv_steps=15, flow_budget=1e-6),
                       tmp_path / "b", progress=False)
     assert loose["budgets"]["stadv"] == {"flow_tv_px": "inf"}  # strict JSON
     json.loads((tmp_path / "a" / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from _contract import run_checked
-from spatialadv.attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2
+from spatialadv.attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2, SmoothCarliniWagnerL2
 from spatialadv.attacks.base import margin
 
 # Cheap but strong configurations (most examples succeed).
@@ -65,21 +65,21 @@ def _check_invariants(attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     fail = ~res.success
     assert torch.equal(res.x_adv[fail], x[fail])
     assert torch.all(res.size[fail] == 0)
-    assert torch.all(res.iterations >= 1)
+    assert torch.all(res.grad_evals >= 1)
 
     # size, norm and budget
     delta = (res.x_adv - x).flatten(1)
     assert torch.equal(res.delta, res.x_adv - x)
-    expected_norm = "l2" if isinstance(attack, CarliniWagnerL2) else attack.norm
-    assert res.norm == expected_norm
-    measured = delta.abs().amax(1) if res.norm == "linf" else delta.norm(dim=1)
+    expected_unit = "l2" if isinstance(attack, CarliniWagnerL2) else getattr(attack, "norm", "linf")
+    assert res.unit == expected_unit == attack.threat.unit
+    measured = delta.abs().amax(1) if res.unit == "linf" else delta.norm(dim=1)
     torch.testing.assert_close(res.size, measured)
     if not isinstance(attack, CarliniWagnerL2):
-        tol = 1e-6 if attack.norm == "linf" else 1e-5
+        tol = 1e-6 if res.unit == "linf" else 1e-5
         assert float(measured.max()) <= attack.eps + tol
-        assert int(res.iterations.max()) <= getattr(attack, "steps", 1)
+        assert int(res.grad_evals.max()) <= getattr(attack, "steps", 1)
     else:
-        assert int(res.iterations.max()) <= attack.binary_search_steps * attack.steps
+        assert int(res.grad_evals.max()) <= attack.binary_search_steps * attack.steps
     return res
 
 
@@ -113,13 +113,13 @@ def test_batch_independence(digits_model, name, mode):
         one = attack(model, x[i : i + 1], y[i : i + 1], target=None if t is None else t[i : i + 1])
         torch.testing.assert_close(one.x_adv[0], full.x_adv[i], atol=1e-5, rtol=0)
         assert bool(one.success[0]) == bool(full.success[i])
-        assert int(one.iterations[0]) == int(full.iterations[i])
+        assert int(one.grad_evals[0]) == int(full.grad_evals[i])
     # a permuted batch gives the permuted results
     perm = torch.randperm(24, generator=torch.Generator().manual_seed(1))
     shuf = attack(model, x[perm], y[perm], target=None if t is None else t[perm])
     torch.testing.assert_close(shuf.x_adv, full.x_adv[perm], atol=1e-5, rtol=0)
     assert torch.equal(shuf.success, full.success[perm])
-    assert torch.equal(shuf.iterations, full.iterations[perm])
+    assert torch.equal(shuf.grad_evals, full.grad_evals[perm])
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -153,17 +153,17 @@ def test_pgd_random_start_depends_only_on_seed_and_position(digits_model, norm):
 def test_pgd_norm_field():
     assert {f.name for f in dataclasses.fields(PGD)} >= {"norm", "eps", "seed"}
     assert PGD().norm == "linf" and PGD(norm="l2").norm == "l2"
-    assert PGD(norm="l2").replace(eps=1.0).norm == "l2"
-    # the ClassVar of the other attacks is untouched
-    assert FGSM.norm == IFGSM.norm == MIM.norm == "linf"
-    assert CarliniWagnerL2.norm == "l2"
-    assert "norm" not in {f.name for f in dataclasses.fields(FGSM)}
+    assert PGD(norm="l2").replace(eps=1.0).norm == "l2" == PGD(norm="l2").threat.unit
+    # the other attacks have no ``norm``: their unit is their threat's
+    assert FGSM().threat.unit == IFGSM().threat.unit == MIM().threat.unit == "linf"
+    assert CarliniWagnerL2().threat.unit == "l2"
+    assert not any(hasattr(a, "norm") for a in (FGSM, IFGSM, MIM, CarliniWagnerL2))
 
 
 def test_pgd_l2_reports_l2_size(digits_model):
     model, x, y = digits_model
     res = PGD(norm="l2", eps=1.0, step_size=0.1, steps=10)(model, x, y)
-    assert res.norm == "l2"
+    assert res.unit == "l2"
     ok = res.success
     assert ok.any()
     d = (res.x_adv - x)[ok].flatten(1)
@@ -174,7 +174,7 @@ def test_pgd_l2_reports_l2_size(digits_model):
 def test_fgsm_single_step(digits_model):
     model, x, y = digits_model
     res = FGSM(eps=0.1)(model, x, y)
-    assert torch.all(res.iterations == 1)
+    assert torch.all(res.grad_evals == 1)
     # every successful pixel moved by exactly ±eps unless clipped to [0, 1]
     d = (res.x_adv - x)[res.success]
     xa = res.x_adv[res.success]
@@ -188,7 +188,7 @@ def _reference(attack, model, x, y, target):
     sign = 1.0 if target is None else -1.0
     lab = y if target is None else target
     eps, a = attack.eps, getattr(attack, "step_size", attack.eps)
-    l2 = attack.norm == "l2"
+    l2 = attack.threat.unit == "l2"
     xa = x.clone()
     if isinstance(attack, PGD) and attack.random_start:
         xa = (x + attack.threat.random_start(x, attack.seed)).clamp(0, 1)
@@ -365,8 +365,8 @@ def test_early_stop_is_per_example(digits_model):
     # identical trajectories until the first success: early stopping never loses one
     assert bool((early.success | ~full.success).all())
     # examples stop at different times, and before the budget is used up
-    assert len(set(early.iterations.tolist())) > 1
-    assert float(early.iterations.float().mean()) < 20
+    assert len(set(early.grad_evals.tolist())) > 1
+    assert float(early.grad_evals.float().mean()) < 20
     assert float(early.size[early.success].mean()) < float(full.size[full.success].mean())
 
 
@@ -413,12 +413,22 @@ def test_cw_handles_saturated_pixels(digits_model):
         (CarliniWagnerL2, {"binary_search_steps": 0}, ValueError, "binary_search_steps"),
         (CarliniWagnerL2, {"steps": 0}, ValueError, "steps"),
         (CarliniWagnerL2, {"lr": 0.0}, ValueError, "lr"),
-        (CarliniWagnerL2, {"abort_early": None}, TypeError, "abort_early"),
+        (CarliniWagnerL2, {"early_stop": None}, TypeError, "early_stop"),
     ],
 )
 def test_invalid_hyperparameters(cls, kwargs, exc, name):
     with pytest.raises(exc, match=name):
         cls(**kwargs)
+
+
+def test_abort_early_is_a_deprecated_alias_of_early_stop():
+    """C&W's ``abort_early`` (named in committed reports) still works, with a DeprecationWarning."""
+    with pytest.warns(DeprecationWarning, match=r"CarliniWagnerL2\(abort_early=\.\.\.\) is deprecated; use early_stop"):
+        old = CarliniWagnerL2(abort_early=False)
+    assert old == CarliniWagnerL2(early_stop=False) and old.early_stop is False
+    with pytest.warns(DeprecationWarning, match=r"SmoothCarliniWagnerL2\(abort_early"):
+        assert SmoothCarliniWagnerL2(abort_early=False).early_stop is False
+    assert old.replace(lr=0.1).early_stop is False
 
 
 def test_replace_revalidates_and_objects_are_frozen():
@@ -431,12 +441,12 @@ def test_replace_revalidates_and_objects_are_frozen():
 
 
 def test_cw_counts_gradient_and_forward_evaluations(digits_model):
-    """iterations = gradient evaluations; forward_evals = the forward-only check of each
-    binary-search step's last iterate (every example stays active without abort_early)."""
+    """grad_evals = gradient evaluations; forward_evals = the forward-only check of each
+    binary-search step's last iterate (every example stays active without early_stop)."""
     model, x, y = digits_model
-    res = run_checked(CarliniWagnerL2(binary_search_steps=3, steps=7, abort_early=False), model, x[:8], y[:8])
-    assert torch.all(res.iterations == 21) and torch.all(res.forward_evals == 3)
+    res = run_checked(CarliniWagnerL2(binary_search_steps=3, steps=7, early_stop=False), model, x[:8], y[:8])
+    assert torch.all(res.grad_evals == 21) and torch.all(res.forward_evals == 3)
     early = run_checked(CarliniWagnerL2(binary_search_steps=3, steps=40), model, x[:8], y[:8])
-    assert torch.all(early.forward_evals <= 3) and bool((early.iterations < 120).any())
+    assert torch.all(early.forward_evals <= 3) and bool((early.grad_evals < 120).any())
     pgd = run_checked(PGD(eps=0.1, steps=4), model, x[:8], y[:8])
-    assert torch.all(pgd.iterations == 4) and torch.all(pgd.forward_evals == 0)
+    assert torch.all(pgd.grad_evals == 4) and torch.all(pgd.forward_evals == 0)

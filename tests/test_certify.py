@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from _contract import run_checked
-from spatialadv.attacks import StAdv
+from spatialadv.attacks import SmoothFlowPGD, StAdv
 from spatialadv.certify import (
     PairBounds,
     box_half_widths,
@@ -29,7 +29,6 @@ from spatialadv.certify import (
     weights_fingerprint,
 )
 from spatialadv.certify.lower_bound import (
-    SmoothFlowPGD,
     lower_bound_attack,
     pair_margin_change,
     rescale_to_budget,
@@ -258,7 +257,7 @@ def test_soundness_on_every_example(nets, eps):
     mlp, x, y, q = nets["mlp"], nets["x"], nets["y"], nets["q"]
     pgd = run_checked(SmoothFlowPGD(eps=eps, steps=40, step_size=0.2), mlp, x, y)
     assert torch.all(pgd.size <= eps * (1 + 1e-5))
-    st = run_checked(StAdv(tau=0.0005, max_iter=60), mlp, x, y)
+    st = run_checked(StAdv(tau=0.0005, steps=60), mlp, x, y)
     st_flow = rescale_to_budget(st.flow.double(), eps).to(x.dtype)  # stAdv restricted to the same budget
     assert torch.all(flow_smoothness(st_flow.double()) <= eps * (1 + 1e-6))
     for method, qm in q.items():
@@ -320,7 +319,7 @@ def test_flow_smoothness_gradcheck():
 
 # ---------------------------------------------------------------------------------- stAdv hinge and τ search
 def test_stadv_hinge_and_tau_binary_search(digits_model):
-    from spatialadv.certify import StAdvTauBinarySearch
+    from spatialadv.attacks import StAdvTauBinarySearch
     from spatialadv.ops.flow import flow_tv_loss
 
     model, x, y = digits_model
@@ -332,7 +331,7 @@ def test_stadv_hinge_and_tau_binary_search(digits_model):
         StAdvTauBinarySearch(tau_low=5.0, tau_high=1.0)
     assert StAdv().flow_hinge is None  # default keeps the plain L_flow
     budget = 45.0  # digits need L_flow ≈ 35-100 for a targeted flow
-    attack = StAdvTauBinarySearch(tau_high=1000.0, search_steps=4, flow_hinge=budget, max_iter=40)
+    attack = StAdvTauBinarySearch(tau_high=1000.0, search_steps=4, flow_hinge=budget, steps=40)
     res = run_checked(attack, model, x, y, target)
     assert res.success.any()
     lflow = flow_tv_loss(res.flow, eps=0.0)
@@ -344,7 +343,7 @@ def test_stadv_hinge_and_tau_binary_search(digits_model):
     assert torch.equal(res2.success, res.success[:3])
     assert torch.allclose(res2.flow, res.flow[:3], atol=1e-6)
     # a looser budget never succeeds less
-    loose = StAdvTauBinarySearch(tau_high=1000.0, search_steps=4, flow_hinge=90.0, max_iter=40)(model, x, y, target=target)
+    loose = StAdvTauBinarySearch(tau_high=1000.0, search_steps=4, flow_hinge=90.0, steps=40)(model, x, y, target=target)
     assert int(loose.success.sum()) >= int(res.success.sum())
 
 

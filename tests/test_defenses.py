@@ -86,7 +86,7 @@ def test_defended_is_a_module_every_attack_accepts(digits_model):
     x, y = x[:6], y[:6]
     torch.testing.assert_close(defended(x), model(MeanFilter(3)(x)))
     attacks = [FGSM(eps=0.2), PGD(eps=0.2, steps=5, step_size=0.05), CarliniWagnerL2(steps=10, binary_search_steps=1),
-               StAdv(max_iter=5), RotationTranslation(max_rotation=10.0, max_translation=1.0, num_rotations=3, num_translations=3),
+               StAdv(steps=5), RotationTranslation(max_rotation=10.0, max_translation=1.0, num_rotations=3, num_translations=3),
                SmoothPGDL2(eps=1.0, steps=3), JSMA(gamma=0.2)]
     for atk in attacks:
         res = atk(defended, x, y)

@@ -14,7 +14,7 @@ from spatialadv.eval import ResultStore, attack_config, first_correct, make_pair
 from spatialadv.eval.store import decode_array, encode_array
 from spatialadv.ops import flow_l2, flow_tv
 
-ATTACK = StAdv(tau=2.0, max_iter=15)  # fast; a strong flow penalty makes some pairs fail: both kinds of record
+ATTACK = StAdv(tau=2.0, steps=15)  # fast; a strong flow penalty makes some pairs fail: both kinds of record
 
 
 # -- store ----------------------------------------------------------------------------------
@@ -22,7 +22,7 @@ ATTACK = StAdv(tau=2.0, max_iter=15)  # fast; a strong flow penalty makes some p
 
 def _row(key, idx, target, **kw):
     base = dict(run_key=key, idx=idx, target=target, label=3, success=1, pred=5, l2=0.5, linf=0.25, size=0.4,
-                flow_tv=0.4, flow_l2=0.1, iterations=7, time_s=0.01, x_adv=None, flow=None)
+                flow_tv=0.4, flow_l2=0.1, grad_evals=7, time_s=0.01, x_adv=None, flow=None)
     row = {**base, **kw}
     row.setdefault("clean_pred", row["label"])
     row.setdefault("forward_evals", None)
@@ -73,6 +73,55 @@ def test_store_round_trip(tmp_path):
         assert len(st.records("k1")) == 2 and st.records("k1")[1]["success"] == 0
 
 
+_LAYOUT2_RECORDS = """CREATE TABLE records (
+    run_key TEXT NOT NULL, idx INTEGER NOT NULL, target INTEGER NOT NULL,
+    label INTEGER NOT NULL, clean_pred INTEGER, success INTEGER NOT NULL, pred INTEGER NOT NULL,
+    l2 REAL, linf REAL, size REAL, flow_tv REAL, flow_l2 REAL,
+    iterations INTEGER, forward_evals INTEGER, time_s REAL, params BLOB, x_adv BLOB, flow BLOB,
+    PRIMARY KEY (run_key, idx, target))"""
+
+
+def test_store_reads_and_extends_layout2_with_iterations_column(tmp_path):
+    """A store written before the rename (layout 2, column ``iterations``) is read as ``grad_evals``, and
+    appended to without changing its file layout (the older version can still open it)."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(str(path)) as c:
+        c.execute(_LAYOUT2_RECORDS)
+        c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        c.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+        c.execute("INSERT INTO records (run_key, idx, target, label, clean_pred, success, pred, l2, linf, size, "
+                  "iterations, time_s) VALUES ('k', 0, 1, 3, 3, 1, 1, 0.5, 0.25, 0.4, 11, 0.01)")
+    with ResultStore(path) as st:
+        (rec,) = st.records("k")
+        assert rec["grad_evals"] == 11 and "iterations" not in rec
+        st.add([_row("k", 2, 1, grad_evals=5)])
+        assert [r["grad_evals"] for r in st.records("k")] == [11, 5]
+        assert summarize(st.records("k"))["grad_evals_mean"] == pytest.approx(8.0)
+        assert st.get_meta("schema_version") == 2
+    with sqlite3.connect(str(path)) as c:  # the file keeps its layout-2 column
+        cols = {r[1] for r in c.execute("PRAGMA table_info(records)")}
+        assert "iterations" in cols and "grad_evals" not in cols
+        assert c.execute("SELECT iterations FROM records ORDER BY idx").fetchall() == [(11,), (5,)]
+
+
+def test_store_new_layout_and_unknown_layout(tmp_path):
+    import sqlite3
+
+    from spatialadv.eval.store import SCHEMA_VERSION, StoreError
+
+    path = tmp_path / "new.sqlite"
+    with ResultStore(path) as st:
+        st.add([_row("k", 0, 1, grad_evals=3)])
+        assert st.get_meta("schema_version") == SCHEMA_VERSION == 3
+    with sqlite3.connect(str(path)) as c:
+        assert "grad_evals" in {r[1] for r in c.execute("PRAGMA table_info(records)")}
+        c.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="table layout 99"):
+        ResultStore(path)
+
+
 # -- pairs ----------------------------------------------------------------------------------
 
 
@@ -116,10 +165,10 @@ def test_first_correct(digits_model):
 
 
 def test_run_key_and_attack_config():
-    cfg = attack_config(StAdv(tau_search=(0.5, 0.05), max_iter=7))
-    assert cfg["attack"] == "StAdv" and cfg["tau_search"] == [0.5, 0.05] and cfg["max_iter"] == 7
+    cfg = attack_config(StAdv(tau_search=(0.5, 0.05), steps=7))
+    assert cfg["attack"] == "StAdv" and cfg["tau_search"] == [0.5, 0.05] and cfg["steps"] == 7 and "max_iter" not in cfg
     k = run_key("m", ATTACK, "digits-test", "random")
-    assert k == run_key("m", StAdv(tau=2.0, max_iter=15), "digits-test", "random")
+    assert k == run_key("m", StAdv(tau=2.0, steps=15), "digits-test", "random")
     others = {run_key("m2", ATTACK, "digits-test", "random"), run_key("m", ATTACK.replace(tau=0.4), "digits-test", "random"),
               run_key("m", ATTACK, "mnist-test", "random"), run_key("m", ATTACK, "digits-test", "all"),
               run_key("m", FGSM(eps=0.1), "digits-test", "random")}
@@ -153,7 +202,7 @@ def setup64(digits_model):
     return copy.deepcopy(model).double(), x.double(), y
 
 
-_COMPARE = ("idx", "target", "label", "success", "pred", "iterations")
+_COMPARE = ("idx", "target", "label", "success", "pred", "grad_evals")
 
 
 def _assert_same_records(a: list[dict], b: list[dict]):
@@ -236,7 +285,7 @@ def test_run_attack_resumes_after_interruption(tmp_path, setup64):
     lambda: PGD(norm="linf", eps=0.1, step_size=0.02, steps=5, random_start=True, seed=3),
     lambda: RotationTranslation(max_rotation=20.0, max_translation=1.0, grid=False, random_tries=4, seed=5),
     lambda: CarliniWagnerL2(binary_search_steps=2, steps=10),
-    lambda: StAdv(max_iter=10),
+    lambda: StAdv(steps=10),
 ], ids=["pgd-random-start", "stm-random", "cw", "stadv"])
 def test_resume_with_other_batch_size_and_n_equals_a_fresh_run(tmp_path, setup64, make):
     """Extending --n and changing --batch-size after a kill gives the records of a fresh run (per-example seeding)."""
@@ -279,10 +328,10 @@ def test_run_attack_untargeted_lp(tmp_path, setup64):
 
 def test_summarize_known_answers():
     recs = [
-        _row("k", 0, 1, label=0, success=1, pred=1, l2=1.0, linf=0.5, flow_tv=0.2, flow_l2=0.1, iterations=4, time_s=0.5),
-        _row("k", 0, 2, label=0, success=0, pred=0, l2=0.0, linf=0.0, flow_tv=0.0, flow_l2=0.0, iterations=10, time_s=1.0),
-        _row("k", 1, 3, label=1, success=1, pred=3, l2=3.0, linf=0.7, flow_tv=0.6, flow_l2=0.3, iterations=6, time_s=0.25),
-        _row("k", 2, 0, label=2, success=0, pred=7, l2=0.0, linf=0.0, flow_tv=0.0, flow_l2=0.0, iterations=8, time_s=0.25),
+        _row("k", 0, 1, label=0, success=1, pred=1, l2=1.0, linf=0.5, flow_tv=0.2, flow_l2=0.1, grad_evals=4, time_s=0.5),
+        _row("k", 0, 2, label=0, success=0, pred=0, l2=0.0, linf=0.0, flow_tv=0.0, flow_l2=0.0, grad_evals=10, time_s=1.0),
+        _row("k", 1, 3, label=1, success=1, pred=3, l2=3.0, linf=0.7, flow_tv=0.6, flow_l2=0.3, grad_evals=6, time_s=0.25),
+        _row("k", 2, 0, label=2, success=0, pred=7, l2=0.0, linf=0.0, flow_tv=0.0, flow_l2=0.0, grad_evals=8, time_s=0.25),
     ]
     s = summarize(recs)
     assert s["pairs"] == 4 and s["images"] == 3 and s["successes"] == 2 and s["clean_pairs"] == 4
@@ -298,7 +347,7 @@ def test_summarize_known_answers():
     assert s["flow_tv_mean"] == pytest.approx(0.4) and s["flow_tv_std"] == pytest.approx(np.std([0.2, 0.6], ddof=1))
     assert s["flow_l2_mean"] == pytest.approx(0.2) and s["flow_l2_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
     assert s["time_s"] == pytest.approx(2.0) and s["ms_per_example"] == pytest.approx(500.0)
-    assert s["iterations_mean"] == pytest.approx(7.0)
+    assert s["grad_evals_mean"] == pytest.approx(7.0)
 
 
 def test_summarize_edge_cases():
@@ -318,7 +367,7 @@ def test_summarize_edge_cases():
     (lambda: PGD(norm="linf", eps=0.1, step_size=0.02, steps=10, random_start=True, seed=1, early_stop=True), True),
     (lambda: RotationTranslation(max_rotation=20.0, max_translation=1.0, num_rotations=5, num_translations=3), True),
     (lambda: CarliniWagnerL2(binary_search_steps=2, steps=20), False),
-    (lambda: StAdv(max_iter=20), False),
+    (lambda: StAdv(steps=20), False),
 ], ids=["fgsm", "pgd", "stm", "cw", "stadv"])
 def test_float32_batch_independence_guarantee(digits_model, make, exact):
     """The float32 promise stated in the README: an example attacked inside a batch gets the result it gets alone —

@@ -59,11 +59,11 @@ def test_theta_and_eta_bounds_and_contract(digits_model, fitted):
     # threat parameters and size (AffineLinf box norm, unitless), no classifier evaluations
     assert torch.equal(res.params["theta"], res.theta)
     torch.testing.assert_close(res.params["eta_linf"], res.eta.flatten(1).abs().amax(1))
-    assert res.norm == "affine_linf_box" and bool((res.size[s] <= 1 + 1e-6).all()) and bool((res.size[s] > 0).all())
+    assert res.unit == "affine_linf_box" and bool((res.size[s] <= 1 + 1e-6).all()) and bool((res.size[s] > 0).all())
     box = torch.maximum((res.theta - identity_theta(len(x))).flatten(1).abs().amax(1) / atk.gamma,
                         res.params["eta_linf"] / atk.eps)
     torch.testing.assert_close(res.size[s], box[s])
-    assert torch.all(res.iterations == 0) and torch.all(res.forward_evals == 0)
+    assert torch.all(res.grad_evals == 0) and torch.all(res.forward_evals == 0)
     # one forward pass per image, no batch coupling
     sub = atk(model, x[3:7], y[3:7])
     torch.testing.assert_close(sub.x_adv, res.x_adv[3:7])

@@ -29,12 +29,12 @@ def test_contract_and_l0_budget(digits_model, mode, theta, gamma):
     changed = (res.x_adv != x).flatten(1).sum(1)
     assert int(changed.max()) <= math.floor(gamma * 64)
     torch.testing.assert_close(res.size, changed.to(x.dtype))
-    assert res.norm == "l0"
+    assert res.unit == "l0"
     with torch.no_grad():
         pred = model(res.x_adv).argmax(1)
     assert torch.equal(res.success, pred == t if t is not None else pred != y)
     assert torch.equal(res.x_adv[~res.success], x[~res.success])
-    assert bool((res.iterations >= 1).all())
+    assert bool((res.grad_evals >= 1).all())
     # theta > 0 only increases, theta < 0 only decreases intensities
     delta = res.x_adv - x
     assert bool((delta * theta >= 0).all())
@@ -66,11 +66,11 @@ def test_batch_independence(digits_model, mode):
     for i in (0, 11, 19):
         one = attack(model, x[i:i + 1], y[i:i + 1], target=None if t is None else t[i:i + 1])
         torch.testing.assert_close(one.x_adv[0], full.x_adv[i], atol=1e-6, rtol=0)
-        assert int(one.iterations[0]) == int(full.iterations[i])
+        assert int(one.grad_evals[0]) == int(full.grad_evals[i])
     perm = torch.randperm(20, generator=torch.Generator().manual_seed(0))
     shuf = JSMA(theta=1.0, gamma=0.3)(model, x[perm], y[perm], target=None if t is None else t[perm])
     torch.testing.assert_close(shuf.x_adv, full.x_adv[perm], atol=1e-6, rtol=0)
-    assert torch.equal(shuf.iterations, full.iterations[perm])
+    assert torch.equal(shuf.grad_evals, full.grad_evals[perm])
 
 
 def test_pair_saliency_matches_brute_force():
@@ -104,7 +104,7 @@ def test_linear_model_known_pair():
     res = JSMA(theta=1.0, gamma=0.5)(model, x, torch.tensor([0]), target=torch.tensor([1]))
     assert bool(res.success[0])
     torch.testing.assert_close(res.x_adv.flatten(), torch.tensor([1.0, 1.0, 1.0, 0.0]))
-    assert int(res.size[0]) == 2 and int(res.iterations[0]) == 2
+    assert int(res.size[0]) == 2 and int(res.grad_evals[0]) == 2
 
 
 @pytest.mark.parametrize("kwargs,exc", [({"theta": 0.0}, ValueError), ({"theta": 1.5}, ValueError),

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from _contract import run_checked
+from spatialadv.attacks import LANAdaptivePGD
 from spatialadv.data import load_dataset
 from spatialadv.defenses import (
-    LANAdaptivePGD,
     LANConfig,
     LANDetector,
     MaskClassifier,
@@ -137,8 +137,8 @@ def test_adaptive_attack_contract(mnist_small, tmp_path):
     assert res.success_rate > 0
     with pytest.raises(ValueError, match="targeted"):
         attack(f1, xs, ys)
-    with pytest.raises(TypeError):
-        LANAdaptivePGD(detector=f1)
+    with pytest.raises(TypeError, match="detector must be an nn.Module"):
+        LANAdaptivePGD(detector="lan")
 
 
 def test_detection_rates_from_records():

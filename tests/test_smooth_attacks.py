@@ -34,7 +34,7 @@ def _check(attack, model, x, y, target, budget=None):
     assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
     d = (res.x_adv - x).flatten(1).norm(dim=1)
     torch.testing.assert_close(res.size, d)
-    assert res.norm == "l2" and torch.equal(res.delta, res.x_adv - x)
+    assert res.unit == "l2" and torch.equal(res.delta, res.x_adv - x)
     if budget is not None:
         assert float(d.max()) <= budget + 1e-5
     return res
@@ -63,7 +63,7 @@ def test_batch_independence_fp64(digits_model, attack):
     for i in (0, 5, 11):
         one = attack(model, x[i : i + 1], y[i : i + 1])
         torch.testing.assert_close(one.x_adv[0], full.x_adv[i], atol=1e-9, rtol=0)
-        assert int(one.iterations[0]) == int(full.iterations[i])
+        assert int(one.grad_evals[0]) == int(full.grad_evals[i])
 
 
 def test_spgd2_step_is_the_smoothed_gradient(digits_model):
@@ -119,7 +119,7 @@ def test_sweep_keeps_the_smallest_successful_distortion(digits_model):
     best = d.min(0).values
     assert torch.equal(sweep.success, torch.isfinite(best))
     torch.testing.assert_close(sweep.size[sweep.success], best[sweep.success])
-    assert torch.equal(sweep.iterations, sum(r.iterations for r in singles))
+    assert torch.equal(sweep.grad_evals, sum(r.grad_evals for r in singles))
     with pytest.raises(ValueError, match="at least one"):
         MinDistortionSweep(attacks=())
     with pytest.raises(TypeError, match="tuple of Attack"):
@@ -129,7 +129,8 @@ def test_sweep_keeps_the_smallest_successful_distortion(digits_model):
 @pytest.mark.parametrize("cls,kwargs,msg", [
     (SmoothPGDL2, {"alpha": 1.0}, "alpha"), (SmoothPGDL2, {"eps": 0}, "eps"), (SmoothPGDL2, {"sigma": -1.0}, "sigma"),
     (SmoothCarliniWagnerL2, {"kernel": "box"}, "kernel"), (SmoothCarliniWagnerL2, {"solver": "lu"}, "solver"),
-    (SmoothCarliniWagnerL2, {"lr": 0}, "lr"), (SmoothCarliniWagnerL2, {"max_iter": 0}, "max_iter"),
+    (SmoothCarliniWagnerL2, {"lr": 0}, "lr"), (SmoothCarliniWagnerL2, {"cg_max_iter": 0}, "cg_max_iter"),
+    (SmoothPGDL2, {"cg_tol": 0.0}, "cg_tol"),
 ])
 def test_invalid_hyperparameters(cls, kwargs, msg):
     with pytest.raises((ValueError, TypeError), match=msg):

@@ -12,13 +12,14 @@ from torch import nn
 
 from _contract import run_checked
 from spatialadv.attacks import StAdv
+from spatialadv.eval import run_key
 from spatialadv.ops import flow_tv, flow_tv_loss, flow_warp
 from spatialadv.ops.flow import flow_l2, neumann_smoother, to_normalized, to_pixels
 from spatialadv.optim import lbfgs_per_example
 
-FAST = StAdv(tau=0.05, max_iter=20)  # succeeds on almost every digit
-MIXED = StAdv(tau=2.0, max_iter=20)  # about half of the examples fail
-SEARCH = StAdv(tau_search=(0.005, 0.0005), max_iter=50)
+FAST = StAdv(tau=0.05, steps=20)  # succeeds on almost every digit
+MIXED = StAdv(tau=2.0, steps=20)  # about half of the examples fail
+SEARCH = StAdv(tau_search=(0.005, 0.0005), steps=50)
 
 
 def _targets(y: torch.Tensor, shift: int = 1) -> torch.Tensor:
@@ -30,11 +31,11 @@ def _check_invariants(attack: StAdv, model: nn.Module, x: torch.Tensor, y: torch
     res = run_checked(attack, model, x, y, target)
     n, _, h, w = x.shape
     assert res.flow.shape == (n, 2, h, w) and res.flow.dtype == x.dtype
-    # gradient evaluations: >= 1 per τ tried, <= 1 + max_iter × 10 line-search trials per τ
+    # gradient evaluations: >= 1 per τ tried, <= 1 + steps × 10 line-search trials per τ
     n_tau = len(attack.tau_search or (attack.tau,))
-    assert torch.all(res.iterations >= 1)
-    assert torch.all(res.iterations <= (1 + attack.max_iter * 10) * n_tau)
-    assert res.norm == "flow_tv" and res.delta is None
+    assert torch.all(res.grad_evals >= 1)
+    assert torch.all(res.grad_evals <= (1 + attack.steps * 10) * n_tau)
+    assert res.unit == "flow_tv" and res.delta is None
     assert res.targeted == (target is not None)
     if target is not None:
         assert torch.equal(res.target, target)
@@ -65,7 +66,7 @@ def _check_invariants(attack: StAdv, model: nn.Module, x: torch.Tensor, y: torch
 
 
 @pytest.mark.parametrize("targeted", [False, True])
-@pytest.mark.parametrize("attack", [FAST, MIXED, StAdv(tau=0.05, max_iter=20, padding_mode="border")],
+@pytest.mark.parametrize("attack", [FAST, MIXED, StAdv(tau=0.05, steps=20, padding_mode="border")],
                          ids=["fast", "mixed", "border"])
 def test_invariants(digits_model, attack, targeted):
     model, x, y = digits_model
@@ -75,7 +76,7 @@ def test_invariants(digits_model, attack, targeted):
         assert 0 < int(res.success.sum()) < len(y)
 
 
-@pytest.mark.parametrize("attack", [StAdv(max_iter=1), StAdv(tau=1e4, max_iter=5)], ids=["max_iter=1", "huge_tau"])
+@pytest.mark.parametrize("attack", [StAdv(steps=1), StAdv(tau=1e4, steps=5)], ids=["steps=1", "huge_tau"])
 def test_forced_failures_return_input(digits_model, attack):
     model, x, y = digits_model
     x, y = x[:16], y[:16]
@@ -94,7 +95,7 @@ def test_failure_flow_zeroed_even_if_solver_returns_one(digits_model):
     class TinyFlow(StAdv):
         def _run(self, model, x, y, target, index):
             flow = torch.full((x.shape[0], 2, *x.shape[2:]), 1e-3, dtype=x.dtype)
-            return {"x_adv": flow_warp(x, flow), "flow": flow, "iterations": torch.ones(x.shape[0], dtype=torch.long)}
+            return {"x_adv": flow_warp(x, flow), "flow": flow, "grad_evals": torch.ones(x.shape[0], dtype=torch.long)}
 
     model, x, y = digits_model
     res = _check_invariants(TinyFlow(), model, x[:8], y[:8], _targets(y[:8]))
@@ -121,7 +122,7 @@ def test_train_mode_warns_and_is_kept(digits_model):
     model, x, y = digits_model
     m = copy.deepcopy(model).train()
     with pytest.warns(UserWarning, match="train mode"):
-        StAdv(max_iter=2)(m, x[:4], y[:4])
+        StAdv(steps=2)(m, x[:4], y[:4])
     assert m.training
 
 
@@ -144,7 +145,7 @@ def test_targeted_success_rate_all_targets(digits_model):
 
 def test_untargeted_success_rate_paper_tau(digits_model):
     model, x, y = digits_model
-    res = StAdv(tau=0.05, max_iter=50)(model, x, y)
+    res = StAdv(tau=0.05, steps=50)(model, x, y)
     assert res.success_rate >= 0.9  # measured 0.98
 
 
@@ -152,7 +153,7 @@ def test_larger_tau_gives_smoother_flows(digits_model):
     model, x, y = digits_model
     x, y = x[:32], y[:32]
     t = _targets(y, 5)
-    small, large = StAdv(tau=0.02, max_iter=20)(model, x, y, target=t), StAdv(tau=2.0, max_iter=20)(model, x, y, target=t)
+    small, large = StAdv(tau=0.02, steps=20)(model, x, y, target=t), StAdv(tau=2.0, steps=20)(model, x, y, target=t)
     both = small.success & large.success
     assert int(both.sum()) >= 5
     assert small.success_rate > large.success_rate
@@ -160,32 +161,32 @@ def test_larger_tau_gives_smoother_flows(digits_model):
 
 
 def test_best_iterate_is_kept(digits_model):
-    """Trajectories do not depend on max_iter, and the smoothest successful iterate is
+    """Trajectories do not depend on steps, and the smoothest successful iterate is
     returned: running longer never loses a success nor increases L_flow."""
     model, x, y = digits_model
     x, y, t = x[:32].double(), y[:32], _targets(y[:32], 2)
     m = copy.deepcopy(model).double()
-    short = StAdv(tau=0.05, max_iter=4)(m, x, y, target=t)
-    long = StAdv(tau=0.05, max_iter=30)(m, x, y, target=t)
+    short = StAdv(tau=0.05, steps=4)(m, x, y, target=t)
+    long = StAdv(tau=0.05, steps=30)(m, x, y, target=t)
     s = short.success
     assert int(s.sum()) >= 5 and torch.all(long.success[s])
-    eps = StAdv().eps
+    eps = StAdv().tv_smoothing
     assert torch.all(flow_tv_loss(long.flow[s], eps=eps) <= flow_tv_loss(short.flow[s], eps=eps) + 1e-9)
-    assert torch.all(long.iterations >= short.iterations)
+    assert torch.all(long.grad_evals >= short.grad_evals)
 
 
 def test_tau_search_keeps_first_successful_tau(digits_model):
     model, x, y = digits_model
     x, y, t = x[:32].double(), y[:32], _targets(y[:32], 3)
     m = copy.deepcopy(model).double()
-    first = StAdv(tau=0.5, max_iter=20)(m, x, y, target=t)
-    search = StAdv(tau_search=(0.5, 0.005), max_iter=20)(m, x, y, target=t)
+    first = StAdv(tau=0.5, steps=20)(m, x, y, target=t)
+    search = StAdv(tau_search=(0.5, 0.005), steps=20)(m, x, y, target=t)
     s = first.success
     assert 0 < int(s.sum()) < len(y)
     assert torch.all(search.success[s])
     torch.testing.assert_close(search.flow[s], first.flow[s], rtol=0, atol=1e-9)
-    assert torch.equal(search.iterations[s], first.iterations[s])
-    assert torch.all(search.iterations[~s] > first.iterations[~s])  # a second τ was tried
+    assert torch.equal(search.grad_evals[s], first.grad_evals[s])
+    assert torch.all(search.grad_evals[~s] > first.grad_evals[~s])  # a second τ was tried
     assert search.success_rate > first.success_rate
     # the per-example τ of the returned flow; 0 where failed
     assert torch.all(search.params["tau"][s] == 0.5)
@@ -224,7 +225,7 @@ def test_returned_flow_is_smoothest_successful_iterate(digits_model, monkeypatch
     m = copy.deepcopy(model).double()
     x, y, t = x[:16].double(), y[:16], _targets(y[:16], 4)
     calls = _spy_lbfgs(monkeypatch)
-    res = StAdv(tau=0.05, max_iter=30)(m, x, y, target=t)
+    res = StAdv(tau=0.05, steps=30)(m, x, y, target=t)
     assert len(calls) == 1
     n = len(y)
     best = torch.full((n,), float("inf"), dtype=torch.float64)
@@ -237,7 +238,7 @@ def test_returned_flow_is_smoothest_successful_iterate(digits_model, monkeypatch
     assert int(found.sum()) >= 10
     assert torch.equal(res.success, found)
     torch.testing.assert_close(res.flow.flatten(1)[found], best_z[found], rtol=0, atol=0)
-    torch.testing.assert_close(flow_tv_loss(to_normalized(res.flow[found]), eps=StAdv().eps), best[found])
+    torch.testing.assert_close(flow_tv_loss(to_normalized(res.flow[found]), eps=StAdv().tv_smoothing), best[found])
 
 
 def test_tau_search_warm_starts_failures(digits_model, monkeypatch):
@@ -245,7 +246,7 @@ def test_tau_search_warm_starts_failures(digits_model, monkeypatch):
     m = copy.deepcopy(model).double()
     x, y, t = x[:16].double(), y[:16], _targets(y[:16], 3)
     calls = _spy_lbfgs(monkeypatch)
-    res = StAdv(tau_search=(0.5, 0.005), max_iter=20)(m, x, y, target=t)
+    res = StAdv(tau_search=(0.5, 0.005), steps=20)(m, x, y, target=t)
     assert len(calls) == 2
     assert torch.equal(calls[0]["z0"], torch.full_like(calls[0]["z0"], StAdv().init_offset))  # constant start, zero L_flow
     first_ok = torch.zeros(len(y), dtype=torch.bool)
@@ -280,7 +281,7 @@ def test_batch_independence(digits_model, targeted):
         alone = MIXED.replace(tau=0.05)(m, x[i : i + 1], y[i : i + 1], target=None if t is None else t[i : i + 1])
         assert bool(alone.success[0]) == bool(batch.success[i])
         torch.testing.assert_close(alone.flow[0], batch.flow[i], rtol=0, atol=1e-7)
-        assert int(alone.iterations[0]) == int(batch.iterations[i])
+        assert int(alone.grad_evals[0]) == int(batch.grad_evals[i])
 
 
 def test_batch_independence_float32(digits_model):
@@ -311,7 +312,7 @@ class _Wrap(nn.Module):
 def test_bad_inputs(digits_model):
     model, x, y = digits_model
     x, y = x[:4], y[:4]
-    atk = StAdv(max_iter=2)
+    atk = StAdv(steps=2)
     with pytest.raises(ValueError, match="shape"):
         atk(model, x[:, 0], y)  # (N, H, W)
     with pytest.raises(ValueError, match="empty"):
@@ -357,17 +358,17 @@ def test_bad_inputs(digits_model):
 def test_bad_model_output(digits_model, fn, exc, match):
     model, x, y = digits_model
     with pytest.raises(exc, match=match):
-        StAdv(max_iter=2)(_Wrap(model, fn), x[:4], y[:4])
+        StAdv(steps=2)(_Wrap(model, fn), x[:4], y[:4])
 
 
 def test_labels_checked_against_model_classes(digits_model):
     model, x, y = digits_model
     five = _Wrap(model, lambda z: z[:, :5])  # a 5-class model
     x5, y5 = x[y < 5][:4], y[y < 5][:4]
-    res = StAdv(max_iter=2)(five, x5, y5)
+    res = StAdv(steps=2)(five, x5, y5)
     assert res.success.shape == (4,)
     with pytest.raises(ValueError, match="5-class"):
-        StAdv(max_iter=2)(five, x5, torch.tensor([0, 1, 2, 7]))
+        StAdv(steps=2)(five, x5, torch.tensor([0, 1, 2, 7]))
 
 
 @pytest.mark.parametrize("kwargs, exc", [
@@ -375,12 +376,12 @@ def test_labels_checked_against_model_classes(digits_model):
     (dict(tau=float("nan")), ValueError),
     (dict(tau="0.05"), TypeError),
     (dict(kappa=-1.0), ValueError),
-    (dict(max_iter=0), ValueError),
-    (dict(max_iter=2.5), TypeError),
-    (dict(max_iter=True), TypeError),
+    (dict(steps=0), ValueError),
+    (dict(steps=2.5), TypeError),
+    (dict(steps=True), TypeError),
     (dict(history=0), ValueError),
     (dict(patience=0), ValueError),
-    (dict(eps=0.0), ValueError),
+    (dict(tv_smoothing=0.0), ValueError),
     (dict(rel_improvement=-1e-3), ValueError),
     (dict(padding_mode="reflect"), ValueError),
     (dict(tau_search=(0.0005, 0.005)), ValueError),
@@ -389,10 +390,24 @@ def test_labels_checked_against_model_classes(digits_model):
     (dict(tau_search=()), TypeError),
 ])
 def test_invalid_hyper_parameters(kwargs, exc):
-    with pytest.raises(exc):
+    name = next(iter(kwargs))
+    with pytest.raises(exc, match=name):
         StAdv(**kwargs)
-    with pytest.raises(exc):
+    with pytest.raises(exc, match=name):
         StAdv().replace(**kwargs)  # replace() validates again
+
+
+def test_max_iter_is_a_deprecated_alias_of_steps():
+    """``max_iter`` (committed reports, earlier command lines) still works, with a DeprecationWarning."""
+    with pytest.warns(DeprecationWarning, match=r"max_iter=\.\.\.\) is deprecated; use steps"):
+        old = StAdv(max_iter=7)
+    assert old == StAdv(steps=7) and old.steps == 7
+    assert run_key("m", old, "d", "all") == run_key("m", StAdv(steps=7), "d", "all")
+    assert old.replace(tau=0.5).steps == 7  # replace() knows only steps (and does not warn again)
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="pass steps only"):
+        StAdv(steps=5, max_iter=7)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'eps'"):
+        StAdv(eps=1e-6)  # renamed tv_smoothing: the budget is eps everywhere, this is no budget
 
 
 def test_attack_is_immutable():
@@ -485,8 +500,8 @@ def test_restarts_only_touch_failures(digits_model):
     assert 0 < int(bad.sum())
     torch.testing.assert_close(more.flow[ok], base.flow[ok], rtol=0, atol=0)
     assert torch.all(more.success[ok])
-    assert torch.all(more.iterations[bad] > base.iterations[bad])  # restarts ran on the failures
-    assert torch.equal(more.iterations[ok], base.iterations[ok])
+    assert torch.all(more.grad_evals[bad] > base.grad_evals[bad])  # restarts ran on the failures
+    assert torch.equal(more.grad_evals[ok], base.grad_evals[ok])
     with pytest.raises(ValueError):
         StAdv(restart_offsets=(0.7,))
     with pytest.raises(TypeError):
@@ -537,8 +552,8 @@ def test_normalized_tau_is_pixel_tau_rescaled(digits_model):
     m = copy.deepcopy(model).double()
     x, y, t = x[:12].double(), y[:12], _targets(y[:12], 3)
     s = 2 / 7  # 8 × 8 digits
-    norm = StAdv(tau=0.5, eps=1e-6, precondition=0.5, max_iter=15)(m, x, y, target=t)
-    pix = StAdv(tau=0.5 * s, eps=1e-6 / s**2, precondition=0.5 / s**2, flow_units="pixels", max_iter=15)(m, x, y, target=t)
+    norm = StAdv(tau=0.5, tv_smoothing=1e-6, precondition=0.5, steps=15)(m, x, y, target=t)
+    pix = StAdv(tau=0.5 * s, tv_smoothing=1e-6 / s**2, precondition=0.5 / s**2, flow_units="pixels", steps=15)(m, x, y, target=t)
     assert torch.equal(norm.success, pix.success)
     torch.testing.assert_close(norm.flow, pix.flow, rtol=0, atol=1e-6)
 
@@ -561,14 +576,14 @@ def test_failing_images_continue_while_objective_decreases(digits_model):
     """Without abandon_after an unsuccessful image runs until L-BFGS converges or the cap; steps are reported."""
     model, x, y = digits_model
     x, y, t = x[:16], y[:16], _targets(y[:16], 5)
-    keep = StAdv(tau=2.0, max_iter=25)(model, x, y, target=t)
-    drop = StAdv(tau=2.0, max_iter=25, abandon_after=2)(model, x, y, target=t)
+    keep = StAdv(tau=2.0, steps=25)(model, x, y, target=t)
+    drop = StAdv(tau=2.0, steps=25, abandon_after=2)(model, x, y, target=t)
     fail = ~keep.success & ~drop.success
     assert int(fail.sum()) >= 4
     steps_keep, steps_drop = keep.params["steps"], drop.params["steps"]
     assert torch.all(steps_keep <= 25) and bool((steps_keep[fail] == 25).any())  # failures ran to the cap
     assert torch.all(steps_drop[fail] <= steps_keep[fail]) and bool((steps_drop[fail] < steps_keep[fail]).any())
-    assert torch.all(keep.params["steps"] <= keep.iterations)  # every step costs at least one evaluation
+    assert torch.all(keep.params["steps"] <= keep.grad_evals)  # every step costs at least one evaluation
 
 
 def test_lbfgs_per_example_line_search_limits_and_preconditioner():

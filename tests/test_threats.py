@@ -9,12 +9,13 @@ import torch
 
 from _contract import run_checked
 from spatialadv._validation import check_index
-from spatialadv.attacks import FGSM, PGD, MinDistortionSweep, RotationTranslation
-from spatialadv.certify import SmoothFlowPGD, flow_smoothness
+from spatialadv.attacks import FGSM, PGD, MinDistortionSweep, RotationTranslation, SmoothFlowPGD
+from spatialadv.certify import flow_smoothness
 from spatialadv.ops import flow_tv, identity_theta
 from spatialadv.threats import (
     AffineLinf,
     FlowSmoothnessBall,
+    L0Pixels,
     L2Ball,
     LinfBall,
     PixelFlow,
@@ -206,7 +207,7 @@ def test_result_follows_index_not_position(digits_model, name, one_thread):
     rev = torch.arange(n - 1, -1, -1)
     back = attack(model, x[rev], y[rev], index=index[rev])
     assert torch.equal(back.x_adv, full.x_adv[rev])
-    assert torch.equal(back.iterations, full.iterations[rev]) and torch.equal(back.forward_evals, full.forward_evals[rev])
+    assert torch.equal(back.grad_evals, full.grad_evals[rev]) and torch.equal(back.forward_evals, full.forward_evals[rev])
     # the random draw depends on the row: another row gives another draw
     s0 = _start(attack, x[7:8], index[7:8])
     s1 = _start(attack, x[7:8], index[7:8] + torch.tensor([[1, 0]]))
@@ -241,5 +242,48 @@ def test_smooth_flow_pgd_start_no_longer_depends_on_batch_size(digits_model, one
     full = attack(model, x, y)
     head = attack(model, x[:3], y[:3])
     assert torch.equal(head.flow, full.flow[:3])
-    assert full.norm == "flow_smoothness"
+    assert full.unit == "flow_smoothness"
     assert bool((full.size <= 0.5 * (1 + 1e-9)).all())
+
+
+# ---------------------------------------------------------------------------------- the abstract interface
+def test_threat_is_abstract_and_every_threat_implements_it():
+    import inspect
+
+    import spatialadv.threats as T
+    from spatialadv.threats import Threat
+
+    with pytest.raises(TypeError, match="abstract methods measure, project, random_start, size"):
+        Threat()
+
+    class Partial(Threat):
+        def size(self, delta):
+            return delta
+
+    with pytest.raises(TypeError, match="abstract methods measure, project, random_start"):
+        Partial()
+    threats = [c for _, c in inspect.getmembers(T, inspect.isclass) if issubclass(c, Threat) and c is not Threat]
+    assert len(threats) == 8
+    for cls in threats:
+        t = cls()  # every exported threat is concrete, with a name and a unit
+        assert not inspect.isabstract(cls) and t.name and t.unit
+
+
+def test_l0_project_keeps_the_largest_changes_and_random_start_is_per_example():
+    t = L0Pixels(gamma=0.25)  # 4 of 16 features
+    x = torch.full((2, 1, 4, 4), 0.5, dtype=torch.float64)
+    delta = torch.arange(1, 17, dtype=torch.float64).view(1, 1, 4, 4).repeat(2, 1, 1, 1) / 100
+    delta[1] = -delta[1]
+    p = t.project(x + delta, x)
+    kept = (p - x).flatten(1)
+    expected = torch.zeros(2, 16, dtype=torch.float64)
+    expected[0, 12:] = torch.arange(13, 17, dtype=torch.float64) / 100
+    expected[1, 12:] = -torch.arange(13, 17, dtype=torch.float64) / 100
+    torch.testing.assert_close(kept, expected, rtol=0, atol=1e-15)
+    assert torch.equal(t.project(x + delta * 100, x).clamp(0, 1), t.project(x + delta * 100, x))  # in [0, 1]
+    assert torch.equal(t.size(t.project(x + delta * 100, x) - x), torch.full((2,), 4.0, dtype=torch.float64))
+    idx = torch.tensor([[3], [8]])
+    d0 = t.random_start(x, 7, idx)
+    assert d0.shape == x.shape and torch.equal(t.size(d0), torch.full((2,), 4.0, dtype=torch.float64))
+    assert bool((d0.abs() <= 1).all())
+    torch.testing.assert_close(t.random_start(x[1:], 7, idx[1:])[0], d0[1], rtol=0, atol=0)  # batch-independent

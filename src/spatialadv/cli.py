@@ -205,7 +205,7 @@ def cmd_audit(args) -> int:
     threats = tuple(t.strip() for t in args.threats.split(",") if t.strip())
     kw = {k: getattr(args, k) for k in ("n", "flow_budget", "max_rotation", "max_translation", "linf_eps", "l2_eps",
                                          "smooth_eps", "pgd_steps", "smooth_steps", "random_tries", "stm_rotations",
-                                         "stm_translations", "stadv_max_iter", "seed", "batch_size")}
+                                         "stm_translations", "stadv_steps", "seed", "batch_size")}
     cfg = _user(AuditConfig, threats=threats, **kw)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -236,7 +236,7 @@ def cmd_audit(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .attacks import ATTACKS
+    from .attacks import cli_attacks
     from .data import DATASETS
     from .experiments import experiments
     from .experiments.framework import add_config_arguments
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("attack", help="attack the first N correctly classified test images; records go to a SQLite store")
     common(sp)
-    sp.add_argument("--attack", default="stadv", choices=sorted(ATTACKS))
+    sp.add_argument("--attack", default="stadv", choices=cli_attacks())
     sp.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE",
                     help="attack hyper-parameter (JSON value), e.g. --param tau=0.005 --param 'tau_search=[0.005,0.0005]'")
     sp.add_argument("-n", "--n", type=int, default=10, help="number of correctly classified test images (-n under torchrun, "
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                         ("stm_rotations", "STM grid: rotations"), ("stm_translations", "STM grid: translations per axis"),
                         ("batch_size", "examples per attack call"), ("seed", "seed of random starts and of built-in splits")]:
         sp.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=f"{help_} (default {getattr(d, name)})")
-    sp.add_argument("--stadv-max-iter", type=int, default=None, help="stAdv L-BFGS steps per image (default: StAdv()'s)")
+    sp.add_argument("--stadv-steps", type=int, default=None, help="stAdv L-BFGS steps per image (default: StAdv()'s)")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_audit)
     return p

@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_images, check_index, check_labels, check_logits, warn_if_training
-from ..threats import L2Ball, LinfBall, Threat
+from ..threats import Threat
 
 __all__ = ["AttackResult", "Attack", "margin", "criterion", "predict_logits", "input_grad", "model_input_error",
-           "warn_if_probabilities"]
+           "warn_if_probabilities", "deprecated_keyword"]
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,15 @@ class AttackResult:
             ``argmax f(x_adv) == target`` (targeted) or ``!= y`` (untargeted).
         pred: ``(N,)`` int64 predicted class on ``x_adv``.
         size: ``(N,)`` the perturbation's size in the threat model's units
-            (``norm``; the attack's :attr:`Attack.threat` ``.measure``); 0
+            (``unit``; the attack's :attr:`Attack.threat` ``.measure``); 0
             where the attack failed.
-        norm: name of ``size``'s unit, the threat's ``unit``: ``"linf"``,
+        unit: name of ``size``'s unit, the threat's ``unit``: ``"linf"``,
             ``"l2"`` (pixel values in [0, 1]), ``"flow_tv"`` (stAdv Eq. 5,
-            pixels), ``"flow_smoothness"`` (ℓ_diff, pixels), ``"rt_box"`` or
-            ``"affine_linf_box"`` (unitless fractions of the budget box); see
+            pixels), ``"flow_smoothness"`` (ℓ_diff, pixels), ``"l0"`` (changed
+            features), ``"rt_box"`` or ``"affine_linf_box"`` (unitless
+            fractions of the budget box); see
             :mod:`spatialadv.threats`.
-        iterations: ``(N,)`` int64, **model gradient evaluations** per example:
+        grad_evals: ``(N,)`` int64, **model gradient evaluations** per example:
             each forward+backward pass of the model through which the example
             went (line-search trials and restarts included). 0 for attacks
             that use no gradient (STM, a fitted generator).
@@ -65,15 +66,15 @@ class AttackResult:
             evaluation of C&W's last iterate, success checks between τ runs).
             The evaluations every call makes on its own — the class-count
             probe on ``x`` and the success recomputation on ``x_adv`` — are
-            not counted, nor are the forward passes inside ``iterations``.
+            not counted, nor are the forward passes inside ``grad_evals``.
     """
 
     x_adv: Tensor
     success: Tensor
     pred: Tensor
     size: Tensor
-    norm: str
-    iterations: Tensor
+    unit: str
+    grad_evals: Tensor
     time_s: float
     targeted: bool
     target: Tensor | None = None
@@ -213,21 +214,20 @@ class Attack:
             (:func:`~spatialadv._validation.check_index`).
     """
 
-    norm: ClassVar[str] = "l2"
     #: ``params`` keys that describe the solver's work (kept for failed examples too)
     solver_params: ClassVar[tuple[str, ...]] = ()
 
     @property
     def threat(self) -> Threat:
-        """The threat model: the source of projections, random starts and ``size``.
+        """The threat model: the source of projections, random starts, ``size`` and its ``unit``.
 
-        Default: an unbounded ball of the attack's ``norm`` (``"l2"`` or ``"linf"``).
+        Every attack defines it (:mod:`spatialadv.threats`);
+        ``AttackResult.unit`` is ``threat.unit``.
+
+        Raises:
+            NotImplementedError: in the base class.
         """
-        if self.norm == "linf":
-            return LinfBall(eps=float("inf"))
-        if self.norm == "l2":
-            return L2Ball(eps=float("inf"))
-        raise NotImplementedError(f"{type(self).__name__} must define its threat model")
+        raise NotImplementedError(f"{type(self).__name__} must define its threat model (the threat property)")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, target: Tensor | None = None,
                  index: Tensor | None = None) -> AttackResult:
@@ -281,7 +281,7 @@ class Attack:
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, index: Tensor) -> dict:
         """Run the attack proper on validated inputs; subclasses implement it.
 
-        Return a dict with ``x_adv`` ``(N, C, H, W)``, ``iterations`` ``(N,)`` (gradient
+        Return a dict with ``x_adv`` ``(N, C, H, W)``, ``grad_evals`` ``(N,)`` (model gradient
         evaluations) and optionally ``forward_evals`` ``(N,)``, ``flow``, ``theta``,
         ``eta`` and ``params`` (dict of per-example tensors). ``index`` is the
         validated ``(N, k)`` int64 CPU tensor of identities. Must not modify ``x``.
@@ -329,7 +329,7 @@ class Attack:
         forward_evals = parts.get("forward_evals")
         result = AttackResult(
             x_adv=x_adv, success=success, pred=pred, size=torch.zeros(len(x), dtype=x.dtype, device=x.device),
-            norm=self.threat.unit, iterations=parts["iterations"].long(), time_s=elapsed, targeted=target is not None,
+            unit=self.threat.unit, grad_evals=parts["grad_evals"].long(), time_s=elapsed, targeted=target is not None,
             target=target, flow=flow, delta=None if flow is not None else x_adv - x, theta=theta, eta=eta,
             params=params, forward_evals=zero_counts if forward_evals is None else forward_evals.long().to(x.device),
         )
@@ -346,6 +346,30 @@ class Attack:
     def replace(self, **changes) -> "Attack":
         """A copy with some hyper-parameters changed (validated again)."""
         return replace(self, **changes)
+
+
+def deprecated_keyword(attack: "Attack", old: str, new: str, value: object, default: object) -> None:
+    """Apply a deprecated constructor keyword ``old`` (an ``InitVar``) to the field ``new``, with a ``DeprecationWarning``.
+
+    Call from ``__post_init__`` before validating. ``value`` is what the
+    caller passed as ``old`` (None: not passed), ``default`` the default of
+    ``new``. Only the constructor (and so :func:`make_attack` and the CLI's
+    ``--param``) accepts the old name: it is no field, so ``replace``,
+    ``attack_config`` and run keys know only ``new``, and reading
+    ``attack.old`` gives None.
+
+    Raises:
+        TypeError: both ``old`` and ``new`` passed with different values.
+    """
+    if value is None:
+        return
+    warnings.warn(f"{type(attack).__name__}({old}=...) is deprecated; use {new}=... (same meaning)", DeprecationWarning,
+                  stacklevel=4)
+    current = getattr(attack, new)
+    if current != default and current != value:
+        raise TypeError(f"{type(attack).__name__}: pass {new} only ({old} is its deprecated alias), got {new}={current!r} "
+                        f"and {old}={value!r}")
+    object.__setattr__(attack, new, value)
 
 
 def input_grad(model: nn.Module, x: Tensor, loss_fn) -> tuple[Tensor, Tensor]:

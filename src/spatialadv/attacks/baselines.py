@@ -3,7 +3,7 @@
 All attacks work on images ``(N, C, H, W)`` with pixels in [0, 1]; budgets
 (``eps``) and step sizes are in the same [0, 1] pixel units. Perturbations are
 additive (``AttackResult.delta = x_adv − x``) and ``AttackResult.size`` is the
-per-example L∞ or L2 norm of ``delta`` (see each attack's ``norm``).
+per-example L∞ or L2 norm of ``delta`` (``AttackResult.unit``, each attack's ``threat.unit``).
 
 Conventions shared by every attack here:
 
@@ -18,7 +18,7 @@ Conventions shared by every attack here:
 * ``early_stop`` freezes an example at the first iterate that meets the attack
   criterion (decided per example, never for the whole batch); frozen examples
   are no longer evaluated.
-* ``iterations`` counts the gradient evaluations (forward+backward) spent on
+* ``grad_evals`` counts the gradient evaluations (forward+backward) spent on
   each example (with ``early_stop``, including the one that found the example
   successful); ``forward_evals`` the forward-only evaluations (0, except the
   evaluation of C&W's last iterate).
@@ -32,7 +32,7 @@ Conventions shared by every attack here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import ClassVar
 
 import torch
@@ -40,7 +40,7 @@ from torch import Tensor, nn  # noqa: F401  (nn: doctests)
 
 from .._validation import check_bool, check_int, check_positive
 from ..threats import L2Ball, LinfBall, Threat
-from .base import Attack, criterion, margin
+from .base import Attack, criterion, deprecated_keyword, margin
 from .iterative import iterate, normalize
 
 __all__ = ["FGSM", "IFGSM", "PGD", "MIM", "CarliniWagnerL2"]
@@ -76,14 +76,13 @@ class FGSM(Attack):
 
     Call: ``attack(model, x, y, *, target=None) -> AttackResult`` with
     ``x (N, C, H, W)`` in [0, 1]; ``size`` is the L∞ norm of ``x_adv − x``;
-    ``iterations`` is 1 for every example.
+    ``grad_evals`` is 1 for every example.
 
     Raises:
         TypeError: ``eps`` is not a number.
         ValueError: ``eps`` ≤ 0 or not finite.
     """
 
-    norm: ClassVar[str] = "linf"
     eps: float = 0.3
 
     def __post_init__(self) -> None:
@@ -125,7 +124,6 @@ class IFGSM(Attack):
         ValueError: ``eps`` or ``step_size`` ≤ 0, ``steps`` < 1.
     """
 
-    norm: ClassVar[str] = "linf"
     eps: float = 0.3
     step_size: float = 0.01
     steps: int = 40
@@ -174,7 +172,6 @@ class MIM(Attack):
         ValueError: ``eps`` or ``step_size`` ≤ 0, ``decay`` < 0, ``steps`` < 1.
     """
 
-    norm: ClassVar[str] = "linf"
     eps: float = 0.3
     step_size: float = 0.01
     steps: int = 40
@@ -235,8 +232,8 @@ class PGD(Attack):
     start alone or at any position of any batch.
 
     Args:
-        norm: threat model, ``"linf"`` or ``"l2"``; also the unit of
-            ``AttackResult.size``.
+        norm: the ball, ``"linf"`` or ``"l2"``: selects :attr:`threat`, whose
+            ``unit`` (the same name) is ``AttackResult.unit``.
         eps: budget in [0, 1] pixel units (L∞ or L2 norm of ``x_adv − x``), > 0.
         step_size: step length in the same units, > 0.
         steps: number of iterations, int ≥ 1.
@@ -254,14 +251,12 @@ class PGD(Attack):
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
         >>> x, y = torch.rand(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
         >>> res = PGD(norm="l2", eps=0.5, steps=10)(model, x, y)
-        >>> res.norm, tuple(res.x_adv.shape), bool((res.size <= 0.5 + 1e-5).all())
+        >>> res.unit, tuple(res.x_adv.shape), bool((res.size <= 0.5 + 1e-5).all())
         ('l2', (5, 1, 2, 2), True)
     """
 
-    # An instance field here (the base class declares ``norm`` as a ClassVar):
-    # it selects the threat model and is what ``_size`` and ``AttackResult.norm``
-    # read, so ``PGD(norm="l2")`` reports L2 sizes.
-    norm: str = "linf"  # type: ignore[misc]
+    # a hyper-parameter: it selects the threat model (``threat``), whose ``unit`` is ``AttackResult.unit``
+    norm: str = "linf"
     eps: float = 0.3
     step_size: float = 0.01
     steps: int = 40
@@ -323,7 +318,7 @@ class CarliniWagnerL2(Attack):
     An iterate counts as successful when the attack criterion holds and the
     margin is ≤ −κ.
 
-    ``abort_early``: every ``max(steps // 10, 1)`` iterations, an example whose
+    ``early_stop`` (C&W's ``abort_early``): every ``max(steps // 10, 1)`` iterations, an example whose
     loss has not decreased by at least 0.01 % since the last check stops for
     the rest of this binary-search step (decided per example).
 
@@ -333,10 +328,12 @@ class CarliniWagnerL2(Attack):
         binary_search_steps: number of binary-search steps on ``c``, int ≥ 1.
         steps: Adam iterations per binary-search step, int ≥ 1.
         lr: Adam learning rate (in tanh space), > 0.
-        abort_early: stop an example's inner loop when its loss stalls.
+        early_stop: stop an example's inner loop when its loss stalls.
+        abort_early: deprecated alias of ``early_stop`` (a
+            ``DeprecationWarning``; kept because committed reports name it).
 
     Call: ``attack(model, x, y, *, target=None) -> AttackResult``;
-    ``size`` is ``‖x_adv − x‖₂`` in [0, 1] pixel units; ``iterations`` is the
+    ``size`` is ``‖x_adv − x‖₂`` in [0, 1] pixel units; ``grad_evals`` is the
     total number of gradient evaluations per example; ``forward_evals`` counts
     the forward-only evaluation of each binary-search step's last iterate
     (for examples still active at its end).
@@ -347,25 +344,26 @@ class CarliniWagnerL2(Attack):
             ``binary_search_steps`` or ``steps`` < 1.
     """
 
-    norm: ClassVar[str] = "l2"
     kappa: float = 0.0
     initial_const: float = 1.0
     binary_search_steps: int = 6
     steps: int = 200
     lr: float = 0.05
-    abort_early: bool = True
+    early_stop: bool = True
+    abort_early: InitVar[bool | None] = None
 
     _BETAS: ClassVar[tuple[float, float]] = (0.9, 0.999)
     _ADAM_EPS: ClassVar[float] = 1e-8
     _NO_UPPER: ClassVar[float] = 1e10
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, abort_early: bool | None = None) -> None:
+        deprecated_keyword(self, "abort_early", "early_stop", abort_early, True)
         check_positive(self.kappa, "kappa", allow_zero=True)
         check_positive(self.initial_const, "initial_const")
         check_int(self.binary_search_steps, "binary_search_steps", minimum=1)
         check_int(self.steps, "steps", minimum=1)
         check_positive(self.lr, "lr")
-        check_bool(self.abort_early, "abort_early")
+        check_bool(self.early_stop, "early_stop")
 
     @classmethod
     def _search_update(cls, found: Tensor, c: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -423,7 +421,7 @@ class CarliniWagnerL2(Attack):
         upper = torch.full((n,), self._NO_UPPER, **opts)
         best_l2 = torch.full((n,), float("inf"), **opts)
         best_x = x.clone()
-        iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        grad_evals = torch.zeros(n, dtype=torch.long, device=x.device)
         forward_evals = torch.zeros(n, dtype=torch.long, device=x.device)
 
         def record(idx: Tensor, xa: Tensor, logits: Tensor, found: Tensor) -> None:
@@ -455,11 +453,11 @@ class CarliniWagnerL2(Attack):
                     loss = penalty + (c if full else c[idx]) * margin(
                         logits, y if full else y[idx], None if target is None else (target if full else target[idx]), kappa)
                     (grad,) = torch.autograd.grad(loss.sum(), w_s)
-                iterations[idx] += 1
+                grad_evals[idx] += 1
                 with torch.no_grad():
                     record(idx, xa.detach(), logits.detach(), found)
                     loss = loss.detach()
-                    if self.abort_early and it % check_every == 0:
+                    if self.early_stop and it % check_every == 0:
                         if it > 0:
                             stalled = loss > prev[idx] - 1e-4 * prev[idx].abs()
                             if bool(stalled.any()):
@@ -491,4 +489,4 @@ class CarliniWagnerL2(Attack):
 
             c, lower, upper = self._search_update(found, c, lower, upper)
 
-        return {"x_adv": best_x, "iterations": iterations, "forward_evals": forward_evals}
+        return {"x_adv": best_x, "grad_evals": grad_evals, "forward_evals": forward_evals}

@@ -31,7 +31,6 @@ import os
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -123,8 +122,8 @@ class SdpAdv(Attack):
         and ``params["eta_linf"]`` ``(N,)`` is ``‖x_A − x_T‖∞`` (identity / 0
         where failed); ``size`` is the box norm of
         :class:`~spatialadv.threats.AffineLinf`,
-        ``max(max|θ − θ_I|/γ, ‖η‖∞/ε)`` (unitless, ``norm =
-        "affine_linf_box"``); ``iterations`` and ``forward_evals`` are 0 (the
+        ``max(max|θ − θ_I|/γ, ‖η‖∞/ε)`` (unitless, ``unit =
+        "affine_linf_box"``); ``grad_evals`` and ``forward_evals`` are 0 (the
         classifier is not evaluated at attack time).
 
     Args:
@@ -148,7 +147,6 @@ class SdpAdv(Attack):
             images of another shape than the fitted ones.
     """
 
-    norm: ClassVar[str] = "affine_linf_box"
     eps: float = 0.1
     gamma: float = 0.3
     alpha: float = 5.0
@@ -258,7 +256,7 @@ class SdpAdv(Attack):
             out = self.generate(x, nets)
         x_a = out["x_a"]
         eta = x_a - out["x_t"]
-        return {"x_adv": x_a, "iterations": torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
+        return {"x_adv": x_a, "grad_evals": torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
                 "theta": out["theta"], "eta": eta,
                 "params": {"theta": out["theta"], "eta_linf": eta.flatten(1).abs().amax(1)}}
 

@@ -59,7 +59,7 @@ def iterate(
             of the loss to ascend (:func:`ce_loss`).
 
     Returns:
-        ``{"x_adv", "iterations"}``: the last (or first successful) iterates and
+        ``{"x_adv", "grad_evals"}``: the last (or first successful) iterates and
         the gradient evaluations per example ``(N,)`` int64.
     """
     n = x.shape[0]
@@ -72,8 +72,8 @@ def iterate(
         for _ in range(steps):
             grad, _ = input_grad(model, x_adv, loss)
             x_adv = step(every, x_adv, x, grad).detach()
-        return {"x_adv": x_adv, "iterations": torch.full((n,), steps, dtype=torch.long, device=x.device)}
-    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        return {"x_adv": x_adv, "grad_evals": torch.full((n,), steps, dtype=torch.long, device=x.device)}
+    grad_evals = torch.zeros(n, dtype=torch.long, device=x.device)
     active = torch.ones(n, dtype=torch.bool, device=x.device)
     for _ in range(steps):
         idx = active.nonzero().squeeze(1)
@@ -83,7 +83,7 @@ def iterate(
         t_s = None if target is None else target[idx]
         x_s = x_adv[idx]
         grad, logits = input_grad(model, x_s, ce_loss(y_s, t_s))
-        iterations[idx] += 1
+        grad_evals[idx] += 1
         if early_stop:
             done = criterion(logits.argmax(1), y_s, t_s)
             active[idx[done]] = False
@@ -92,4 +92,4 @@ def iterate(
             if idx.numel() == 0:
                 break
         x_adv[idx] = step(idx, x_s, x[idx], grad).detach()
-    return {"x_adv": x_adv, "iterations": iterations}
+    return {"x_adv": x_adv, "grad_evals": grad_evals}

@@ -8,7 +8,6 @@ Eqs. 8-10 (saliency maps over pairs of features).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn  # noqa: F401  (nn: doctests)
@@ -80,7 +79,7 @@ class JSMA(Attack):
 
     Call: ``attack(model, x, y, *, target=None) -> AttackResult``;
     ``size`` is the number of changed features ``‖x_adv − x‖₀`` (``unit
-    "l0"``; pixels for one-channel images); ``iterations`` the saliency steps
+    "l0"``; pixels for one-channel images); ``grad_evals`` the saliency steps
     (each one forward pass and the two backward passes of ``∂Z_ref/∂x`` and
     ``∂ΣZ/∂x``), the step that finds the example successful included;
     ``delta = x_adv − x``.
@@ -114,7 +113,6 @@ class JSMA(Attack):
         True
     """
 
-    norm: ClassVar[str] = "l0"
     theta: float = 1.0
     gamma: float = 0.145
     batch_chunk: int = 16
@@ -143,7 +141,7 @@ class JSMA(Attack):
         domain = x_adv < 1 if theta > 0 else x_adv > 0
         ref = target if target is not None else y
         ref_sign = 1.0 if target is not None else -1.0
-        iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        grad_evals = torch.zeros(n, dtype=torch.long, device=x.device)
         active = torch.ones(n, dtype=torch.bool, device=x.device)
         while bool(active.any()):
             idx = active.nonzero().squeeze(1)
@@ -154,7 +152,7 @@ class JSMA(Attack):
                 z_ref = logits.gather(1, r[:, None]).sum()
                 (g_ref,) = torch.autograd.grad(z_ref, xs, retain_graph=True)
                 (g_all,) = torch.autograd.grad(logits.sum(), xs)
-            iterations[idx] += 1
+            grad_evals[idx] += 1
             done = criterion(logits.detach().argmax(1), y[idx], None if target is None else target[idx])
             g_ref, g_all = g_ref.flatten(1), g_all.flatten(1)
             alpha = (ref_sign * sign) * g_ref
@@ -183,4 +181,4 @@ class JSMA(Attack):
                 domain[g, f] = domain[g, f] & ~at_bound
             if d < 2:  # pragma: no cover - a pair needs two features
                 active[:] = False
-        return {"x_adv": x_adv.view_as(x), "iterations": iterations}
+        return {"x_adv": x_adv.view_as(x), "grad_evals": grad_evals}

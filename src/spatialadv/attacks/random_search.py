@@ -40,7 +40,7 @@ class RandomSearch(Attack):
         tries: random points per example, int ≥ 1.
         seed: int ≥ 0.
 
-    Result: ``iterations`` 0 (no gradient), ``forward_evals`` the points evaluated
+    Result: ``grad_evals`` 0 (no gradient), ``forward_evals`` the points evaluated
     per example (it stops at the first success), ``delta = x_adv − x``.
 
     Raises:
@@ -50,11 +50,11 @@ class RandomSearch(Attack):
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
         >>> res = RandomSearch(eps=0.1, tries=5)(model, torch.rand(2, 1, 2, 2), torch.tensor([0, 1]))
-        >>> bool((res.size <= 0.1 + 1e-6).all()), res.iterations.tolist()
+        >>> bool((res.size <= 0.1 + 1e-6).all()), res.grad_evals.tolist()
         (True, [0, 0])
     """
 
-    norm: str = "linf"  # type: ignore[misc]
+    norm: str = "linf"
     eps: float = 0.3
     tries: int = 20
     seed: int = 0
@@ -96,4 +96,4 @@ class RandomSearch(Attack):
                 ok = criterion(pred, y[todo], None if target is None else target[todo])
                 x_adv[todo[ok]] = cand[ok]
                 found[todo[ok]] = True
-        return {"x_adv": x_adv, "iterations": torch.zeros(n, dtype=torch.long, device=x.device), "forward_evals": evals}
+        return {"x_adv": x_adv, "grad_evals": torch.zeros(n, dtype=torch.long, device=x.device), "forward_evals": evals}

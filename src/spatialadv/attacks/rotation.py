@@ -11,7 +11,6 @@ vectorised chunks: one model call sees many (image, transform) pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -245,7 +244,7 @@ class RotationTranslation(Attack):
         failed); ``size`` is the box norm of
         :class:`~spatialadv.threats.RotationTranslationBox`,
         ``max(|angle|/max_rotation, max(|tx|, |ty|)/max_translation)``
-        (unitless, ``norm = "rt_box"``); ``iterations`` is 0 (no gradients)
+        (unitless, ``unit = "rt_box"``); ``grad_evals`` is 0 (no gradients)
         and ``forward_evals`` counts the candidates evaluated per example.
 
     Args:
@@ -281,7 +280,6 @@ class RotationTranslation(Attack):
         TypeError, ValueError: invalid hyper-parameters (named in the message).
     """
 
-    norm: ClassVar[str] = "rt_box"
     max_rotation: float = 30.0
     max_translation: float = 3.0
     num_rotations: int = 31
@@ -406,6 +404,6 @@ class RotationTranslation(Attack):
                               max_chunk_bytes=self.max_chunk_bytes, selection=self.selection)
         theta = theta_to_normalized(out["theta"], (x.shape[2], x.shape[3]))
         p = out["params"].to(x.dtype)
-        return {"x_adv": out["x_t"], "iterations": torch.zeros_like(out["evaluated"]),
+        return {"x_adv": out["x_t"], "grad_evals": torch.zeros_like(out["evaluated"]),
                 "forward_evals": out["evaluated"], "theta": theta,
                 "params": {"angle": p[:, 0], "shift": p[:, 1:]}}

@@ -10,13 +10,13 @@ Smoothing hyper-parameters shared by both (see
 :class:`~spatialadv.ops.smoothing.GuidedSmoothing`): ``alpha`` (α ∈ [0, 1),
 paper MNIST 0.95), ``sigma`` (feature-kernel bandwidth on the [0, 1] scale),
 ``kernel`` (``"laplacian"`` as in the paper, or ``"gaussian"``), ``solver``
-(``"auto"``, ``"direct"``, ``"cg"``), ``tol`` and ``max_iter`` (CG).
+(``"auto"``, ``"direct"``, ``"cg"``), ``cg_tol`` and ``cg_max_iter`` (the CG
+solver's tolerance and iteration cap).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -47,7 +47,7 @@ class SmoothPGDL2(Attack, SmoothingParams):
         step_size: L2 step length (paper MNIST 3), > 0.
         steps: iterations, ≥ 1.
         early_stop: freeze each example at its first successful iterate.
-        alpha, sigma, kernel, solver, tol, max_iter: smoothing, see the module.
+        alpha, sigma, kernel, solver, cg_tol, cg_max_iter: smoothing, see the module.
 
     Call: ``attack(model, x, y, *, target=None) -> AttackResult`` with
     ``size = ‖x_adv − x‖₂`` and ``delta = x_adv − x``.
@@ -56,7 +56,6 @@ class SmoothPGDL2(Attack, SmoothingParams):
         TypeError, ValueError: bad hyper-parameters (named in the message).
     """
 
-    norm: ClassVar[str] = "l2"
     eps: float = 5.0
     step_size: float = 3.0
     steps: int = 20
@@ -96,7 +95,7 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2, SmoothingParams):
     over the latent ``z`` (started at 0), ``ŝ_α`` guided by the original ``x``,
     and ℓ the margin loss (Eq. 3; :func:`~spatialadv.attacks.base.margin` with
     κ = m). ``c = 1/λ`` of Eq. 18. Optimiser, per-example binary search on
-    ``c``, ``abort_early`` and best-iterate bookkeeping are those of
+    ``c``, ``early_stop`` and best-iterate bookkeeping are those of
     :class:`~spatialadv.attacks.CarliniWagnerL2`; the kept distortion is that of
     the clipped image, ``‖clip(x + r) − x‖₂``. The gradient w.r.t. ``z`` is the
     gradient w.r.t. ``r`` smoothed once more (Eq. 19), computed by autograd
@@ -105,10 +104,10 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2, SmoothingParams):
     Defaults are the paper's MNIST settings: κ = m = 1, lr = 0.1, c = 15.
 
     Args:
-        kappa, initial_const, binary_search_steps, steps, lr, abort_early: as
+        kappa, initial_const, binary_search_steps, steps, lr, early_stop: as
             :class:`~spatialadv.attacks.CarliniWagnerL2` (``lr`` in ``z`` units,
             i.e. [0, 1] pixel units).
-        alpha, sigma, kernel, solver, tol, max_iter: smoothing, see the module.
+        alpha, sigma, kernel, solver, cg_tol, cg_max_iter: smoothing, see the module.
 
     Raises:
         TypeError, ValueError: bad hyper-parameters (named in the message).
@@ -120,8 +119,8 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2, SmoothingParams):
     steps: int = 100
     lr: float = 0.1
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def __post_init__(self, abort_early: bool | None = None) -> None:
+        super().__post_init__(abort_early)
         self.check_params()
 
     @property

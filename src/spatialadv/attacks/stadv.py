@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import ClassVar
 
 import torch
@@ -13,7 +13,7 @@ from ..ops.flow import FLOW_UNITS, flow_tv_loss, neumann_smoother, to_normalized
 from ..ops.warp import flow_warp
 from ..optim import lbfgs_per_example
 from ..threats import PixelFlow
-from .base import Attack, margin
+from .base import Attack, deprecated_keyword, margin
 
 __all__ = ["StAdv"]
 
@@ -64,10 +64,10 @@ class StAdv(Attack):
     ``L_flow`` seen during the run. An image that has succeeded stops once its
     ``L_flow`` has not improved by more than ``rel_improvement`` for
     ``patience`` steps; an image that has not succeeded continues while its
-    objective decreases (L-BFGS's own convergence test) up to ``max_iter``
+    objective decreases (L-BFGS's own convergence test) up to ``steps``
     steps, or, with ``abandon_after=k``, stops after ``k`` steps without a
     ``rel_improvement`` decrease of its objective. ``params["steps"]`` counts
-    the L-BFGS steps each image used, to compare against ``max_iter``.
+    the L-BFGS steps each image used, to compare against ``steps``.
 
     τ search (optional, App. C): with ``tau_search=(τ₁ > τ₂ > …)``, images
     are first attacked with τ₁; those still failing are attacked again with
@@ -78,7 +78,9 @@ class StAdv(Attack):
     Args:
         tau: τ ≥ 0, weight of the flow loss (paper: 0.05), in ``flow_units``.
         kappa: κ ≥ 0, margin confidence of Eq. 3 (paper: 0).
-        max_iter: L-BFGS steps per image (and per τ of the search and restart).
+        steps: L-BFGS steps per image (and per τ of the search and restart).
+        max_iter: deprecated alias of ``steps`` (a ``DeprecationWarning``;
+            kept because committed reports and earlier command lines use it).
         history: L-BFGS memory.
         patience: steps without flow improvement after success before stopping.
         rel_improvement: relative decrease that counts as improvement.
@@ -97,9 +99,10 @@ class StAdv(Attack):
             (overrides ``tau``).
         padding_mode: border handling of the warp (``"zeros"`` or ``"border"``).
         flow_units: ``"normalized"`` (default, the paper's τ) or ``"pixels"``:
-            the unit of the flow inside ``L_flow``, so of ``tau``, ``eps`` and
+            the unit of the flow inside ``L_flow``, so of ``tau``, ``tv_smoothing`` and
             ``flow_hinge``.
-        eps: smoothing inside the square root of ``L_flow``, in ``flow_units``²;
+        tv_smoothing: constant inside the square root of ``L_flow``
+            (:func:`spatialadv.ops.flow_tv_loss`'s ``eps``), in ``flow_units``²;
             the default 1e-6 is (0.0135 px)² on MNIST and keeps the objective
             smooth enough for L-BFGS.
         max_step: largest displacement change (pixels, ∞-norm) of one L-BFGS
@@ -124,13 +127,13 @@ class StAdv(Attack):
             ``L_flow`` (flows up to L_flow = h are free), in ``flow_units``.
 
     Result: ``AttackResult`` with ``flow`` ``(N, 2, H, W)`` in pixels (zero for
-    failures), ``norm = "flow_tv"`` and ``size`` = TV of Eq. 5 in pixels
+    failures), ``unit = "flow_tv"`` and ``size`` = TV of Eq. 5 in pixels
     (:class:`~spatialadv.threats.PixelFlow`); ``params["tau"]`` ``(N,)`` the
     τ of the run that produced the returned flow (0 where failed) and
     ``params["steps"]`` ``(N,)`` the L-BFGS steps used over all τ values and
     restarts (failed examples included) and ``params["start"]`` ``(N,)`` which
     start produced the returned flow (0: ``init_offset``, k: the k-th
-    ``restart_offsets`` entry, −1: none succeeded); ``iterations`` the objective evaluations (forward+backward,
+    ``restart_offsets`` entry, −1: none succeeded); ``grad_evals`` the objective evaluations (forward+backward,
     line-search trials included); ``forward_evals`` 0.
 
     Raises:
@@ -143,12 +146,11 @@ class StAdv(Attack):
         >>> res.flow.shape, res.success.float().mean()         # doctest: +SKIP
     """
 
-    norm: ClassVar[str] = "flow_tv"
     solver_params: ClassVar[tuple[str, ...]] = ("steps", "start")
 
     tau: float = 0.05
     kappa: float = 0.0
-    max_iter: int = 200
+    steps: int = 200
     history: int = 10
     patience: int = 5
     rel_improvement: float = 1e-2
@@ -157,24 +159,26 @@ class StAdv(Attack):
     tau_search: tuple[float, ...] | None = None
     padding_mode: str = "zeros"
     flow_units: str = "normalized"
-    eps: float = 1e-6
+    tv_smoothing: float = 1e-6
     max_step: float = 1.0
     precondition: float = 1.6
     init_offset: float = 1e-3
     restart_offsets: tuple[float, ...] = ()
     flow_hinge: float | None = None
+    max_iter: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, max_iter: int | None = None) -> None:
+        deprecated_keyword(self, "max_iter", "steps", max_iter, 200)
         check_positive(self.tau, "tau", allow_zero=True)
         check_positive(self.kappa, "kappa", allow_zero=True)
-        check_int(self.max_iter, "max_iter")
+        check_int(self.steps, "steps")
         check_int(self.history, "history")
         check_int(self.patience, "patience")
         check_int(self.polish_ls, "polish_ls")
         if self.abandon_after is not None:
             check_int(self.abandon_after, "abandon_after")
         check_positive(self.rel_improvement, "rel_improvement", allow_zero=True)
-        check_positive(self.eps, "eps")
+        check_positive(self.tv_smoothing, "tv_smoothing")
         check_positive(self.max_step, "max_step")
         check_positive(self.precondition, "precondition", allow_zero=True)
         if self.flow_units not in FLOW_UNITS:
@@ -206,7 +210,7 @@ class StAdv(Attack):
         best_flow = torch.zeros(n, 2, h, w, device=x.device, dtype=x.dtype)
         tau_used = torch.zeros(n, device=x.device, dtype=x.dtype)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        grad_evals = torch.zeros(n, dtype=torch.long, device=x.device)
         steps = torch.zeros(n, dtype=torch.long, device=x.device)
         start_used = torch.full((n,), -1, dtype=torch.long, device=x.device)
         # Start from a tiny constant flow: it has zero L_flow and moves every
@@ -224,10 +228,10 @@ class StAdv(Attack):
                 tau_used[todo[ok]] = float(tau)
                 start_used[todo[ok]] = k
                 start[todo] = last  # warm start of the next, smaller τ
-                iterations[todo] += it
+                grad_evals[todo] += it
                 steps[todo] += st
         x_adv = flow_warp(x, best_flow, padding_mode=self.padding_mode).clamp(0, 1)
-        return {"x_adv": x_adv, "flow": best_flow, "iterations": iterations,
+        return {"x_adv": x_adv, "flow": best_flow, "grad_evals": grad_evals,
                 "params": {"tau": tau_used, "steps": steps, "start": start_used}}
 
     def _solve(self, model, x, y, target, tau, start):
@@ -239,7 +243,7 @@ class StAdv(Attack):
         best_loss = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
         stalled = torch.zeros(n, dtype=torch.long, device=x.device)
         max_ls = torch.full((n,), 10, dtype=torch.long, device=x.device)
-        kappa, pm, eps = self.kappa, self.padding_mode, self.eps
+        kappa, pm, smoothing = self.kappa, self.padding_mode, self.tv_smoothing
         normalized = self.flow_units == "normalized"
 
         def fun(z: Tensor, idx: Tensor):
@@ -247,7 +251,7 @@ class StAdv(Attack):
                 f = z.detach().view(-1, 2, h, w).requires_grad_(True)
                 logits = model(flow_warp(x[idx], f, padding_mode=pm))
                 l_adv = margin(logits, y[idx], None if target is None else target[idx], kappa)
-                l_flow = flow_tv_loss(to_normalized(f) if normalized else f, eps=eps)
+                l_flow = flow_tv_loss(to_normalized(f) if normalized else f, eps=smoothing)
                 penal = l_flow if self.flow_hinge is None else (l_flow - self.flow_hinge).clamp_min(0)
                 loss = l_adv + (tau[idx] if isinstance(tau, Tensor) else tau) * penal
                 (g,) = torch.autograd.grad(loss.sum(), f)
@@ -279,7 +283,7 @@ class StAdv(Attack):
             spacing = (2.0 / max(h - 1, 1), 2.0 / max(w - 1, 1)) if normalized else (1.0, 1.0)
             pre = neumann_smoother(h, w, float(self.precondition), spacing=spacing, device=x.device, dtype=x.dtype)
         last, steps, evals = lbfgs_per_example(
-            fun, start.reshape(n, d).clone(), max_iter=self.max_iter,
+            fun, start.reshape(n, d).clone(), max_iter=self.steps,
             history=self.history, max_step=self.max_step, callback=callback, precondition=pre, max_ls=max_ls,
         )
         return best_flow.view(n, 2, h, w), torch.isfinite(best_lflow), evals, steps, last.view(n, 2, h, w)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
+from ..threats import L2Ball
 from .base import Attack
 
 __all__ = ["MinDistortionSweep"]
@@ -31,7 +31,7 @@ class MinDistortionSweep(Attack):
 
     Call: ``attack(model, x, y, *, target=None, index=None) -> AttackResult``
     with ``size = ‖x_adv − x‖₂`` ([0, 1] pixel units), ``delta = x_adv − x``,
-    and ``iterations`` and ``forward_evals`` summed over the runs (as for any
+    and ``grad_evals`` and ``forward_evals`` summed over the runs (as for any
     call, each run's own class-count probe and success check are not counted). ``index``
     is passed on to every run, so their random draws follow the examples'
     identities.
@@ -41,7 +41,6 @@ class MinDistortionSweep(Attack):
         ValueError: ``attacks`` is empty.
     """
 
-    norm: ClassVar[str] = "l2"
     attacks: tuple = ()
 
     def __post_init__(self) -> None:
@@ -50,11 +49,16 @@ class MinDistortionSweep(Attack):
         if not self.attacks:
             raise ValueError("attacks must hold at least one attack")
 
+    @property
+    def threat(self) -> L2Ball:
+        """An unbounded :class:`~spatialadv.threats.L2Ball`: the sweep keeps the smallest L2 distortion."""
+        return L2Ball(eps=float("inf"))
+
     def _run(self, model, x, y, target, index):
         n = x.shape[0]
         best = x.clone()
         best_d = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
-        iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+        grad_evals = torch.zeros(n, dtype=torch.long, device=x.device)
         forward_evals = torch.zeros(n, dtype=torch.long, device=x.device)
         l2 = self.threat
         for attack in self.attacks:
@@ -63,6 +67,6 @@ class MinDistortionSweep(Attack):
             better = res.success & (d < best_d)
             best[better] = res.x_adv[better]
             best_d[better] = d[better]
-            iterations += res.iterations
+            grad_evals += res.grad_evals
             forward_evals += res.forward_evals
-        return {"x_adv": best, "iterations": iterations, "forward_evals": forward_evals}
+        return {"x_adv": best, "grad_evals": grad_evals, "forward_evals": forward_evals}

@@ -54,7 +54,7 @@ class AuditConfig:
         smooth_steps: sPGD2 iterations (step 0.6·eps).
         random_tries: points per example of the gradient-free random search (the gradient-masking check).
         stm_rotations, stm_translations: STM grid sizes (default 31 × 5 × 5 = 775 transforms).
-        stadv_max_iter: L-BFGS steps per image of stAdv; None keeps ``StAdv()``'s default (the paper's settings).
+        stadv_steps: L-BFGS steps per image of stAdv (``StAdv.steps``); None keeps ``StAdv()``'s default (the paper's settings).
         seed: seed of the random starts and random search; also of the built-in sets' split.
         batch_size: examples per attack call.
 
@@ -75,7 +75,7 @@ class AuditConfig:
     random_tries: int = 20
     stm_rotations: int = 31
     stm_translations: int = 5
-    stadv_max_iter: int | None = None
+    stadv_steps: int | None = None
     seed: int = 0
     batch_size: int = 100
 
@@ -99,8 +99,8 @@ class AuditConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
-        if self.stadv_max_iter is not None and (not isinstance(self.stadv_max_iter, int) or self.stadv_max_iter < 1):
-            raise ValueError(f"--stadv-max-iter must be an integer >= 1, got {self.stadv_max_iter!r}")
+        if self.stadv_steps is not None and (not isinstance(self.stadv_steps, int) or self.stadv_steps < 1):
+            raise ValueError(f"--stadv-steps must be an integer >= 1, got {self.stadv_steps!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"--seed must be an integer >= 0, got {self.seed!r}")
 
@@ -110,6 +110,10 @@ class AuditConfig:
                                                               "translation_px": self.max_translation},
              "linf": {"eps": self.linf_eps}, "l2": {"eps": self.l2_eps}, "smooth": {"l2_eps": self.smooth_eps}}
         return {t: b[t] for t in self.threats}
+
+
+#: AuditConfig fields renamed since audits were first stored (old name → new name).
+_RENAMED_CONFIG = {"stadv_max_iter": "stadv_steps"}
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ def stages(threat: str, cfg: AuditConfig) -> list[Stage]:
     * ``smooth``: sPGD2 (Zhang et al. 2020) within the L2 ball of ``smooth_eps``.
     """
     if threat == "stadv":
-        attack = StAdv() if cfg.stadv_max_iter is None else StAdv(max_iter=cfg.stadv_max_iter)
+        attack = StAdv() if cfg.stadv_steps is None else StAdv(steps=cfg.stadv_steps)
         return [Stage("stAdv", attack, PixelFlow(budget=cfg.flow_budget))]
     if threat == "stm":
         return [Stage("STM grid", RotationTranslation(max_rotation=cfg.max_rotation, max_translation=cfg.max_translation,
@@ -439,7 +443,8 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
             raise ValueError(f"{path} holds no audit (not written by `spatialadv audit`)")
         sanity = list(store.get_meta("sanity", []))
         elapsed = store.get_meta("elapsed_s")
-        cfg = AuditConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+        stored = {_RENAMED_CONFIG.get(k, k): v for k, v in meta["config"].items()}  # audits stored before the renames
+        cfg = AuditConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
         model_key, data_key = meta["model"]["key"], meta["data_key"]
         clean_key = hashlib.sha256(f"clean|{model_key}|{data_key}".encode()).hexdigest()[:16]
         clean = {int(k): v for k, v in store.items(clean_key).items()}
@@ -458,7 +463,7 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
                 successes = sum(1 for r in recs if r["success"] and r["clean_pred"] == r["label"])
                 runs[threat].append({"stage": s.label, "attack": attack_config(s.attack), "attacked": len(recs),
                                      "broken": broken, "over_budget": successes - broken, "time_s": float(sum(r["time_s"] for r in recs)),
-                                     "gradient_evals": int(sum(r["iterations"] for r in recs)),
+                                     "gradient_evals": int(sum(r["grad_evals"] for r in recs)),
                                      "forward_evals": int(sum(r["forward_evals"] or 0 for r in recs)),
                                      "gradient_free": s.gradient_free})
                 if s.gradient_free and broken and threat in ("linf", "l2"):

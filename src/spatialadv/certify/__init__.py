@@ -11,8 +11,11 @@ Lehigh University, 2018 ("the Nguyen thesis"), §4.
 * :mod:`~spatialadv.certify.bounds` — upper bounds (linear Eq. 16, Frobenius,
   spectral, SDP exact and dual) and :func:`certify`.
 * :mod:`~spatialadv.certify.lower_bound` — the lower-bound attack (Thms. 1-2,
-  Algs. 1-2) and a budget-restricted flow attack, all evaluated on the true
-  bilinear warp.
+  Algs. 1-2), evaluated on the true bilinear warp. The budget-restricted flow
+  attack :class:`~spatialadv.attacks.SmoothFlowPGD` and stAdv with a τ binary
+  search (:class:`~spatialadv.attacks.StAdvTauBinarySearch`) are in
+  :mod:`spatialadv.attacks` (importing them from here still works, with a
+  ``DeprecationWarning``).
 * :mod:`~spatialadv.certify.training` — the training variants of the provable-defenses paper, §6.8.
 * :mod:`~spatialadv.certify.smoothing` — randomized smoothing (Cohen et al., ICML 2019): the smoothed
   classifier, PREDICT / CERTIFY, and certificates against rotations, translations and flows that hold on the
@@ -38,7 +41,6 @@ from .bounds import (
 )
 from .lower_bound import (
     LowerBoundResult,
-    SmoothFlowPGD,
     lower_bound_attack,
     pair_margin_change,
     rescale_to_budget,
@@ -70,14 +72,28 @@ from .smoothness import (
     neighbour_matrices,
     smoothness_gram,
 )
-from .stadv_search import StAdvTauBinarySearch
 
 __all__ = ["METHODS", "Certificate", "NetworkWeights", "brute_force_max", "certify", "dual_objective", "network_weights",
            "optimize_dual", "pair_bounds", "pair_matrices", "ritz_top_eigen", "sdp_dual_bound", "sdp_exact",
            "BORDERS", "box_half_widths", "flow_smoothness", "gram_inverse", "gram_inverse_sqrt", "neighbour_matrices",
-           "smoothness_gram", "LowerBoundResult", "SmoothFlowPGD", "lower_bound_attack", "pair_margin_change",
-           "rescale_to_budget", "warp_derivative", "StAdvTauBinarySearch", "PairBounds", "weights_fingerprint"]
+           "smoothness_gram", "LowerBoundResult", "lower_bound_attack", "pair_margin_change",
+           "rescale_to_budget", "warp_derivative", "PairBounds", "weights_fingerprint"]
 __all__ += ["SmoothedClassifier", "SmoothingCertificate", "GridCertificate", "FlowCertificate", "SmoothingAugmentation",
             "lower_confidence_bound", "cohen_radius", "bilinear_box_deviation", "rotation_interpolation_bound",
             "translation_interpolation_bound", "flow_linf_bound", "certify_rotation", "certify_translation",
             "exhaustive_translation", "certify_flow"]
+
+#: classes moved to :mod:`spatialadv.attacks` (attacks sit below certify): deprecated aliases
+_MOVED = {"SmoothFlowPGD": "smooth_flow", "StAdvTauBinarySearch": "stadv_search"}
+
+
+def __getattr__(name: str):
+    """The attacks moved to :mod:`spatialadv.attacks` (``_MOVED``), with a ``DeprecationWarning``."""
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        warnings.warn(f"spatialadv.certify.{name} moved: import it from spatialadv.attacks", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module(f"..attacks.{_MOVED[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -221,7 +221,7 @@ class StAdvPoolPenalty:
         self.lam_r = lam_r
         self.refresh = refresh
         # τ in pixels, plain L-BFGS: the attack the cached stadv-at checkpoints were trained with
-        self.attack = StAdv(tau=tau, max_iter=max_iter, flow_units="pixels", eps=1e-4, precondition=0.0, abandon_after=10,
+        self.attack = StAdv(tau=tau, steps=max_iter, flow_units="pixels", tv_smoothing=1e-4, precondition=0.0, abandon_after=10,
                  polish_ls=10)
         gen = torch.Generator().manual_seed(seed)
         self.idx = torch.randperm(len(data), generator=gen)[:pool_size]

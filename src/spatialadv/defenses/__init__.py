@@ -16,7 +16,6 @@ from .adversarial import (
 from .defense_gan import DefenseGANProjection, GANConfig, load_or_train_generator
 from .filters import BilateralFilter, Defended, MeanFilter, MedianFilter, mean_filter, median_filter
 from .lan import (
-    LANAdaptivePGD,
     LANConfig,
     LANDetector,
     MaskClassifier,
@@ -32,4 +31,17 @@ __all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "ensemble_adversar
            "DefenseGANProjection", "GANConfig", "load_or_train_generator",
            "MeanFilter", "MedianFilter", "BilateralFilter", "Defended", "mean_filter", "median_filter",
            "MaskGenerator", "MaskClassifier", "corrupt", "lan_loss", "train_lan",
-           "train_mask_classifier", "LANDetector", "LANConfig", "load_or_train_lan", "LANAdaptivePGD"]
+           "train_mask_classifier", "LANDetector", "LANConfig", "load_or_train_lan"]
+
+
+def __getattr__(name: str):
+    """``LANAdaptivePGD``, moved to :mod:`spatialadv.attacks`: a deprecated alias (``DeprecationWarning``)."""
+    if name == "LANAdaptivePGD":
+        import warnings
+
+        from ..attacks.adaptive import LANAdaptivePGD
+
+        warnings.warn("spatialadv.defenses.LANAdaptivePGD moved: import it from spatialadv.attacks", DeprecationWarning,
+                      stacklevel=2)
+        return LANAdaptivePGD
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

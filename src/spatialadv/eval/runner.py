@@ -173,7 +173,7 @@ def _attack_pairs(store, key, model, attack, x, y, pairs, batch_size, progress, 
                 run_key=key, idx=i, target=t, label=int(yb[j]), clean_pred=int(clean[j]), success=int(res.success[j]),
                 pred=int(res.pred[j]), l2=float(l2[j]), linf=float(linf[j]), size=float(res.size[j]),
                 flow_tv=None if ftv is None else float(ftv[j]), flow_l2=None if fl2 is None else float(fl2[j]),
-                iterations=int(res.iterations[j]), forward_evals=None if fwd is None else int(fwd[j]), time_s=per,
+                grad_evals=int(res.grad_evals[j]), forward_evals=None if fwd is None else int(fwd[j]), time_s=per,
                 params=encode_arrays({k: v[j].detach().cpu().numpy() for k, v in params.items()}),
                 x_adv=encode_array(res.x_adv[j].cpu().numpy().astype(np.float32)),
                 flow=None if res.flow is None else encode_array(res.flow[j].cpu().numpy().astype(np.float32)),
@@ -213,7 +213,7 @@ def summarize(records: list[dict]) -> dict:
         (over pairs), ``D_bar`` (pixels in [0, 1]), ``linf_mean``,
         ``size_mean`` (the threat model's units), ``flow_tv_mean/std`` and
         ``flow_l2_mean/std`` (flow attacks; stAdv Eqs. 5-6, pixels),
-        ``time_s``, ``ms_per_example``, ``iterations_mean`` (model gradient
+        ``time_s``, ``ms_per_example``, ``grad_evals_mean`` (model gradient
         evaluations per pair) and ``forward_evals_mean`` when recorded.
         Rates are NaN when their denominator is 0.
     """
@@ -234,7 +234,7 @@ def summarize(records: list[dict]) -> dict:
         "size_mean": _mean_std([r["size"] for r in succ])[0],
         "time_s": float(sum(r["time_s"] for r in records)),
         "ms_per_example": 1000.0 * sum(r["time_s"] for r in records) / n if n else math.nan,
-        "iterations_mean": float(np.mean([r["iterations"] for r in records])) if n else math.nan,
+        "grad_evals_mean": float(np.mean([r["grad_evals"] for r in records])) if n else math.nan,
     }
     if n and all(r.get("forward_evals") is not None for r in records):
         out["forward_evals_mean"] = float(np.mean([r["forward_evals"] for r in records]))

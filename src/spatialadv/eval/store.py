@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS records (
     run_key TEXT NOT NULL, idx INTEGER NOT NULL, target INTEGER NOT NULL,
     label INTEGER NOT NULL, clean_pred INTEGER, success INTEGER NOT NULL, pred INTEGER NOT NULL,
     l2 REAL, linf REAL, size REAL, flow_tv REAL, flow_l2 REAL,
-    iterations INTEGER, forward_evals INTEGER, time_s REAL, params BLOB, x_adv BLOB, flow BLOB,
+    grad_evals INTEGER, forward_evals INTEGER, time_s REAL, params BLOB, x_adv BLOB, flow BLOB,
     PRIMARY KEY (run_key, idx, target)
 );
 CREATE TABLE IF NOT EXISTS items (
@@ -38,10 +38,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 #: Version of the table layout; a store written with another layout is refused with a clear error.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Older layouts this version still reads and appends to: layout 2 named the ``grad_evals`` column ``iterations``.
+_READABLE_VERSIONS = (2, SCHEMA_VERSION)
+#: Columns renamed since layout 2 (new name → name in a layout-2 store).
+_RENAMED = {"grad_evals": "iterations"}
 
 _COLUMNS = ("run_key", "idx", "target", "label", "clean_pred", "success", "pred", "l2", "linf", "size", "flow_tv",
-            "flow_l2", "iterations", "forward_evals", "time_s", "params", "x_adv", "flow")
+            "flow_l2", "grad_evals", "forward_evals", "time_s", "params", "x_adv", "flow")
 _ARRAYS = ("params", "x_adv", "flow")
 
 
@@ -89,6 +93,13 @@ class ResultStore:
     pair, untargeted with ``target = -1``) and items (one JSON value per item
     of a non-attack run, e.g. a certificate per example and ε).
 
+    Record fields (the keys of :meth:`add`'s rows and :meth:`records`'
+    dicts) are ``_COLUMNS``; ``grad_evals`` is the attack's model gradient
+    evaluations of the pair (``AttackResult.grad_evals``). A store written by
+    an older version (table layout 2, whose column is named ``iterations``)
+    is read and appended to as it is: the column is renamed in the queries,
+    never in the file, so the older version can still open it.
+
     Args:
         path: database file; created with its folder when missing.
 
@@ -111,7 +122,7 @@ class ResultStore:
                 self.set_meta("schema_version", SCHEMA_VERSION)
         except (sqlite3.DatabaseError, OSError) as e:
             raise StoreError(f"cannot use results store {self.path}: {e}") from e
-        if version not in (None, SCHEMA_VERSION):
+        if version not in (None, *_READABLE_VERSIONS):
             self.conn.close()
             raise StoreError(f"results store {self.path} has table layout {version}, this version writes {SCHEMA_VERSION}: "
                              "write to a new --out / --store")
@@ -119,6 +130,8 @@ class ResultStore:
         if "clean_pred" not in cols:
             self.conn.close()
             raise StoreError(f"results store {self.path} was written by an older spatialadv: write to a new --out / --store")
+        #: the SQL name of each record field in this file (the layout-2 names where the file has them)
+        self._sql = {c: _RENAMED[c] if c in _RENAMED and c not in cols and _RENAMED[c] in cols else c for c in _COLUMNS}
 
     def close(self) -> None:
         """Close the SQLite connection; the store cannot be used afterwards."""
@@ -190,7 +203,8 @@ class ResultStore:
         """Insert rows (dicts with the record columns) in one transaction."""
         with self.conn:
             self.conn.executemany(
-                f"INSERT OR REPLACE INTO records ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                f"INSERT OR REPLACE INTO records ({', '.join(self._sql[c] for c in _COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_COLUMNS))})",
                 [tuple(r.get(c) for c in _COLUMNS) for r in rows],
             )
 
@@ -202,7 +216,8 @@ class ResultStore:
         ``(C, H, W)`` and ``flow`` ``(2, H, W)`` (None for non-flow attacks).
         """
         cols = _COLUMNS if arrays else tuple(c for c in _COLUMNS if c not in ("x_adv", "flow"))
-        cur = self.conn.execute(f"SELECT {', '.join(cols)} FROM records WHERE run_key = ? ORDER BY idx, target", (run_key,))
+        sel = ", ".join(c if self._sql[c] == c else f"{self._sql[c]} AS {c}" for c in cols)
+        cur = self.conn.execute(f"SELECT {sel} FROM records WHERE run_key = ? ORDER BY idx, target", (run_key,))
         out = []
         for r in cur:
             d = dict(zip(cols, r))

@@ -126,7 +126,7 @@ def certify_blocks(name: str, res: dict, out: Path) -> tuple[list[str], list[str
         fig.tight_layout(); fig.savefig(p, dpi=110); plt.close(fig)
         figures.append(p.name)
         lines += ["## Fig. 6 — untargeted stAdv vs τ", "", f"Paper: {PAPER['fig6']}", "",
-                  f"Ours: first {f6['n']} test images, StAdv(τ, max_iter={f6['max_iter']}); success among correctly "
+                  f"Ours: first {f6['n']} test images, StAdv(τ, steps={f6['max_iter']}); success among correctly "
                   "classified images; adversarial accuracy over all images.", "",
                   "The median clean logit margin is shown because stAdv's τ weighs L_flow against logit differences: "
                   "a net with small logits (the hinge-loss + norm-regularised ones) needs a proportionally smaller τ, so "

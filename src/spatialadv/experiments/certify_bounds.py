@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..certify import SmoothFlowPGD, certify, lower_bound_attack, pair_bounds
+from ..attacks import SmoothFlowPGD
+from ..certify import certify, lower_bound_attack, pair_bounds
 from ..certify.training import certify_spec
 from ..data import DataSpec
 from ..eval.runner import make_pairs

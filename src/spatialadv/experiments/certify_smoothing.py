@@ -179,7 +179,7 @@ def _empirical_task(g: SmoothedClassifier, model, x, y, cfg: Config, items: list
     shifts = torch.tensor([(a, b) for a in range(-t, t + 1) for b in range(-t, t + 1)], dtype=torch.float32)
     idx = torch.tensor([int(i) for i in items])
     xs, ys = x[idx], y[idx]
-    stadv = StAdv(tau=0.05, max_iter=50)(model, xs, ys)
+    stadv = StAdv(tau=0.05, steps=50)(model, xs, ys)
     for j, item in enumerate(items):
         xi, yi, row = xs[j : j + 1], int(ys[j]), [int(item)]
         with torch.no_grad():

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..attacks import StAdv
-from ..certify import StAdvTauBinarySearch
+from ..attacks import StAdv, StAdvTauBinarySearch
 from ..certify.training import certify_spec
 from ..data import DataSpec
 from ..eval.runner import make_pairs
@@ -81,9 +80,9 @@ def pixel_stadv(tau: float, max_iter: int) -> StAdv:
     The provable-defenses paper does not state its τ unit; its Fig. 6 τ values
     are read on pixel flows here (as this reproduction has always read them),
     with the solver settings the reproduction was measured with (no preconditioner, an unsuccessful image abandoned
-    after 10 steps without progress, 10 line-search trials throughout, ``eps`` = 1e-4 px²).
+    after 10 steps without progress, 10 line-search trials throughout, ``tv_smoothing`` = 1e-4 px²).
     """
-    return StAdv(tau=tau, max_iter=max_iter, flow_units="pixels", eps=1e-4, precondition=0.0, abandon_after=10,
+    return StAdv(tau=tau, steps=max_iter, flow_units="pixels", tv_smoothing=1e-4, precondition=0.0, abandon_after=10,
                  polish_ls=10)
 
 
@@ -110,7 +109,7 @@ def plan(cfg: Config, ctx):
 
     def search(budget: float, tau_high: float = 1000.0) -> StAdvTauBinarySearch:
         return StAdvTauBinarySearch(tau_low=0.0, tau_high=tau_high, search_steps=cfg.search_steps, flow_hinge=float(budget),
-                                    max_iter=cfg.thesis_max_iter)
+                                    steps=cfg.thesis_max_iter)
 
     def thesis_run(v, model, info, attack, budget, kind):
         return AttackRun(v, "stAdv τ search", model, attack, info["key"], test.x, test.y, data_key, tpairs,

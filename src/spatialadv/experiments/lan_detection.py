@@ -94,7 +94,8 @@ def _detect(det, net, attack, x, y, t, targeted: bool, items: list[str]) -> dict
 
 def plan(cfg: Config, ctx):
     """Per dataset: train/load f1, the source net and the LAN detector; attack; store per-example outcomes."""
-    from ..defenses import LANAdaptivePGD, LANConfig, load_or_train_lan
+    from ..attacks import LANAdaptivePGD
+    from ..defenses import LANConfig, load_or_train_lan
 
     for data in cfg.datasets:
         train_full = ctx.data(data, "train", cfg.seed)

@@ -124,7 +124,7 @@ def _flow_stats(run, unit: float) -> dict:
     out["first_start_success"] = len(first) / len(clean) if clean else math.nan
     steps = [int(np.asarray(r["params"]["steps"]).reshape(-1)[0]) for r in recs if "steps" in r["params"]]
     if steps:
-        cap = run.config.get("max_iter")
+        cap = run.config.get("steps", run.config.get("max_iter"))  # max_iter: runs stored before the rename
         runs_per_image = 1 + len(run.config.get("restart_offsets") or [])
         out["steps_mean"], out["steps_max"], out["cap"] = float(np.mean(steps)), int(max(steps)), cap
         out["cap_total"] = cap * runs_per_image * len(run.config.get("tau_search") or [0]) if cap else None
@@ -191,7 +191,7 @@ def report(cfg: Config, results) -> Report:
     for m in cfg.models:
         st = stats.get((m, "stAdv"), {})
         rows.append([m, fmt(st.get("steps_mean"), 1), str(st.get("steps_max", "–")), str(st.get("cap", "–")),
-                     fmt(st.get("at_cap"), pct=True), fmt(summaries.get((m, "stAdv"), {}).get("iterations_mean"), 1)])
+                     fmt(st.get("at_cap"), pct=True), fmt(summaries.get((m, "stAdv"), {}).get("grad_evals_mean"), 1)])
     blocks.append(Table(["model", "L-BFGS steps (mean)", "L-BFGS steps (max)", "cap per run", "pairs at the cap (%)",
                          "gradient evaluations (mean)"], rows,
                         "Steps summed over the first run and the restarts of still-failing images; the cap applies to each "
@@ -203,7 +203,7 @@ def report(cfg: Config, results) -> Report:
     rows = []
     for (m, a), s in summaries.items():
         rows.append([m, a, s["pairs"], fmt(s["P_suc"], pct=True), fmt(s["robust_accuracy"], pct=True),
-                     fmt(s["D_bar"], 3), fmt(s["linf_mean"], 3), fmt(s["iterations_mean"], 1), fmt(s["ms_per_example"], 1)])
+                     fmt(s["D_bar"], 3), fmt(s["linf_mean"], 3), fmt(s["grad_evals_mean"], 1), fmt(s["ms_per_example"], 1)])
     blocks.append(Table(["model", "attack", "attacks", "success (%)", "robust accuracy (%)", "D̄ L2", "mean L∞",
                          "gradient evaluations", "ms / attack"], rows,
                         "Success rate over the attacked pairs of correctly classified images; robust accuracy over all "

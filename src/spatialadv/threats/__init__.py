@@ -3,7 +3,7 @@
 One frozen dataclass per threat model, each with ``name``, ``unit``,
 ``project(...)``, ``random_start(x, seed, index)``, ``size(...)`` and
 ``measure(x, result)`` (see :class:`Threat`). Attacks take their projections,
-random starts and sizes from these classes; ``AttackResult.norm`` is the
+random starts and sizes from these classes; ``AttackResult.unit`` is the
 threat's ``unit``.
 
 =========================  ====================  =========================================

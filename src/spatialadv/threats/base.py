@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -62,14 +63,15 @@ def per_example_draws(x: Tensor, seed: int, index: Tensor | None,
     return torch.stack([draw(example_generator(seed, row)) for row in rows]).to(x.device)
 
 
-class Threat:
-    """Base class of the threat models: what a perturbation is and how big it is.
+class Threat(ABC):
+    """Abstract base class of the threat models: what a perturbation is and how big it is.
 
     Every threat is a frozen dataclass of its budget(s) with
 
     * ``name`` — the threat model (e.g. ``"linf"``, ``"rotation_translation"``);
     * ``unit`` — the name of the unit of :meth:`size` (what
-      :attr:`~spatialadv.attacks.AttackResult.norm` reports);
+      :attr:`~spatialadv.attacks.AttackResult.unit` reports; an attack's
+      unit is always its ``threat.unit``);
     * ``project(...)`` — map a perturbation onto the threat set, per example;
     * ``random_start(x, seed, index)`` — a random point of the set per
       example, drawn from :func:`example_generator` ``(seed, index row)`` on
@@ -81,19 +83,34 @@ class Threat:
 
     The arguments of ``project`` and ``size`` depend on the parametrisation
     (an additive δ, a flow, affine parameters); each subclass documents them.
+    The four methods are abstract: a threat model that does not implement
+    one of them cannot be instantiated (``TypeError``).
     """
 
     name: ClassVar[str] = ""
     unit: ClassVar[str] = ""
 
-    def measure(self, x: Tensor, result) -> Tensor:  # pragma: no cover - abstract
-        """Size ``(N,)`` of ``result``'s perturbation of ``x`` in this threat's ``unit``; subclasses implement it.
+    @abstractmethod
+    def project(self, *args: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """Map perturbations onto the threat set, per example (arguments: see the subclass)."""
+
+    @abstractmethod
+    def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor | tuple[Tensor, ...]:
+        """A random point of the set per example for the images ``x`` ``(N, C, H, W)``.
+
+        Drawn from :func:`example_generator` ``(seed, index row)`` on the CPU
+        and moved to ``x.device``, so it does not depend on the batch.
+        """
+
+    @abstractmethod
+    def size(self, *args: Tensor) -> Tensor:
+        """The perturbation's size ``(N,)`` in ``unit`` (arguments: see the subclass)."""
+
+    @abstractmethod
+    def measure(self, x: Tensor, result) -> Tensor:
+        """Size ``(N,)`` of ``result``'s perturbation of ``x`` in this threat's ``unit`` (not masked by success).
 
         Args:
             x: the original images ``(N, C, H, W)`` in [0, 1].
             result: the attack's :class:`~spatialadv.attacks.AttackResult` on ``x``.
-
-        Raises:
-            NotImplementedError: always, in the base class.
         """
-        raise NotImplementedError

@@ -176,6 +176,35 @@ class L0Pixels(Threat):
         """The largest number of changed features allowed in one image of ``x`` ``(N, C, H, W)``."""
         return int(math.floor(float(self.gamma) * x[0].numel() + 1e-9))
 
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Keep, per example, the :meth:`budget` largest changes ``|x_adv − x|`` and reset the others to ``x``.
+
+        The Euclidean projection of ``δ = x_adv − x`` onto ``{‖δ‖₀ ≤ k}``
+        (ties broken by feature order), then the [0, 1] clip, which changes
+        no feature that was not changed already.
+        """
+        d = (x_adv - x).flatten(1)
+        k = self.budget(x)
+        keep = torch.zeros_like(d, dtype=torch.bool)
+        if k > 0:
+            keep.scatter_(1, d.abs().topk(min(k, d.shape[1]), dim=1, sorted=False).indices, True)
+        return (x.flatten(1) + torch.where(keep, d, torch.zeros_like(d))).view_as(x).clamp(0.0, 1.0)
+
+    def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor:
+        """δ₀ ``(N, C, H, W)``: :meth:`budget` features chosen uniformly per example, each changed by U[−1, 1].
+
+        Drawn from ``(seed, index row)`` only; not clipped to [0, 1]: use
+        :meth:`project` on ``x + δ₀``.
+        """
+        d, k = x[0].numel(), self.budget(x)
+
+        def draw(g: torch.Generator) -> Tensor:
+            delta = torch.zeros(d, dtype=x.dtype)
+            delta[torch.randperm(d, generator=g)[:k]] = torch.rand(k, generator=g, dtype=x.dtype) * 2 - 1
+            return delta
+
+        return per_example_draws(x, seed, index, draw).view_as(x)
+
     def measure(self, x: Tensor, result) -> Tensor:
         """``size(result.x_adv − x)``."""
         return self.size(result.x_adv - x)

@@ -17,13 +17,15 @@ from .lp import L2Ball
 __all__ = ["SmoothLikeX", "SmoothingParams", "check_smoothing"]
 
 
-def check_smoothing(*, alpha: object, sigma: object, kernel: object, solver: object, tol: object,
-                    max_iter: object) -> None:
+def check_smoothing(*, alpha: object, sigma: object, kernel: object, solver: object, cg_tol: object,
+                    cg_max_iter: object) -> None:
     """Validate the hyper-parameters of :class:`~spatialadv.ops.smoothing.GuidedSmoothing`.
 
+    ``cg_tol`` and ``cg_max_iter`` are its ``tol`` and ``max_iter``.
+
     Raises:
-        TypeError: ``alpha`` (or another number) is not a number; ``max_iter`` not an int.
-        ValueError: ``alpha`` outside [0, 1), ``sigma``/``tol`` ≤ 0, ``max_iter`` < 1,
+        TypeError: ``alpha`` (or another number) is not a number; ``cg_max_iter`` not an int.
+        ValueError: ``alpha`` outside [0, 1), ``sigma``/``cg_tol`` ≤ 0, ``cg_max_iter`` < 1,
             unknown ``kernel`` (``"laplacian"``, ``"gaussian"``) or ``solver``
             (``"auto"``, ``"direct"``, ``"cg"``).
     """
@@ -36,8 +38,8 @@ def check_smoothing(*, alpha: object, sigma: object, kernel: object, solver: obj
         raise ValueError(f"kernel must be 'laplacian' or 'gaussian', got {kernel!r}")
     if solver not in ("auto", "direct", "cg"):
         raise ValueError(f"solver must be 'auto', 'direct' or 'cg', got {solver!r}")
-    check_positive(tol, "tol")
-    check_int(max_iter, "max_iter", minimum=1)
+    check_positive(cg_tol, "cg_tol")
+    check_int(cg_max_iter, "cg_max_iter", minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,31 +51,31 @@ class SmoothingParams:
         sigma: bandwidth of the feature kernel on the [0, 1] pixel scale, > 0.
         kernel: ``"laplacian"`` or ``"gaussian"`` feature kernel.
         solver: ``"auto"``, ``"direct"`` or ``"cg"`` (see :mod:`spatialadv.ops.smoothing`).
-        tol: CG relative-residual tolerance, > 0.
-        max_iter: CG iteration cap per solve, ≥ 1.
+        cg_tol: the CG solver's relative-residual tolerance, > 0.
+        cg_max_iter: the CG solver's iteration cap per solve, ≥ 1.
     """
 
     alpha: float = 0.95
     sigma: float = 0.1
     kernel: str = "laplacian"
     solver: str = "auto"
-    tol: float = 1e-5
-    max_iter: int = 1000
+    cg_tol: float = 1e-5
+    cg_max_iter: int = 1000
 
     def check_params(self) -> None:
         """Validate the fields (see :func:`check_smoothing`)."""
-        check_smoothing(alpha=self.alpha, sigma=self.sigma, kernel=self.kernel, solver=self.solver, tol=self.tol,
-                        max_iter=self.max_iter)
+        check_smoothing(alpha=self.alpha, sigma=self.sigma, kernel=self.kernel, solver=self.solver, cg_tol=self.cg_tol,
+                        cg_max_iter=self.cg_max_iter)
 
     def smoothing_kwargs(self) -> dict:
-        """The fields as keyword arguments of :class:`~spatialadv.ops.smoothing.GuidedSmoothing`."""
+        """The fields as keyword arguments of another :class:`SmoothingParams` (e.g. :class:`SmoothLikeX`)."""
         return {"alpha": self.alpha, "sigma": self.sigma, "kernel": self.kernel, "solver": self.solver,
-                "tol": self.tol, "max_iter": self.max_iter}
+                "cg_tol": self.cg_tol, "cg_max_iter": self.cg_max_iter}
 
     def smoother(self, x: Tensor) -> GuidedSmoothing:
         """The smoothing ``ŝ_α`` guided by the images ``x`` ``(N, C, H, W)``."""
         return GuidedSmoothing(x, alpha=float(self.alpha), sigma=float(self.sigma), kernel=self.kernel,
-                               solver=self.solver, tol=float(self.tol), max_iter=int(self.max_iter))
+                               solver=self.solver, tol=float(self.cg_tol), max_iter=int(self.cg_max_iter))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +92,7 @@ class SmoothLikeX(L2Ball, SmoothingParams):
 
     Args:
         eps: L2 budget ([0, 1] pixel units), > 0 (paper MNIST: 5).
-        alpha, sigma, kernel, solver, tol, max_iter: the smoothing (see
+        alpha, sigma, kernel, solver, cg_tol, cg_max_iter: the smoothing (see
             :class:`~spatialadv.ops.smoothing.GuidedSmoothing`).
 
     Units: ``size`` is ``‖δ‖₂`` in [0, 1] pixel units (``unit = "l2"``).

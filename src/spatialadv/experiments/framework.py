@@ -563,6 +563,9 @@ def rebuild(out: str | Path, exp: Experiment | None = None) -> dict:
         out: the experiment folder.
         exp: the experiment (default: the registered one named in the store).
 
+    A folder whose store holds no run yet gets a short "no runs stored yet" report without calling the
+    experiment's ``report`` (no data set is loaded).
+
     Raises:
         FileNotFoundError: no store. ValueError: not a reproduce folder.
     """
@@ -574,7 +577,9 @@ def rebuild(out: str | Path, exp: Experiment | None = None) -> dict:
             cfg = config_from_dict(type(exp.config), store.get_meta("config")["values"])
     with ResultStore(out / STORE_NAME) as store:
         results = Results(out, store)
-        rep = exp.report(cfg, results)
+        # no run stored yet (killed during training, say): a short report without the experiment's, which may
+        # load its data set (a fresh machine may not have it) to draw figures of records that do not exist
+        rep = exp.report(cfg, results) if results.runs else Report(exp.help, ["No runs stored yet."])
         return render(exp, cfg, results, rep)
 
 

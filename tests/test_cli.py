@@ -147,9 +147,9 @@ def test_pgd_adversarial_training_from_the_cli_resists_pgd(cache, capsys):
         return json.loads(capsys.readouterr().out)[0]["robust_accuracy"]
 
     plain = robust([])
-    trained = robust(["--objective", "pgd-at", "--objective-param", "eps=0.15", "--objective-param", "steps=5",
-                      "--objective-param", "step_size=0.05"])
+    trained = robust(["--objective", "pgd-at", "--param", "objective.eps=0.15", "--param", "objective.steps=5",
+                      "--param", "objective.step_size=0.05"])
     assert trained > plain + 0.2, (plain, trained)
     assert trained > 0.5 > plain, (plain, trained)
-    assert main(["train", "--objective", "pgd-at", "--objective-param", "epsilon=0.1", "--quiet"]) == 2
+    assert main(["train", "--objective", "pgd-at", "--param", "epsilon=0.1", "--quiet"]) == 2
     assert "no option 'epsilon'" in capsys.readouterr().err

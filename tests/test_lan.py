@@ -137,7 +137,7 @@ def test_adaptive_attack_contract(mnist_small, tmp_path):
     assert res.success_rate > 0
     with pytest.raises(ValueError, match="targeted"):
         attack(f1, xs, ys)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="detector must be a LANDetector, got Sequential"):
         LANAdaptivePGD(detector=f1)
 
 

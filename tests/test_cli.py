@@ -31,7 +31,8 @@ def test_reproduce_stadv_mnist_tiny(cache, capsys, one_thread):
     by = {(r["model"], r["attack"]): r for r in rep["results"]}
     assert by[("fc-200", "stAdv")]["pairs"] == 18  # 2 images × 9 targets
     assert by[("fc-200", "C&W-L2")]["pairs"] == 9
-    assert 0.0 <= by[("fc-200", "stAdv")]["P_suc"] <= 1.0
+    st = by[("fc-200", "stAdv")]  # stAdv Table 1: 99.95-100 % targeted success on MNIST models
+    assert st["successes"] == 18 and st["P_suc"] == 1.0
     for f in rep["figures"]:
         assert (out / f).stat().st_size > 1000
     assert {"fig2_grid_fc-200.png", "fig4_compare.png"} <= set(rep["figures"])
@@ -56,8 +57,13 @@ def test_reproduce_smooth_mnist_tiny(cache, capsys, one_thread):
     assert "Table 1" in md and "sC&W vs C&W" in md and "iteration budgets" in md
     rep = json.loads((out / "report.json").read_text())
     assert [r["attack"] for r in rep["results"]] == ["FGSM", "I-FGSM", "PGD2", "C&W", "sPGD2", "sC&W"]
+    by = {r["attack"]: r for r in rep["results"]}
     for r in rep["results"]:
-        assert r["N"] == 3 and 0 <= r["P_suc"] <= 1
+        assert r["N"] == 3 and r["P_suc"] == r["N_suc"] / 3
+    assert by["PGD2"]["P_suc"] == by["sPGD2"]["P_suc"] == 1.0
+    # Zhang et al. (smooth adversarial examples): the smooth perturbation keeps off the flat background, where
+    # PGD2's spreads (share of the perturbation's energy on flat pixels: 0.02 against 0.19 here)
+    assert by["sPGD2"]["flat_energy"] < 0.5 * by["PGD2"]["flat_energy"]
     assert [b["schedule"] for b in rep["budget"]] == ["1×5", "1×3", "2×3"]
     assert all(b["C&W"]["N"] == 2 for b in rep["budget"])
     for f in rep["figures"]:

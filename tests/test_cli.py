@@ -258,3 +258,20 @@ def test_data_free_paths_on_a_machine_without_data_sets(tmp_path, monkeypatch, c
         md = (out / "report.md").read_text()
         assert "No runs stored yet" in md and "Incomplete run" in md and f"spatialadv reproduce {name}" in md
         assert json.loads((out / "report.json").read_text())["experiment"] == name
+
+
+def test_audit_device_wrapper_keeps_values_and_gradients(one_thread):
+    """``audit --device``: the model computes behind a wrapper that takes and returns the caller's tensors."""
+    import torch
+
+    from spatialadv.cli import _on_device
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    wrapped = _on_device(net, torch.device("cpu"))
+    assert not wrapped.training
+    x = torch.rand(2, 1, 4, 4, requires_grad=True)
+    out = wrapped(x)
+    torch.testing.assert_close(out, net(x), rtol=0, atol=0)
+    (g,) = torch.autograd.grad(out[:, 1].sum(), x)
+    torch.testing.assert_close(g, net[1].weight[1].reshape(1, 1, 4, 4).expand(2, 1, 4, 4), rtol=0, atol=0)

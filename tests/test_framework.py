@@ -83,6 +83,25 @@ def test_cli_options_come_from_the_config():
     assert config_from_dict(ToyConfig, json.loads(json.dumps(config_to_dict(cfg)))) == cfg
 
 
+@dataclass(frozen=True)
+class SharedConfig:
+    rate: float = option(0.5, "a 50 % share")
+    names: tuple[str, ...] = option(("a", "b"), "labels", sep=",")
+    threads: int = option(2, "torch threads")
+
+
+def test_generated_options_escape_percent_split_on_sep_and_keep_shared_options():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="shared")  # a CLI-wide option, defined once
+    add_config_arguments(p, SharedConfig())
+    help_text = " ".join(p.format_help().split())
+    assert "a 50 % share (default: 0.5)" in help_text and "labels (default: a,b)" in help_text
+    assert "torch threads" not in help_text  # the parser's own --threads stays; it fills the field
+    assert config_from_args(SharedConfig(), p.parse_args(["--names", "c, a", "--threads", "3"])) == \
+        SharedConfig(names=("c", "a"), threads=3)
+    assert config_from_args(SharedConfig(), p.parse_args([])) == SharedConfig()
+
+
 def test_every_experiment_config_round_trips_and_validates():
     for name, exp in experiments().items():
         validate_config(exp.config)

@@ -54,7 +54,7 @@ def test_errors():
     with pytest.raises(ValueError, match="Conv2d"):
         last_conv_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
     net, _ = _tiny()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"target must have shape \(2,\), got \(3,\)"):
         grad_cam(net, torch.rand(2, 1, 6, 6), torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"weight \(K, K'\) must match, got \(1, 2, 3, 3\) and \(4, 3\)"):
         class_activation_map(torch.rand(1, 2, 3, 3), torch.rand(4, 3), torch.tensor([0]))

@@ -434,9 +434,9 @@ def test_abort_early_is_a_deprecated_alias_of_early_stop():
 def test_replace_revalidates_and_objects_are_frozen():
     with pytest.raises(ValueError, match="norm"):
         PGD().replace(norm="l3")
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'eps'"):
         PGD().eps = 0.1  # type: ignore[misc]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="takes 1 positional argument but 2 were given"):
         PGD(0.3)  # keyword-only
 
 

@@ -37,11 +37,11 @@ def test_certify_bounds_resumes_after_a_kill(cache, monkeypatch, capsys, one_thr
     def dies_on_second_method(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # killed while certifying with the second bound
+            raise KeyboardInterrupt("killed by the test")  # killed while certifying with the second bound
         return real(*args, **kwargs)
 
     monkeypatch.setattr(certify_bounds, "certify", dies_on_second_method)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed by the test"):
         main(BOUNDS + ["--out", str(killed)])
     assert main(["report", str(killed)]) == 0  # a report of the interrupted folder says what is missing
     assert "Incomplete run" in (killed / "report.md").read_text()

@@ -55,7 +55,7 @@ def test_cohen_radius_values():
                                     dict(batch_size=0)])
 def test_smoothed_classifier_rejects_bad_settings(kwargs):
     args = dict(sigma=0.25, num_classes=10) | kwargs
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"^{next(iter(kwargs))} must be"):
         S.SmoothedClassifier(nn.Flatten(), **args)
 
 
@@ -84,7 +84,7 @@ def test_certify_rejects_bad_inputs(mnist):
         g.certify(x * 2, n0=10, n=10)
     with pytest.raises(ValueError, match="shape"):
         g.certify(x[0], n0=10, n=10)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         S.SmoothedClassifier("not a model", sigma=0.25, num_classes=10)
 
 

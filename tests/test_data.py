@@ -143,24 +143,24 @@ def test_read_idx_errors(tmp_path):
     a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     good = idx_bytes(a)
     cases = {
-        "magic": b"\x01\x00" + good[2:],
-        "code": good[:2] + b"\x07" + good[3:],
-        "truncated": good[:-1],
-        "oversized": good + b"\x00",
-        "header": good[:4 + 4],  # 3 dims announced, 1 given
-        "tiny": b"\x00\x00",
+        "magic": (b"\x01\x00" + good[2:], r"not an IDX file \(magic must start with two zero bytes\)"),
+        "code": (good[:2] + b"\x07" + good[3:], "unknown IDX type code 0x07"),
+        "truncated": (good[:-1], r"IDX payload is 23 bytes, expected 24 for shape \(2, 3, 4\)"),
+        "oversized": (good + b"\x00", r"IDX payload is 25 bytes, expected 24 for shape \(2, 3, 4\)"),
+        "header": (good[:4 + 4], "truncated IDX header"),  # 3 dims announced, 1 given
+        "tiny": (b"\x00\x00", "not an IDX file"),
     }
-    for name, data in cases.items():
+    for name, (data, message) in cases.items():
         p = tmp_path / name
         p.write_bytes(data)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"{name}: {message}"):
             read_idx(p)
     # the same errors through gzip
     p = tmp_path / "trunc.gz"
     p.write_bytes(gzip.compress(good[:-3]))
     with pytest.raises(ValueError, match="payload"):
         read_idx(p)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="IDX file not found: .*missing.idx"):
         read_idx(tmp_path / "missing.idx")
 
 
@@ -200,7 +200,7 @@ def test_fashion_mnist_from_dir(tmp_path, monkeypatch, gz):
 
 def test_fashion_mnist_missing_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("SPATIALADV_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(FileNotFoundError, match="Fashion-MNIST file .*t10k-images-idx3-ubyte.gz not found") as e:
         load_dataset("fashion-mnist", "test")
     assert "apt-get install dataset-fashion-mnist" in str(e.value)
     assert "SPATIALADV_FASHION_MNIST_DIR" in str(e.value)
@@ -277,7 +277,7 @@ def test_load_npz_errors(tmp_path):
         return p
 
     ok_x = np.zeros((2, 5, 5), np.float32)
-    with pytest.raises(KeyError) as e:
+    with pytest.raises(KeyError, match=r"nokey.npz: no array 'x'; the archive holds \['images', 'y'\]") as e:
         load_npz(save("nokey", images=ok_x, y=np.array([0, 1])))
     assert "images" in str(e.value) and "'x'" in str(e.value)
     with pytest.raises(KeyError, match="labels"):
@@ -296,13 +296,13 @@ def test_load_npz_errors(tmp_path):
         load_npz(save("yneg", x=ok_x, y=np.array([0, -1])))
     with pytest.raises(ValueError, match="negative"):
         load_npz(save("xneg", x=ok_x - 1, y=np.array([0, 1])))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"pixel values up to 300; expected \[0, 1\] or \[0, 255\]"):
         load_npz(save("xbig", x=ok_x + 300, y=np.array([0, 1])))
     with pytest.raises(ValueError, match="shape"):
         load_npz(save("x2d", x=np.zeros((2, 25), np.float32), y=np.array([0, 1])))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unsupported image dtype bool"):
         load_npz(save("xbool", x=np.zeros((2, 5, 5), bool), y=np.array([0, 1])))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="npz file not found: .*absent.npz"):
         load_npz(tmp_path / "absent.npz")
 
 

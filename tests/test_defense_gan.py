@@ -76,7 +76,7 @@ def test_bpda_attack_gets_a_gradient_through_the_projection(digits_gan, digits_m
 def test_bad_settings_and_inputs_raise(digits_gan):
     _, gen, _ = digits_gan
     for kw in ({"steps": 0}, {"restarts": 0}, {"lr": 0.0}, {"momentum": 1.0}, {"seed": -1}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"^{next(iter(kw))} must be"):
             DefenseGANProjection(gen, **kw)
     with pytest.raises(ValueError, match="z_dim"):
         DefenseGANProjection(torch.nn.Identity())
@@ -86,6 +86,6 @@ def test_bad_settings_and_inputs_raise(digits_gan):
     with pytest.raises(ValueError, match="shape"):
         proj(torch.zeros(1, 1, 28, 28))
     for kw in ({"z_dim": 0}, {"hidden": ()}, {"iterations": 0}, {"gp_weight": -1.0}):
-        with pytest.raises((ValueError, TypeError)):
+        with pytest.raises((ValueError, TypeError), match=f"^{next(iter(kw))} must be"):
             GANConfig(**kw)
     assert isinstance(Generator((1, 8, 8), 4, (8,)), torch.nn.Module)

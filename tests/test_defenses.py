@@ -214,12 +214,20 @@ def test_ensemble_adversary_crafts_on_the_current_and_each_static_model_in_turn(
         ensemble_adversary([s1], eps=0.0)
 
 
+def _test_accuracy(model, data) -> float:
+    """Top-1 accuracy of ``model`` on ``data``'s whole test split, recomputed here (the figure ``load_or_train`` reports)."""
+    test = data.test()
+    with torch.no_grad():
+        correct = sum(int((model(test.x[i : i + 500]).argmax(1) == test.y[i : i + 500]).sum()) for i in range(0, len(test), 500))
+    return correct / len(test)
+
+
 def test_ens_at_trains_against_static_models_of_other_architectures(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("SPATIALADV_CACHE", str(tmp_path))
     data, cfg = DataSpec("mnist", max_train=64), TrainConfig(epochs=1, batch_size=32)
     spec = ModelSpec("mnist-b", data, cfg, Objective("ens-at", static_epochs=1))
     model, info = load_or_train(spec, progress=False)
-    assert not info["cached"] and 0.0 <= info["test_accuracy"] <= 1.0
+    assert not info["cached"] and info["test_accuracy"] == _test_accuracy(model, data)
     static = sorted(p.name.split("-standard-")[0] for p in (tmp_path / "models").glob("*-standard-*.safetensors"))
     assert static == ["mnist-a", "mnist-c"]  # Tramèr et al.: the static models are other architectures
     with pytest.raises(ValueError, match="static_seed"):  # static models must see the same training images
@@ -288,7 +296,9 @@ def test_adv_critic_fine_tunes_a_cached_model_and_checks_its_options(tmp_path, o
     spec = ModelSpec("fc-200", data, TrainConfig(epochs=1, batch_size=64), Objective("adv-critic", steps=2), init=plain)
     model, info = load_or_train(spec, directory=tmp_path, progress=False)
     assert info["test_accuracy"] > 0.5 and set(info["notes"]) == {"critic_loss", "train_attack_success"}
-    assert 0.0 <= info["notes"]["train_attack_success"] <= 1.0
+    # the mean over the last epoch's 4 batches of 64 images; the critic's 2-step attack breaks a good share of a
+    # plain model's training images (0.58 here)
+    assert (256 * info["notes"]["train_attack_success"]).is_integer() and info["notes"]["train_attack_success"] > 0.25
     for bad in ({"lam": -1.0}, {"steps": 0}, {"overshoot": -0.1}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"objective 'adv-critic': option '{next(iter(bad))}' must be"):
             Objective("adv-critic", **bad)

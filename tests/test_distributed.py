@@ -166,7 +166,7 @@ def test_ddp_pgd_training_gives_a_loadable_checkpoint_with_single_process_accura
     from spatialadv.models import ModelSpec, Objective, TrainConfig, load_or_train, model_key
 
     pgd = {"eps": 0.1, "steps": 3, "step_size": 0.05}
-    args = ["train", *MODEL, "--objective", "pgd-at", *sum((["--objective-param", f"{k}={v}"] for k, v in pgd.items()), [])]
+    args = ["train", *MODEL, "--objective", "pgd-at", *sum((["--param", f"{k}={v}"] for k, v in pgd.items()), [])]
     dist_out = _cli(args, tmp_path / "ddp", torchrun=True)
     assert dist_out.returncode == 0, dist_out.stderr[-3000:]
     single_out = _cli(args, tmp_path / "single")

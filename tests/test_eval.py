@@ -260,7 +260,7 @@ def test_run_attack_resumes_after_interruption(tmp_path, setup64):
 
     path = tmp_path / "resumed.sqlite"
     st = ResultStore(path)
-    with pytest.raises(_Interrupted):
+    with pytest.raises(_Interrupted, match="simulated kill"):
         run_attack(st, key, model, _DiesAfter(ATTACK, 1), x, y, pairs, batch_size=5, progress=False)
     st.close()  # the process dies here
 
@@ -298,7 +298,7 @@ def test_resume_with_other_batch_size_and_n_equals_a_fresh_run(tmp_path, setup64
         fresh = st.records(key, arrays=True)
     path = tmp_path / "grown.sqlite"
     st = ResultStore(path)
-    with pytest.raises(_Interrupted):
+    with pytest.raises(_Interrupted, match="simulated kill"):
         run_attack(st, key, model, _DiesAfter(attack, 1), x, y, small, batch_size=2, progress=False)
     st.close()
     with ResultStore(path) as st:

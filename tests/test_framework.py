@@ -44,7 +44,7 @@ def _toy_plan(cfg, ctx):
     def compute(items):
         CALLS.append(list(items))
         if ctx.get_meta("fail_at") in items:
-            raise KeyboardInterrupt  # a kill in the middle of the run
+            raise KeyboardInterrupt("killed by the test")  # a kill in the middle of the run
         return {i: {"value": cfg.scale * int(i)} for i in items}
 
     yield TaskRun("toy", "double", {"scale": cfg.scale}, "model-key", [str(i) for i in range(cfg.n)], compute,
@@ -74,13 +74,32 @@ def test_cli_options_come_from_the_config():
     # "none" resets an optional field whose variant default is not None
     assert config_from_args(ToyConfig(limit=50), p.parse_args(["--limit", "none"])).limit is None
     assert config_from_args(ToyConfig(limit=50), p.parse_args([])).limit == 50
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^2$"):
         p.parse_args(["--names", "z"])
     with pytest.raises(ValueError, match="--n must be >= 1"):
         validate_config(ToyConfig(n=0))
     with pytest.raises(ValueError, match="--limit"):
         validate_config(ToyConfig(limit=3))
     assert config_from_dict(ToyConfig, json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+
+
+@dataclass(frozen=True)
+class SharedConfig:
+    rate: float = option(0.5, "a 50 % share")
+    names: tuple[str, ...] = option(("a", "b"), "labels", sep=",")
+    threads: int = option(2, "torch threads")
+
+
+def test_generated_options_escape_percent_split_on_sep_and_keep_shared_options():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="shared")  # a CLI-wide option, defined once
+    add_config_arguments(p, SharedConfig())
+    help_text = " ".join(p.format_help().split())
+    assert "a 50 % share (default: 0.5)" in help_text and "labels (default: a,b)" in help_text
+    assert "torch threads" not in help_text  # the parser's own --threads stays; it fills the field
+    assert config_from_args(SharedConfig(), p.parse_args(["--names", "c, a", "--threads", "3"])) == \
+        SharedConfig(names=("c", "a"), threads=3)
+    assert config_from_args(SharedConfig(), p.parse_args([])) == SharedConfig()
 
 
 def test_every_experiment_config_round_trips_and_validates():
@@ -100,7 +119,7 @@ def test_task_run_resumes_after_a_kill_without_recomputing(tmp_path):
     out.mkdir()
     with ResultStore(out / "results.sqlite") as store:
         store.set_meta("fail_at", "3")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed by the test"):
         run_experiment(TOY, ToyConfig(), out, progress=False)
     assert CALLS == [["0", "1"], ["2", "3"]]
     # the interrupted folder's report says so and lists what is there

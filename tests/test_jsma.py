@@ -111,7 +111,7 @@ def test_linear_model_known_pair():
                                         ({"theta": "1"}, TypeError), ({"gamma": 0.0}, ValueError),
                                         ({"gamma": 1.2}, ValueError), ({"batch_chunk": 0}, ValueError)])
 def test_invalid_hyperparameters(kwargs, exc):
-    with pytest.raises(exc):
+    with pytest.raises(exc, match=f"^{next(iter(kwargs))} must be"):
         JSMA(**kwargs)
 
 

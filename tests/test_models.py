@@ -110,7 +110,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_load_checkpoint_errors(tmp_path):
     a = build_model("fc-500", image_size=8)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*absent.safetensors"):
         load_checkpoint(a, tmp_path / "absent.safetensors")
     save_checkpoint(a, tmp_path / "a.safetensors")
     with pytest.raises(ValueError, match="another model"):  # another model's checkpoint
@@ -165,7 +165,7 @@ def test_objective_defaults_equality_and_json():
     assert isinstance(Objective("fgsm-at", eps=1).options["eps"], float)
     assert Objective("fgsm-at", eps=0.1) != Objective("fgsm-at")
     o = Objective("sdp")
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="Objective is immutable"):
         o.name = "standard"
     o.options["eps_train"] = 5.0  # a copy: the objective is unchanged
     assert o.options["eps_train"] == 0.02
@@ -286,13 +286,21 @@ def test_load_or_train_errors(tmp_path, one_thread):
     train = load_dataset("digits", "train")
     with pytest.raises(TypeError, match="load_or_train takes a ModelSpec"):
         load_or_train("fc-200", progress=False, directory=tmp_path)
-    with pytest.raises(TypeError):  # the old (name, train, test, ...) signature is gone
+    with pytest.raises(TypeError, match="takes 1 positional argument but 2 positional arguments"):  # the old (name, train, test, ...) signature is gone
         load_or_train("fc-200", train, progress=False, directory=tmp_path)
     with pytest.raises(ValueError, match="8×8"):  # architecture too large for the data
         load_or_train(ModelSpec("c4", DIGITS, TINY), progress=False, directory=tmp_path)
     with pytest.raises(TypeError, match="one hidden layer"):  # certificate objective on another architecture
         load_or_train(ModelSpec("fc-200", DIGITS, TINY, Objective("sdp")), progress=False, directory=tmp_path)
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+def _test_accuracy(model, data) -> float:
+    """Top-1 accuracy of ``model`` on ``data``'s whole test split, recomputed here (the figure ``load_or_train`` reports)."""
+    test = data.test()
+    with torch.no_grad():
+        correct = sum(int((model(test.x[i : i + 500]).argmax(1) == test.y[i : i + 500]).sum()) for i in range(0, len(test), 500))
+    return correct / len(test)
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
@@ -304,14 +312,16 @@ def test_every_objective_trains_a_tiny_model(name, tmp_path, one_thread, monkeyp
     spec = ModelSpec("fc-500", DataSpec("digits", max_train=128), TrainConfig(epochs=1, batch_size=64, lr=1e-2),
                      Objective(name, **options))
     model, info = load_or_train(spec, progress=False, directory=tmp_path)
-    assert not info["cached"] and 0.0 <= info["test_accuracy"] <= 1.0
+    assert not info["cached"] and info["test_accuracy"] == _test_accuracy(model, spec.data)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     torch.manual_seed(spec.train.seed)
     init = build_model("fc-500", image_size=8)
     assert _same_weights(model, init) == (name == "random")  # "random" is the seeded initialisation, untrained
     if name == "stadv-at":
         rates = info["notes"]["pool_success_rates"]
-        assert len(rates) == 1 and 0.0 <= rates[0] <= 1.0
+        # one refresh of a pool of 16 stAdv examples: a count out of 16, most of them adversarial (stAdv, Xiao et
+        # al. ICLR 2018, succeeds on nearly every image of an undefended model; this one saw one epoch)
+        assert len(rates) == 1 and (16 * rates[0]).is_integer() and rates[0] > 0.5
     elif name == "adv-critic":
         assert set(info["notes"]) == {"critic_loss", "train_attack_success"}
     else:

@@ -213,19 +213,19 @@ def test_tv_is_per_example():
 def test_flow_warp_rejects_bad_inputs():
     x = torch.rand(2, 1, 4, 4)
     f = torch.zeros(2, 2, 4, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"x must have shape \(N, C, H, W\), got \(1, 4, 4\)"):
         flow_warp(x[0], f[0])  # 3-D
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"flow must have shape \(N, 2, H, W\) = \(2, 2, 4, 4\), got \(2, 2, 4, 5\)"):
         flow_warp(x, torch.zeros(2, 2, 4, 5))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"flow must have shape \(N, 2, H, W\) = \(2, 2, 4, 4\), got \(1, 2, 4, 4\)"):
         flow_warp(x, torch.zeros(1, 2, 4, 4))  # batch mismatch
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"flow must have shape \(N, 2, H, W\) = \(2, 2, 4, 4\), got \(2, 3, 4, 4\)"):
         flow_warp(x, torch.zeros(2, 3, 4, 4))  # 3 flow channels
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="x and flow must be floating point, got torch.uint8 and torch.float32"):
         flow_warp((x * 255).to(torch.uint8), f)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="x and flow must be floating point, got torch.float32 and torch.int64"):
         flow_warp(x, f.long())
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="x and flow must be torch tensors"):
         flow_warp(x.numpy(), f)
     with pytest.raises(ValueError, match="padding_mode"):
         flow_warp(x, f, padding_mode="reflection")
@@ -233,13 +233,13 @@ def test_flow_warp_rejects_bad_inputs():
 
 def test_flow_metrics_reject_bad_inputs():
     for fn in (flow_tv_loss, flow_tv, flow_l2):
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match=r"flow must be a floating-point torch.Tensor of shape \(N, 2, H, W\)"):
             fn(torch.zeros(1, 2, 3, 3, dtype=torch.long))
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match=r"flow must be a floating-point torch.Tensor of shape \(N, 2, H, W\)"):
             fn([[0.0]])
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"flow must have shape \(N, 2, H, W\), got \(1, 3, 3, 3\)"):
             fn(torch.zeros(1, 3, 3, 3))
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"flow must have shape \(N, 2, H, W\), got \(2, 3, 3\)"):
             fn(torch.zeros(2, 3, 3))
     with pytest.raises(ValueError, match="eps"):
         flow_tv_loss(torch.zeros(1, 2, 3, 3), eps=-1e-3)

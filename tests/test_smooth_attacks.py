@@ -148,7 +148,7 @@ def test_protocol_known_answers():
     _, p2 = operating_characteristic(succ, dist, grid=np.array([0.5, 2.5, 100]))
     np.testing.assert_allclose(p2, [0, 0.5, 0.75])
     assert np.isnan(protocol_summary(np.array([False]), np.array([0.0]))["D_bar"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no images: P_suc is undefined for N = 0"):
         protocol_summary(np.array([], dtype=bool), np.array([]))
 
 

@@ -319,7 +319,7 @@ def test_bad_inputs(digits_model):
         atk(model, x[:0], y[:0])
     with pytest.raises(TypeError, match="floating"):
         atk(model, (x * 255).to(torch.uint8), y)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor of shape \(N, C, H, W\), got ndarray"):
         atk(model, x.numpy(), y)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         atk(model, x * 255, y)
@@ -390,10 +390,9 @@ def test_labels_checked_against_model_classes(digits_model):
     (dict(tau_search=()), TypeError),
 ])
 def test_invalid_hyper_parameters(kwargs, exc):
-    name = next(iter(kwargs))
-    with pytest.raises(exc, match=name):
+    with pytest.raises(exc, match=f"^{next(iter(kwargs))} (must|entries must)"):
         StAdv(**kwargs)
-    with pytest.raises(exc, match=name):
+    with pytest.raises(exc, match=f"^{next(iter(kwargs))} (must|entries must)"):
         StAdv().replace(**kwargs)  # replace() validates again
 
 
@@ -412,10 +411,10 @@ def test_max_iter_is_a_deprecated_alias_of_steps():
 
 def test_attack_is_immutable():
     a = StAdv(tau=0.1)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'tau'"):
         a.tau = 0.2  # frozen dataclass
     assert a.replace(tau=0.2).tau == 0.2 and a.tau == 0.1
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="takes 1 positional argument but 2 were given"):
         StAdv(0.1)  # keyword-only
 
 
@@ -502,9 +501,9 @@ def test_restarts_only_touch_failures(digits_model):
     assert torch.all(more.success[ok])
     assert torch.all(more.grad_evals[bad] > base.grad_evals[bad])  # restarts ran on the failures
     assert torch.equal(more.grad_evals[ok], base.grad_evals[ok])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"init_offset and restart_offsets must be numbers in \(-0.5, 0.5\) pixel, got 0.7"):
         StAdv(restart_offsets=(0.7,))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"restart_offsets must be a tuple of floats, e.g. \(0.01, -0.01\)"):
         StAdv(restart_offsets=[0.01])
 
 

@@ -22,10 +22,13 @@ def test_stadv_defenses_tiny_end_to_end(tmp_path, monkeypatch, one_thread):
         cells = rep["table3"][f"mnist-b/{d}"]
         assert set(cells) == set(TRANSFERRED)
         for a, cell in cells.items():
-            assert 0.0 <= cell["transfer"] <= 1.0 and 0.0 <= cell["white_box"] <= 1.0
+            for rate in (cell["transfer"], cell["white_box"]):  # a count out of the N = 3 attacked images
+                assert 3 * rate == pytest.approx(round(3 * rate))
+            if a != "FGSM":  # unbounded C&W and stAdv crafted on the defended model itself break every image
+                assert cell["white_box"] == 1.0, (d, a)
             assert cell["paper"] == PAPER["table3"][("mnist-b", d)][TRANSFERRED.index(a)]
     t5 = rep["table5"]["mnist-b"]
-    assert t5["paper"] == 64.22 and 0.0 <= t5["adaptive_success"] <= 1.0
+    assert t5["paper"] == 64.22 and t5["adaptive_success"] == 1.0  # stAdv Table 5: the adaptive attack succeeds on nearly all
     models = rep["models"]
     assert {f"mnist-b/{k}" for k in ("plain", *DEFENSES)} <= set(models)
     assert all(m["train_seconds"] > 0 for m in models.values())

@@ -1,4 +1,20 @@
-"""Command-line interface: ``spatialadv {train, attack, evaluate, report, reproduce, audit}``."""
+"""Command-line interface: ``spatialadv {train, attack, evaluate, report, reproduce, audit}``.
+
+Shared options are defined once (:func:`_shared`) and taken by the commands that compute:
+
+============  ========  =======  =========  =======================================
+option        train     attack   audit      reproduce NAME
+============  ========  =======  =========  =======================================
+``--quiet``   yes       yes      yes        yes
+``--threads`` yes       yes      yes        yes (the experiment's own default if its Config has one)
+``--device``  yes       yes      yes        no: experiments run on the CPU
+``--out``     no        no       yes        yes (``attack`` writes to ``--store``, a file)
+============  ========  =======  =========  =======================================
+
+Key=value hyper-parameters have one spelling, ``--param KEY=VALUE`` (a JSON value): the attack's on ``attack``,
+the training objective's on ``train``; ``--param objective.KEY=VALUE`` names the objective's on both.
+``--objective-param KEY=VALUE`` is a deprecated alias of ``--param objective.KEY=VALUE``.
+"""
 
 from __future__ import annotations
 
@@ -33,13 +49,32 @@ def _param(s: str) -> tuple[str, object]:
         return k.strip().replace("-", "_"), v
 
 
+def _objective_param(s: str) -> tuple[str, object]:
+    k, v = _param(s)
+    print(f"warning: --objective-param is deprecated; use --param objective.{k}=...", file=sys.stderr)
+    return "objective." + k, v
+
+
+def _params(args, default: str) -> dict[str, dict]:
+    """``{"attack": {...}, "objective": {...}}`` from ``--param [objective.]KEY=VALUE`` (unprefixed keys go to ``default``)."""
+    out: dict[str, dict] = {"attack": {}, "objective": {}}
+    for k, v in getattr(args, "param", None) or []:
+        target, _, name = k.rpartition(".")
+        target = target or default
+        if target not in out or (target == "attack" and default != "attack"):
+            raise UsageError(f"--param {k}: the prefix must be "
+                             + ("'objective.'" if default != "attack" else "'objective.' or none (the attack's)"))
+        out[target][name] = v
+    return out
+
+
 def _spec(args):
     from .data import DataSpec
     from .models import ModelSpec, Objective, TrainConfig
 
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    objective = _user(Objective, args.objective, **dict(args.objective_param or []))
+    objective = _user(Objective, args.objective, **_params(args, "attack" if args.command == "attack" else "objective")["objective"])
     return _user(ModelSpec, args.model, DataSpec(args.data, seed=args.seed), _user(TrainConfig, epochs=args.epochs, seed=args.seed),
                  objective)
 
@@ -93,13 +128,14 @@ def cmd_attack(args) -> int:
     from . import distributed
     from .attacks import make_attack
     from .data import load_dataset
-    from .eval import ResultStore, attack_config, first_correct, make_pairs, run_attack, run_key, summarize
+    from .eval import ResultStore, first_correct, make_pairs, summarize
+    from .experiments.framework import AttackRun, execute_run
 
     if args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    attack = _user(make_attack, args.attack, **dict(args.param or []))
+    attack = _user(make_attack, args.attack, **_params(args, "attack")["attack"])
     _spec(args)  # validate the model options before any work
     device = _device(args)
     test = load_dataset(args.data, "test", seed=args.seed)
@@ -110,16 +146,15 @@ def cmd_attack(args) -> int:
         x, y = test.x.to(device), test.y.to(device)
         idx = first_correct(model, x, y, args.n).cpu()
         pairs = make_pairs(idx, test.y, test.num_classes, args.mode, seed=args.seed)
-        key = run_key(info["key"], attack, f"{args.data}-test-seed{args.seed}", args.mode)
+        run = AttackRun(args.model, args.attack, model, attack, info["key"], x, y, f"{args.data}-test-seed{args.seed}",
+                        pairs, args.mode, batch_size=args.batch_size)
         wanted = set(pairs)
-        before = len(wanted & store.done(key))
+        before = len(wanted & store.done(run.key()))
         distributed.barrier()  # every process counted before any writes
-        if distributed.rank() == 0:
-            store.register_run(key, args.model, args.attack, attack_config(attack), planned=len(pairs))
-        run_attack(store, key, model, attack, x, y, pairs, batch_size=args.batch_size, progress=not args.quiet)
+        execute_run(run, store, progress=not args.quiet)
         if distributed.rank() > 0:
             return 0  # rank 0 reports for every process
-        recs = [r for r in store.records(key) if (r["idx"], r["target"]) in wanted]
+        recs = [r for r in store.records(run.key()) if (r["idx"], r["target"]) in wanted]
     procs = f" by {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
     print(f"clean accuracy {100 * info['test_accuracy']:.2f}%; attacked {len(recs) - before} new of {len(pairs)} pairs{procs}; store {args.store}")
     _print_summary([(args.model, args.attack, summarize(recs))])
@@ -193,6 +228,25 @@ def _shard(s: str) -> tuple[int, int]:
     return i, k
 
 
+def _on_device(model, device):
+    """``model`` moved to ``device`` behind a wrapper taking and returning CPU tensors (eval mode; gradients flow).
+
+    The audit keeps its data and the attacks' own arithmetic on the CPU; the model's forward and backward passes
+    run on ``device``.
+    """
+    from torch import nn
+
+    class OnDevice(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x.to(device)).to(x.device)
+
+    return OnDevice(model.to(device)).eval()
+
+
 def cmd_audit(args) -> int:
     import os
 
@@ -202,11 +256,9 @@ def cmd_audit(args) -> int:
         raise UsageError("audit does not run under torchrun yet: start one process per shard with --shard I/K "
                          "(all into the same --out), then once without --shard to write the report")
 
-    threats = tuple(t.strip() for t in args.threats.split(",") if t.strip())
-    kw = {k: getattr(args, k) for k in ("n", "flow_budget", "max_rotation", "max_translation", "linf_eps", "l2_eps",
-                                         "smooth_eps", "pgd_steps", "smooth_steps", "random_tries", "stm_rotations",
-                                         "stm_translations", "stadv_steps", "seed", "batch_size")}
-    cfg = _user(AuditConfig, threats=threats, **kw)
+    from ._config import config_from_args
+
+    cfg = _user(config_from_args, AuditConfig(), args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
@@ -215,7 +267,10 @@ def cmd_audit(args) -> int:
         model, info = load_user_model(args.model, weights=args.weights, mean=args.mean, std=args.std, output=args.output)
     except AuditInputError as e:
         raise UsageError(str(e)) from e
-    data = load_user_data(args.data, labels=args.labels, seed=args.seed)
+    data = load_user_data(args.data, labels=args.labels, seed=cfg.seed)
+    device = _device(args)
+    if device.type != "cpu":
+        model = _on_device(model, device)
     _user(check_model_on_data, model, data)
     data_info = {"name": args.data, "labels": args.labels, "classes": len(data.classes), "images": len(data),
                  "shape": list(data.x.shape[1:])}
@@ -235,39 +290,61 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def _shared(*, device: bool = True, out: str | None = None, threads: int | None = None) -> argparse.ArgumentParser:
+    """A parent parser with the shared options (built anew per command: argparse shares parents' actions).
+
+    ``--quiet`` and ``--threads`` always; ``--device`` when ``device``; ``--out`` (default ``out``) when ``out``.
+    ``--threads`` stores nothing unless given, so a reproduce Config's own ``threads`` field (default ``threads``)
+    keeps its default.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("shared options")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    shown = threads if threads else "torch's"
+    g.add_argument("--threads", type=int, default=argparse.SUPPRESS, metavar="N", help=f"torch intra-op threads (default: {shown})")
+    if device:
+        g.add_argument("--device", default="cpu", help="where the model computes: cpu, cuda or cuda:K (default: cpu; "
+                       "under torchrun with cuda each process uses cuda:LOCAL_RANK and NCCL)")
+    if out is not None:
+        g.add_argument("--out", default=out, help=f"output folder: results.sqlite, report.md, report.json, figures "
+                       f"(default: {out})")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ._config import add_config_arguments
     from .attacks import cli_attacks
+    from .audit import AuditConfig
     from .data import DATASETS
     from .experiments import experiments
-    from .experiments.framework import add_config_arguments
     from .models import MODELS, OBJECTIVES
 
     p = argparse.ArgumentParser(prog="spatialadv", description="Adversarial examples beyond L_p norms: attacks, evaluation, reports.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp, model_default="mnist-a"):
-        sp.add_argument("--model", default=model_default, choices=sorted(MODELS))
+    def model_options(sp, param_help):
+        sp.add_argument("--model", default="mnist-a", choices=sorted(MODELS))
         sp.add_argument("--data", default="mnist", choices=sorted(DATASETS))
         sp.add_argument("--seed", type=int, default=0, help="seed of the data split and of training")
         sp.add_argument("--epochs", type=int, default=12, help="training epochs when the model is not cached")
         sp.add_argument("--objective", default="standard", choices=sorted(OBJECTIVES),
                         help="training objective (e.g. fgsm-at, pgd-at: adversarial training)")
-        sp.add_argument("--objective-param", action="append", type=_param, metavar="KEY=VALUE",
-                        help="objective option (JSON value), e.g. --objective-param eps=0.3 --objective-param steps=7")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars")
-        sp.add_argument("--device", default="cpu", help="where to compute: cpu, cuda or cuda:K (under torchrun with cuda: "
-                        "each process uses cuda:LOCAL_RANK and NCCL)")
+        sp.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE", help=param_help)
+        sp.add_argument("--objective-param", dest="param", action="append", type=_objective_param, metavar="KEY=VALUE",
+                        help="deprecated: same as --param objective.KEY=VALUE")
 
-    sp = sub.add_parser("train", help="train a registry model (or load it from the cache) and print its test accuracy")
-    common(sp)
+    sp = sub.add_parser("train", parents=[_shared()],
+                        help="train a registry model (or load it from the cache) and print its test accuracy")
+    model_options(sp, "training objective option (JSON value), e.g. --param eps=0.3 --param steps=7 "
+                      "(objective.KEY works too)")
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("attack", help="attack the first N correctly classified test images; records go to a SQLite store")
-    common(sp)
+    sp = sub.add_parser("attack", parents=[_shared()],
+                        help="attack the first N correctly classified test images; records go to a SQLite store")
+    model_options(sp, "attack hyper-parameter (JSON value), e.g. --param tau=0.005 --param 'tau_search=[0.005,0.0005]'; "
+                      "objective.KEY=VALUE: an option of the model's training objective, e.g. --param objective.eps=0.3")
     sp.add_argument("--attack", default="stadv", choices=cli_attacks())
-    sp.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE",
-                    help="attack hyper-parameter (JSON value), e.g. --param tau=0.005 --param 'tau_search=[0.005,0.0005]'")
     sp.add_argument("-n", "--n", type=int, default=10, help="number of correctly classified test images (-n under torchrun, "
                     "whose own parser takes --n for an abbreviation of its options; or put -- before the command)")
     sp.add_argument("--mode", default="all", choices=["all", "random", "untargeted"], help="targets: all 9, one random, or none")
@@ -287,16 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("reproduce", help="reproduce a paper's experiment end to end")
     exp_sub = sp.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     for name, exp in experiments().items():
-        esp = exp_sub.add_parser(name, help=exp.help, description=exp.help)
-        esp.add_argument("--out", default=f"runs/{name}", help="output folder (results.sqlite, report.md, report.json, PNGs)")
-        esp.add_argument("--quiet", action="store_true", help="no progress bars")
+        h = exp.help.replace("%", "%%")
+        shared = _shared(device=False, out=f"runs/{name}", threads=getattr(exp.config, "threads", None))
+        esp = exp_sub.add_parser(name, help=h, description=h, parents=[shared])
         add_config_arguments(esp, exp.config)
         esp.set_defaults(func=cmd_reproduce)
 
-    from .audit import THREATS, AuditConfig
-
-    d = AuditConfig()
-    sp = sub.add_parser("audit", help="audit your own model: robust accuracy per threat model and worst case per example",
+    sp = sub.add_parser("audit", parents=[_shared(out="runs/audit")],
+                        help="audit your own model: robust accuracy per threat model and worst case per example",
                         description="Attack a user's model under stAdv, STM, L∞, L2 and smooth threats (a cascade per "
                         "threat), check it (AutoAttack's sanity checks) and write report.md / report.json (RobustBench "
                         "fields) into --out. Resumable; shardable with --shard.")
@@ -307,26 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="built-in dataset (test split), .npz (x, y), IDX images (with --labels) or a folder with one "
                          "sub-folder of images per class")
     sp.add_argument("--labels", metavar="IDX", help="labels file of IDX images")
-    sp.add_argument("--threats", default=",".join(d.threats), help=f"comma-separated subset of {','.join(THREATS)}")
-    sp.add_argument("--n", type=int, default=d.n, help=f"examples audited (default {d.n})")
-    sp.add_argument("--out", default="runs/audit", help="output folder (results.sqlite, report.md, report.json, figures)")
     sp.add_argument("--mean", type=float, nargs="+", help="input normalisation mean per channel ([0, 1] units)")
     sp.add_argument("--std", type=float, nargs="+", help="input normalisation std per channel")
     sp.add_argument("--output", metavar="KEY", help="the logits' key (dict outputs, default 'logits') or position (tuples, default 0)")
     sp.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/K", help="audit only examples I, I+K, ... (default 0/1)")
-    for name, help_ in [("flow_budget", "stAdv flow budget: total variation (stAdv Eq. 5) in pixels"),
-                        ("max_rotation", "STM rotation bound, degrees"), ("max_translation", "STM translation bound, pixels"),
-                        ("linf_eps", "L∞ budget, [0, 1] pixel units"), ("l2_eps", "L2 budget, [0, 1] pixel units"),
-                        ("smooth_eps", "L2 budget of smooth perturbations (sPGD2)")]:
-        sp.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
-                        help=f"{help_} (default {getattr(d, name):g})")
-    for name, help_ in [("pgd_steps", "PGD iterations"), ("smooth_steps", "sPGD2 iterations"),
-                        ("random_tries", "random-search points per example (gradient-masking check)"),
-                        ("stm_rotations", "STM grid: rotations"), ("stm_translations", "STM grid: translations per axis"),
-                        ("batch_size", "examples per attack call"), ("seed", "seed of random starts and of built-in splits")]:
-        sp.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=f"{help_} (default {getattr(d, name)})")
-    sp.add_argument("--stadv-steps", type=int, default=None, help="stAdv L-BFGS steps per image (default: StAdv()'s)")
-    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_arguments(sp.add_argument_group("audit configuration"), AuditConfig())
     sp.set_defaults(func=cmd_audit)
     return p
 
@@ -342,11 +402,24 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        print(f"error: --threads must be >= 1, got {threads}", file=sys.stderr)
+        return 2
+    restore = None
+    if threads is not None:
+        import torch
+
+        restore = torch.get_num_threads()
+        torch.set_num_threads(threads)
     try:
         return args.func(args)
     except (UsageError, StoreError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if restore is not None:
+            torch.set_num_threads(restore)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._config import option
 from .._validation import check_logits
 from ..attacks import FGSM, PGD, RandomSearch, RotationTranslation, SmoothPGDL2, StAdv
 from ..attacks.base import Attack, model_input_error
@@ -62,22 +63,23 @@ class AuditConfig:
         ValueError: unknown threat, no threat, non-positive budgets or counts.
     """
 
-    threats: tuple[str, ...] = THREATS
-    n: int = 100
-    flow_budget: float = 1.0
-    max_rotation: float = 30.0
-    max_translation: float = 3.0
-    linf_eps: float = 0.3
-    l2_eps: float = 2.0
-    smooth_eps: float = 2.0
-    pgd_steps: int = 100
-    smooth_steps: int = 20
-    random_tries: int = 20
-    stm_rotations: int = 31
-    stm_translations: int = 5
-    stadv_steps: int | None = None
-    seed: int = 0
-    batch_size: int = 100
+    threats: tuple[str, ...] = option(THREATS, f"threat models, comma-separated subset of {','.join(THREATS)}", sep=",",
+                                      metavar="T,T,...")
+    n: int = option(100, "examples audited")
+    flow_budget: float = option(1.0, "stAdv flow budget: total variation (stAdv Eq. 5) in pixels")
+    max_rotation: float = option(30.0, "STM rotation bound, degrees")
+    max_translation: float = option(3.0, "STM translation bound, pixels")
+    linf_eps: float = option(0.3, "L∞ budget, [0, 1] pixel units")
+    l2_eps: float = option(2.0, "L2 budget, [0, 1] pixel units")
+    smooth_eps: float = option(2.0, "L2 budget of smooth perturbations (sPGD2)")
+    pgd_steps: int = option(100, "PGD iterations")
+    smooth_steps: int = option(20, "sPGD2 iterations")
+    random_tries: int = option(20, "random-search points per example (gradient-masking check)")
+    stm_rotations: int = option(31, "STM grid: rotations")
+    stm_translations: int = option(5, "STM grid: translations per axis")
+    stadv_steps: int | None = option(None, "stAdv L-BFGS steps per image (none: StAdv()'s)")
+    seed: int = option(0, "seed of random starts and of built-in splits")
+    batch_size: int = option(100, "examples per attack call")
 
     def __post_init__(self) -> None:
         if not self.threats:

@@ -29,16 +29,12 @@ reuses the records already stored.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import hashlib
 import json
 import logging
 import math
 import platform
 import time
-import types
-import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +44,7 @@ import torch
 from torch import nn
 
 from .. import distributed
+from .._config import add_config_arguments, config_from_args, config_from_dict, config_to_dict, option, validate_config
 from ..attacks.base import Attack
 from ..eval.compare import METHODS, Cell, Comparison, Estimate, Metric, PaperValue, interval_note, run_estimates
 from ..eval.runner import attack_config, first_correct, run_attack, run_key, summarize
@@ -57,131 +54,14 @@ from ..references import cite
 log = logging.getLogger(__name__)
 
 __all__ = ["option", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict", "Experiment",
-           "AttackRun", "TaskRun", "transfer_task", "Context", "Results", "RunView", "Report", "Table", "Comparison", "Cell", "Metric", "PaperValue", "Estimate", "run_experiment", "rebuild",
+           "AttackRun", "TaskRun", "transfer_task", "Context", "Results", "RunView", "Report", "Table", "Comparison", "Cell", "Metric", "PaperValue", "Estimate", "run_experiment", "execute_run", "rebuild",
            "render", "fmt", "settings_line", "STORE_NAME", "stored_experiment", "validate_config"]
 
 #: File name of an experiment folder's results store.
 STORE_NAME = "results.sqlite"
 
-
-# ------------------------------------------------------------------------------------------------
-# configs
-# ------------------------------------------------------------------------------------------------
-def option(default: Any, help: str, *, choices: Iterable | None = None, parse: Callable[[str], Any] | None = None,
-           metavar: str | None = None, minimum: float | None = None) -> Any:
-    """Declare a field of an experiment ``Config``: its default and its CLI help.
-
-    Args:
-        default: the default value (immutable: numbers, strings, None, tuples).
-        help: one line for ``--help``.
-        choices: accepted values (of each element for tuple fields).
-        parse: converts one command-line token (overrides the type's parser).
-        metavar: the CLI placeholder.
-        minimum: lowest accepted value of a number field (checked by :func:`validate_config`).
-
-    Returns:
-        A :func:`dataclasses.field`.
-    """
-    meta = {"help": help, "choices": None if choices is None else tuple(choices), "parse": parse, "metavar": metavar,
-            "minimum": minimum}
-    return field(default=default, metadata=meta)
-
-
-def _parse_optional(kind: type) -> Callable[[str], Any]:
-    def parse(s: str):
-        return None if s.lower() in ("none", "all") else kind(s)
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _shape(tp) -> tuple[str, Any]:
-    """``("scalar" | "optional" | "tuple" | "pair", element type)`` of a Config field's type."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return "optional", args[0]
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return "tuple", args[0]
-        return "pair", args[0]
-    return "scalar", tp
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, default: Any) -> None:
-    """Add one ``--option`` per field of the Config instance ``default`` (type, default and help from the field).
-
-    Options left out on the command line keep ``default``'s value (see :func:`config_from_args`).
-    """
-    hints = typing.get_type_hints(type(default))
-    for f in dataclasses.fields(default):
-        meta = f.metadata
-        if "help" not in meta:
-            continue
-        value = getattr(default, f.name)
-        shape, kind = _shape(hints[f.name])
-        name = "--" + f.name.replace("_", "-")
-        shown = " ".join(map(str, value)) if isinstance(value, tuple) and not (value and isinstance(value[0], tuple)) else value
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name, "help": f"{meta['help']} (default: {shown})"}
-        if meta.get("metavar"):
-            kw["metavar"] = meta["metavar"]
-        if kind is bool and shape == "scalar":
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, **kw)
-            continue
-        parse = meta.get("parse") or (_parse_optional(kind) if shape == "optional" else kind)
-        if shape == "tuple":
-            kw["nargs"] = "*" if f.name == "budgets" else "+"
-        elif shape == "pair":
-            kw["nargs"] = len(typing.get_args(hints[f.name]))
-        if meta.get("choices"):
-            kw["choices"] = meta["choices"]
-        parser.add_argument(name, type=parse, **kw)
-
-
-def config_from_args(default: Any, args: argparse.Namespace) -> Any:
-    """``default`` with the fields given on the command line replaced (validated by the Config).
-
-    An option left out keeps ``default``'s value; ``none`` given for an optional field sets it to None.
-    """
-    given = vars(args)
-    changes = {}
-    for f in dataclasses.fields(default):
-        if f.name in given:
-            v = given[f.name]
-            changes[f.name] = tuple(v) if isinstance(v, list) else v
-    return dataclasses.replace(default, **changes)
-
-
-def validate_config(cfg: Any) -> None:
-    """Check the ``minimum`` of every number field declared with :func:`option`.
-
-    Raises:
-        ValueError: a field below its minimum (the message names the CLI option).
-    """
-    for f in dataclasses.fields(cfg):
-        lo = f.metadata.get("minimum")
-        v = getattr(cfg, f.name)
-        if lo is None or v is None:
-            continue
-        vals = v if isinstance(v, tuple) else (v,)
-        if any(not isinstance(u, (int, float)) or isinstance(u, bool) or math.isnan(u) or u < lo for u in vals):
-            raise ValueError(f"--{f.name.replace('_', '-')} must be >= {lo:g}, got {v!r}")
-
-
-def config_to_dict(cfg: Any) -> dict:
-    """The JSON-able value of a Config (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def config_from_dict(cls: type, values: dict) -> Any:
-    """Rebuild a Config stored with :func:`config_to_dict` (lists become tuples, nested too)."""
-    def tup(v):
-        return tuple(tup(u) for u in v) if isinstance(v, list) else v
-
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tup(v) for k, v in values.items() if k in known})
-
+# configs: option, add_config_arguments, config_from_args, validate_config, config_to_dict, config_from_dict live in
+# spatialadv._config (shared with the audit's AuditConfig) and are re-exported here for the experiment modules
 
 # ------------------------------------------------------------------------------------------------
 # experiments and runs
@@ -353,6 +233,17 @@ def _register(run, store: ResultStore) -> dict:
         return {"kind": "task", "run_key": key, "model": run.model, "attack": run.label, "tags": run.tags,
                 "items": list(run.items)}
     raise TypeError(f"a plan must yield AttackRun or TaskRun, got {type(run).__name__}")
+
+
+def execute_run(run: AttackRun | TaskRun, store: ResultStore, *, progress: bool = True) -> dict:
+    """Register one run in ``store`` (rank 0) and compute its missing records (resumable); returns its plan entry.
+
+    What :func:`run_experiment` does for each run a plan yields, for a caller with a single run and its own
+    store (``spatialadv attack``).
+    """
+    entry = _register(run, store)
+    _execute(run, entry["run_key"], store, progress)
+    return entry
 
 
 def _execute(run, key: str, store: ResultStore, progress: bool) -> None:
@@ -672,6 +563,9 @@ def rebuild(out: str | Path, exp: Experiment | None = None) -> dict:
         out: the experiment folder.
         exp: the experiment (default: the registered one named in the store).
 
+    A folder whose store holds no run yet gets a short "no runs stored yet" report without calling the
+    experiment's ``report`` (no data set is loaded).
+
     Raises:
         FileNotFoundError: no store. ValueError: not a reproduce folder.
     """
@@ -683,7 +577,9 @@ def rebuild(out: str | Path, exp: Experiment | None = None) -> dict:
             cfg = config_from_dict(type(exp.config), store.get_meta("config")["values"])
     with ResultStore(out / STORE_NAME) as store:
         results = Results(out, store)
-        rep = exp.report(cfg, results)
+        # no run stored yet (killed during training, say): a short report without the experiment's, which may
+        # load its data set (a fresh machine may not have it) to draw figures of records that do not exist
+        rep = exp.report(cfg, results) if results.runs else Report(exp.help, ["No runs stored yet."])
         return render(exp, cfg, results, rep)
 
 

@@ -37,7 +37,7 @@ import torch
 from spatialadv.attacks import JSMA
 from spatialadv.data import DataSpec, load_dataset
 from spatialadv.eval import first_correct, make_pairs
-from spatialadv.models import ModelSpec, load_or_train
+from spatialadv.training import ModelSpec, load_or_train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stadv_vs_advertorch import install_advertorch_shims  # noqa: E402

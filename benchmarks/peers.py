@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from spatialadv.attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2, RotationTranslation, SmoothPGDL2, StAdv  # noqa: E402
 from spatialadv.data import DataSpec, load_dataset  # noqa: E402
 from spatialadv.eval import first_correct  # noqa: E402
-from spatialadv.models import ModelSpec, TrainConfig, load_or_train  # noqa: E402
+from spatialadv.training import ModelSpec, TrainConfig, load_or_train  # noqa: E402
 
 GROUPS = ["PGD", "C&W", "C&W-default", "STM", "overhead"]
 

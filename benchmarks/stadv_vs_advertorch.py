@@ -93,8 +93,8 @@ from spatialadv.attacks import StAdv
 from spatialadv.data import DataSpec, load_dataset
 from spatialadv.eval import first_correct, make_pairs
 from spatialadv.eval.runner import attack_config
-from spatialadv.models import ModelSpec, load_or_train
 from spatialadv.ops import flow_l2, flow_tv, flow_tv_loss, flow_warp, to_normalized
+from spatialadv.training import ModelSpec, load_or_train
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "stadv_vs_advertorch.json"
 

@@ -35,7 +35,7 @@ def _param(s: str) -> tuple[str, object]:
 
 def _spec(args):
     from .data import DataSpec
-    from .models import ModelSpec, Objective, TrainConfig
+    from .training import ModelSpec, Objective, TrainConfig
 
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
@@ -45,7 +45,7 @@ def _spec(args):
 
 
 def _load_model(args, device=None):
-    from .models import load_or_train
+    from .training import load_or_train
 
     return load_or_train(_spec(args), progress=not args.quiet, device=device)
 
@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .experiments import experiments
     from .experiments.framework import add_config_arguments
-    from .models import MODELS, OBJECTIVES
+    from .models import MODELS
+    from .training import OBJECTIVES
 
     p = argparse.ArgumentParser(prog="spatialadv", description="Adversarial examples beyond L_p norms: attacks, evaluation, reports.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")

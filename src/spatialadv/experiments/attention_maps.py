@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..data import DataSpec
-from ..models import ModelSpec, Objective, TrainConfig
+from ..training import ModelSpec, Objective, TrainConfig
 from .framework import Experiment, Report, Table, TaskRun, fmt, option, random_targets
 
 __all__ = ["Config", "plan", "report", "EXPERIMENTS", "map_attacks"]

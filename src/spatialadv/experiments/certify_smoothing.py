@@ -39,8 +39,8 @@ from ..certify.smoothing import (
     exhaustive_translation,
 )
 from ..data import DataSpec
-from ..models import ModelSpec, Objective, TrainConfig
 from ..ops import affine_warp, flow_warp, rotation_translation_theta
+from ..training import ModelSpec, Objective, TrainConfig
 from .framework import Experiment, Report, Table, TaskRun, fmt, option
 
 __all__ = ["Config", "PAPER", "plan", "report", "EXPERIMENTS", "flow_linf_pgd"]

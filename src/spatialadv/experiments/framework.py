@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .. import distributed
 from ..attacks.base import Attack
@@ -296,7 +297,7 @@ class Context:
         Returns:
             ``(model, info)`` as :func:`spatialadv.models.load_or_train`.
         """
-        from ..models import load_or_train
+        from ..training import load_or_train
 
         model, info = load_or_train(spec, progress=self.progress)  # eval mode, frozen (collective under torchrun)
         models = self.get_meta("models", {})
@@ -360,8 +361,6 @@ def _execute(run, key: str, store: ResultStore, progress: bool) -> None:
         run_attack(store, key, run.net, run.attack, run.x, run.y, run.pairs, batch_size=run.batch_size, progress=progress,
                    desc=f"{run.model} {run.label}")
         return
-    from tqdm.auto import tqdm
-
     try:
         done = store.done_items(key)
         todo = [i for i in distributed.shard(run.items, run.batch_size) if i not in done]

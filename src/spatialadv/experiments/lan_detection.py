@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..data import DataSpec
-from ..models import ModelSpec, TrainConfig
+from ..training import ModelSpec, TrainConfig
 from .framework import Experiment, Report, Table, TaskRun, fmt, option, random_targets
 
 __all__ = ["Config", "PAPER", "plan", "report", "EXPERIMENTS", "lan_attacks"]

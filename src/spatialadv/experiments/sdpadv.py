@@ -16,8 +16,9 @@ records, resumable), ``report.md``, ``report.json`` and PNG panels;
 ``spatialadv report OUT`` rebuilds the report from the store. The fitted
 generators are cached beside the classifiers, under
 ``spatialadv.models.cache_dir() / "generators"``, keyed by classifier, fitting
-data, hyper-parameters and warm start (:func:`generator_path`), so a second
-run — in any output folder — reuses them.
+data, hyper-parameters and warm start (:func:`generator_path`), through the
+one cached-artifact helper (:func:`spatialadv.models.load_or_build`), so a
+second run — in any output folder — reuses them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from .. import distributed
 from ..data import DataSpec
 from ..eval.runner import make_pairs
-from ..models import ModelSpec, Objective, TrainConfig
+from ..training import ModelSpec, Objective, TrainConfig
 from .framework import AttackRun, Experiment, Report, TaskRun, fmt, option, settings_line
 
 log = logging.getLogger(__name__)
@@ -144,45 +145,53 @@ def generator_path(model_key: str, data_key: str, proto, init_path: Path | None 
     """Cache file of a fitted generator: ``cache_dir()/generators/<model_key>-<variant>-eps<ε>-<hash>.safetensors``.
 
     Args:
-        model_key: the classifier's cache key (:func:`spatialadv.models.model_key`).
+        model_key: the classifier's cache key (:func:`spatialadv.training.model_key`).
         data_key: names the fitting images (dataset, split, subset size and seed).
         proto: the unfitted :class:`~spatialadv.attacks.SdpAdv` (its hyper-parameters enter the hash).
         init_path: the cache file of the warm start, or ``None`` (its name enters the hash).
 
     Returns:
         The path; ``<hash>`` is the first 12 hex digits of the SHA-256 of the sorted JSON of all four.
+
+    Raises:
+        ValueError: the file name is not a safe name, e.g. a ``model_key`` with a path separator or ``..``
+            (:func:`spatialadv.models.artifact_path`).
     """
-    import hashlib
-    import json
-
-    from ..models import cache_dir
-
     blob = json.dumps({"model": model_key, "data": data_key, "hyperparameters": proto.hyperparameters(),
                        "init": None if init_path is None else init_path.name}, sort_keys=True)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    return cache_dir() / "generators" / f"{model_key}-{proto.variant}-eps{proto.eps:g}-{digest}.safetensors"
+    return artifact_path(f"{model_key}-{proto.variant}-eps{proto.eps:g}-{digest}", kind="generators")
 
 
 def fit_or_load_generator(model, proto, path: Path, data, *, init=None, progress: bool = False):
     """The generator cached at ``path`` if it holds ``proto``'s hyper-parameters, else ``proto`` fitted and saved there.
 
-    An unreadable or foreign file is refitted and overwritten (logged). Returns the fitted
-    :class:`~spatialadv.attacks.SdpAdv`.
+    Through the one cached-artifact helper (:func:`spatialadv.models.load_or_build`; the file name passes its
+    name gate): the file is verified on load (checksum, keys, shapes); an unreadable, corrupt or foreign file
+    (other hyper-parameters) is moved aside to ``<file>.corrupt-<n>`` with a warning and refitted; under
+    ``torchrun`` rank 0 fits and saves while the others wait, then they load. Returns the fitted
+    :class:`~spatialadv.attacks.SdpAdv` (networks in eval mode, frozen).
     """
-    from ..attacks import SdpAdv
+    x = data.x if hasattr(data, "x") else data[0]
+    shape, dtype = tuple(int(s) for s in x.shape[1:]), x.dtype
 
-    if path.is_file():
+    def build():
+        gen = proto.fit(model, data, progress=progress, init=init)
+        return gen.nets, gen.metadata()
+
+    def check(meta: dict) -> str | None:
         try:
-            gen = SdpAdv.load(path)
-        except Exception as exc:  # a corrupt cache file is refitted, not fatal
-            log.warning("refitting the generator: cannot load %s (%s)", path, exc)
-        else:
-            if gen == proto:
-                return gen
-            log.warning("refitting the generator: %s holds other hyper-parameters", path)
-    gen = proto.fit(model, data, progress=progress, init=init)
-    gen.save(path)
-    return gen
+            same = SdpAdv(**meta.get("hyperparameters", {})) == proto
+        except (TypeError, ValueError) as e:
+            return f"no valid SdpAdv hyper-parameters in its metadata ({e})"
+        return None if same else "it holds another generator's hyper-parameters"
+
+    art = load_or_build(path.stem, lambda: GeneratorNets(shape).to(dtype=dtype), build, kind="generators",
+                        directory=path.parent, check=check, what="SdpAdv generator")
+    nets = art.module.eval()
+    for p in nets.parameters():
+        p.requires_grad_(False)
+    return dataclasses.replace(proto, nets=nets, history=art.meta.get("history"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,7 +310,7 @@ def defense_gan_generator(cfg: Config, progress: bool = False):
 def plan(cfg: Config, ctx):
     """Per classifier: fit (or load) the generators, then run every attack on the first ``n_eval`` test images."""
     from ..attacks import SdpAdv
-    from ..models import accuracy
+    from ..training import accuracy
 
     test = ctx.data(cfg.data, "test", cfg.seed)
     gen_data = _subset(ctx.data(cfg.data, "train", cfg.seed), cfg.gen_train, cfg.seed + 1)
@@ -332,9 +341,9 @@ def plan(cfg: Config, ctx):
                     settings["gamma"] = 0.0
                 proto = SdpAdv(eps=eps, **settings)
                 gpath = generator_path(info["key"], gen_data_key, proto, None if init is None else init[1])
-                with distributed.rank_zero_first():  # under torchrun rank 0 fits and caches, the others load
-                    gen = fit_or_load_generator(model, proto, gpath, gen_data, init=None if init is None else init[0],
-                                                progress=ctx.progress)
+                # under torchrun rank 0 fits and caches, the others load (load_or_build)
+                gen = fit_or_load_generator(model, proto, gpath, gen_data, init=None if init is None else init[0],
+                                            progress=ctx.progress)
                 prev[row] = (gen, gpath)
                 h = gen.history
                 gens_meta[f"{label}/{row}/{eps:g}"] = {

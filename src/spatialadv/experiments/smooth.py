@@ -26,7 +26,7 @@ import torch
 
 from ..data import DataSpec
 from ..eval.runner import make_pairs
-from ..models import ModelSpec, TrainConfig
+from ..training import ModelSpec, TrainConfig
 from .framework import AttackRun, Experiment, Report, option
 from .framework import fmt as _fmt
 

@@ -18,7 +18,8 @@ from ..attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2, StAdv
 from ..attacks.base import Attack
 from ..data import DataSpec
 from ..eval.runner import make_pairs
-from ..models import MODELS, ModelSpec, TrainConfig
+from ..models import MODELS
+from ..training import ModelSpec, TrainConfig
 from .framework import AttackRun, Experiment, Report, Table, fmt, option, settings_line
 
 __all__ = ["Config", "PAPER", "attacks", "plan", "report", "EXPERIMENTS"]

@@ -35,7 +35,7 @@ import torch
 
 from ..data import DataSpec
 from ..eval.runner import make_pairs
-from ..models import ModelSpec, Objective, TrainConfig
+from ..training import ModelSpec, Objective, TrainConfig
 from .framework import AttackRun, Experiment, Report, Table, TaskRun, fmt, option, transfer_task
 
 __all__ = ["Config", "PAPER", "DEFENSES", "attacks", "plan", "report", "EXPERIMENTS"]

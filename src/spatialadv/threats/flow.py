@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .._validation import check_positive
 from ..ops.flow import flow_tv
+from ..ops.flow_smoothness import flow_smoothness, gram_inverse_sqrt
 from .base import Threat, per_example_draws
 
 __all__ = ["PixelFlow", "FlowSmoothnessBall"]
@@ -138,8 +139,6 @@ class FlowSmoothnessBall(Threat):
 
     def latent_basis(self, h: int, w: int, *, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
         """``(MᵀM + ridge·I)^{-1/2}`` ``(H·W, H·W)`` (symmetric) of the latent map."""
-        from ..certify.smoothness import gram_inverse_sqrt
-
         return torch.tensor(gram_inverse_sqrt(h, w, border=self.border, ridge=self.ridge), dtype=dtype, device=device)
 
     def latent_to_flow(self, s: Tensor, basis: Tensor, h: int, w: int) -> Tensor:
@@ -186,8 +185,6 @@ class FlowSmoothnessBall(Threat):
 
     def size(self, flow: Tensor) -> Tensor:
         """ℓ_diff per example ``(N,)`` in pixels (computed in float64, returned in ``flow.dtype``)."""
-        from ..certify.smoothness import flow_smoothness
-
         return flow_smoothness(flow.to(torch.float64), border=self.border).to(flow.dtype)
 
     def measure(self, x: Tensor, result) -> Tensor:

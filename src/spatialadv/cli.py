@@ -10,6 +10,9 @@ from pathlib import Path
 
 __all__ = ["main", "UsageError"]
 
+# The commands import the library inside their functions, on purpose: `spatialadv --help` and usage errors answer
+# without importing torch and the layers below (each command pays only for what it runs).
+
 
 class UsageError(ValueError):
     """Bad user input on the command line: printed as one line, exit status 2."""

@@ -318,7 +318,7 @@ def sdp_exact(bmat, *, solver: str = "CLARABEL", **solver_kwargs) -> float:
     Raises:
         RuntimeError: the solver did not reach an optimal status.
     """
-    import cvxpy as cp
+    import cvxpy as cp  # lazy: cvxpy is heavy and only the exact SDP needs it
 
     b = np.asarray(bmat.detach().cpu() if isinstance(bmat, Tensor) else bmat, dtype=np.float64)
     p = _dense_p(b)

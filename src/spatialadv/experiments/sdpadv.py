@@ -23,7 +23,10 @@ second run — in any output folder — reuses them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import math
 import re
@@ -33,10 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import distributed
-from ..data import DataSpec
+from ..attacks import FGSM, MIM, PGD, GeneratorNets, RotationTranslation, SdpAdv, StAdv
+from ..data import Dataset, DataSpec
+from ..defenses import Defended
+from ..defenses.defense_gan import DefenseGANProjection, GANConfig, load_or_train_generator
 from ..eval.runner import make_pairs
-from ..training import ModelSpec, Objective, TrainConfig
+from ..models import artifact_path, load_or_build
+from ..training import ModelSpec, Objective, TrainConfig, accuracy
+from ..viz.panels import prediction_panel
 from .framework import AttackRun, Experiment, Report, TaskRun, fmt, option, settings_line
 
 log = logging.getLogger(__name__)
@@ -104,8 +111,6 @@ def fixed_attacks(eps: float):
     PGD and MIM follow CleverHans' MNIST defaults (PGD: step 0.01, 40 steps, random start; MIM: step 0.06, 10 steps, decay 1.0),
     stopping per example at the first success (this does not change accuracy under attack).
     """
-    from ..attacks import FGSM, MIM, PGD
-
     return {"FGSM": FGSM(eps=eps),
             "PGD": PGD(norm="linf", eps=eps, step_size=0.01, steps=40, random_start=True, seed=0, early_stop=True),
             "MIM": MIM(eps=eps, step_size=0.06, steps=10, decay=1.0, early_stop=True)}
@@ -123,8 +128,6 @@ def spatial_attacks(image_size: int = 28):
       with one (this does not change accuracy under attack);
     * ``"stAdv"``: :class:`~spatialadv.attacks.StAdv` with its default settings.
     """
-    from ..attacks import RotationTranslation, StAdv
-
     return {"STM": RotationTranslation.preset("cleverhans", image_size=image_size),
             "STM (Engstrom grid)": RotationTranslation.preset("engstrom", early_stop=True),
             "stAdv": StAdv()}
@@ -198,8 +201,6 @@ def fit_or_load_generator(model, proto, path: Path, data, *, init=None, progress
 # the job
 # ------------------------------------------------------------------------------------------------
 def _subset(data, n: int | None, seed: int):
-    from ..data import Dataset
-
     if n is None or n >= len(data):
         return data
     idx = torch.from_numpy(np.random.default_rng(seed).permutation(len(data))[:n])
@@ -273,9 +274,6 @@ BPDA_PROJECTION = (50, 2)
 
 def _defense_gan_task(model, projection, cheap, rows, x, y, n_stadv: int, bpda_steps: int, items: list[str]) -> dict:
     """Classify each row's adversarial examples (crafted on ``model``) through Defense-GAN; plus BPDA-PGD through it."""
-    from ..attacks import PGD
-    from ..defenses import Defended
-
     idx = torch.tensor([int(i) for i in items])
     xs, ys = x[idx], y[idx]
     defended = Defended(projection, model).eval()
@@ -301,17 +299,12 @@ def _defense_gan_task(model, projection, cheap, rows, x, y, n_stadv: int, bpda_s
 
 def defense_gan_generator(cfg: Config, progress: bool = False):
     """The Defense-GAN generator of this job (WGAN-GP on the classifiers' training images), cached."""
-    from ..defenses.defense_gan import GANConfig, load_or_train_generator
-
     spec = DataSpec(cfg.data, seed=cfg.seed, max_train=cfg.clf_train)
     return load_or_train_generator(spec, GANConfig(iterations=cfg.dgan_iterations, seed=cfg.seed), progress=progress)
 
 
 def plan(cfg: Config, ctx):
     """Per classifier: fit (or load) the generators, then run every attack on the first ``n_eval`` test images."""
-    from ..attacks import SdpAdv
-    from ..training import accuracy
-
     test = ctx.data(cfg.data, "test", cfg.seed)
     gen_data = _subset(ctx.data(cfg.data, "train", cfg.seed), cfg.gen_train, cfg.seed + 1)
     n_eval = min(cfg.n_eval, len(test))
@@ -369,8 +362,6 @@ def plan(cfg: Config, ctx):
 
 def _defense_gan_run(cfg: Config, ctx, name: str, model, info: dict, todo: list, x_eval, y_eval) -> TaskRun:
     """The Defense-GAN column: the attacks of ε = 0.3 (and the ε-free ones) crafted on the classifier, projected."""
-    from ..defenses.defense_gan import DefenseGANProjection
-
     gen, ginfo = defense_gan_generator(cfg, progress=ctx.progress)
     ctx.meta("defense_gan", {"generator": ginfo["key"], "train_seconds": ginfo["train_seconds"],
                              "critic_loss": ginfo["critic_loss"]})
@@ -470,8 +461,6 @@ def _panels(res, test, out: Path, n: int = 10) -> list[Path]:
 
     Each shows the first ``n`` evaluated test images after the attack, each titled with Model A's prediction (red: wrong).
     """
-    from ..viz.panels import prediction_panel
-
     names = list(test.classes)
     short = (lambda c: c if len(c) <= 7 else c[:6] + ".")
     figs = []

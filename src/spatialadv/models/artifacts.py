@@ -221,7 +221,7 @@ def checkpoint_metadata(path: str | os.PathLike) -> dict:
 
 
 def artifact_path(name: str, *, kind: str, directory: str | os.PathLike | None = None, suffix: str = ".safetensors") -> Path:
-    """The one gate for cache file names: ``<directory>/<name><suffix>``, ``directory`` defaulting to ``cache_dir() / kind``.
+    r"""The one gate for cache file names: ``<directory>/<name><suffix>``, ``directory`` defaulting to ``cache_dir() / kind``.
 
     Every cache path built from a user-influenced string (a model key, a
     classifier key inside a detector's key, a dataset name) goes through

@@ -7,7 +7,7 @@ Distortions* (ICLR 2020 submission).
 
 What is measured
 ----------------
-On MNIST Model A (``c4``, ``spatialadv.models.load_or_train``, the cached
+On MNIST Model A (``c4``, ``spatialadv.training.load_or_train``, the cached
 checkpoint of ``spatialadv reproduce sdpadv-mnist``) and the first ``--n``
 (default 100) MNIST test images, in one process:
 

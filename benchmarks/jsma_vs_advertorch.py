@@ -1,7 +1,7 @@
 """Benchmark: ``spatialadv.attacks.JSMA`` vs advertorch 0.2.3 ``JacobianSaliencyMapAttack``.
 
 Both attacks run in one process, with ``torch.set_num_threads(2)``, on the same
-model (``mnist-a`` from ``spatialadv.models.load_or_train``), the same first
+model (``mnist-a`` from ``spatialadv.training.load_or_train``), the same first
 ``--n`` correctly classified MNIST test images and the same random targets
 (``spatialadv.eval.make_pairs(..., "random", seed=--seed)``), with the paper's
 MNIST setting θ = +1 and γ = 14.5 % (Papernot et al. 2016, Sec. IV). Ours runs

@@ -1,6 +1,6 @@
 """Benchmark: our attacks against the peer libraries, side by side in one run, and each attack's overhead.
 
-Same model (``mnist-a`` of stAdv Table 4 from ``spatialadv.models.load_or_train``:
+Same model (``mnist-a`` of stAdv Table 4 from ``spatialadv.training.load_or_train``:
 trained once, then cached), same images (the first ``--n`` correctly
 classified MNIST-5k test images), same process, ``torch.set_num_threads(--threads)``.
 Success is recomputed from the model on the returned images for every row.

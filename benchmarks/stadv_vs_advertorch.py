@@ -5,7 +5,7 @@ What is measured
 Ours is ``StAdv()`` with its defaults (the paper's τ = 0.05 on normalised
 flows, κ = 0); options override τ, the step cap and restarts. Both attacks
 run in one process on the same model (``mnist-a`` from
-``spatialadv.models.load_or_train``), the same first ``--n`` correctly
+``spatialadv.training.load_or_train``), the same first ``--n`` correctly
 classified MNIST test images and the same random targets
 (``spatialadv.eval.make_pairs(..., "random", seed=--seed)``). Ours runs first.
 For each attack the script reports

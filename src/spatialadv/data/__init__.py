@@ -308,7 +308,7 @@ class DataSpec:
     """Which built-in dataset (and which part of its train split) a model is trained on.
 
     A small, frozen, JSON-able description that is part of a model's cache key
-    (:class:`spatialadv.models.ModelSpec`): two equal specs always give the
+    (:class:`spatialadv.training.ModelSpec`): two equal specs always give the
     same train and test tensors on one machine.
 
     Attributes:

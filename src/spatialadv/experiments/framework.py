@@ -297,7 +297,7 @@ class Context:
         """Load (or train and cache) the model of ``spec``, frozen in eval mode, and record its info under ``label``.
 
         Returns:
-            ``(model, info)`` as :func:`spatialadv.models.load_or_train`.
+            ``(model, info)`` as :func:`spatialadv.training.load_or_train`.
         """
         model, info = load_or_train(spec, progress=self.progress)  # eval mode, frozen (collective under torchrun)
         models = self.get_meta("models", {})

@@ -38,6 +38,7 @@ import logging
 import math
 import pkgutil
 import platform
+import sys
 import time
 import types
 import typing
@@ -645,8 +646,8 @@ _ORDER = ("stadv", "smooth", "sdpadv", "certify_bounds", "certify_stadv")
 
 
 def _modules() -> list[str]:
-    found = [m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-             if not m.name.startswith("_") and m.name != "framework"]
+    package = sys.modules[__package__]  # loaded: this module is inside it (its __path__ may be extended)
+    found = [m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_") and m.name != "framework"]
     return [f"{__package__}.{m}" for m in sorted(found, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m))]
 
 

@@ -25,7 +25,7 @@ from spatialadv.attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2, RotationT
 from spatialadv.data import DataSpec, load_dataset
 from spatialadv.eval.runner import example_index, first_correct
 from spatialadv.experiments import stadv as stadv_experiment
-from spatialadv.models import ModelSpec, TrainConfig, load_or_train
+from spatialadv.training import ModelSpec, TrainConfig, load_or_train
 
 
 def attacks() -> dict:

@@ -53,10 +53,10 @@ def main() -> None:
 
     from spatialadv.certify import certify, optimize_dual, pair_bounds, sdp_dual_bound
     from spatialadv.certify.bounds import initial_dual
-    from spatialadv.certify.smoothness import box_half_widths
-    from spatialadv.certify.training import SDPPenalty, certify_spec
+    from spatialadv.certify.penalties import SDPPenalty
     from spatialadv.data import DataSpec, load_dataset
-    from spatialadv.models import TrainConfig, load_or_train
+    from spatialadv.ops.flow_smoothness import box_half_widths
+    from spatialadv.training import TrainConfig, certify_spec, load_or_train
 
     test = load_dataset("mnist", "test")
     model, info = load_or_train(certify_spec("normal", DataSpec("mnist"), TrainConfig(epochs=10)), progress=False)

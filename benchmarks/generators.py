@@ -7,7 +7,7 @@ Distortions* (ICLR 2020 submission).
 
 What is measured
 ----------------
-On MNIST Model A (``c4``, ``spatialadv.models.load_or_train``, the cached
+On MNIST Model A (``c4``, ``spatialadv.training.load_or_train``, the cached
 checkpoint of ``spatialadv reproduce sdpadv-mnist``) and the first ``--n``
 (default 100) MNIST test images, in one process:
 
@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from spatialadv.attacks import FGSM, RotationTranslation, SdpAdv  # noqa: E402
 from spatialadv.data import DataSpec, load_dataset  # noqa: E402
-from spatialadv.models import ModelSpec, Objective, TrainConfig, load_or_train  # noqa: E402
+from spatialadv.training import ModelSpec, Objective, TrainConfig, load_or_train  # noqa: E402
 
 
 def _timed(fn, repeats: int):

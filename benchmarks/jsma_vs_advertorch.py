@@ -1,7 +1,7 @@
 """Benchmark: ``spatialadv.attacks.JSMA`` vs advertorch 0.2.3 ``JacobianSaliencyMapAttack``.
 
 Both attacks run in one process, with ``torch.set_num_threads(2)``, on the same
-model (``mnist-a`` from ``spatialadv.models.load_or_train``), the same first
+model (``mnist-a`` from ``spatialadv.training.load_or_train``), the same first
 ``--n`` correctly classified MNIST test images and the same random targets
 (``spatialadv.eval.make_pairs(..., "random", seed=--seed)``), with the paper's
 MNIST setting θ = +1 and γ = 14.5 % (Papernot et al. 2016, Sec. IV). Ours runs
@@ -37,7 +37,7 @@ import torch
 from spatialadv.attacks import JSMA
 from spatialadv.data import DataSpec, load_dataset
 from spatialadv.eval import first_correct, make_pairs
-from spatialadv.models import ModelSpec, load_or_train
+from spatialadv.training import ModelSpec, load_or_train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stadv_vs_advertorch import install_advertorch_shims  # noqa: E402

@@ -1,6 +1,6 @@
 """Benchmark: our attacks against the peer libraries, side by side in one run, and each attack's overhead.
 
-Same model (``mnist-a`` of stAdv Table 4 from ``spatialadv.models.load_or_train``:
+Same model (``mnist-a`` of stAdv Table 4 from ``spatialadv.training.load_or_train``:
 trained once, then cached), same images (the first ``--n`` correctly
 classified MNIST-5k test images), same process, ``torch.set_num_threads(--threads)``.
 Success is recomputed from the model on the returned images for every row.
@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from spatialadv.attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2, RotationTranslation, SmoothPGDL2, StAdv  # noqa: E402
 from spatialadv.data import DataSpec, load_dataset  # noqa: E402
 from spatialadv.eval import first_correct  # noqa: E402
-from spatialadv.models import ModelSpec, TrainConfig, load_or_train  # noqa: E402
+from spatialadv.training import ModelSpec, TrainConfig, load_or_train  # noqa: E402
 
 GROUPS = ["PGD", "C&W", "C&W-default", "STM", "overhead"]
 

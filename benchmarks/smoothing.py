@@ -49,8 +49,8 @@ from torch import nn
 
 from spatialadv.attacks import CarliniWagnerL2, SmoothCarliniWagnerL2
 from spatialadv.data import DataSpec, load_dataset
-from spatialadv.models import ModelSpec, TrainConfig, load_or_train
 from spatialadv.ops.smoothing import GuidedSmoothing
+from spatialadv.training import ModelSpec, TrainConfig, load_or_train
 
 
 def _median_time(fn, repeats: int) -> float:

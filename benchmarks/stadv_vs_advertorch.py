@@ -5,7 +5,7 @@ What is measured
 Ours is ``StAdv()`` with its defaults (the paper's τ = 0.05 on normalised
 flows, κ = 0); options override τ, the step cap and restarts. Both attacks
 run in one process on the same model (``mnist-a`` from
-``spatialadv.models.load_or_train``), the same first ``--n`` correctly
+``spatialadv.training.load_or_train``), the same first ``--n`` correctly
 classified MNIST test images and the same random targets
 (``spatialadv.eval.make_pairs(..., "random", seed=--seed)``). Ours runs first.
 For each attack the script reports
@@ -93,8 +93,8 @@ from spatialadv.attacks import StAdv
 from spatialadv.data import DataSpec, load_dataset
 from spatialadv.eval import first_correct, make_pairs
 from spatialadv.eval.runner import attack_config
-from spatialadv.models import ModelSpec, load_or_train
 from spatialadv.ops import flow_l2, flow_tv, flow_tv_loss, flow_warp, to_normalized
+from spatialadv.training import ModelSpec, load_or_train
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "stadv_vs_advertorch.json"
 

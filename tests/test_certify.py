@@ -34,10 +34,10 @@ from spatialadv.certify.lower_bound import (
     rescale_to_budget,
     warp_derivative,
 )
-from spatialadv.certify.training import certify_spec
 from spatialadv.data import load_dataset
 from spatialadv.ops.flow import flow_tv
 from spatialadv.ops.warp import flow_warp
+from spatialadv.training import certify_spec
 
 
 @pytest.fixture(autouse=True)
@@ -349,9 +349,8 @@ def test_stadv_hinge_and_tau_binary_search(digits_model):
 
 # ---------------------------------------------------------------------------------- training hooks
 def test_training_variants_hooks(tmp_path, one_thread):
-    from spatialadv.certify.training import VARIANTS
     from spatialadv.data import DataSpec
-    from spatialadv.models import TrainConfig, load_or_train
+    from spatialadv.training import VARIANTS, TrainConfig, load_or_train
 
     data = DataSpec("digits")
     cfg = TrainConfig(epochs=3, batch_size=128)
@@ -370,9 +369,8 @@ def test_training_variants_hooks(tmp_path, one_thread):
 
 
 def test_certify_spec_covers_the_seven_variants():
-    from spatialadv.certify.training import VARIANTS
     from spatialadv.data import DataSpec
-    from spatialadv.models import ModelSpec, Objective, TrainConfig, model_key
+    from spatialadv.training import VARIANTS, ModelSpec, Objective, TrainConfig, model_key
 
     data, cfg = DataSpec("mnist"), TrainConfig(epochs=10, seed=2)
     expected = {"normal": ("fc-500", "standard"), "random": ("fc-500", "random"), "frobenius": ("fc-500", "frobenius"),
@@ -394,7 +392,8 @@ def test_certify_spec_covers_the_seven_variants():
 
 def test_stn_variant_trains(tmp_path, one_thread):
     from spatialadv.data import DataSpec
-    from spatialadv.models import STNClassifier, TrainConfig, load_or_train
+    from spatialadv.models import STNClassifier
+    from spatialadv.training import TrainConfig, load_or_train
 
     spec = certify_spec("stn", DataSpec("digits", max_train=128), TrainConfig(epochs=1, batch_size=64))
     model, info = load_or_train(spec, directory=tmp_path, progress=False)

@@ -12,9 +12,9 @@ from torch import nn
 
 from spatialadv.certify import smoothing as S
 from spatialadv.data import load_dataset
-from spatialadv.models import Objective, TrainConfig, train_model
 from spatialadv.models.architectures import build_model
 from spatialadv.ops import affine_warp, flow_warp, rotation_translation_theta
+from spatialadv.training import Objective, TrainConfig, train_model
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,18 @@ from spatialadv.defenses import (
     attack_adversary,
     ensemble_adversary,
     ll_adversary,
+)
+from spatialadv.ops.filters import joint_bilateral
+from spatialadv.training import (
+    OBJECTIVES,
+    ModelSpec,
+    Objective,
+    OptionSpec,
+    TrainConfig,
+    load_or_train,
+    model_key,
     register_adversarial_objective,
 )
-from spatialadv.models import OBJECTIVES, ModelSpec, Objective, OptionSpec, TrainConfig, load_or_train, model_key
-from spatialadv.ops.filters import joint_bilateral
 
 
 def _images(seed=0, n=3, c=2, h=9, w=11):

@@ -163,7 +163,7 @@ def test_torchrun_attack_equals_single_process_and_resumes_after_a_killed_rank(t
 @pytest.mark.slow
 def test_ddp_pgd_training_gives_a_loadable_checkpoint_with_single_process_accuracy(tmp_path):
     from spatialadv.data import DataSpec
-    from spatialadv.models import ModelSpec, Objective, TrainConfig, load_or_train, model_key
+    from spatialadv.training import ModelSpec, Objective, TrainConfig, load_or_train, model_key
 
     pgd = {"eps": 0.1, "steps": 3, "step_size": 0.05}
     args = ["train", *MODEL, "--objective", "pgd-at", *sum((["--param", f"{k}={v}"] for k, v in pgd.items()), [])]

@@ -11,8 +11,8 @@ from _contract import run_checked
 from spatialadv.attacks import FGSM, SdpAdv, advgan, sdadv
 from spatialadv.data import DataSpec, load_dataset
 from spatialadv.defenses import fgsm_adversary
-from spatialadv.models import ModelSpec, Objective, TrainConfig, load_or_train
 from spatialadv.ops import affine_warp, identity_theta
+from spatialadv.training import ModelSpec, Objective, TrainConfig, load_or_train
 
 FAST = dict(epochs=4, batch_size=64, alpha_every=1, seed=0)
 

@@ -14,22 +14,15 @@ from spatialadv.attacks.base import input_grad
 from spatialadv.data import DataSpec, load_dataset
 from spatialadv.models import (
     MODELS,
-    OBJECTIVES,
     CorruptCheckpointError,
-    ModelSpec,
-    Objective,
     STNClassifier,
-    TrainConfig,
-    accuracy,
     build_model,
     cache_dir,
     load_checkpoint,
-    load_or_train,
-    model_key,
     save_checkpoint,
     state_checksum,
-    train_model,
 )
+from spatialadv.training import OBJECTIVES, ModelSpec, Objective, TrainConfig, accuracy, load_or_train, model_key, train_model
 
 TINY = TrainConfig(epochs=2, batch_size=128, lr=1e-2, shift=0)
 DIGITS = DataSpec("digits")
@@ -452,8 +445,8 @@ BAD_NAMES = ["../evil", "a/b", "a\\b", "..", "a b", "", "é", "x;rm"]
 @pytest.mark.parametrize("bad", BAD_NAMES)
 def test_names_building_cache_paths_are_checked(bad, monkeypatch):
     from spatialadv.data import DATASETS
-    from spatialadv.models import register_objective
-    from spatialadv.models.training import OBJECTIVES as OBJ
+    from spatialadv.training import OBJECTIVES as OBJ
+    from spatialadv.training import register_objective
 
     # even a registered name is refused when it is not a safe file-name part
     monkeypatch.setitem(DATASETS, bad, DATASETS["digits"])
@@ -482,9 +475,9 @@ def test_name_type_errors():
 
 
 def test_checkpoint_path_stays_in_cache_directory(tmp_path, monkeypatch):
-    import spatialadv.models.cache as cache_mod
+    import spatialadv.training.specs as specs_mod
 
-    monkeypatch.setattr(cache_mod, "model_key", lambda spec: "../escaped")
-    with pytest.raises(ValueError, match="leaves the cache directory"):
+    monkeypatch.setattr(specs_mod, "model_key", lambda spec: "../escaped")
+    with pytest.raises(ValueError, match="artifact name must be a non-empty name .* got '../escaped'"):
         load_or_train(CACHE_SPEC, progress=False, directory=tmp_path / "models")
     assert not list(tmp_path.rglob("*.safetensors"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 
 from spatialadv.eval.store import ResultStore
@@ -105,8 +106,10 @@ def test_generator_cache_keys_and_refit(tmp_path, monkeypatch, digits_model, one
     assert p.stat().st_mtime_ns == t1
     x = train.x[:20]
     assert torch.equal(g1.generate(x)["x_a"], g2.generate(x)["x_a"])
-    p.write_bytes(b"not a checkpoint")  # a corrupt file is refitted, not fatal
-    g3 = fit_or_load_generator(model, proto, p, train)
+    p.write_bytes(b"not a checkpoint")  # a corrupt file is moved aside and refitted, not fatal
+    with pytest.warns(UserWarning, match="not a readable safetensors file.*corrupt-1"):
+        g3 = fit_or_load_generator(model, proto, p, train)
+    assert p.with_name(p.name + ".corrupt-1").read_bytes() == b"not a checkpoint"
     assert torch.equal(g3.generate(x)["x_a"], g1.generate(x)["x_a"])  # seeded: the same fit
     assert SdpAdv.load(p) == proto
 

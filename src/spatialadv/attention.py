@@ -75,7 +75,7 @@ def grad_cam(model: nn.Module, x: Tensor, target: Tensor | None = None, *, layer
     Raises:
         TypeError, ValueError: invalid ``x`` or ``target``; ``model`` without a conv layer.
     """
-    from captum.attr import LayerGradCam
+    from captum.attr import LayerGradCam  # lazy: captum is heavy and only Grad-CAM needs it
 
     check_images(x)
     layer = last_conv_layer(model) if layer is None else layer

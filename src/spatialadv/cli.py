@@ -26,6 +26,9 @@ from pathlib import Path
 
 __all__ = ["main", "UsageError"]
 
+# The commands import the library inside their functions, on purpose: `spatialadv --help` and usage errors answer
+# without importing torch and the layers below (each command pays only for what it runs).
+
 
 class UsageError(ValueError):
     """Bad user input on the command line: printed as one line, exit status 2."""
@@ -70,7 +73,7 @@ def _params(args, default: str) -> dict[str, dict]:
 
 def _spec(args):
     from .data import DataSpec
-    from .models import ModelSpec, Objective, TrainConfig
+    from .training import ModelSpec, Objective, TrainConfig
 
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
@@ -80,7 +83,7 @@ def _spec(args):
 
 
 def _load_model(args, device=None):
-    from .models import load_or_train
+    from .training import load_or_train
 
     return load_or_train(_spec(args), progress=not args.quiet, device=device)
 
@@ -317,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .audit import AuditConfig
     from .data import DATASETS
     from .experiments import experiments
-    from .models import MODELS, OBJECTIVES
+    from .models import MODELS
+    from .training import OBJECTIVES
 
     p = argparse.ArgumentParser(prog="spatialadv", description="Adversarial examples beyond L_p norms: attacks, evaluation, reports.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")

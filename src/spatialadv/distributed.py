@@ -21,7 +21,7 @@ How the work is split (and why nothing is lost or duplicated):
   0 first while the others wait (:func:`rank_zero_first`), then loaded by the
   others; training itself is data-parallel
   (:class:`torch.nn.parallel.DistributedDataParallel`, see
-  :func:`spatialadv.models.train_model`), saved by rank 0 under the same cache
+  :func:`spatialadv.training.train_model`), saved by rank 0 under the same cache
   key as a single-process run.
 * Rank 0 alone writes the store's metadata and the report.
 

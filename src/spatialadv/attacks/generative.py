@@ -25,7 +25,6 @@ object itself stays immutable), then call the fitted attack like any other.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import time
@@ -35,8 +34,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .._validation import check_images, check_int, check_labels, check_positive
+from ..models import checkpoint_metadata, load_checkpoint, save_checkpoint
 from ..ops.affine import affine_warp, identity_theta
 from ..threats import AffineLinf
 from .base import Attack, margin
@@ -317,8 +318,6 @@ class SdpAdv(Attack):
                 split; ``init`` not fitted or of another image shape.
             TypeError: ``init`` not an :class:`SdpAdv`.
         """
-        from tqdm.auto import tqdm
-
         if init is not None and not isinstance(init, SdpAdv):
             raise TypeError(f"init must be a fitted SdpAdv or None, got {type(init).__name__}")
         if init is not None and init.nets is None:
@@ -415,48 +414,47 @@ class SdpAdv(Attack):
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("nets", "history")}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Save the fitted networks as safetensors and return ``path`` as a :class:`~pathlib.Path`.
+        """Save the fitted networks as safetensors with a checksum and return ``path`` as a :class:`~pathlib.Path`.
 
-        Hyper-parameters, image shape and training history go into the file's
-        metadata (JSON strings).
+        Written atomically by :func:`spatialadv.models.save_checkpoint`, with :meth:`metadata` (hyper-parameters,
+        image shape, training history, dtype) as JSON metadata.
 
         Raises:
             ValueError: the generator is not fitted.
         """
-        from safetensors.torch import save_file
-
         if self.nets is None:
             raise ValueError("nothing to save: the generator is not fitted")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        state = {k: v.detach().contiguous() for k, v in self.nets.state_dict().items()}
-        meta = {"hyperparameters": self.hyperparameters(), "shape": list(self.nets.shape), "history": self.history,
-                "dtype": str(next(self.nets.parameters()).dtype)}
-        save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
-        os.replace(tmp, path)
+        save_checkpoint(self.nets, path, self.metadata())
         return path
+
+    def metadata(self) -> dict:
+        """The JSON-able metadata saved with the fitted networks: ``hyperparameters``, ``shape``, ``history``, ``dtype``.
+
+        Raises:
+            ValueError: the generator is not fitted.
+        """
+        if self.nets is None:
+            raise ValueError("the generator is not fitted: no metadata")
+        return {"hyperparameters": self.hyperparameters(), "shape": list(self.nets.shape), "history": self.history,
+                "dtype": str(next(self.nets.parameters()).dtype)}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SdpAdv":
-        """Load a generator written by :meth:`save`.
+        """Load a generator written by :meth:`save`, verified by :func:`spatialadv.models.load_checkpoint`.
 
         Raises:
-            FileNotFoundError: missing file. RuntimeError: keys/shapes do not match.
+            FileNotFoundError: missing file.
+            ValueError: no SdpAdv metadata in the file; :class:`~spatialadv.models.CorruptCheckpointError` (a
+                ``ValueError``): unreadable file, keys/shapes that do not match, checksum mismatch.
         """
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"generator checkpoint not found: {path}")
-        with safe_open(str(path), framework="pt") as f:
-            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        meta = checkpoint_metadata(path)
         if "hyperparameters" not in meta or "shape" not in meta:
             raise ValueError(f"{path} is not an SdpAdv generator checkpoint (no hyper-parameters in its metadata)")
-        state = load_file(str(path))
-        nets = GeneratorNets(tuple(meta["shape"])).to(dtype=next(iter(state.values())).dtype)
-        nets.load_state_dict(state)
+        dtype = getattr(torch, str(meta.get("dtype", "torch.float32")).removeprefix("torch."))
+        nets = GeneratorNets(tuple(meta["shape"])).to(dtype=dtype)
+        load_checkpoint(nets, path)
         nets.eval()
         for p in nets.parameters():
             p.requires_grad_(False)

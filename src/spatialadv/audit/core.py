@@ -25,6 +25,7 @@ from ..eval.runner import attack_config, run_attack, run_key
 from ..eval.store import ResultStore
 from ..references import cite
 from ..threats import L2Ball, LinfBall, PixelFlow, RotationTranslationBox, Threat
+from ..viz.panels import prediction_panel
 
 __all__ = ["THREATS", "AuditConfig", "Stage", "stages", "select_examples", "check_model_on_data", "sanity_checks",
            "run_audit", "audit_report", "STORE_NAME", "PAPERS"]
@@ -525,8 +526,6 @@ def _existing_figures(out: Path, cfg: AuditConfig) -> list[str]:
 
 
 def _figures(out: Path, cfg: AuditConfig, verdicts: dict, examples: list[int], data: Dataset) -> list[str]:
-    from ..viz.panels import prediction_panel
-
     figs = []
     with ResultStore(out / STORE_NAME) as store:
         model_key, data_key = store.get_meta("audit")["model"]["key"], store.get_meta("audit")["data_key"]

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data import DATASETS, DataError, Dataset, load_dataset, load_npz, read_idx
+from ..data import DATASETS, DataError, Dataset, _to_images, _to_labels, load_dataset, load_npz, read_idx
+from ..models import load_checkpoint, state_checksum
 
 __all__ = ["AuditInputError", "Normalize", "SelectLogits", "load_user_model", "load_user_data", "load_image_folder",
            "IMAGE_SUFFIXES"]
@@ -189,8 +190,6 @@ def load_user_model(spec: str, *, weights: str | None = None, mean: tuple[float,
             weights that are not safetensors (pickle) or do not match the model, an unreadable TorchScript file.
         FileNotFoundError: a missing weights file.
     """
-    from ..models import load_checkpoint, state_checksum
-
     path = Path(spec)
     if ":" not in spec and path.is_file():
         try:
@@ -253,7 +252,7 @@ def load_image_folder(root: str | Path) -> Dataset:
         DataError: no class sub-folder, an empty class folder, an unreadable image or images of different sizes
             (the message names the file).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # lazy: Pillow only for folders of images
 
     root = Path(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -338,7 +337,6 @@ def load_user_data(name: str, *, labels: str | None = None, seed: int = 0) -> Da
         y = read_idx(labels)
         if y.ndim != 1 or len(y) != len(x):
             raise DataError(f"{labels}: {len(y) if y.ndim == 1 else y.shape} labels for {len(x)} images")
-        from ..data import _to_images, _to_labels  # converted exactly as load_npz converts
 
         xt = _to_images(x, str(path))
         yt = _to_labels(y, xt.shape[0], str(labels))

@@ -6,8 +6,8 @@ provable-defenses paper") and C. Nguyen, *Two Approaches to Defend against
 Adversarial Examples: Attention-based and Certificate-based*, MSc thesis,
 Lehigh University, 2018 ("the Nguyen thesis"), §4.
 
-* :mod:`~spatialadv.certify.smoothness` — the neighbour matrices M⁽ᵗ'ᵇ'ˡ'ʳ⁾,
-  ``MᵀM`` (Prop. 1), box half-widths λ (Prop. 2), ℓ_diff of a flow.
+* :mod:`~spatialadv.ops.flow_smoothness` (re-exported here) — the neighbour matrices M⁽ᵗ'ᵇ'ˡ'ʳ⁾,
+  ``MᵀM`` (Prop. 1), box half-widths λ (Prop. 2), ℓ_diff of a flow: pure maths, shared with the flow threat models.
 * :mod:`~spatialadv.certify.bounds` — upper bounds (linear Eq. 16, Frobenius,
   spectral, SDP exact and dual) and :func:`certify`.
 * :mod:`~spatialadv.certify.lower_bound` — the lower-bound attack (Thms. 1-2,
@@ -16,12 +16,22 @@ Lehigh University, 2018 ("the Nguyen thesis"), §4.
   search (:class:`~spatialadv.attacks.StAdvTauBinarySearch`) are in
   :mod:`spatialadv.attacks` (importing them from here still works, with a
   ``DeprecationWarning``).
-* :mod:`~spatialadv.certify.training` — the training variants of the provable-defenses paper, §6.8.
+* :mod:`~spatialadv.certify.penalties` — the training penalties of the provable-defenses paper, §6.8 (the objectives
+  that use them, and the variants' specs, are in :mod:`spatialadv.training`).
 * :mod:`~spatialadv.certify.smoothing` — randomized smoothing (Cohen et al., ICML 2019): the smoothed
   classifier, PREDICT / CERTIFY, and certificates against rotations, translations and flows that hold on the
   warped image the model receives (interpolation error bounded exactly per pixel, after TSS, Li et al., CCS 2021).
 """
 
+from ..ops.flow_smoothness import (
+    BORDERS,
+    box_half_widths,
+    flow_smoothness,
+    gram_inverse,
+    gram_inverse_sqrt,
+    neighbour_matrices,
+    smoothness_gram,
+)
 from .bounds import (
     METHODS,
     Certificate,
@@ -62,15 +72,6 @@ from .smoothing import (
     lower_confidence_bound,
     rotation_interpolation_bound,
     translation_interpolation_bound,
-)
-from .smoothness import (
-    BORDERS,
-    box_half_widths,
-    flow_smoothness,
-    gram_inverse,
-    gram_inverse_sqrt,
-    neighbour_matrices,
-    smoothness_gram,
 )
 
 __all__ = ["METHODS", "Certificate", "NetworkWeights", "brute_force_max", "certify", "dual_objective", "network_weights",

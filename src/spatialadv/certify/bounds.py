@@ -10,7 +10,7 @@ What is bounded
 ---------------
 For a one-hidden-layer ReLU network ``z(x) = V σ(W x + b) + c`` (or a linear
 one, ``z(x) = V x + c``), an image ``x`` with pixels in ``[lo, hi]`` and a
-two-channel flow ``r`` with ``ℓ_diff(r) ≤ ε`` (:func:`~spatialadv.certify.smoothness.flow_smoothness`,
+two-channel flow ``r`` with ``ℓ_diff(r) ≤ ε`` (:func:`~spatialadv.ops.flow_smoothness.flow_smoothness`,
 ``border`` as chosen), the *true bilinear warp* ``g(r; x)``
 (:func:`spatialadv.ops.flow_warp`, zero or border padding) changes the
 margin of class i over class j by at most ``ε · Q[i, j]``:
@@ -68,7 +68,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_images, check_labels
-from .smoothness import box_half_widths, gram_min_eigenvalue
+from ..ops.flow_smoothness import box_half_widths, gram_min_eigenvalue
 
 __all__ = ["NetworkWeights", "network_weights", "pair_matrices", "sdp_exact", "brute_force_max", "sdp_dual_bound",
            "ritz_top_eigen", "dual_objective", "optimize_dual", "pair_bounds", "Certificate", "certify", "METHODS",
@@ -318,7 +318,7 @@ def sdp_exact(bmat, *, solver: str = "CLARABEL", **solver_kwargs) -> float:
     Raises:
         RuntimeError: the solver did not reach an optimal status.
     """
-    import cvxpy as cp
+    import cvxpy as cp  # lazy: cvxpy is heavy and only the exact SDP needs it
 
     b = np.asarray(bmat.detach().cpu() if isinstance(bmat, Tensor) else bmat, dtype=np.float64)
     p = _dense_p(b)
@@ -613,8 +613,8 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
             the Prop. 2 box is not on our nets).
         input_range: ``(lo, hi)`` pixel range; ρ = max(hi, 0) − min(lo, 0) scales every bound.
         border: border of the smoothness operator, ``"zeros"`` or ``"replicate"``
-            (:mod:`~spatialadv.certify.smoothness`).
-        ridge: ridge ``≥ 0`` added to ``MᵀM`` (:mod:`~spatialadv.certify.smoothness`).
+            (:mod:`~spatialadv.ops.flow_smoothness`).
+        ridge: ridge ``≥ 0`` added to ``MᵀM`` (:mod:`~spatialadv.ops.flow_smoothness`).
         dual_steps: Adam steps of :func:`optimize_dual` (``method="sdp"``).
         ritz_iters: Ritz iterations per Adam step of :func:`optimize_dual`.
         exact: solve each pair's SDP with cvxpy (slow for large nets; the

@@ -40,10 +40,10 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_int, check_positive
+from ..ops.flow_smoothness import gram_inverse
 from ..ops.warp import flow_warp
 from ..threats import FlowSmoothnessBall
 from .bounds import check_input_range, network_weights
-from .smoothness import gram_inverse
 
 __all__ = ["warp_derivative", "LowerBoundResult", "lower_bound_attack", "rescale_to_budget", "pair_margin_change"]
 
@@ -193,8 +193,8 @@ def lower_bound_attack(model: nn.Module, image_shape, eps: float, *, pair: tuple
         iters: outer iterations (flow updates), int ≥ 0.
         x_iters: rounds of ``x ← vertex(sign α)`` per outer iteration, int ≥ 1.
         border: border of the smoothness operator, ``"zeros"`` or ``"replicate"``
-            (:mod:`~spatialadv.certify.smoothness`).
-        ridge: ridge ``≥ 0`` added to ``MᵀM`` (:mod:`~spatialadv.certify.smoothness`).
+            (:mod:`~spatialadv.ops.flow_smoothness`).
+        ridge: ridge ``≥ 0`` added to ``MᵀM`` (:mod:`~spatialadv.ops.flow_smoothness`).
 
     Returns:
         A :class:`LowerBoundResult`; ``margin`` is the best exact Δ found.

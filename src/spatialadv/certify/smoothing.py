@@ -45,9 +45,10 @@ from scipy.stats import beta as _beta
 from scipy.stats import binomtest
 from scipy.stats import norm as _norm
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .._validation import check_images, check_index, check_int, warn_if_training
-from ..ops.affine import affine_flow, rotation_translation_theta
+from ..ops.affine import affine_flow, affine_warp, rotation_translation_theta
 from ..ops.warp import flow_warp
 from ..threats.base import example_generator
 
@@ -788,8 +789,6 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
     alpha = _check_alpha(alpha)
     refined = refine >= 2
     rows = check_index(index, x.shape[0]).tolist()
-    from tqdm.auto import tqdm
-
     out = []
     for i in tqdm(range(x.shape[0]), desc="certify rotation", disable=not progress, unit="img"):
         xi = x[i : i + 1]
@@ -894,8 +893,6 @@ def certify_translation(smoothed: SmoothedClassifier, x: Tensor, *, max_shift: f
     check_int(n, "n", minimum=1)
     rows = check_index(index, x.shape[0]).tolist()
     edges = (centres.abs().amax(1) - half).clamp_min(0.0)
-    from tqdm.auto import tqdm
-
     out = []
     for i in tqdm(range(x.shape[0]), desc="certify translation", disable=not progress, unit="img"):
         xi = x[i : i + 1]
@@ -1002,7 +999,7 @@ class SmoothingAugmentation:
     smoothed classifier accurate (Gaussian data augmentation: Cohen et al. 2019, §4; transformation augmentation:
     TSS, Li et al. ACM CCS 2021, §6).
 
-    Called as an adversary of :class:`~spatialadv.models.TrainingParts` ``(model, x, y) -> x_aug``: the model is not
+    Called as an adversary of :class:`~spatialadv.training.TrainingParts` ``(model, x, y) -> x_aug``: the model is not
     used; the draws come from one generator seeded by ``seed`` and advance batch after batch (deterministic for a seed).
 
     Args:
@@ -1020,8 +1017,6 @@ class SmoothingAugmentation:
     @torch.no_grad()
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """``x_aug`` ``(B, C, H, W)`` (not clipped) for images ``x`` ``(B, C, H, W)`` in [0, 1]."""
-        from ..ops.affine import affine_warp
-
         b = x.shape[0]
         u = torch.rand(3, b, generator=self.gen, dtype=torch.float64) * 2 - 1
         out = x

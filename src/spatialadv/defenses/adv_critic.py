@@ -30,7 +30,7 @@ Convention: the authors' networks are 1 200 units wide and train for 50 000
 steps; here the critic is 256 wide and the objective is meant for
 fine-tuning a trained classifier (``ModelSpec(..., init=plain)``) for a few
 epochs — the CPU budget. The objective is ``adv-critic`` of
-:mod:`spatialadv.models.training`.
+:mod:`spatialadv.training`.
 """
 
 from __future__ import annotations

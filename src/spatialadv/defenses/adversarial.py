@@ -6,7 +6,7 @@ and the robust classifier of the SdpAdv experiments (ε = 0.3 on MNIST /
 Fashion-MNIST).
 
 An adversarially trained model is an ordinary cached model whose spec names
-the objective ``fgsm-at`` (:mod:`spatialadv.models.training`)::
+the objective ``fgsm-at`` (:mod:`spatialadv.training`)::
 
     spec = ModelSpec("c4", DataSpec("mnist"), TrainConfig(), Objective("fgsm-at", eps=0.3, adv_weight=0.5))
     model, info = load_or_train(spec)
@@ -27,9 +27,9 @@ adversarial half of each batch is crafted on the current model or on one of
 several *static* pre-trained models, in turn.
 
 One mechanism: an objective's adversary is a callable ``(model, x, y) ->
-x_adv`` plugged into :func:`spatialadv.models.train_model`. Any attack of
+x_adv`` plugged into :func:`spatialadv.training.train_model`. Any attack of
 this library becomes one with :func:`attack_adversary`, and
-:func:`register_adversarial_objective` registers it as a named objective
+:func:`spatialadv.training.register_adversarial_objective` registers it as a named objective
 whose options (the attack's hyper-parameters) enter the checkpoint's cache
 key, so adversarially trained models are cached like every model; there is
 no second cache.
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from .._validation import check_bool, check_int, check_positive
 from ..attacks.base import Attack, input_grad
 
-__all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "ensemble_adversary", "attack_adversary", "register_adversarial_objective"]
+__all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "ensemble_adversary", "attack_adversary"]
 
 
 def fgsm_adversary(eps: float = 0.3) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
@@ -226,57 +226,3 @@ def attack_adversary(attack: Attack, *, eval_mode: bool = True) -> Callable[[nn.
         return x_adv
 
     return adversary
-
-
-def register_adversarial_objective(name: str, make_attack: Callable[..., Attack | Callable], *, options: dict | None = None,
-                                   adv_weight: float = 0.5, eval_mode: bool = True, description: str = ""):
-    """Register a training objective whose adversary is an attack built from the objective's options.
-
-    The objective's loss per batch is ``(1 − adv_weight)·CE(f(x), y) +
-    adv_weight·CE(f(x_adv), y)`` with ``x_adv`` from ``make_attack(**options)``
-    (an :class:`~spatialadv.attacks.base.Attack`, wrapped by
-    :func:`attack_adversary`, or directly an adversary callable ``(model, x, y)
-    -> x_adv``). The options — the attack's hyper-parameters, plus
-    ``adv_weight`` — enter the cache key of every model trained with it::
-
-        from spatialadv.attacks import PGD
-        from spatialadv.models import OptionSpec
-        register_adversarial_objective(
-            "pgd-l2-at", lambda eps: PGD(norm="l2", eps=eps, steps=10, step_size=eps / 4),
-            options={"eps": OptionSpec(2.0, float, 0.0, low_open=True)})
-        spec = ModelSpec("c4", DataSpec("mnist"), TrainConfig(), Objective("pgd-l2-at", eps=1.5))
-
-    Args:
-        name: the objective's name (a safe file-name part, not yet registered).
-        make_attack: ``(**options) -> Attack`` (or adversary callable), called once per training run.
-        options: :class:`~spatialadv.models.training.OptionSpec` per keyword of ``make_attack``.
-        adv_weight: default weight of the adversarial loss, in [0, 1] (an option of the objective).
-        eval_mode: passed to :func:`attack_adversary`.
-        description: one line for listings.
-
-    Returns:
-        The registered :class:`~spatialadv.models.training.ObjectiveType`.
-
-    Raises:
-        ValueError: ``name`` already registered or unsafe; ``options`` names ``adv_weight``.
-        TypeError: ``make_attack`` not callable.
-    """
-    from ..models.training import OptionSpec, TrainingParts, register_objective
-
-    if not callable(make_attack):
-        raise TypeError(f"make_attack must be callable, got {type(make_attack).__name__}")
-    options = dict(options or {})
-    if "adv_weight" in options:
-        raise ValueError("options must not name 'adv_weight': it is added by register_adversarial_objective")
-    check_bool(eval_mode, "eval_mode")
-    attack_options = tuple(options)
-
-    def build(model, data, config, opts) -> TrainingParts:
-        made = make_attack(**{k: opts[k] for k in attack_options})
-        adversary = attack_adversary(made, eval_mode=eval_mode) if isinstance(made, Attack) else made
-        if not callable(adversary):
-            raise TypeError(f"objective {name!r}: make_attack returned {type(made).__name__}, not an Attack or callable")
-        return TrainingParts(adversary=adversary, adv_weight=opts["adv_weight"])
-
-    options["adv_weight"] = OptionSpec(adv_weight, float, 0.0, 1.0)
-    return register_objective(name, build, options=options, description=description)

@@ -37,8 +37,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .._validation import check_int, check_positive
+from ..models import load_or_build
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +148,6 @@ def train_generator(x: Tensor, config: GANConfig = GANConfig(), *, progress: boo
     """
     if not isinstance(x, Tensor) or x.dim() != 4 or len(x) < 2 or not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
         raise ValueError("train_generator needs images (N ≥ 2, C, H, W), finite, in [0, 1]")
-    from tqdm.auto import tqdm
-
     shape = tuple(int(s) for s in x.shape[1:])
     x = x.float()
     t0, hist = time.perf_counter(), []
@@ -191,41 +191,33 @@ def load_or_train_generator(data_spec, config: GANConfig = GANConfig(), *, direc
                             progress: bool = True) -> tuple[Generator, dict]:
     """The generator of ``config`` trained on ``data_spec.train()``: from the cache, else trained and cached.
 
-    Stored as safetensors with a checksum (:func:`spatialadv.models.save_checkpoint`) under
-    ``directory`` (default ``cache_dir() / "defense-gan"``) as ``<generator_key>.safetensors``; a
-    checkpoint that fails verification is retrained (with a warning), never used.
+    Cached through :func:`spatialadv.models.load_or_build` under ``directory`` (default
+    ``cache_dir() / "defense-gan"``) as ``<generator_key>.safetensors`` (safetensors with a checksum);
+    a checkpoint that fails verification is moved aside to ``<file>.corrupt-<n>`` and retrained (with a
+    warning), never used.
 
     Returns:
         ``(generator (eval mode, frozen), {"key", "cached", "train_seconds", "critic_loss"})``.
 
     Raises:
         FileNotFoundError: the dataset's files are missing.
+        ValueError: the key is not a safe file name (:func:`spatialadv.models.artifact_path`).
     """
-    import warnings
-
-    from ..models.cache import CorruptCheckpointError, cache_dir, load_checkpoint, save_checkpoint
-
     key = generator_key(data_spec, config)
-    folder = Path(directory) if directory is not None else cache_dir() / "defense-gan"
-    path = folder / f"{key}.safetensors"
     train = data_spec.train()
     shape = tuple(int(s) for s in train.x.shape[1:])
-    if path.is_file():
-        gen = Generator(shape, config.z_dim, config.hidden)
-        try:
-            meta = load_checkpoint(gen, path)
-        except CorruptCheckpointError as e:
-            warnings.warn(f"{e}; retraining the Defense-GAN generator {key}", UserWarning, stacklevel=2)
-            path.unlink(missing_ok=True)
-        else:
-            gen.eval().requires_grad_(False)
-            return gen, {"key": key, "cached": True, "train_seconds": meta.get("train_seconds"),
-                         "critic_loss": meta.get("critic_loss", [])}
-    gen, hist = train_generator(train.x, config, progress=progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(gen, path, {"key": key, "train_seconds": hist["seconds"], "critic_loss": hist["critic_loss"]})
-    log.info("trained Defense-GAN generator %s in %.1f s", key, hist["seconds"])
-    return gen, {"key": key, "cached": False, "train_seconds": hist["seconds"], "critic_loss": hist["critic_loss"]}
+
+    def build() -> tuple[Generator, dict]:
+        gen, hist = train_generator(train.x, config, progress=progress)
+        log.info("trained Defense-GAN generator %s in %.1f s", key, hist["seconds"])
+        return gen, {"key": key, "train_seconds": hist["seconds"], "critic_loss": hist["critic_loss"]}
+
+    art = load_or_build(key, lambda: Generator(shape, config.z_dim, config.hidden), build, kind="defense-gan",
+                        directory=directory, what="Defense-GAN generator",
+                        check=lambda meta: None if meta.get("key") == key else f"metadata key {meta.get('key')!r} is not {key!r}")
+    gen = art.module.eval().requires_grad_(False)
+    return gen, {"key": key, "cached": art.cached, "train_seconds": art.meta.get("train_seconds"),
+                 "critic_loss": art.meta.get("critic_loss", [])}
 
 
 class DefenseGANProjection(nn.Module):

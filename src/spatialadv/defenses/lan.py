@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_int, check_positive
+from ..models import load_or_build
 
 __all__ = ["MaskGenerator", "MaskClassifier", "corrupt", "lan_loss", "train_lan", "train_mask_classifier",
            "LANDetector", "LANConfig", "load_or_train_lan"]
@@ -274,9 +275,13 @@ def load_or_train_lan(f1: nn.Module, f1_key: str, train, config: LANConfig = LAN
                       directory: str | Path | None = None) -> tuple[LANDetector, dict]:
     """The detector ``(f1, g, f2)`` for a cached classifier, with ``g`` and ``f2`` trained once and then cached.
 
+    The two networks are one cached artifact, ``<directory>/<key>.safetensors`` with ``key =
+    lan-<f1_key>-<hash of f1_key and config>``, through :func:`spatialadv.models.load_or_build`
+    (checksum verified; a corrupt file is moved aside and retrained; rank 0 first under ``torchrun``).
+
     Args:
-        f1: the frozen classifier (eval mode), e.g. from :func:`spatialadv.models.load_or_train`.
-        f1_key: its cache key (:func:`spatialadv.models.model_key`); part of the LAN key.
+        f1: the frozen classifier (eval mode), e.g. from :func:`spatialadv.training.load_or_train`.
+        f1_key: its cache key (:func:`spatialadv.training.model_key`); part of the LAN key.
         train: the training split (``.x`` ``(N, C, H, W)``, ``.y``, ``.num_classes``).
         config: :class:`LANConfig`.
         directory: checkpoint folder (default ``cache_dir() / "models"``).
@@ -284,27 +289,26 @@ def load_or_train_lan(f1: nn.Module, f1_key: str, train, config: LANConfig = LAN
     Returns:
         ``(detector, info)`` with ``info`` keys ``key``, ``cached``, ``lan_history``, ``f2_history``,
         ``train_seconds``, ``f2_train_accuracy``. ``g`` and ``f2`` are in eval mode and frozen.
-    """
-    from ..models.cache import cache_dir, load_checkpoint, save_checkpoint
 
+    Raises:
+        ValueError: ``f1_key`` makes an unsafe file name (a path separator, ``..``, another character than
+            ``[A-Za-z0-9._-]``; :func:`spatialadv.models.artifact_path`).
+    """
     blob = json.dumps({"format": "lan-1", "f1": f1_key, "config": asdict(config)}, sort_keys=True)
     key = f"lan-{f1_key}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
-    folder = Path(directory or cache_dir() / "models")
     c, s = int(train.x.shape[1]), int(train.x.shape[2])
     x, y = train.x, train.y
     if config.max_train is not None:
         x, y = x[:config.max_train], y[:config.max_train]
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        g = MaskGenerator(c, s, config.hidden)
-        f2 = MaskClassifier(s, train.num_classes)
-    gpath, fpath = folder / f"{key}-g.safetensors", folder / f"{key}-f2.safetensors"
-    info = {"key": key, "cached": False}
-    if gpath.is_file() and fpath.is_file():
-        meta = load_checkpoint(g, gpath)
-        load_checkpoint(f2, fpath)
-        info.update(cached=True, **meta.get("info", {}))
-    else:
+
+    def make() -> nn.ModuleDict:
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            return nn.ModuleDict({"g": MaskGenerator(c, s, config.hidden), "f2": MaskClassifier(s, train.num_classes)})
+
+    def build() -> tuple[nn.ModuleDict, dict]:
+        nets = make()
+        g, f2 = nets["g"], nets["f2"]
         t0 = time.perf_counter()
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
@@ -316,10 +320,14 @@ def load_or_train_lan(f1: nn.Module, f1_key: str, train, config: LANConfig = LAN
                         .float().mean())
         meta = {"lan_history": lan_hist, "f2_history": f2_hist, "train_seconds": time.perf_counter() - t0,
                 "f2_train_accuracy": acc}
-        info.update(meta)
-        save_checkpoint(g, gpath, {"key": key, "info": meta})
-        save_checkpoint(f2, fpath, {"key": key})
         log.info("trained LAN %s in %.1f s", key, meta["train_seconds"])
+        return nets, {"key": key, "info": meta}
+
+    art = load_or_build(key, make, build, kind="models", directory=directory,
+                        check=lambda meta: None if meta.get("key") == key else f"metadata key {meta.get('key')!r} is not {key!r}",
+                        what="LAN detector")
+    g, f2 = art.module["g"], art.module["f2"]
+    info = {"key": key, "cached": art.cached, **art.meta.get("info", {})}
     for m in (g, f2):
         m.eval()
         for p in m.parameters():

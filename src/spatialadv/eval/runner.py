@@ -10,6 +10,7 @@ from dataclasses import fields, is_dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from .. import distributed
 from ..attacks.base import Attack
@@ -144,8 +145,6 @@ def run_attack(store: ResultStore, key: str, model: nn.Module, attack: Attack, x
 
 
 def _attack_pairs(store, key, model, attack, x, y, pairs, batch_size, progress, desc) -> int:
-    from tqdm.auto import tqdm
-
     done = store.done(key)
     todo = [p for p in pairs if p not in done]
     if not todo:

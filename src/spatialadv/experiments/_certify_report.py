@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["PAPER", "certify_blocks", "model_rows"]
 
 #: What the papers report (figures without printed values are described in words).
@@ -26,7 +28,7 @@ PAPER = {
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is heavy; only figures need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -199,8 +201,6 @@ def _gap_section(th: dict) -> list[str]:
         sdp_pts = sorted(sweep["sdp"])
         sdp_at = None
         if sdp_pts:
-            import numpy as np
-
             sdp_at = float(np.interp(b_star, [b for b, _ in sdp_pts], [c for _, c in sdp_pts]))
         k = b_star / 7.0
         readings = {"normalised [−1, 1] grid coordinates (×13.5)": 13.5, "undirected neighbour pairs (×0.5)": 0.5,

@@ -21,9 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..attacks import StAdv
+from ..attention import grad_cam
 from ..data import DataSpec
-from ..models import ModelSpec, Objective, TrainConfig
+from ..training import ModelSpec, Objective, TrainConfig
+from ..viz import image_map_figure
 from .framework import Experiment, Report, Table, TaskRun, fmt, option, random_targets
+from .lan_detection import lan_attacks
 
 __all__ = ["Config", "plan", "report", "EXPERIMENTS", "map_attacks"]
 
@@ -33,8 +37,6 @@ ATTACK_NAMES = ("FGSM", "C&W", "stAdv")
 
 def map_attacks(data: str, *, cw_steps: int = 100) -> dict:
     """FGSM (ε = 0.3 MNIST / 0.1 Fashion-MNIST), C&W L2 (3 × ``cw_steps``) and stAdv (defaults), by label."""
-    from .lan_detection import lan_attacks
-
     return {k: a for k, a in lan_attacks(data, cw_steps=cw_steps, cw_search=3).items() if k != "JSMA"}
 
 
@@ -60,8 +62,6 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _shift(plain, robust, attack, x, y, t, items: list[str]) -> dict:
-    from ..attention import grad_cam
-
     idx = torch.tensor([int(i) for i in items])
     xb, yb, tb = x[idx], y[idx], t[idx]
     res = attack(plain, xb, yb, target=tb)
@@ -99,10 +99,6 @@ def plan(cfg: Config, ctx):
 
 
 def _figures(ctx, data, plain, robust, test, idx, t, attacks) -> None:
-    from ..attacks import StAdv
-    from ..attention import grad_cam
-    from ..viz import image_map_figure
-
     name = NAMES[data]
     x, y, tt = test.x[idx], test.y[idx], t[idx]
     advs = {label: a(plain, x, y, target=tt).x_adv for label, a in attacks.items()}

@@ -2,7 +2,7 @@
 
 *Provable Defenses against Spatially Transformed Adversarial Inputs: Impossibility and Possibility Results*
 (ICLR 2019 submission), on MNIST-5k with the one-hidden-layer fc-500 training variants
-(:func:`spatialadv.certify.training.certify_spec`). Every number is stored per example
+(:func:`spatialadv.training.certify_spec`). Every number is stored per example
 and resumable: the per-unit-ε bound matrix Q of each variant and method, one
 certificate per (test image, ε), one budget-restricted flow attack record per
 (image, ε), one lower bound per ε.
@@ -18,10 +18,9 @@ import torch
 
 from ..attacks import SmoothFlowPGD
 from ..certify import certify, lower_bound_attack, pair_bounds
-from ..certify.training import certify_spec
 from ..data import DataSpec
 from ..eval.runner import make_pairs
-from ..models import TrainConfig
+from ..training import TrainConfig, certify_spec
 from ._certify_report import PAPER, certify_blocks, model_rows
 from .framework import AttackRun, Experiment, Report, TaskRun, option
 

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.stats import norm
 
+from ..attacks import StAdv
 from ..certify.smoothing import (
     SmoothedClassifier,
     certify_flow,
@@ -39,8 +41,8 @@ from ..certify.smoothing import (
     exhaustive_translation,
 )
 from ..data import DataSpec
-from ..models import ModelSpec, Objective, TrainConfig
 from ..ops import affine_warp, flow_warp, rotation_translation_theta
+from ..training import ModelSpec, Objective, TrainConfig
 from .framework import Experiment, Report, Table, TaskRun, fmt, option
 
 __all__ = ["Config", "PAPER", "plan", "report", "EXPERIMENTS", "flow_linf_pgd"]
@@ -169,8 +171,6 @@ def _certify_task(kind: str, g: SmoothedClassifier, model, x, y, cfg: Config, it
 
 def _empirical_task(g: SmoothedClassifier, model, x, y, cfg: Config, items: list[str]) -> dict:
     """Per image: the smallest budget at which f (attacks) and g (PREDICT at attack points) are broken."""
-    from ..attacks import StAdv
-
     out = {}
     ps = cfg.predict_samples
     fine = torch.round(torch.linspace(-cfg.max_angle, cfg.max_angle, int(round(2 * cfg.max_angle / 0.1)) + 1) * 10) / 10
@@ -317,7 +317,7 @@ def _curves(cfg: Config, results, ds: str) -> dict | None:
 
 
 def _figure(curves: dict, out_dir) -> str:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is heavy; only figures need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -408,8 +408,6 @@ def report(cfg: Config, results) -> Report:
 
 
 def _max_z(n: int, alpha: float) -> float:
-    from scipy.stats import norm
-
     return float(norm.ppf(alpha ** (1.0 / n)))
 
 

@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 from ..attacks import StAdv, StAdvTauBinarySearch
-from ..certify.training import certify_spec
 from ..data import DataSpec
 from ..eval.runner import make_pairs
-from ..models import TrainConfig
 from ..ops.flow import flow_tv_loss
+from ..training import TrainConfig, certify_spec
 from ._certify_report import PAPER, certify_blocks, model_rows
 from .framework import AttackRun, Experiment, Report, TaskRun, option, random_targets
 

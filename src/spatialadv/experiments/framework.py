@@ -30,10 +30,13 @@ reuses the records already stored.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import math
+import pkgutil
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,20 +45,23 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .. import distributed
 from .._config import add_config_arguments, config_from_args, config_from_dict, config_to_dict, option, validate_config
 from ..attacks.base import Attack
+from ..data import load_dataset
 from ..eval.compare import METHODS, Cell, Comparison, Estimate, Metric, PaperValue, interval_note, run_estimates
 from ..eval.runner import attack_config, first_correct, run_attack, run_key, summarize
 from ..eval.store import ResultStore
 from ..references import cite
+from ..training import load_or_train
 
 log = logging.getLogger(__name__)
 
 __all__ = ["option", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict", "Experiment",
            "AttackRun", "TaskRun", "transfer_task", "Context", "Results", "RunView", "Report", "Table", "Comparison", "Cell", "Metric", "PaperValue", "Estimate", "run_experiment", "execute_run", "rebuild",
-           "render", "fmt", "settings_line", "STORE_NAME", "stored_experiment", "validate_config"]
+           "render", "fmt", "settings_line", "STORE_NAME", "stored_experiment", "validate_config", "experiments"]
 
 #: File name of an experiment folder's results store.
 STORE_NAME = "results.sqlite"
@@ -163,8 +169,6 @@ class Context:
 
     def data(self, name: str, split: str, seed: int = 0):
         """A dataset split (loaded once per job); see :func:`spatialadv.data.load_dataset`."""
-        from ..data import load_dataset
-
         k = (name, split, seed)
         if k not in self._data:
             self._data[k] = load_dataset(name, split, seed=seed)
@@ -174,10 +178,8 @@ class Context:
         """Load (or train and cache) the model of ``spec``, frozen in eval mode, and record its info under ``label``.
 
         Returns:
-            ``(model, info)`` as :func:`spatialadv.models.load_or_train`.
+            ``(model, info)`` as :func:`spatialadv.training.load_or_train`.
         """
-        from ..models import load_or_train
-
         model, info = load_or_train(spec, progress=self.progress)  # eval mode, frozen (collective under torchrun)
         models = self.get_meta("models", {})
         models[label] = {k: v for k, v in info.items() if k != "path"}
@@ -251,8 +253,6 @@ def _execute(run, key: str, store: ResultStore, progress: bool) -> None:
         run_attack(store, key, run.net, run.attack, run.x, run.y, run.pairs, batch_size=run.batch_size, progress=progress,
                    desc=f"{run.model} {run.label}")
         return
-    from tqdm.auto import tqdm
-
     try:
         done = store.done_items(key)
         todo = [i for i in distributed.shard(run.items, run.batch_size) if i not in done]
@@ -413,8 +413,6 @@ class Results:
 
     def data(self, name: str, split: str, seed: int = 0):
         """A dataset split (loaded once)."""
-        from ..data import load_dataset
-
         k = (name, split, seed)
         if k not in self._data:
             self._data[k] = load_dataset(name, split, seed=seed)
@@ -534,14 +532,38 @@ def render(exp: Experiment, cfg: Any, results: Results, rep: Report) -> dict:
     return doc
 
 
+#: Modules listed first keep their commands first in ``--help``; any other module defining ``EXPERIMENTS`` follows.
+_ORDER = ("stadv", "smooth", "sdpadv", "certify_bounds", "certify_stadv")
+
+
+def _modules() -> list[str]:
+    package = sys.modules[__package__]  # loaded: this module is inside it (its __path__ may be extended)
+    found = [m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_") and m.name != "framework"]
+    return [f"{__package__}.{m}" for m in sorted(found, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m))]
+
+
+def experiments() -> dict[str, Experiment]:
+    """All registered experiments by command name (imports their modules, found by name in this package).
+
+    Raises:
+        RuntimeError: two modules register the same name.
+    """
+    found: dict[str, Experiment] = {}
+    for mod in _modules():
+        # found by name at run time: the experiment modules import this one, never the other way round
+        for e in getattr(importlib.import_module(mod), "EXPERIMENTS", ()):
+            if e.name in found:
+                raise RuntimeError(f"experiment {e.name!r} registered twice")
+            found[e.name] = e
+    return found
+
+
 def stored_experiment(out: str | Path) -> tuple[Experiment, Any]:
     """The experiment and Config stored in ``out``'s store.
 
     Raises:
         FileNotFoundError: no store in ``out``. ValueError: unknown experiment or unreadable config.
     """
-    from . import experiments
-
     path = Path(out) / STORE_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no results store at {path}: run `spatialadv reproduce NAME --out {out}` first")

@@ -24,8 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..attacks import FGSM, JSMA, CarliniWagnerL2, LANAdaptivePGD, StAdv
 from ..data import DataSpec
-from ..models import ModelSpec, TrainConfig
+from ..defenses import LANConfig, load_or_train_lan
+from ..training import ModelSpec, TrainConfig
+from ..viz import image_map_figure
 from .framework import Experiment, Report, Table, TaskRun, fmt, option, random_targets
 
 __all__ = ["Config", "PAPER", "plan", "report", "EXPERIMENTS", "lan_attacks"]
@@ -52,8 +55,6 @@ def lan_attacks(data: str, *, cw_steps: int = 100, cw_search: int = 3) -> dict:
     θ = 1, γ = 14.5 % (Papernot et al.'s MNIST setting); C&W L2 targeted
     (``cw_search`` × ``cw_steps``); stAdv targeted with its defaults.
     """
-    from ..attacks import FGSM, JSMA, CarliniWagnerL2, StAdv
-
     return {"FGSM": FGSM(eps=0.3 if data == "mnist" else 0.1), "JSMA": JSMA(theta=1.0, gamma=0.145),
             "C&W": CarliniWagnerL2(binary_search_steps=cw_search, steps=cw_steps), "stAdv": StAdv()}
 
@@ -94,9 +95,6 @@ def _detect(det, net, attack, x, y, t, targeted: bool, items: list[str]) -> dict
 
 def plan(cfg: Config, ctx):
     """Per dataset: train/load f1, the source net and the LAN detector; attack; store per-example outcomes."""
-    from ..attacks import LANAdaptivePGD
-    from ..defenses import LANConfig, load_or_train_lan
-
     for data in cfg.datasets:
         train_full = ctx.data(data, "train", cfg.seed)
         test = ctx.data(data, "test", cfg.seed)
@@ -153,8 +151,6 @@ def _figures(ctx, data: str, det, f1, test, t, attacks, masks_pred) -> None:
 
     Row 2 shows the masks, row 3 the standardised masks f2 classifies.
     """
-    from ..viz import image_map_figure
-
     rows = ["mask", "standardised"]
 
     name = NAMES[data]

@@ -16,13 +16,17 @@ records, resumable), ``report.md``, ``report.json`` and PNG panels;
 ``spatialadv report OUT`` rebuilds the report from the store. The fitted
 generators are cached beside the classifiers, under
 ``spatialadv.models.cache_dir() / "generators"``, keyed by classifier, fitting
-data, hyper-parameters and warm start (:func:`generator_path`), so a second
-run — in any output folder — reuses them.
+data, hyper-parameters and warm start (:func:`generator_path`), through the
+one cached-artifact helper (:func:`spatialadv.models.load_or_build`), so a
+second run — in any output folder — reuses them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import math
 import re
@@ -32,10 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import distributed
-from ..data import DataSpec
+from ..attacks import FGSM, MIM, PGD, GeneratorNets, RotationTranslation, SdpAdv, StAdv
+from ..data import Dataset, DataSpec
+from ..defenses import Defended
+from ..defenses.defense_gan import DefenseGANProjection, GANConfig, load_or_train_generator
 from ..eval.runner import make_pairs
-from ..models import ModelSpec, Objective, TrainConfig
+from ..models import artifact_path, load_or_build
+from ..training import ModelSpec, Objective, TrainConfig, accuracy
+from ..viz.panels import prediction_panel
 from .framework import AttackRun, Experiment, Report, TaskRun, fmt, option, settings_line
 
 log = logging.getLogger(__name__)
@@ -103,8 +111,6 @@ def fixed_attacks(eps: float):
     PGD and MIM follow CleverHans' MNIST defaults (PGD: step 0.01, 40 steps, random start; MIM: step 0.06, 10 steps, decay 1.0),
     stopping per example at the first success (this does not change accuracy under attack).
     """
-    from ..attacks import FGSM, MIM, PGD
-
     return {"FGSM": FGSM(eps=eps),
             "PGD": PGD(norm="linf", eps=eps, step_size=0.01, steps=40, random_start=True, seed=0, early_stop=True),
             "MIM": MIM(eps=eps, step_size=0.06, steps=10, decay=1.0, early_stop=True)}
@@ -122,8 +128,6 @@ def spatial_attacks(image_size: int = 28):
       with one (this does not change accuracy under attack);
     * ``"stAdv"``: :class:`~spatialadv.attacks.StAdv` with its default settings.
     """
-    from ..attacks import RotationTranslation, StAdv
-
     return {"STM": RotationTranslation.preset("cleverhans", image_size=image_size),
             "STM (Engstrom grid)": RotationTranslation.preset("engstrom", early_stop=True),
             "stAdv": StAdv()}
@@ -144,53 +148,59 @@ def generator_path(model_key: str, data_key: str, proto, init_path: Path | None 
     """Cache file of a fitted generator: ``cache_dir()/generators/<model_key>-<variant>-eps<ε>-<hash>.safetensors``.
 
     Args:
-        model_key: the classifier's cache key (:func:`spatialadv.models.model_key`).
+        model_key: the classifier's cache key (:func:`spatialadv.training.model_key`).
         data_key: names the fitting images (dataset, split, subset size and seed).
         proto: the unfitted :class:`~spatialadv.attacks.SdpAdv` (its hyper-parameters enter the hash).
         init_path: the cache file of the warm start, or ``None`` (its name enters the hash).
 
     Returns:
         The path; ``<hash>`` is the first 12 hex digits of the SHA-256 of the sorted JSON of all four.
+
+    Raises:
+        ValueError: the file name is not a safe name, e.g. a ``model_key`` with a path separator or ``..``
+            (:func:`spatialadv.models.artifact_path`).
     """
-    import hashlib
-    import json
-
-    from ..models import cache_dir
-
     blob = json.dumps({"model": model_key, "data": data_key, "hyperparameters": proto.hyperparameters(),
                        "init": None if init_path is None else init_path.name}, sort_keys=True)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    return cache_dir() / "generators" / f"{model_key}-{proto.variant}-eps{proto.eps:g}-{digest}.safetensors"
+    return artifact_path(f"{model_key}-{proto.variant}-eps{proto.eps:g}-{digest}", kind="generators")
 
 
 def fit_or_load_generator(model, proto, path: Path, data, *, init=None, progress: bool = False):
     """The generator cached at ``path`` if it holds ``proto``'s hyper-parameters, else ``proto`` fitted and saved there.
 
-    An unreadable or foreign file is refitted and overwritten (logged). Returns the fitted
-    :class:`~spatialadv.attacks.SdpAdv`.
+    Through the one cached-artifact helper (:func:`spatialadv.models.load_or_build`; the file name passes its
+    name gate): the file is verified on load (checksum, keys, shapes); an unreadable, corrupt or foreign file
+    (other hyper-parameters) is moved aside to ``<file>.corrupt-<n>`` with a warning and refitted; under
+    ``torchrun`` rank 0 fits and saves while the others wait, then they load. Returns the fitted
+    :class:`~spatialadv.attacks.SdpAdv` (networks in eval mode, frozen).
     """
-    from ..attacks import SdpAdv
+    x = data.x if hasattr(data, "x") else data[0]
+    shape, dtype = tuple(int(s) for s in x.shape[1:]), x.dtype
 
-    if path.is_file():
+    def build():
+        gen = proto.fit(model, data, progress=progress, init=init)
+        return gen.nets, gen.metadata()
+
+    def check(meta: dict) -> str | None:
         try:
-            gen = SdpAdv.load(path)
-        except Exception as exc:  # a corrupt cache file is refitted, not fatal
-            log.warning("refitting the generator: cannot load %s (%s)", path, exc)
-        else:
-            if gen == proto:
-                return gen
-            log.warning("refitting the generator: %s holds other hyper-parameters", path)
-    gen = proto.fit(model, data, progress=progress, init=init)
-    gen.save(path)
-    return gen
+            same = SdpAdv(**meta.get("hyperparameters", {})) == proto
+        except (TypeError, ValueError) as e:
+            return f"no valid SdpAdv hyper-parameters in its metadata ({e})"
+        return None if same else "it holds another generator's hyper-parameters"
+
+    art = load_or_build(path.stem, lambda: GeneratorNets(shape).to(dtype=dtype), build, kind="generators",
+                        directory=path.parent, check=check, what="SdpAdv generator")
+    nets = art.module.eval()
+    for p in nets.parameters():
+        p.requires_grad_(False)
+    return dataclasses.replace(proto, nets=nets, history=art.meta.get("history"))
 
 
 # ------------------------------------------------------------------------------------------------
 # the job
 # ------------------------------------------------------------------------------------------------
 def _subset(data, n: int | None, seed: int):
-    from ..data import Dataset
-
     if n is None or n >= len(data):
         return data
     idx = torch.from_numpy(np.random.default_rng(seed).permutation(len(data))[:n])
@@ -264,9 +274,6 @@ BPDA_PROJECTION = (50, 2)
 
 def _defense_gan_task(model, projection, cheap, rows, x, y, n_stadv: int, bpda_steps: int, items: list[str]) -> dict:
     """Classify each row's adversarial examples (crafted on ``model``) through Defense-GAN; plus BPDA-PGD through it."""
-    from ..attacks import PGD
-    from ..defenses import Defended
-
     idx = torch.tensor([int(i) for i in items])
     xs, ys = x[idx], y[idx]
     defended = Defended(projection, model).eval()
@@ -292,17 +299,12 @@ def _defense_gan_task(model, projection, cheap, rows, x, y, n_stadv: int, bpda_s
 
 def defense_gan_generator(cfg: Config, progress: bool = False):
     """The Defense-GAN generator of this job (WGAN-GP on the classifiers' training images), cached."""
-    from ..defenses.defense_gan import GANConfig, load_or_train_generator
-
     spec = DataSpec(cfg.data, seed=cfg.seed, max_train=cfg.clf_train)
     return load_or_train_generator(spec, GANConfig(iterations=cfg.dgan_iterations, seed=cfg.seed), progress=progress)
 
 
 def plan(cfg: Config, ctx):
     """Per classifier: fit (or load) the generators, then run every attack on the first ``n_eval`` test images."""
-    from ..attacks import SdpAdv
-    from ..models import accuracy
-
     test = ctx.data(cfg.data, "test", cfg.seed)
     gen_data = _subset(ctx.data(cfg.data, "train", cfg.seed), cfg.gen_train, cfg.seed + 1)
     n_eval = min(cfg.n_eval, len(test))
@@ -332,9 +334,9 @@ def plan(cfg: Config, ctx):
                     settings["gamma"] = 0.0
                 proto = SdpAdv(eps=eps, **settings)
                 gpath = generator_path(info["key"], gen_data_key, proto, None if init is None else init[1])
-                with distributed.rank_zero_first():  # under torchrun rank 0 fits and caches, the others load
-                    gen = fit_or_load_generator(model, proto, gpath, gen_data, init=None if init is None else init[0],
-                                                progress=ctx.progress)
+                # under torchrun rank 0 fits and caches, the others load (load_or_build)
+                gen = fit_or_load_generator(model, proto, gpath, gen_data, init=None if init is None else init[0],
+                                            progress=ctx.progress)
                 prev[row] = (gen, gpath)
                 h = gen.history
                 gens_meta[f"{label}/{row}/{eps:g}"] = {
@@ -360,8 +362,6 @@ def plan(cfg: Config, ctx):
 
 def _defense_gan_run(cfg: Config, ctx, name: str, model, info: dict, todo: list, x_eval, y_eval) -> TaskRun:
     """The Defense-GAN column: the attacks of ε = 0.3 (and the ε-free ones) crafted on the classifier, projected."""
-    from ..defenses.defense_gan import DefenseGANProjection
-
     gen, ginfo = defense_gan_generator(cfg, progress=ctx.progress)
     ctx.meta("defense_gan", {"generator": ginfo["key"], "train_seconds": ginfo["train_seconds"],
                              "critic_loss": ginfo["critic_loss"]})
@@ -461,8 +461,6 @@ def _panels(res, test, out: Path, n: int = 10) -> list[Path]:
 
     Each shows the first ``n`` evaluated test images after the attack, each titled with Model A's prediction (red: wrong).
     """
-    from ..viz.panels import prediction_panel
-
     names = list(test.classes)
     short = (lambda c: c if len(c) <= 7 else c[:6] + ".")
     figs = []

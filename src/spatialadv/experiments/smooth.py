@@ -24,9 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..attacks import FGSM, IFGSM, PGD, CarliniWagnerL2, MinDistortionSweep, SmoothCarliniWagnerL2, SmoothPGDL2
 from ..data import DataSpec
+from ..eval import edge_flat_energy, operating_characteristic, protocol_summary, summarize
 from ..eval.runner import make_pairs
-from ..models import ModelSpec, TrainConfig
+from ..ops.filters import magnify
+from ..training import ModelSpec, TrainConfig
+from ..viz import magnification_figure, operating_characteristic_plot, perturbation_panels
 from .framework import AttackRun, Experiment, Report, option
 from .framework import fmt as _fmt
 
@@ -63,8 +67,6 @@ def smooth_attacks(*, sigma: float = 0.1, steps: int = 50, binary_search_steps: 
     The sweeps stop each run at an example's first success (``early_stop``)
     and keep the smallest successful distortion over the runs.
     """
-    from ..attacks import FGSM, IFGSM, PGD, CarliniWagnerL2, MinDistortionSweep, SmoothCarliniWagnerL2, SmoothPGDL2
-
     cw = dict(kappa=1.0, lr=0.1, initial_const=15.0, binary_search_steps=binary_search_steps, steps=steps)
     return {
         "FGSM": MinDistortionSweep(attacks=tuple(FGSM(eps=e) for e in LINF_EPS)),
@@ -81,8 +83,6 @@ def smooth_attacks(*, sigma: float = 0.1, steps: int = 50, binary_search_steps: 
 
 def budget_attacks(*, sigma: float = 0.1, budgets=BUDGETS) -> dict:
     """C&W and sC&W at other (binary-search steps × Adam steps) schedules, by report label."""
-    from ..attacks import CarliniWagnerL2, SmoothCarliniWagnerL2
-
     out = {}
     for bs, st in budgets:
         cw = dict(kappa=1.0, lr=0.1, initial_const=15.0, binary_search_steps=bs, steps=st)
@@ -140,10 +140,6 @@ def plan(cfg: Config, ctx):
 
 def report(cfg: Config, res) -> Report:
     """Table 1, the budget table, roughness energies and Figs. 1, 2, 5 from the stored records."""
-    from ..eval import edge_flat_energy, operating_characteristic, protocol_summary, summarize
-    from ..ops.filters import magnify
-    from ..viz import magnification_figure, operating_characteristic_plot, perturbation_panels
-
     out = res.out
     config = {**vars(cfg), "experiment": "smooth"}
     recs = {r.attack: r.records(arrays=True) for r in res.runs if not r.tags.get("budget")}

@@ -29,9 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..attacks import FGSM, IFGSM, PGD, CarliniWagnerL2, SmoothCarliniWagnerL2, SmoothPGDL2
 from ..data import DataSpec
+from ..defenses import BilateralFilter, Defended
+from ..eval import operating_characteristic, protocol_summary
 from ..eval.runner import make_pairs
-from ..models import ModelSpec, Objective, TrainConfig
+from ..training import ModelSpec, Objective, TrainConfig
+from ..viz import operating_characteristic_plot
 from .framework import AttackRun, Experiment, Report, Table, TaskRun, fmt, option, transfer_task
 from .smooth import PAPER as TABLE1
 from .smooth import smooth_attacks
@@ -86,8 +90,6 @@ def transfer_attacks(*, sigma: float = 0.1, steps: int = 50) -> dict:
     PGD2 and sPGD2 ε = 5, step 3, 10 steps (α = 0.95); C&W and sC&W at the single constant c = 15 (one binary-search
     step), m = 1, lr 0.1. No early stop: the attacker cannot check the defended model.
     """
-    from ..attacks import FGSM, IFGSM, PGD, CarliniWagnerL2, SmoothCarliniWagnerL2, SmoothPGDL2
-
     cw = dict(kappa=1.0, lr=0.1, initial_const=15.0, binary_search_steps=1, steps=steps)
     return {"FGSM": FGSM(eps=0.3), "I-FGSM": IFGSM(eps=0.3, step_size=0.08, steps=10),
             "PGD2": PGD(norm="l2", eps=5.0, step_size=3.0, steps=10, random_start=False),
@@ -97,8 +99,6 @@ def transfer_attacks(*, sigma: float = 0.1, steps: int = 50) -> dict:
 
 
 def _models(cfg: Config, ctx):
-    from ..defenses import BilateralFilter, Defended
-
     dspec, tc = DataSpec("mnist", seed=cfg.seed, max_train=cfg.max_train), TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
     plain, ip = ctx.model("c4", ModelSpec("c4", dspec, tc))
     at, ia = ctx.model("c4/ll-at", ModelSpec("c4", dspec, tc, Objective("ll-at", eps=cfg.at_eps, adv_weight=cfg.at_weight)))
@@ -141,8 +141,6 @@ def plan(cfg: Config, ctx):
 
 # ------------------------------------------------------------------------------------------------ report
 def _summary(records: list[dict]) -> dict:
-    from ..eval import protocol_summary
-
     succ = np.array([bool(r["success"]) for r in records])
     dist = np.array([r["l2"] for r in records])
     return protocol_summary(succ, dist)
@@ -156,9 +154,6 @@ def _pd(s: dict | None) -> str:
 
 def report(cfg: Config, res) -> Report:
     """Table 2 (white-box against the ll-at C4, beside the plain C4), the adaptive attack, Table 3 (transfer)."""
-    from ..eval import operating_characteristic
-    from ..viz import operating_characteristic_plot
-
     clean = res.meta("clean", {})
     models = res.models
     runs = {(r.model, r.attack): r.records() for r in res.runs}
@@ -199,7 +194,6 @@ def report(cfg: Config, res) -> Report:
                 continue
             src = np.array([v["source"] for v in vals])
             l2 = np.array([v["l2"] for v in vals])
-            from ..eval import protocol_summary
 
             s_src = protocol_summary(src, l2)
             s_bil = protocol_summary(np.array([v["bilateral"] for v in vals]), l2)

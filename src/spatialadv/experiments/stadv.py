@@ -12,13 +12,17 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2, StAdv
 from ..attacks.base import Attack
 from ..data import DataSpec
 from ..eval.runner import make_pairs
-from ..models import MODELS, ModelSpec, TrainConfig
+from ..models import MODELS
+from ..ops.flow import flow_tv_loss
+from ..training import ModelSpec, TrainConfig
+from ..viz import comparison_figure, flow_quiver, targeted_grid
 from .framework import AttackRun, Experiment, Report, Table, fmt, option, settings_line
 
 __all__ = ["Config", "PAPER", "attacks", "plan", "report", "EXPERIMENTS"]
@@ -103,10 +107,6 @@ def _flow_stats(run, unit: float) -> dict:
     L_flow (Eq. 4, normalised, no ε), TV/L2 per example (mean), L-BFGS steps
     used (mean, max) and the fraction of pairs whose last run hit the cap.
     """
-    import numpy as np
-
-    from ..ops.flow import flow_tv_loss
-
     recs = run.records(arrays=True)
     succ = [r for r in recs if r["success"] and r["clean_pred"] == r["label"]]
     out: dict = {"pairs": len(recs), "successes": len(succ), "precondition": run.config.get("precondition")}
@@ -134,8 +134,6 @@ def _flow_stats(run, unit: float) -> dict:
 
 def report(cfg: Config, results) -> Report:
     """Tables 1 and 6, the solver's use of its budget, the flow-quality comparison, all attacks, Figs. 2, 4, 5."""
-    from ..viz import comparison_figure, flow_quiver, targeted_grid
-
     test = results.data("mnist", "test", cfg.seed)
     out = results.out
     width = test.x.shape[-1]

@@ -33,9 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..attacks import FGSM, PGD, CarliniWagnerL2, StAdv
 from ..data import DataSpec
+from ..defenses import Defended, MeanFilter
+from ..eval import protocol_summary
 from ..eval.runner import make_pairs
-from ..models import ModelSpec, Objective, TrainConfig
+from ..training import ModelSpec, Objective, TrainConfig
 from .framework import AttackRun, Experiment, Report, Table, TaskRun, fmt, option, transfer_task
 
 __all__ = ["Config", "PAPER", "DEFENSES", "attacks", "plan", "report", "EXPERIMENTS"]
@@ -97,8 +100,6 @@ def attacks(eps: float = 0.3) -> dict:
     paper's settings (τ = 0.05, κ = 0, L-BFGS); PGD L∞ ``eps`` (40 steps of
     0.01, per-example early stop) for the white-box check only.
     """
-    from ..attacks import FGSM, PGD, CarliniWagnerL2, StAdv
-
     return {"FGSM": FGSM(eps=eps),
             "C&W": CarliniWagnerL2(initial_const=1.0, binary_search_steps=3, steps=100, lr=0.05),
             "stAdv": StAdv(),
@@ -124,8 +125,6 @@ def _correct(net, x, y, batch: int = 500) -> torch.Tensor:
 
 def plan(cfg: Config, ctx):
     """Per architecture: the plain and three adversarially trained models; transfer, white-box and mean-filter runs."""
-    from ..defenses import Defended, MeanFilter
-
     test = ctx.data("mnist", "test", cfg.seed)
     data_key = f"mnist-test-seed{cfg.seed}"
     atk = attacks(cfg.eps)
@@ -172,8 +171,6 @@ def _rate(records, key: str = "success") -> float | None:
 
 def report(cfg: Config, res) -> Report:
     """Table 3 (transfer and white-box beside the paper), the training cost, Table 5 and the adaptive mean-filter attack."""
-    from ..eval import protocol_summary
-
     clean = res.meta("clean", {})
     models = res.models
     runs = {(r.model, r.attack): r.records() for r in res.runs}

@@ -1,48 +1,36 @@
-"""Models: the papers' architectures, training objectives, and one cache of trained models.
+"""Models: the papers' architectures, checkpoint files, and the one cached-artifact helper.
 
 * :mod:`~spatialadv.models.architectures` — the registry :data:`MODELS`, :func:`build_model`,
   :class:`STNClassifier`.
-* :mod:`~spatialadv.models.training` — :class:`TrainConfig`, :class:`Objective` (``standard``,
-  ``fgsm-at``, ``random``, ``hinge``, ``frobenius``, ``spectral``, ``sdp``, ``stadv-at``, ``smoothing``),
-  :func:`train_model`, :func:`accuracy`.
-* :mod:`~spatialadv.models.cache` — :class:`ModelSpec`, :func:`model_key`, :func:`load_or_train`,
-  safetensors checkpoints.
+* :mod:`~spatialadv.models.artifacts` — safetensors checkpoints with a checksum
+  (:func:`save_checkpoint`, :func:`load_checkpoint`, :class:`CorruptCheckpointError`), the cache root
+  :func:`cache_dir`, the one gate for cache file names (:func:`artifact_path`) and the one
+  cached-artifact helper (:func:`load_or_build`: a name → built once → a verified file) that every
+  cache of the library goes through.
+
+Training — objectives, :class:`~spatialadv.training.ModelSpec` and
+:func:`~spatialadv.training.load_or_train` — is the layer above: :mod:`spatialadv.training`.
 
 Typical use::
 
-    from spatialadv.data import DataSpec
-    from spatialadv.models import ModelSpec, Objective, TrainConfig, load_or_train
+    from spatialadv.models import build_model, load_checkpoint
 
-    spec = ModelSpec("c4", DataSpec("mnist"), TrainConfig(epochs=12, seed=0), Objective("fgsm-at", eps=0.3))
-    model, info = load_or_train(spec)   # eval mode, frozen; info["cached"], info["test_accuracy"], ...
+    model = build_model("c4")
+    meta = load_checkpoint(model, "c4.safetensors")   # verified: keys, shapes, checksum, finite weights
 """
 
 from .architectures import MODELS, STNClassifier, build_model
-from .cache import (
-    KEY_FORMAT,
+from .artifacts import (
+    Artifact,
     CorruptCheckpointError,
-    ModelSpec,
+    artifact_path,
     cache_dir,
+    checkpoint_metadata,
     load_checkpoint,
-    load_or_train,
-    model_key,
+    load_or_build,
     save_checkpoint,
     state_checksum,
 )
-from .training import (
-    OBJECTIVES,
-    Objective,
-    ObjectiveType,
-    OptionSpec,
-    TrainConfig,
-    TrainingParts,
-    accuracy,
-    hinge_loss,
-    register_objective,
-    train_model,
-)
 
-__all__ = ["MODELS", "STNClassifier", "build_model", "TrainConfig", "Objective", "OBJECTIVES", "ObjectiveType", "OptionSpec",
-           "TrainingParts", "register_objective", "hinge_loss", "train_model", "accuracy", "ModelSpec", "model_key",
-           "load_or_train", "cache_dir", "save_checkpoint", "load_checkpoint", "KEY_FORMAT",
-           "CorruptCheckpointError", "state_checksum"]
+__all__ = ["MODELS", "STNClassifier", "build_model", "cache_dir", "artifact_path", "load_or_build", "Artifact",
+           "save_checkpoint", "load_checkpoint", "checkpoint_metadata", "CorruptCheckpointError", "state_checksum"]

@@ -36,6 +36,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..ops.affine import affine_warp
+
 __all__ = ["MODELS", "build_model", "STNClassifier"]
 
 
@@ -138,8 +140,6 @@ class STNClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, K)`` of images ``x`` ``(N, C, H, W)`` in [0, 1], warped by the predicted θ then classified."""
-        from ..ops.affine import affine_warp
-
         theta = self.loc(x).view(-1, 2, 3)
         return self.classifier(affine_warp(x, theta, units="normalized"))
 

@@ -3,7 +3,7 @@
 Below the threat models, attacks and certificates that use it
 (:class:`~spatialadv.threats.FlowSmoothnessBall`,
 :class:`~spatialadv.attacks.SmoothFlowPGD`, :mod:`spatialadv.certify`);
-:mod:`spatialadv.certify.smoothness` re-exports it.
+:mod:`spatialadv.certify` re-exports it.
 
 From *Provable Defenses against Spatially Transformed Adversarial Inputs:
 Impossibility and Possibility Results* (ICLR 2019 submission; "the

@@ -17,7 +17,7 @@ __all__ = ["targeted_grid", "comparison_figure", "flow_quiver"]
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is heavy; only figures need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,34 +1,14 @@
-"""Training variants of the one-hidden-layer network of the smooth-flow certificates.
+"""Training penalties of the one-hidden-layer network of the smooth-flow certificates.
 
-The variants of *Provable Defenses against Spatially Transformed Adversarial
-Inputs: Impossibility and Possibility Results* (ICLR 2019 submission; "the
-provable-defenses paper"), §4.2 and §6.8. Each variant is a :class:`~spatialadv.models.ModelSpec`: an architecture plus
-a training :class:`~spatialadv.models.Objective` (registered in
-:mod:`spatialadv.models.training`; the penalties' mathematics is here).
-:func:`certify_spec` maps the variant names to specs, and
-:func:`spatialadv.models.load_or_train` trains and caches them like every
-other model::
+The mathematics of the training variants of *Provable Defenses against
+Spatially Transformed Adversarial Inputs: Impossibility and Possibility
+Results* (ICLR 2019 submission; "the provable-defenses paper"), §4.2 and
+§6.8: the Frobenius and spectral regularisers, the SDP-dual robust loss and
+the stAdv adversarial-training pool. The objectives that use them
+(``frobenius``, ``spectral``, ``sdp``, ``stadv-at``) and the variants' specs
+(:func:`spatialadv.training.certify_spec`) are in :mod:`spatialadv.training`::
 
     model, info = load_or_train(certify_spec("sdp", DataSpec("mnist"), TrainConfig(epochs=10)))
-
-=============  ==============  ================================================================
-variant        spec            training
-=============  ==============  ================================================================
-``normal``     fc-500          ``standard``: cross-entropy, no regulariser (f_nt)
-``random``     fc-500          ``random``: no training at all, the seeded initialisation (f_rd)
-``frobenius``  fc-500          ``frobenius``: multi-class hinge + ``λ(‖W‖_F + ‖V‖_F)``, λ = 0.08 (f_fro)
-``spectral``   fc-500          ``spectral``: multi-class hinge + ``λ(‖W‖₂ + ‖V‖₂)``, λ = 0.09 (f_spe)
-``sdp``        fc-500          ``sdp``: cross-entropy on the robust logits ``z + ε_t·Q̃[:, y]``, Q̃ the
-                               SDP dual surrogate (:func:`~spatialadv.certify.dual_objective`) of every
-                               class pair with trainable dual vectors c, ε_t = 0.02 (f_sdp; after
-                               Raghunathan, Steinhardt & Liang, "Certified Defenses against
-                               Adversarial Examples", ICLR 2018)
-``stn``        stn-fc-500      ``hinge``: multi-class hinge on a spatial-transformer front end
-                               (:class:`~spatialadv.models.STNClassifier`) followed by fc-500 (f_stn)
-``stadv-at``   fc-500          ``stadv-at``: cross-entropy + ``λ_r · CE(x_adv)`` with x_adv drawn from a
-                               pool of stAdv (τ = 0.05) adversarial training images regenerated every
-                               3 epochs, λ_r = 0.3 (f_at)
-=============  ==============  ================================================================
 """
 
 from __future__ import annotations
@@ -38,57 +18,21 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from ..data import Dataset, DataSpec
-from ..models import ModelSpec, Objective, TrainConfig, hinge_loss
+from ..attacks import StAdv
+from ..data import Dataset
+from ..ops.flow_smoothness import box_half_widths
 from .bounds import class_pairs, dual_objective, initial_dual, network_weights, ritz_top_eigen
-from .smoothness import box_half_widths
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VARIANTS", "certify_spec", "frobenius_penalty", "spectral_penalty", "SDPPenalty", "StAdvPoolPenalty",
-           "hinge_loss"]
-
-#: variant name → (architecture, objective name), see the module docstring.
-_VARIANT_SPECS = {
-    "normal": ("fc-500", "standard"),
-    "random": ("fc-500", "random"),
-    "frobenius": ("fc-500", "frobenius"),
-    "spectral": ("fc-500", "spectral"),
-    "sdp": ("fc-500", "sdp"),
-    "stn": ("stn-fc-500", "hinge"),
-    "stadv-at": ("fc-500", "stadv-at"),
-}
-VARIANTS = tuple(_VARIANT_SPECS)
-
-
-def certify_spec(variant: str, data: DataSpec, train: TrainConfig = TrainConfig(), **options) -> ModelSpec:
-    """The :class:`~spatialadv.models.ModelSpec` of a training variant of the module docstring's table.
-
-    Args:
-        variant: one of :data:`VARIANTS`.
-        data: the training data (e.g. ``DataSpec("mnist")``).
-        train: optimiser settings; ``train.seed`` seeds initialisation and training.
-        **options: the objective's options overriding its defaults (``lam`` for
-            frobenius/spectral, ``eps_train`` for sdp, ``lam_r``/``tau``/``refresh``/
-            ``pool_size`` for stadv-at).
-
-    Returns:
-        A spec for :func:`spatialadv.models.load_or_train`.
-
-    Raises:
-        ValueError: unknown variant, or an option the variant's objective does not have.
-    """
-    if variant not in _VARIANT_SPECS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    architecture, objective = _VARIANT_SPECS[variant]
-    return ModelSpec(architecture, data, train, Objective(objective, **options))
+__all__ = ["frobenius_penalty", "spectral_penalty", "SDPPenalty", "StAdvPoolPenalty"]
 
 
 def frobenius_penalty(lam: float = 0.08):
     """``λ(‖W‖_F + ‖V‖_F)`` (provable-defenses paper, §6.8 item 2) as a training penalty (objective ``frobenius``).
 
     Returns ``pen(model, x, y, logits, epoch) -> scalar`` for
-    :class:`spatialadv.models.TrainingParts`; W ``(m, D)`` and V ``(K, m)`` are
+    :class:`spatialadv.training.TrainingParts`; W ``(m, D)`` and V ``(K, m)`` are
     read from the one-hidden-layer ``model`` each call
     (:func:`~spatialadv.certify.network_weights`, which raises TypeError on other
     architectures).
@@ -120,7 +64,7 @@ class SDPPenalty:
     differentiable SDP dual surrogate :func:`~spatialadv.certify.dual_objective`
     of pair (i, j) (per unit ε, for images in [0, 1] so ρ = 1), with trainable
     dual vectors ``c`` (``(K(K-1)/2, m + D)``, optimised with the weights as
-    ``extra_parameters`` of :class:`spatialadv.models.TrainingParts`) and top
+    ``extra_parameters`` of :class:`spatialadv.training.TrainingParts`) and top
     eigenvectors refreshed by ``ritz_iters`` warm-started Ritz steps per batch.
     Used as ``penalty`` it returns ``CE(robust) − CE(z)`` so that the sum with
     the plain criterion is the robust loss.
@@ -215,8 +159,6 @@ class StAdvPoolPenalty:
 
     def __init__(self, data: Dataset, *, lam_r: float = 0.3, tau: float = 0.05, refresh: int = 3, pool_size: int = 1000,
                  max_iter: int = 50, seed: int = 0):
-        from ..attacks import StAdv
-
         self.data = data
         self.lam_r = lam_r
         self.refresh = refresh

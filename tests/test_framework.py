@@ -169,3 +169,14 @@ def test_table_shows_estimates_with_their_digits_and_names_the_interval():
     md = t.markdown()
     assert f"| x | {100 * e.value:.1f} [{100 * e.low:.1f}, {100 * e.high:.1f}] |" in md
     assert md.endswith("Seven of ten. " + interval_note(["clopper-pearson"]))
+
+
+def test_mean_over_one_cluster_has_no_interval():
+    import math
+
+    from spatialadv.eval.compare import mean
+
+    one = mean([1.0, 2.0, 4.0], clusters=[7, 7, 7])  # three pairs of one image: one draw of an image
+    assert one.value == 7 / 3 and math.isnan(one.low) and math.isnan(one.high) and one.n == 3
+    two = mean([1.0, 2.0, 4.0, 5.0], clusters=[7, 7, 8, 8])
+    assert two.low < two.value < two.high

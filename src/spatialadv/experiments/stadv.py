@@ -213,7 +213,8 @@ def report(cfg: Config, results) -> Report:
         f"({9 * n_base} attacks per model).",
         "stAdv runs with the paper's settings: τ = 0.05 and κ = 0 (§4.1), L-BFGS. **τ is read in normalised grid "
         f"coordinates** (−1 … 1 across the image, 1 px = 2/{width - 1}): the paper does not state its flow unit, and "
-        "τ = 0.05 on pixel flows leaves about half of the targeted attacks unbroken on these models, while Table 6's flow "
+        "τ = 0.05 on pixel flows left many of the targeted attacks unbroken on these models when we tried it (not part "
+        "of this run), while Table 6's flow "
         f"sizes are plausible only in normalised units ({ptv / unit:.2f} px TV, {pl2 / unit:.2f} px L2, against {ptv:.2e} "
         f"and {pl2:.2e} as pixels). "
         f"Images a run leaves unbroken are attacked again from two other constant starting flows ({RESTARTS[0]:g} and "

@@ -177,3 +177,25 @@ def test_reports_of_an_empty_folder_do_not_crash(tmp_path):
             st.set_metas({"config": {"experiment": name, "values": config_to_dict(exp.config)}, "plan": [], "complete": False})
         rep = rebuild(out)
         assert rep["complete"] is False and "Incomplete run" in (out / "report.md").read_text(), name
+
+
+def test_table_shows_estimates_with_their_digits_and_names_the_interval():
+    from spatialadv.eval.compare import interval_note, rate
+    from spatialadv.experiments.framework import Shown
+
+    e = rate(7, 10)
+    t = Table(["what", "rate (%)"], [["x", Shown(e, 1, pct=True)]], "Seven of ten.")
+    md = t.markdown()
+    assert f"| x | {100 * e.value:.1f} [{100 * e.low:.1f}, {100 * e.high:.1f}] |" in md
+    assert md.endswith("Seven of ten. " + interval_note(["clopper-pearson"]))
+
+
+def test_mean_over_one_cluster_has_no_interval():
+    import math
+
+    from spatialadv.eval.compare import mean
+
+    one = mean([1.0, 2.0, 4.0], clusters=[7, 7, 7])  # three pairs of one image: one draw of an image
+    assert one.value == 7 / 3 and math.isnan(one.low) and math.isnan(one.high) and one.n == 3
+    two = mean([1.0, 2.0, 4.0, 5.0], clusters=[7, 7, 8, 8])
+    assert two.low < two.value < two.high

@@ -7,6 +7,11 @@ import json
 import pytest
 
 from spatialadv.cli import main
+from spatialadv.eval.compare import mean, rate
+from spatialadv.eval.store import ResultStore
+from spatialadv.experiments import smooth_defenses
+from spatialadv.experiments.framework import STORE_NAME
+from spatialadv.experiments.smooth import PAPER as TABLE1
 from spatialadv.experiments.smooth_defenses import ATTACKS, PAPER, Config, transfer_attacks
 
 
@@ -31,9 +36,37 @@ def test_smooth_defenses_tiny_end_to_end(cache, one_thread):
         t = rep["transfer"][a]
         assert 0.0 <= t["bilateral"]["P_suc"] <= 1.0 and 0.0 <= t["ll-at"]["P_suc"] <= 1.0
     md = (out / "report.md").read_text()
-    assert "Table 2" in md and "Table 3" in md and "Adaptive" in md
-    assert "0.15 / 4.53" in md and "0.99 / 2.39" in md  # the paper's Table 2 beside ours
-    assert "ImageNet" in md
+    assert "Table 2" in md and "Table 3" in md and "Adaptive" in md and "ImageNet" in md
+    # Table 2: our cells recomputed from the stored records, the paper's Table 1 / Table 2 beside them
+    clean, t2, t3 = rep["comparisons"]
+    with ResultStore(out / STORE_NAME) as store:
+        keys = {(e["model"], e["attack"]): e["run_key"] for e in store.get_meta("plan")}
+        recs = {k: store.records(v) for k, v in keys.items()}
+        n_test = store.get_meta("clean")["test_images"]
+    for row in t2["rows"]:
+        a = row["attack"]
+        for model, prefix, paper, where in (("c4", "plain C4", TABLE1["table1"][a], "Table 1"),
+                                            ("c4/ll-at", "step l.l.-trained C4", PAPER["table2"][a], "Table 2")):
+            rr = recs[(model, a)]
+            p_suc, d_bar = row[f"{prefix}, P_suc (%)"], row[f"{prefix}, D̄"]
+            assert p_suc["ours"] == rate([bool(r["success"]) for r in rr]).to_json()
+            assert d_bar["ours"] == mean([r["l2"] for r in rr if r["success"]]).to_json()
+            assert p_suc["paper"] == {"value": paper[0], "source": f"Zhang et al. 2020, {where}"}
+            assert d_bar["paper"]["value"] == paper[1]
+            for c in (p_suc, d_bar):
+                lo, hi = c["ours"]["ci95"]
+                assert c["paper_in_ci"] == (None if lo is None else lo - 1e-12 <= c["paper"]["value"] <= hi + 1e-12)
+    fgsm = t2["rows"][0]["step l.l.-trained C4, P_suc (%)"]["ours"]
+    assert f"{100 * fgsm['value']:.1f} [{100 * fgsm['ci95'][0]:.1f}, {100 * fgsm['ci95'][1]:.1f}] | 15.0 |" in md
+    acc = clean["rows"][1]["clean test accuracy (%)"]
+    assert acc["ours"] == rate(round(rep["clean"]["ll-at"] * n_test), n_test).to_json()
+    assert acc["paper"] == {"value": 0.99, "source": "Zhang et al. 2020, §5.3 (adversarially trained C4)"}
+    assert t3["rows"][0]["→ bilateral ∘ C4, P_suc (%)"]["paper"]["source"].endswith("(ImageNet, InceptionV3 + bilateral filter)")
+    # the report command rebuilds the same report from the store
+    js = (out / "report.json").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == md and (out / "report.json").read_text() == js
     assert main(args) == 0 and json.loads((out / "report.json").read_text())["white_box"] == wb  # resumed: same numbers
 
 
@@ -43,3 +76,8 @@ def test_transfer_attacks_use_one_distortion_target_and_bad_config_raises():
     assert atk["FGSM"].eps == 0.3 and atk["PGD2"].eps == 5.0 and atk["C&W"].binary_search_steps == 1
     with pytest.raises(ValueError, match="at-weight"):
         Config(at_weight=1.5)
+
+
+def test_no_markdown_row_is_built_as_a_string():
+    src = open(smooth_defenses.__file__).read()
+    assert '"| ' not in src and "'| " not in src

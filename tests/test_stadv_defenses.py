@@ -7,6 +7,10 @@ import json
 import pytest
 
 from spatialadv.cli import main
+from spatialadv.eval.compare import rate
+from spatialadv.eval.store import ResultStore
+from spatialadv.experiments import stadv_defenses
+from spatialadv.experiments.framework import STORE_NAME
 from spatialadv.experiments.stadv_defenses import DEFENSES, PAPER, TRANSFERRED, Config, attacks
 
 
@@ -22,8 +26,8 @@ def test_stadv_defenses_tiny_end_to_end(tmp_path, monkeypatch, one_thread):
         cells = rep["table3"][f"mnist-b/{d}"]
         assert set(cells) == set(TRANSFERRED)
         for a, cell in cells.items():
-            for rate in (cell["transfer"], cell["white_box"]):  # a count out of the N = 3 attacked images
-                assert 3 * rate == pytest.approx(round(3 * rate))
+            for r in (cell["transfer"], cell["white_box"]):  # a count out of the N = 3 attacked images
+                assert 3 * r == pytest.approx(round(3 * r))
             if a != "FGSM":  # unbounded C&W and stAdv crafted on the defended model itself break every image
                 assert cell["white_box"] == 1.0, (d, a)
             assert cell["paper"] == PAPER["table3"][("mnist-b", d)][TRANSFERRED.index(a)]
@@ -34,7 +38,34 @@ def test_stadv_defenses_tiny_end_to_end(tmp_path, monkeypatch, one_thread):
     assert all(m["train_seconds"] > 0 for m in models.values())
     md = (out / "report.md").read_text()
     assert "Table 3" in md and "Table 5" in md and "Convention:" in md
-    assert "(50.17)" in md and "64.22" in md  # the paper's numbers beside ours
+    # the comparisons: our rates recomputed from the stored transfer items and runs, the paper's beside them
+    t3, t5 = rep["comparisons"]
+    with ResultStore(out / STORE_NAME) as store:
+        plan = store.get_meta("plan")
+        items = store.items(next(e["run_key"] for e in plan if e["attack"] == "transfer"))
+        adaptive = store.records(next(e["run_key"] for e in plan if e["model"] == "mnist-b/mean"))
+    for row in t3["rows"]:
+        d = row["defense"]
+        for k, a in enumerate(TRANSFERRED):
+            cell = row[f"{a} transfer success (%)"]
+            assert cell["ours"] == rate([bool(v[a][d]) for v in items.values()]).to_json()
+            paper = PAPER["table3"][("mnist-b", d)][k] / 100
+            assert cell["paper"] == {"value": paper, "source": "Xiao et al. 2018, Table 3 (MNIST)"}
+            lo, hi = cell["ours"]["ci95"]
+            assert cell["paper_in_ci"] == (lo - 1e-12 <= paper <= hi + 1e-12)
+    assert "| B | Adv. | " in md and " | 50.17 | " in md  # B / Adv. stAdv: the paper's 50.17 % beside ours
+    row = t5["rows"][0]
+    fooled = [v["stAdv"] for v in items.values() if v["stAdv"]["source"]]
+    assert row["stAdv examples"] == str(len(fooled))
+    recovered = row["accuracy on filtered stAdv examples (%)"]
+    assert recovered["ours"] == rate([not v["mean"] for v in fooled]).to_json()
+    assert recovered["paper"] == {"value": 0.6422, "source": "Xiao et al. 2018, Table 5 (MNIST)"}
+    assert row["adaptive stAdv success (%)"]["ours"] == rate([bool(r["success"]) for r in adaptive]).to_json()
+    # the report command rebuilds the same report from the store
+    js = (out / "report.json").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == md and (out / "report.json").read_text() == js
     assert main(args) == 0 and json.loads((out / "report.json").read_text())["table3"] == rep["table3"]  # resumed
 
 
@@ -45,3 +76,8 @@ def test_attacks_and_config_checks():
         Config(filter_size=4)
     with pytest.raises(ValueError, match="eps"):
         Config(eps=1.5)
+
+
+def test_no_markdown_row_is_built_as_a_string():
+    src = open(stadv_defenses.__file__).read()
+    assert '"| ' not in src and "'| " not in src

@@ -199,7 +199,8 @@ def mean(values, *, clusters=None, confidence: float = CONFIDENCE, seed: int = 0
 
     Returns:
         An :class:`Estimate` (``method="bootstrap"`` or ``"cluster-bootstrap"``); NaN value with no values, NaN
-        interval with fewer than two (or all equal: the interval is the value itself).
+        interval with fewer than two values or all of them in one cluster (all equal: the interval is the value
+        itself).
 
     Raises:
         ValueError: non-finite values, or ``clusters`` of another length.
@@ -215,6 +216,8 @@ def mean(values, *, clusters=None, confidence: float = CONFIDENCE, seed: int = 0
     if clusters is not None and len(clusters) != v.size:
         raise ValueError(f"clusters must have one id per value ({v.size}), got {len(clusters)}")
     ci = _cluster_index(clusters)
+    if ci is not None and ci[1] < 2:  # one image: resampling it always draws the same values
+        return Estimate(m, math.nan, math.nan, int(v.size), "cluster-bootstrap")
     if ci is not None:
         lo, hi = _cluster_bootstrap(v, np.ones_like(v), ci[0], ci[1], seed, confidence)
         return Estimate(m, lo, hi, int(v.size), "cluster-bootstrap")

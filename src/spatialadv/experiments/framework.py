@@ -60,7 +60,7 @@ from ..training import load_or_train
 log = logging.getLogger(__name__)
 
 __all__ = ["option", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict", "Experiment",
-           "AttackRun", "TaskRun", "transfer_task", "Context", "Results", "RunView", "Report", "Table", "Comparison", "Cell", "Metric", "PaperValue", "Estimate", "run_experiment", "execute_run", "rebuild",
+           "AttackRun", "TaskRun", "transfer_task", "Context", "Results", "RunView", "Report", "Table", "Shown", "Comparison", "Cell", "Metric", "PaperValue", "Estimate", "run_experiment", "execute_run", "rebuild",
            "render", "fmt", "settings_line", "STORE_NAME", "stored_experiment", "validate_config", "experiments"]
 
 #: File name of an experiment folder's results store.
@@ -419,13 +419,29 @@ class Results:
         return self._data[k]
 
 
+@dataclass(frozen=True)
+class Shown:
+    """A :class:`~spatialadv.eval.compare.Estimate` in a :class:`Table` cell with its own digits (× 100 with ``pct``).
+
+    Rendered as :meth:`Estimate.format <spatialadv.eval.compare.Estimate.format>`; its interval method is named in
+    the table's caption like a bare estimate's.
+    """
+
+    estimate: Estimate
+    digits: int = 2
+    pct: bool = False
+
+    def __str__(self) -> str:
+        return self.estimate.format(self.digits, self.pct)
+
+
 @dataclass
 class Table:
     """A Markdown table with a caption that states what its numbers mean (no paper column: see :class:`Comparison`).
 
     Attributes:
-        columns: header cells. rows: cells: strings, numbers, or :class:`~spatialadv.eval.compare.Estimate`
-            (rendered with its 95 % interval; format it yourself for other digits or percent).
+        columns: header cells. rows: cells: strings, numbers, :class:`~spatialadv.eval.compare.Estimate`
+            (rendered with its 95 % interval, 2 decimals) or :class:`Shown` (an estimate with other digits or percent).
         caption: printed under the table; the interval methods of its estimates are appended.
     """
 
@@ -437,7 +453,8 @@ class Table:
         """The table as Markdown, caption below."""
         lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
         lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in self.rows]
-        used = {c.method for r in self.rows for c in r if isinstance(c, Estimate) and c.n > 1}
+        ests = [c.estimate if isinstance(c, Shown) else c for r in self.rows for c in r]
+        used = {c.method for c in ests if isinstance(c, Estimate) and c.n > 1}
         cap = " ".join(s for s in (self.caption, interval_note([m for m in METHODS if m in used])) if s)
         if cap:
             lines += ["", cap]

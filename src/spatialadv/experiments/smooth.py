@@ -18,6 +18,7 @@ and rebuilt from ``results.sqlite``.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +28,13 @@ import torch
 from ..attacks import FGSM, IFGSM, PGD, CarliniWagnerL2, MinDistortionSweep, SmoothCarliniWagnerL2, SmoothPGDL2
 from ..data import DataSpec
 from ..eval import edge_flat_energy, operating_characteristic, protocol_summary, summarize
+from ..eval.compare import Cell, Comparison, Metric, PaperValue, mean, rate
 from ..eval.runner import make_pairs
 from ..ops.filters import magnify
+from ..references import PAPERS
 from ..training import ModelSpec, TrainConfig
 from ..viz import magnification_figure, operating_characteristic_plot, perturbation_panels
-from .framework import AttackRun, Experiment, Report, option
-from .framework import fmt as _fmt
+from .framework import AttackRun, Experiment, Report, Shown, Table, fmt, option
 
 __all__ = ["Config", "PAPER", "smooth_attacks", "budget_attacks", "plan", "report", "EXPERIMENTS"]
 
@@ -138,17 +140,22 @@ def plan(cfg: Config, ctx):
                             "untargeted", tags={"budget": True}, batch_size=cfg.batch_size)
 
 
+def _source(where: str) -> str:
+    return f"{PAPERS['smooth'].short}, {where}"
+
+
 def report(cfg: Config, res) -> Report:
     """Table 1, the budget table, roughness energies and Figs. 1, 2, 5 from the stored records."""
     out = res.out
     config = {**vars(cfg), "experiment": "smooth"}
-    recs = {r.attack: r.records(arrays=True) for r in res.runs if not r.tags.get("budget")}
+    runs = {r.attack: r for r in res.runs if not r.tags.get("budget")}
+    recs = {a: r.records(arrays=True) for a, r in runs.items()}
     brecs = {r.attack: r.records() for r in res.runs if r.tags.get("budget")}
     test = res.data(cfg.data, "test", cfg.seed)
     n_train = cfg.max_train or len(res.data(cfg.data, "train", cfg.seed))
     model = {**res.models.get("c4", {}), "test_images": len(test),
              "attacked_images": len(next(iter(recs.values()), []))}
-    results, curves, energies = [], {}, {}
+    results, curves, est = [], {}, {}
     for label, rr in recs.items():
         if not rr:
             continue
@@ -158,24 +165,30 @@ def report(cfg: Config, res) -> Report:
         curves[label] = operating_characteristic(succ, dist)
         s = summarize(rr)
         ok = [r for r in rr if r["success"]]
+        fe = ee = np.zeros(0)
         if ok:
             x0 = torch.stack([test.x[r["idx"]] for r in ok]).double()
             xa = torch.from_numpy(np.stack([r["x_adv"] for r in ok])).double()
-            fe, ee = edge_flat_energy(xa - x0, x0)
-            energies[label] = (float(fe.nanmean()), float(ee.nanmean()))
-        else:
-            energies[label] = (float("nan"), float("nan"))
+            fe, ee = (v.numpy() for v in edge_flat_energy(xa - x0, x0))
+        e = runs[label].estimates()
+        est[label] = {"P_suc": e["P_suc"], "D_bar": e["D_bar"], "flat_energy": mean(fe[np.isfinite(fe)]),
+                      "edge_energy": mean(ee[np.isfinite(ee)]), "grad_evals_mean": mean([r["grad_evals"] for r in rr])}
         results.append({"attack": label, **proto, "ms_per_image": s["ms_per_example"], "grad_evals_mean": s["grad_evals_mean"],
-                        "flat_energy": energies[label][0], "edge_energy": energies[label][1]})
+                        "flat_energy": est[label]["flat_energy"].value, "edge_energy": est[label]["edge_energy"].value,
+                        "estimates": {k: v.to_json() for k, v in est[label].items()}})
     budget = _budget_rows(config, recs, brecs, protocol_summary, summarize)
     figures = _figures(out, config, test, recs, curves, magnify, magnification_figure, operating_characteristic_plot,
                        perturbation_panels)
     config["train_images"] = n_train
     sweeps = {r.attack: [a.get("eps") for a in r.config.get("attacks", [])] for r in res.runs if r.config.get("attacks")}
-    rep = {"config": config, "model": model, "paper": PAPER, "results": results, "budget": budget, "sweeps": sweeps}
+    rep = {"config": config, "model": model, "paper": PAPER, "results": results, "budget": budget, "sweeps": sweeps,
+           "estimates": est}
     name = "MNIST" if cfg.data == "mnist" else "Fashion-MNIST"
+    data = {k: rep[k] for k in ("paper", "results")}
+    data["budget"] = [{k: ({**v, "estimates": {kk: e.to_json() for kk, e in v["estimates"].items()}}
+                           if isinstance(v, dict) else v) for k, v in row.items()} for row in budget]
     return Report(f"Smooth adversarial examples on {name} — Zhang et al. (2020), Table 1 and Figs. 1, 2, 5",
-                  _blocks(rep), {k: rep[k] for k in ("paper", "results", "budget")}, [p.name for p in figures])
+                  _blocks(rep), data, [p.name for p in figures])
 
 
 def _budget_rows(config, recs, brecs, protocol_summary, summarize) -> list[dict]:
@@ -195,9 +208,12 @@ def _budget_rows(config, recs, brecs, protocol_summary, summarize) -> list[dict]
             rr = [r for r in d.get(attack, []) if r["idx"] in keep]
             if not rr:
                 continue
-            p = protocol_summary(np.array([bool(r["success"]) for r in rr]), np.array([r["l2"] for r in rr]))
+            succ = np.array([bool(r["success"]) for r in rr])
+            p = protocol_summary(succ, np.array([r["l2"] for r in rr]))
             s = summarize(rr)
-            row[attack] = {**p, "grad_evals_mean": s["grad_evals_mean"], "ms_per_image": s["ms_per_example"]}
+            row[attack] = {**p, "grad_evals_mean": s["grad_evals_mean"], "ms_per_image": s["ms_per_example"],
+                           "estimates": {"P_suc": rate(succ), "D_bar": mean([r["l2"] for r in rr if r["success"]]),
+                                         "grad_evals_mean": mean([r["grad_evals"] for r in rr])}}
         rows.append(row)
     return rows
 
@@ -239,65 +255,83 @@ def _figures(out, config, test, recs, curves, magnify, magnification_figure, oc_
     return figs
 
 
-def _blocks(rep: dict) -> list[str]:
-    cfg, model, paper = rep["config"], rep["model"], rep["paper"]
-    name = "MNIST" if cfg["data"] == "mnist" else "Fashion-MNIST"
-    L = []
-    L.append(f"Model: C4 (Conv 64 k8 s2 – Conv 128 k6 s2 – Conv 128 k5 s1 – FC) trained on {cfg['train_images']} {name} "
-             f"training images for {cfg['epochs']} epochs (seed {cfg['seed']}); clean accuracy "
-             f"**{100 * model.get('test_accuracy', float('nan')):.2f} %** on {model.get('test_images')} test images "
-             f"(paper on MNIST: {100 * paper['clean_accuracy']:.0f} %).")
-    L.append(f"Attacked: the first **N = {model.get('attacked_images')}** correctly classified test images, untargeted "
-             "(loss Eq. 3 / cross-entropy), as in the paper. P_suc = N_suc / N; D̄ is the mean L2 distortion "
-             "‖x_a − x_o‖ over successes only (Eq. 20), pixels in [0, 1].")
-    L.append("")
-    L.append("## Table 1 — success probability and conditional mean distortion")
-    L.append("")
-    col = "paper (MNIST)" if cfg["data"] == "mnist" else "paper (MNIST, for reference)"
-    L.append(f"| attack | P_suc (ours) | D̄ (ours) | P_suc {col} | D̄ {col} | flat energy | edge energy | iterations | ms / image |")
-    L.append("|---|---|---|---|---|---|---|---|---|")
+def _blocks(rep: dict) -> list:
+    cfg, model, paper, est = rep["config"], rep["model"], rep["paper"], rep["estimates"]
+    mnist = cfg["data"] == "mnist"
+    name = "MNIST" if mnist else "Fashion-MNIST"
+    n_test = model.get("test_images") or 0
+    acc = model.get("test_accuracy")
+    clean = Comparison(["model", "training images", "test images"], [Metric("clean accuracy (%)", pct=True)],
+                       f"Correctly classified images of all {n_test} {name} test images."
+                       + ("" if mnist else " The paper reports C4 on MNIST only; it has no Fashion-MNIST number."))
+    clean.add(["C4", cfg["train_images"], n_test],
+              Cell(None if acc is None else rate(round(acc * n_test), n_test),
+                   PaperValue(paper["clean_accuracy"], "smooth", "§5.2") if mnist else None))
+    blocks: list = [
+        f"Model: C4 (Conv 64 k8 s2 – Conv 128 k6 s2 – Conv 128 k5 s1 – FC) trained on {cfg['train_images']} {name} "
+        f"training images for {cfg['epochs']} epochs (seed {cfg['seed']}).",
+        clean,
+        f"Attacked: the first **N = {model.get('attacked_images')}** correctly classified test images, untargeted "
+        "(loss Eq. 3 / cross-entropy), as in the paper. P_suc = N_suc / N; D̄ is the mean L2 distortion "
+        "‖x_a − x_o‖ over successes only (Eq. 20), pixels in [0, 1].",
+        "## Table 1 — success probability and conditional mean distortion",
+    ]
+    t1 = Comparison(["attack", "N_suc / N"], [Metric("P_suc (%)", pct=True, digits=1), Metric("D̄", digits=2)],
+                    f"Untargeted attacks on the N correctly classified {name} test images: P_suc = N_suc / N, D̄ = mean "
+                    "L2 distortion of the successful ones (pixels in [0, 1]). "
+                    + ("The paper's numbers: its MNIST / C4 column." if mnist else
+                       "The paper has no Fashion-MNIST column; its MNIST numbers are not shown beside these."))
     for r in rep["results"]:
-        p = paper["table1"].get(r["attack"], (None, None))
-        L.append(f"| {r['attack']} | {_fmt(r['P_suc'], 3)} ({r['N_suc']}/{r['N']}) | {_fmt(r['D_bar'], 2)} | {_fmt(p[0])} | {_fmt(p[1])} "
-                 f"| {_fmt(r['flat_energy'], 3)} | {_fmt(r['edge_energy'], 3)} | {_fmt(r['grad_evals_mean'], 1)} | {_fmt(r['ms_per_image'], 1)} |")
-    L.append("")
-    res = {r["attack"]: r for r in rep["results"]}
-    if "C&W" in res and "sC&W" in res:
-        a, b = res["sC&W"], res["C&W"]
-        verdict = "lower" if a["D_bar"] < b["D_bar"] else "not lower"
-        L.append(f"**sC&W vs C&W** (same margin, learning rate, initial c and schedule): P_suc {a['P_suc']:.3f} vs "
-                 f"{b['P_suc']:.3f}; D̄ {a['D_bar']:.3f} vs {b['D_bar']:.3f} — sC&W's distortion is **{verdict}** "
-                 f"(paper: 1.97 vs 2.49).")
-        L.append("")
+        p = paper["table1"].get(r["attack"]) if mnist else None
+        e = est[r["attack"]]
+        t1.add([r["attack"], f"{r['N_suc']}/{r['N']}"],
+               Cell(e["P_suc"], None if p is None else PaperValue(p[0], "smooth", "Table 1")),
+               Cell(e["D_bar"], None if p is None else PaperValue(p[1], "smooth", "Table 1")))
+    blocks.append(t1)
+    rows = [[r["attack"], Shown(est[r["attack"]]["flat_energy"], 3), Shown(est[r["attack"]]["edge_energy"], 3),
+             Shown(est[r["attack"]]["grad_evals_mean"], 1), fmt(r["ms_per_image"], 1)] for r in rep["results"]]
+    blocks.append(Table(["attack", "flat energy (mean)", "edge energy (mean)", "gradient evaluations (mean)", "ms / image"], rows,
+                        "*Flat / edge energy* (mean over the successful examples where the image has such pixel pairs, "
+                        "`spatialadv.eval.edge_flat_energy`): Σ(r_i − r_j)² / Σ(r_i² + r_j²) over the 4-neighbour pixel "
+                        "pairs where the image is flat (|Δx| ≤ 0.05) / crosses a strong edge (|Δx| ≥ 0.5); 0 for a "
+                        "perturbation constant across those pairs, ≈ 1 for white noise. A perturbation smooth like the "
+                        "image has a small flat energy. Gradient evaluations: model forward+backward passes per image (mean over all "
+                        "N); ms / image: wall time per image."))
+    if "C&W" in est and "sC&W" in est:
+        a, b = est["sC&W"], est["C&W"]
+        verdict = "–" if any(math.isnan(x["D_bar"].value) for x in (a, b)) else \
+            "lower" if a["D_bar"].value < b["D_bar"].value else "not lower"
+        pa, pb = paper["table1"]["sC&W"], paper["table1"]["C&W"]
+        blocks.append(f"**sC&W vs C&W** (same margin, learning rate, initial c and schedule): P_suc "
+                      f"{a['P_suc'].format(1, pct=True)} % vs {b['P_suc'].format(1, pct=True)} %; D̄ "
+                      f"{a['D_bar'].format(3)} vs {b['D_bar'].format(3)} — sC&W's mean distortion is **{verdict}** "
+                      f"(paper, MNIST: {pa[1]:.2f} vs {pb[1]:.2f}, {_source('Table 1')}). Brackets: 95 % intervals "
+                      "(Clopper–Pearson; percentile bootstrap).")
     if rep.get("budget"):
-        L.append(f"### C&W vs sC&W across iteration budgets (first {cfg['n_budget']} images)")
-        L.append("")
-        L.append("| schedule (binary-search × Adam steps) | C&W P_suc | C&W D̄ | C&W iterations | sC&W P_suc | sC&W D̄ | sC&W iterations |")
-        L.append("|---|---|---|---|---|---|---|")
+        blocks.append(f"### C&W vs sC&W across iteration budgets (first {cfg['n_budget']} images)")
+        rows = []
         for row in rep["budget"]:
-            a, b = row.get("C&W", {}), row.get("sC&W", {})
-            L.append(f"| {row['schedule']} | {_fmt(a.get('P_suc'), 3)} | {_fmt(a.get('D_bar'), 3)} | {_fmt(a.get('grad_evals_mean'), 1)} "
-                     f"| {_fmt(b.get('P_suc'), 3)} | {_fmt(b.get('D_bar'), 3)} | {_fmt(b.get('grad_evals_mean'), 1)} |")
-        L.append("")
-        L.append("Both attacks stop an example's inner loop when its loss stalls (early_stop, checked every steps/10 "
-                 "iterations), so the gradient evaluations are the mean number actually used. The paper does not state its schedule; "
-                 "the table shows how the comparison depends on it.")
-        L.append("")
-    L.append("*Flat / edge energy* (mean over successes, `spatialadv.eval.edge_flat_energy`): Σ(r_i − r_j)² / Σ(r_i² + r_j²) "
-             "over the 4-neighbour pixel pairs where the image is flat (|Δx| ≤ 0.05) / crosses a strong edge (|Δx| ≥ 0.5); "
-             "0 for a perturbation constant across those pairs, ≈ 1 for white noise. A perturbation smooth like the image "
-             "has a small flat energy.")
-    L.append("")
+            cells = [row["schedule"]]
+            for attack in ("C&W", "sC&W"):
+                e = row.get(attack, {}).get("estimates")
+                cells += ["–"] * 3 if e is None else [Shown(e["P_suc"], 1, pct=True), Shown(e["D_bar"], 3),
+                                                      Shown(e["grad_evals_mean"], 1)]
+            rows.append(cells)
+        blocks.append(Table(["schedule (binary-search × Adam steps)", "C&W P_suc (%)", "C&W D̄", "C&W gradient evaluations (mean)",
+                             "sC&W P_suc (%)", "sC&W D̄", "sC&W gradient evaluations (mean)"], rows,
+                            "Over the same first images for every schedule (the main runs restricted to them). Both "
+                            "attacks stop an example's inner loop when its loss stalls (early_stop, checked every "
+                            "steps/10 iterations), so the gradient evaluations are the mean number actually used. The paper does not "
+                            "state its schedule; the table shows how the comparison depends on it."))
     linf_eps, l2_eps = rep["sweeps"].get("FGSM", []), rep["sweeps"].get("PGD2", [])
-    L.append("Settings (paper §5.2 where stated): FGSM and I-FGSM sweep ε ∈ {" + ", ".join(map(str, linf_eps)) +
-             "} (I-FGSM step 0.08·ε/0.3, 10 steps); PGD2 and sPGD2 sweep ε ∈ {" + ", ".join(map(str, l2_eps)) +
-             "} (step 0.6·ε as the paper's 3 at ε = 5, 10 steps, no random start); each keeps per image the smallest "
-             f"successful distortion over its runs (§5.1). C&W and sC&W: m = κ = 1, lr 0.1, c₀ = 15, "
-             f"{cfg['binary_search_steps']} binary-search steps × {cfg['steps']} Adam steps (the paper does not give these two). "
-             f"Smoothing: α = 0.95, Laplacian feature kernel with bandwidth σ = {cfg['sigma']} on the [0, 1] scale "
-             "(not stated in the paper), one graph per channel, conjugate-gradient solver.")
-    L.append("")
-    return ["\n".join(L)]
+    blocks.append("Settings (paper §5.2 where stated): FGSM and I-FGSM sweep ε ∈ {" + ", ".join(map(str, linf_eps)) +
+                  "} (I-FGSM step 0.08·ε/0.3, 10 steps); PGD2 and sPGD2 sweep ε ∈ {" + ", ".join(map(str, l2_eps)) +
+                  "} (step 0.6·ε as the paper's 3 at ε = 5, 10 steps, no random start); each keeps per image the smallest "
+                  f"successful distortion over its runs (§5.1). C&W and sC&W: m = κ = 1, lr 0.1, c₀ = 15, "
+                  f"{cfg['binary_search_steps']} binary-search steps × {cfg['steps']} Adam steps (the paper does not give "
+                  f"these two). Smoothing: α = 0.95, Laplacian feature kernel with bandwidth σ = {cfg['sigma']} on the "
+                  "[0, 1] scale (not stated in the paper), one graph per channel, conjugate-gradient solver.")
+    return blocks
 
 
 EXPERIMENTS = [

@@ -33,10 +33,11 @@ from ..attacks import FGSM, IFGSM, PGD, CarliniWagnerL2, SmoothCarliniWagnerL2, 
 from ..data import DataSpec
 from ..defenses import BilateralFilter, Defended
 from ..eval import operating_characteristic, protocol_summary
+from ..eval.compare import Cell, Comparison, Metric, PaperValue, mean, rate
 from ..eval.runner import make_pairs
 from ..training import ModelSpec, Objective, TrainConfig
 from ..viz import operating_characteristic_plot
-from .framework import AttackRun, Experiment, Report, Table, TaskRun, fmt, option, transfer_task
+from .framework import AttackRun, Experiment, Report, Shown, Table, TaskRun, option, transfer_task
 from .smooth import PAPER as TABLE1
 from .smooth import smooth_attacks
 
@@ -146,10 +147,17 @@ def _summary(records: list[dict]) -> dict:
     return protocol_summary(succ, dist)
 
 
-def _pd(s: dict | None) -> str:
-    if s is None:
-        return "—"
-    return f"{fmt(s['P_suc'], 3)} / {fmt(s['D_bar'], 2)}"
+def _estimates(records: list[dict]) -> dict:
+    """``{"P_suc", "D_bar"}`` of one run's records (one untargeted pair per image) as :class:`Estimate`."""
+    return {"P_suc": rate([bool(r["success"]) for r in records]), "D_bar": mean([r["l2"] for r in records if r["success"]])}
+
+
+def _pv(values: dict, attack: str, k: int, where: str, note: str = "") -> PaperValue:
+    return PaperValue(values[attack][k], "smooth", where, note=note)
+
+
+def _shown(e: dict | None) -> list:
+    return ["–", "–"] if e is None else [Shown(e["P_suc"], 1, pct=True), Shown(e["D_bar"], 2)]
 
 
 def report(cfg: Config, res) -> Report:
@@ -158,59 +166,83 @@ def report(cfg: Config, res) -> Report:
     models = res.models
     runs = {(r.model, r.attack): r.records() for r in res.runs}
     summ = {k: _summary(v) for k, v in runs.items() if v}
+    est = {k: _estimates(v) for k, v in runs.items() if v}
     n = len(next(iter(runs.values()), []))
+    n_test = clean.get("test_images", 0)
+    acc = Comparison(["model"], [Metric("clean test accuracy (%)", pct=True)],
+                     f"Correctly classified images of all {n_test} MNIST-5k test images.")
+    for key, label, paper in (("plain", "C4, plain", PaperValue(TABLE1["clean_accuracy"], "smooth", "§5.2")),
+                              ("ll-at", "C4, step l.l.-trained", PaperValue(PAPER["table2_clean_accuracy"], "smooth",
+                                                                            "§5.3", note="adversarially trained C4")),
+                              ("bilateral", "bilateral ∘ C4", None)):
+        frac = clean.get(key)
+        acc.add([label], Cell(None if frac is None or not n_test else rate(round(frac * n_test), n_test), paper))
     blocks: list = [
         f"Models: C4 (Conv 64 k8 s2 – Conv 128 k6 s2 – Conv 128 k5 s1 – FC) on MNIST-5k ({cfg.max_train or 4000} training images, "
         f"{cfg.epochs} epochs): plain (the smooth-mnist model), adversarially trained on step l.l. examples "
         f"(loss {1 - cfg.at_weight:g}·CE(x) + {cfg.at_weight:g}·CE(x_ll), x_ll = x − {cfg.at_eps:g}·sign(∇ CE(f(x), y_LL)) "
         f"on the current model; the paper does not state ε), and the plain C4 behind the bilateral filter (domain σ "
-        f"{cfg.sigma_domain:g} px, range σ {cfg.sigma_range:g}). Clean test accuracy: plain {fmt(clean.get('plain'), 3)}, "
-        f"adversarially trained {fmt(clean.get('ll-at'), 3)} (paper {PAPER['table2_clean_accuracy']}), bilateral-filtered "
-        f"{fmt(clean.get('bilateral'), 3)}. Attacked: the first **N = {n}** test images all three classify correctly "
+        f"{cfg.sigma_domain:g} px, range σ {cfg.sigma_range:g}).",
+        acc,
+        f"Attacked: the first **N = {n}** test images all three classify correctly "
         "(untargeted). P_suc = N_suc / N; D̄ = mean L2 distortion over successes (Eq. 20), pixels in [0, 1]."]
-    rows = []
+    t2 = Comparison(["attack"], [Metric("plain C4, P_suc (%)", pct=True, digits=1), Metric("plain C4, D̄"),
+                                 Metric("step l.l.-trained C4, P_suc (%)", pct=True, digits=1),
+                                 Metric("step l.l.-trained C4, D̄")],
+                    f"White-box, untargeted, over the N = {n} images. The six attacks with the settings of smooth-mnist "
+                    "(ε sweeps keep per image the smallest successful distortion; C&W / sC&W m = 1, lr 0.1, c₀ = 15, "
+                    f"{cfg.binary_search_steps} × {cfg.steps} steps). Paper: the plain C4 in its Table 1, the C4 "
+                    "adversarially trained against FGSM (step l.l.) in its Table 2, MNIST columns.")
     for a in ATTACKS:
-        p2, p1 = PAPER["table2"][a], TABLE1["table1"][a]
-        rows.append([a, _pd(summ.get(("c4", a))), f"{p1[0]:.2f} / {p1[1]:.2f}", _pd(summ.get(("c4/ll-at", a))),
-                     f"{p2[0]:.2f} / {p2[1]:.2f}"])
-    blocks.append("## Table 2 — white-box attacks on the adversarially trained C4 (P_suc / D̄)")
-    blocks.append(Table(["attack", "plain C4 (ours)", "plain C4 (paper Table 1)", "step l.l.-trained C4 (ours)",
-                         "adversarially trained C4 (paper Table 2)"], rows,
-                        "The six attacks with the settings of smooth-mnist (ε sweeps keep per image the smallest "
-                        "successful distortion; C&W / sC&W m = 1, lr 0.1, c₀ = 15, "
-                        f"{cfg.binary_search_steps} × {cfg.steps} steps)."))
-    rows = [[a, _pd(summ.get(("c4", a))), _pd(summ.get(("c4/bilateral", a)))] for a in ATTACKS]
-    blocks.append("## Adaptive attacks through the bilateral filter (P_suc / D̄)")
-    blocks.append(Table(["attack", "plain C4", "bilateral ∘ C4, filter inside the attacked model"], rows,
-                        "Every attack is run on the composed model (the filter is differentiable, so the attacks follow "
-                        "its gradient): what the filter is worth against an attacker who knows it."))
+        p, q = est.get(("c4", a)), est.get(("c4/ll-at", a))
+        t2.add([a], Cell(p and p["P_suc"], _pv(TABLE1["table1"], a, 0, "Table 1")),
+               Cell(p and p["D_bar"], _pv(TABLE1["table1"], a, 1, "Table 1")),
+               Cell(q and q["P_suc"], _pv(PAPER["table2"], a, 0, "Table 2")),
+               Cell(q and q["D_bar"], _pv(PAPER["table2"], a, 1, "Table 2")))
+    blocks.append("## Table 2 — white-box attacks on the adversarially trained C4")
+    blocks.append(t2)
+    rows = [[a, *_shown(est.get(("c4", a))), *_shown(est.get(("c4/bilateral", a)))] for a in ATTACKS]
+    blocks.append("## Adaptive attacks through the bilateral filter")
+    blocks.append(Table(["attack", "plain C4: P_suc (%)", "plain C4: D̄", "bilateral ∘ C4: P_suc (%)", "bilateral ∘ C4: D̄"],
+                        rows,
+                        f"Over the N = {n} images. Every attack is run on the composed model with the filter inside "
+                        "the attacked model (the filter is differentiable, so the attacks follow its gradient): what the "
+                        "filter is worth against an attacker who knows it."))
     tr = res.get("c4", "transfer")
+    out_tr: dict = {}
     if tr is not None:
+        from ..eval import protocol_summary
+
         items = tr.items()
-        rows, out_tr = [], {}
+        t3 = Comparison(["attack (single distortion target)"],
+                        [Metric("source: plain C4, P_suc (%)", pct=True, digits=1), Metric("source: plain C4, D̄"),
+                         Metric("→ bilateral ∘ C4, P_suc (%)", pct=True, digits=1), Metric("→ bilateral ∘ C4, D̄"),
+                         Metric("→ step l.l.-trained C4, P_suc (%)", pct=True, digits=1),
+                         Metric("→ step l.l.-trained C4, D̄")],
+                        "Crafted on the plain C4 with one distortion target each (FGSM / I-FGSM ε = 0.3; PGD2 / sPGD2 "
+                        "ε = 5, step 3, 10 steps; C&W / sC&W one constant c = 15), no early stop, on the N images; P_suc "
+                        "counts the images the *target* model misclassifies, D̄ their mean distortion. The paper ran "
+                        "this scenario on ImageNet (InceptionV3 variants) only: its numbers are shown for the pattern, "
+                        "not as numbers to match, and its \"paper in CI\" flags compare different datasets.")
         for a in ATTACKS:
             vals = [v[a] for v in items.values() if a in v]
             if not vals:
                 continue
-            src = np.array([v["source"] for v in vals])
             l2 = np.array([v["l2"] for v in vals])
-
-            s_src = protocol_summary(src, l2)
-            s_bil = protocol_summary(np.array([v["bilateral"] for v in vals]), l2)
-            s_at = protocol_summary(np.array([v["ll-at"] for v in vals]), l2)
-            out_tr[a] = {"source": s_src, "bilateral": s_bil, "ll-at": s_at}
-            (pb, pa) = PAPER["table3_imagenet"][a]
-            rows.append([a, _pd(s_src), _pd(s_bil), _pd(s_at), f"{pb[0]:.2f} / {pb[1]:.2f}", f"{pa[0]:.2f} / {pa[1]:.2f}"])
-        blocks.append("## Table 3 — transfer from the plain C4 (P_suc / D̄)")
-        blocks.append(Table(["attack (single distortion target)", "on the plain C4 (source)", "→ bilateral ∘ C4",
-                             "→ step l.l.-trained C4", "paper, ImageNet: → bilateral", "paper, ImageNet: → adv. trained"],
-                            rows, "Crafted on the plain C4 with one distortion target each (FGSM / I-FGSM ε = 0.3; PGD2 / "
-                            "sPGD2 ε = 5, step 3, 10 steps; C&W / sC&W one constant c = 15), no early stop; P_suc counts "
-                            "the images the *target* model misclassifies, D̄ their mean distortion. The paper ran this "
-                            "scenario on ImageNet (InceptionV3 variants) only: its columns are shown for the pattern, not "
-                            "as numbers to match."))
-    else:
-        out_tr = {}
+            cells, out_tr[a] = [], {}
+            for target in ("source", "bilateral", "ll-at"):
+                hit = np.array([bool(v[target]) for v in vals])
+                out_tr[a][target] = protocol_summary(hit, l2)
+                e = {"P_suc": rate(hit), "D_bar": mean(l2[hit])}
+                out_tr[a][target]["estimates"] = {k: v.to_json() for k, v in e.items()}
+                k = {"bilateral": 0, "ll-at": 1}.get(target)
+                note = "ImageNet, InceptionV3" + (" + bilateral filter" if k == 0 else ", adversarially trained")
+                cells += [e["P_suc"], e["D_bar"]] if k is None else [
+                    Cell(e["P_suc"], PaperValue(PAPER["table3_imagenet"][a][k][0], "smooth", "Table 3", note=note)),
+                    Cell(e["D_bar"], PaperValue(PAPER["table3_imagenet"][a][k][1], "smooth", "Table 3", note=note))]
+            t3.add([a], *cells)
+        blocks.append("## Table 3 — transfer from the plain C4")
+        blocks.append(t3)
     figures = []
     for model, name in (("c4", "plain"), ("c4/ll-at", "step l.l.-trained"), ("c4/bilateral", "bilateral-filtered, adaptive")):
         curves = {a: operating_characteristic(np.array([bool(r["success"]) for r in runs[(model, a)]]),
@@ -222,7 +254,9 @@ def report(cfg: Config, res) -> Report:
                                                          title=f"Operating characteristics, C4 {name} (N = {n})").name)
     data = {"paper": PAPER, "clean": clean, "models": {k: {kk: v.get(kk) for kk in ("key", "test_accuracy")}
                                                         for k, v in models.items()},
-            "white_box": {f"{m}/{a}": s for (m, a), s in summ.items()}, "transfer": out_tr}
+            "white_box": {f"{m}/{a}": {**s, "estimates": {k: v.to_json() for k, v in est[(m, a)].items()}}
+                          for (m, a), s in summ.items()},
+            "transfer": out_tr}
     return Report("Smooth adversarial examples against defenses on MNIST — Zhang et al. (2020), Tables 2 and 3",
                   blocks, data, figures)
 

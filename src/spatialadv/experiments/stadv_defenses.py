@@ -36,10 +36,10 @@ import torch
 from ..attacks import FGSM, PGD, CarliniWagnerL2, StAdv
 from ..data import DataSpec
 from ..defenses import Defended, MeanFilter
-from ..eval import protocol_summary
+from ..eval.compare import Cell, Comparison, Metric, PaperValue, mean, rate
 from ..eval.runner import make_pairs
 from ..training import ModelSpec, Objective, TrainConfig
-from .framework import AttackRun, Experiment, Report, Table, TaskRun, fmt, option, transfer_task
+from .framework import AttackRun, Experiment, Report, Shown, Table, TaskRun, option, transfer_task
 
 __all__ = ["Config", "PAPER", "DEFENSES", "attacks", "plan", "report", "EXPERIMENTS"]
 
@@ -182,6 +182,7 @@ def report(cfg: Config, res) -> Report:
         transfer[arch] = {a: [v[a] for v in items if a in v] for a in TRANSFERRED}
     n = {arch: len(next(iter(transfer[arch].values()), [])) for arch in cfg.models}
 
+    cw_paper = [v[TRANSFERRED.index("C&W")] for v in PAPER["table3"].values()]
     blocks: list = [
         f"Models A, B, C of stAdv Table 4 on MNIST-5k ({cfg.max_train or 4000} training images). Plain: cross-entropy, "
         f"{cfg.epochs} epoch(s) (at the default 12, the stadv-mnist models). Adversarially trained at L∞ ε = {cfg.eps:g} by "
@@ -194,81 +195,109 @@ def report(cfg: Config, res) -> Report:
         f"classify correctly (N = {', '.join(f'{names[a]} {n[a]}' for a in cfg.models)}), untargeted.",
         "Convention: the paper does not say whether Table 3's examples were crafted on the defended models or on the "
         "undefended A, B, C and then shown to the defended ones (\"we generate adversarial examples in the white-box "
-        "setting and test different defense methods against these samples\"). Its C&W column (0.86-4.6 %) is only "
+        "setting and test different defense methods against these samples\"). Its C&W column "
+        f"({min(cw_paper):g}-{max(cw_paper):g} %) is only "
         "possible for examples that were *not* optimised against the defended model — unbounded C&W L2 crafted on a "
-        "model succeeds on nearly every image — so the paper's numbers are compared with our **transfer** column; the "
-        "**white-box** column is the adaptive evaluation a robustness claim needs. Success of an untargeted attack: the "
+        "model succeeds on nearly every image — so the paper's numbers are compared with our **transfer** table; the "
+        "**white-box** table is the adaptive evaluation a robustness claim needs. Success of an untargeted attack: the "
         "evaluated model misclassifies the example."]
 
     # Models and the cost of the reduced schedule
+    n_test = len(res.data("mnist", "test", cfg.seed))
     rows = []
     for arch in cfg.models:
         for label in ("plain", *DEFENSES):
             info = models.get(f"{arch}/{label}", {})
             pgd = runs.get((f"{arch}/{label}", "PGD"))
             secs = info.get("train_seconds")
-            rows.append([f"{names[arch]} {label}", fmt(clean.get(arch, {}).get(label), 2, pct=True),
-                         fmt(None if pgd is None else 1 - _rate(pgd), 1, pct=True),
+            frac = clean.get(arch, {}).get(label)
+            rows.append([f"{names[arch]} {label}",
+                         "–" if frac is None else Shown(rate(round(frac * n_test), n_test), 2, pct=True),
+                         "–" if not pgd else Shown(rate([not r["success"] for r in pgd]), 1, pct=True),
                          "–" if secs is None else f"{secs:.0f}"])
     blocks.append("## The models: clean accuracy, PGD accuracy and training cost")
     blocks.append(Table(["model", "clean test accuracy (%)", f"accuracy under white-box PGD L∞ {cfg.eps:g} (%)",
                          "training time (s)"], rows,
-                        f"Clean accuracy on all MNIST-5k test images; PGD: 40 steps of 0.01 on the attacked images (which "
-                        "every model classifies correctly), so 100 % minus its success rate. Training time: wall clock "
-                        "measured when the checkpoint was trained (for the defended models: the fine-tuning, after the "
-                        "plain model's). The papers' schedules (Madry et al.: 40-step PGD for 100 000 batches of 50 on "
-                        f"60 000 images) do not fit the budget: {cfg.at_epochs} epoch(s) of fine-tuning with "
-                        f"{cfg.pgd_steps}-step PGD here; the PGD column is what this reduction leaves."))
+                        f"Clean accuracy on all {n_test} MNIST-5k test images; PGD: 40 steps of 0.01 on the attacked "
+                        "images (which every model classifies correctly), so 100 % minus its success rate. Training "
+                        "time: wall clock measured when the checkpoint was trained (for the defended models: the "
+                        "fine-tuning, after the plain model's). The papers' schedules (Madry et al.: 40-step PGD for "
+                        "100 000 batches of 50 on 60 000 images) do not fit the budget: "
+                        f"{cfg.at_epochs} epoch(s) of fine-tuning with {cfg.pgd_steps}-step PGD here; the PGD column is "
+                        "what this reduction leaves."))
 
     # Table 3
-    rows, t3 = [], {}
+    t3: dict = {}
+    transfer_table = Comparison(["model", "defense"], [Metric(f"{a} transfer success (%)", pct=True, digits=1)
+                                                       for a in TRANSFERRED],
+                                "Untargeted examples crafted on the plain model of the same architecture, evaluated on "
+                                "the defended one (the reading of the paper's protocol its numbers support, see "
+                                "Convention); success: the defended model misclassifies the example, over the N "
+                                f"attacked images. FGSM ε = {cfg.eps:g}; C&W L2 c₀ = 1, 3 × 100 Adam steps, lr 0.05; "
+                                "stAdv τ = 0.05, κ = 0 (the paper's settings).")
+    wb_rows = []
     for arch in cfg.models:
         for d in DEFENSES:
-            cells, t3[f"{arch}/{d}"] = [], {}
+            cells, wb_cells, t3[f"{arch}/{d}"] = [], [], {}
             for k, a in enumerate(TRANSFERRED):
-                tr = _rate(transfer[arch][a], d) if transfer[arch][a] else None
-                wb = _rate(runs.get((f"{arch}/{d}", a), []))
-                t3[f"{arch}/{d}"][a] = {"transfer": tr, "white_box": wb, "paper": PAPER["table3"][(arch, d)][k]}
-                cells.append(f"{fmt(tr, 1, pct=True)} / {fmt(wb, 1, pct=True)} ({PAPER['table3'][(arch, d)][k]:g})")
-            rows.append([names[arch], d, *cells])
-    blocks.append("## Table 3 — attack success rate under adversarial training (%)")
-    blocks.append(Table(["model", "defense", "FGSM", "C&W", "stAdv"], rows,
-                        "Each cell: **transfer / white-box (paper)**. Transfer: crafted on the plain model of the same "
-                        "architecture, evaluated on the defended one; white-box: crafted on the defended model. FGSM "
-                        f"ε = {cfg.eps:g}; C&W L2 c₀ = 1, 3 × 100 Adam steps, lr 0.05; stAdv τ = 0.05, κ = 0 (the paper's "
-                        "settings)."))
+                tr = rate([bool(r[d]) for r in transfer[arch][a]])
+                wb = rate([bool(r["success"]) for r in runs.get((f"{arch}/{d}", a), [])])
+                paper = PAPER["table3"][(arch, d)][k]
+                t3[f"{arch}/{d}"][a] = {"transfer": None if tr.n == 0 else tr.value,
+                                        "white_box": None if wb.n == 0 else wb.value, "paper": paper,
+                                        "estimates": {"transfer": tr.to_json(), "white_box": wb.to_json()}}
+                cells.append(Cell(tr, PaperValue(paper / 100, "stadv", "Table 3", note="MNIST")))
+                wb_cells.append(Shown(wb, 1, pct=True))
+            transfer_table.add([names[arch], d], *cells)
+            wb_rows.append([names[arch], d, *wb_cells])
+    blocks.append("## Table 3 — attack success rate under adversarial training (transfer, the paper's protocol)")
+    blocks.append(transfer_table)
+    blocks.append("## Table 3, white-box — the same attacks crafted on the defended model")
+    blocks.append(Table(["model", "defense", *(f"{a} white-box success (%)" for a in TRANSFERRED)], wb_rows,
+                        "Untargeted, crafted on the defended model itself (the adaptive evaluation a robustness claim "
+                        "needs), same settings and images as the transfer table; success: the defended model "
+                        "misclassifies the example."))
     src_rows = []
     for arch in cfg.models:
         cells = []
         for a in TRANSFERRED:
             recs = transfer[arch][a]
-            if recs:
-                s = protocol_summary(np.array([r["source"] for r in recs]), np.array([r["l2"] for r in recs]))
-                cells.append(f"{fmt(s['P_suc'], 1, pct=True)} / {fmt(s['D_bar'], 2)}")
-            else:
-                cells.append("–")
+            cells += [Shown(rate([bool(r["source"]) for r in recs]), 1, pct=True),
+                      Shown(mean([r["l2"] for r in recs if r["source"]]), 2)] if recs else ["–", "–"]
         src_rows.append([names[arch], *cells])
-    blocks.append(Table(["plain model", "FGSM", "C&W", "stAdv"], src_rows,
-                        "The transferred examples on the model they were crafted on: success (%) / D̄ (mean L2 distortion "
-                        "of the successful ones, pixels in [0, 1])."))
+    blocks.append(Table(["plain model", *(f"{a} {c}" for a in TRANSFERRED for c in ("success (%)", "D̄"))], src_rows,
+                        "The transferred examples on the model they were crafted on: success over the N attacked "
+                        "images; D̄: mean L2 distortion of the successful ones, pixels in [0, 1]."))
 
     # Table 5 and the adaptive attack
-    rows, t5 = [], {}
+    t5 = {}
+    t5_table = Comparison(["model", "stAdv examples"],
+                          [Metric("clean accuracy, filtered (%)", pct=True),
+                           Metric("accuracy on filtered stAdv examples (%)", pct=True),
+                           Metric("adaptive stAdv success (%)", pct=True, digits=1)],
+                          f"Clean accuracy of the plain model behind the {cfg.filter_size}×{cfg.filter_size} mean filter "
+                          f"on all {n_test} test images. Accuracy on recovered images: the plain model behind the mean "
+                          "filter (Li & Li 2016) on the stAdv examples that fool the plain model, crafted without the "
+                          "filter (their number: \"stAdv examples\"). Adaptive: stAdv run on filter ∘ model over the N "
+                          "attacked images (the filter is differentiable; the attack follows its gradient), as Carlini & "
+                          "Wagner (AISec 2017) prescribe for pre-processing defenses; the paper states its rate only in "
+                          "words.")
     for arch in cfg.models:
         recs = [r for r in transfer[arch]["stAdv"] if r["source"]]
-        acc = None if not recs else 1 - _rate(recs, "mean")
-        adaptive = _rate(runs.get((f"{arch}/mean", "stAdv"), []))
-        t5[arch] = {"accuracy_recovered": acc, "n_examples": len(recs), "adaptive_success": adaptive,
-                    "clean_filtered": clean.get(arch, {}).get("mean"), "paper": PAPER["table5"][arch]}
-        rows.append([names[arch], fmt(clean.get(arch, {}).get("mean"), 2, pct=True), f"{fmt(acc, 2, pct=True)} ({len(recs)})",
-                     f"{PAPER['table5'][arch]:.2f}", fmt(adaptive, 1, pct=True), PAPER["adaptive_mean_filter"]])
+        acc = rate([not r["mean"] for r in recs])
+        adaptive = rate([bool(r["success"]) for r in runs.get((f"{arch}/mean", "stAdv"), [])])
+        frac = clean.get(arch, {}).get("mean")
+        filtered = None if frac is None else rate(round(frac * n_test), n_test)
+        t5[arch] = {"accuracy_recovered": None if acc.n == 0 else acc.value, "n_examples": len(recs),
+                    "adaptive_success": None if adaptive.n == 0 else adaptive.value, "clean_filtered": frac,
+                    "paper": PAPER["table5"][arch],
+                    "estimates": {"accuracy_recovered": acc.to_json(), "adaptive_success": adaptive.to_json(),
+                                  "clean_filtered": None if filtered is None else filtered.to_json()}}
+        t5_table.add([names[arch], len(recs)], filtered,
+                     Cell(acc, PaperValue(PAPER["table5"][arch] / 100, "stadv", "Table 5", note="MNIST")),
+                     Cell(adaptive, PaperValue(1.0, "stadv", "§4.4", note="\"nearly 100%\"")))
     blocks.append(f"## Table 5 — the {cfg.filter_size}×{cfg.filter_size} mean filter, and the adaptive attack")
-    blocks.append(Table(["model", "clean accuracy, filtered (%)", "accuracy on filtered stAdv examples (%) (examples)",
-                         "paper (%)", "adaptive stAdv success (%)", "paper"], rows,
-                        "Accuracy on recovered images: the plain model behind the mean filter (Li & Li 2016) on the "
-                        "stAdv examples that fool the plain model, crafted without the filter. Adaptive: stAdv run on "
-                        "filter ∘ model (the filter is differentiable; the attack follows its gradient), as Carlini & "
-                        "Wagner (AISec 2017) prescribe for pre-processing defenses."))
+    blocks.append(t5_table)
 
     blocks[2:2] = _findings(cfg, t3, t5, runs)
     data = {"paper": {"table3": {f"{a}/{d}": v for (a, d), v in PAPER["table3"].items()}, "table5": PAPER["table5"]},
@@ -293,6 +322,7 @@ def _findings(cfg: Config, t3: dict, t5: dict, runs: dict) -> list:
     names = {"mnist-a": "A", "mnist-b": "B", "mnist-c": "C"}
     lines = [
         "## What the tables show",
+        "Ranges over the tables' cells of our point estimates (their 95 % intervals are in the tables).",
         f"- **Transfer (the paper's protocol)**: C&W {_span([c['C&W']['transfer'] for c in cells])} (paper "
         f"{min(paper['C&W']):g}-{max(paper['C&W']):g} %), stAdv {_span([c['stAdv']['transfer'] for c in cells])} (paper "
         f"{min(paper['stAdv']):g}-{max(paper['stAdv']):g} %): minimal-distortion C&W examples rarely survive the change "

@@ -536,18 +536,25 @@ class Table:
 
     Attributes:
         columns: header cells. rows: cells: strings, numbers, or :class:`~spatialadv.eval.compare.Estimate`
-            (rendered with its 95 % interval; format it yourself for other digits or percent).
+            (rendered with its 95 % interval).
         caption: printed under the table; the interval methods of its estimates are appended.
+        formats: optional ``(digits, pct)`` per column for its :class:`Estimate` cells (default: 2 digits, no percent).
     """
 
     columns: list[str]
     rows: list[list[str]]
     caption: str = ""
+    formats: list[tuple[int, bool]] | None = None
+
+    def _cell(self, j: int, c) -> str:
+        if isinstance(c, Estimate) and self.formats is not None:
+            return c.format(*self.formats[j])
+        return str(c)
 
     def markdown(self) -> str:
         """The table as Markdown, caption below."""
         lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in self.rows]
+        lines += ["| " + " | ".join(self._cell(j, c) for j, c in enumerate(r)) + " |" for r in self.rows]
         used = {c.method for r in self.rows for c in r if isinstance(c, Estimate) and c.n > 1}
         cap = " ".join(s for s in (self.caption, interval_note([m for m in METHODS if m in used])) if s)
         if cap:

@@ -273,3 +273,7 @@ def image_map_figure(images: list[np.ndarray], maps: list[np.ndarray | list[np.n
 
 
 __all__ += ["image_map_figure"]
+
+from .curves import Curve, Panel, curve_panels  # noqa: E402
+
+__all__ += ["Curve", "Panel", "curve_panels"]

@@ -109,6 +109,12 @@ class Estimate:
             out["k"] = int(self.k)
         return out
 
+    @classmethod
+    def from_json(cls, j: dict) -> Estimate:
+        """The estimate of its :meth:`to_json` (None becomes NaN): reports built from JSON-able results render it."""
+        nan = (lambda v: math.nan if v is None else float(v))
+        return cls(nan(j["value"]), nan(j["ci95"][0]), nan(j["ci95"][1]), int(j["n"]), j["method"], j.get("k"))
+
     def __str__(self) -> str:
         return self.format()
 

@@ -61,10 +61,7 @@ def model_rows(results, n_test: int | None = None) -> dict:
 
 def estimate(j: dict | None) -> Estimate | None:
     """The :class:`Estimate` of its JSON (:meth:`Estimate.to_json`); None stays None."""
-    if j is None:
-        return None
-    nan = (lambda v: math.nan if v is None else float(v))
-    return Estimate(nan(j["value"]), nan(j["ci95"][0]), nan(j["ci95"][1]), int(j["n"]), j["method"], j.get("k"))
+    return None if j is None else Estimate.from_json(j)
 
 
 def _ci(e: Estimate) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from scipy.stats import beta
 
 from spatialadv.cli import main
 from spatialadv.eval.store import ResultStore
@@ -12,6 +13,10 @@ from spatialadv.experiments import certify_bounds
 
 BOUNDS = ["reproduce", "certify-bounds", "--variants", "normal", "--epochs", "1", "--n-attack", "12", "--dual-steps", "3",
           "--pgd-steps", "2", "--eps-upper", "0", "0.01", "0.05", "--eps-lower", "0.1", "--quiet"]
+
+
+def _clopper_pearson(k: int, n: int) -> tuple[float, float]:
+    return (0.0 if k == 0 else float(beta.ppf(0.025, k, n - k + 1)), 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k)))
 
 
 @pytest.fixture()
@@ -59,25 +64,59 @@ def test_certify_bounds_resumes_after_a_kill(cache, monkeypatch, capsys, one_thr
     md = (killed / "report.md").read_text()
     (killed / "report.md").unlink()
     assert main(["report", str(killed)]) == 0 and (killed / "report.md").read_text() == md
+    # Fig. 5's bounds against a recomputation from the stored certificates and attack records
+    with ResultStore(fresh / "results.sqlite") as st:
+        runs = {(r["attack"], r["tags"].get("eps")): r["run_key"] for r in st.runs()}
+        certs = st.items(runs[("certify sdp", None)])
+        attacked = st.records(runs[("SmoothFlowPGD", 0.05)])
+    for e, j in zip((0.0, 0.01, 0.05), normal["upper_estimates"]["sdp"]):
+        k = sum(not v for item, v in certs.items() if float(item.split("/")[0]) == e)
+        assert (j["k"], j["n"], j["method"]) == (k, 1000, "clopper-pearson")
+        assert j["ci95"] == pytest.approx(_clopper_pearson(k, 1000), abs=1e-12)
+    wrong = sum(not (r["pred"] == r["label"] == r["clean_pred"]) for r in attacked)
+    assert normal["attack_estimates"][2]["k"] == wrong and normal["attack"][2] == wrong / 12
+    assert "| normal | sdp | " in md and "fig5_upper_bounds.png" in rep["figures"]
 
 
 def test_certify_stadv_tiny(cache, capsys, one_thread):
     out = cache / "cs"
     args = ["reproduce", "certify-stadv", "--out", str(out), "--variants", "normal", "sdp", "--epochs", "1", "--n", "6",
             "--n-thesis", "6", "--taus", "0", "0.05", "--max-iter", "3", "--thesis-max-iter", "3", "--search-steps", "1",
-            "--flow-budgets", "250", "--gap-budgets", "400", "--gap-check-budgets", "250", "--quiet"]
+            "--flow-budgets", "7", "250", "--gap-budgets", "400", "--gap-check-budgets", "250", "--quiet"]
     assert main(args) == 0
     rep = json.loads((out / "report.json").read_text())
     fig6 = rep["results"]["fig6"]["variants"]
     assert set(fig6) == {"normal", "sdp"} and all(len(v["rows"]) == 2 for v in fig6.values())
     thesis = rep["results"]["thesis"]["variants"]
-    assert set(thesis) == {"normal@250.0", "sdp@250.0", "normal@400.0", "sdp@400.0"} and all(t["n"] == 6 for t in thesis.values())
+    assert set(thesis) == {f"{v}@{b}" for v in ("normal", "sdp") for b in (7.0, 250.0, 400.0)}
+    assert all(t["n"] == 6 for t in thesis.values())
     gap = rep["results"]["thesis"]["gap"]  # the measured explanation of the gap: τ range and training strength
     assert set(gap["tau"]) == {"normal@250.0", "sdp@250.0"} and set(gap["strength"]) == {"sdp-strong@250.0"}
     assert gap["tau_range"] == [0.0, 10.0] and gap["eps_train"] == 0.1
     md = (out / "report.md").read_text()
     assert "Fig. 6" in md and "seed 00" not in md and "Why our counts differ" in md and "Training strength" in md
+    # the thesis table: our success rates, recomputed from the stored records, beside the thesis' counts at budget 7
+    table = next(c for c in rep["comparisons"] if c["keys"] == ["L_flow budget"])
+    rows = {r["L_flow budget"]: r for r in table["rows"]}
+    with ResultStore(out / "results.sqlite") as st:
+        for run in st.runs():
+            if run["attack"] != "stAdv τ search" or run["tags"]["kind"] != "thesis":
+                continue
+            recs = st.records(run["run_key"])
+            k = sum(r["success"] for r in recs)
+            cell = rows[f"{run['tags']['budget']:g}"][f"success rate, {run['model']}"]
+            assert (cell["ours"]["k"], cell["ours"]["n"]) == (k, 6) and cell["ours"]["value"] == k / 6
+            assert cell["ours"]["ci95"] == pytest.approx(_clopper_pearson(k, 6), abs=1e-12)
+            paper = {"normal": 0.38, "sdp": 0.07}[run["model"]] if run["tags"]["budget"] == 7.0 else None
+            assert (cell["paper"] and cell["paper"]["value"]) == paper
+            if paper is not None:
+                assert cell["paper"]["source"].startswith("Nguyen 2018, §4.2, Fig. 6")
+                lo, hi = _clopper_pearson(k, 6)
+                assert cell["paper_in_ci"] == (lo <= paper <= hi)
     assert main(args) == 0 and json.loads((out / "report.json").read_text())["results"] == rep["results"]
+    md = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.md").read_text() == md
 
 
 def test_certify_smoothing_tiny(cache, capsys, one_thread):
@@ -96,7 +135,27 @@ def test_certify_smoothing_tiny(cache, capsys, one_thread):
         assert rot["config"]["refine"] == 4 and st.count(rot["run_key"]) == 4
     md = (out / "report.md").read_text()
     assert "split once into 4 sub-cells" in md and "α/(2K)" in md
+    # the rotation table against a recomputation from the stored certificates: correct and certified beyond Θ
+    table = next(x for x in rep["comparisons"] if x["keys"] == ["rotation budget Θ"])
+    with ResultStore(out / "results.sqlite") as st:
+        certs = st.items(next(r["run_key"] for r in st.runs() if r["attack"] == "certify rotation"))
+    for row in table["rows"]:
+        b = float(row["rotation budget Θ"].rstrip("°"))
+        k = sum(c["prediction"] == c["label"] and (c["certified_below"] is None or b < c["certified_below"])
+                for c in certs.values())
+        ours = row["certified g (%)"]["ours"]
+        assert (ours["k"], ours["n"]) == (k, 4) and ours["ci95"] == pytest.approx(_clopper_pearson(k, 4), abs=1e-12)
+        assert row["certified g (%)"]["paper"] is None  # TSS's values only beside a ±30° run
+    # on a ±30° MNIST run TSS's clean accuracy sits beside our empirical g at 0°
+    from spatialadv.experiments.certify_smoothing import _rotation_table
+
+    tss = _rotation_table(c, "mnist", 30.0).to_json()["rows"][0]["empirical g (%)"]
+    assert tss["paper"] == {"value": 0.988, "source": "Li et al. 2021, MNIST, rotation ±30° (clean accuracy of the "
+                                                      "smoothed model as quoted in this project's issue)"}
     assert main(args) == 0 and json.loads((out / "report.json").read_text())["curves"] == rep["curves"]
+    md = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.md").read_text() == md
     no_ref = cache / "sm0"
     assert main(args[:3] + [str(no_ref)] + args[4:] + ["--refine", "0"]) == 0
     assert "Failed cells are not refined" in (no_ref / "report.md").read_text()

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from scipy.stats import beta
 
 from spatialadv.eval.store import ResultStore
 from spatialadv.experiments import experiments, rebuild, run_experiment
@@ -44,7 +45,7 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     assert (tmp_path / "cache" / "defense-gan" / f"{rep['defense_gan']['generator']}.safetensors").is_file()
     md = (out / "report.md").read_text()
     assert "Table 1 — Model B (fc-200)" in md and "not run" not in md and "1 epochs (paper: 100)" in md
-    assert "## Defense-GAN" in md and "BPDA-PGD" in md and "(3.9236)" in md  # the paper's sum of the four columns
+    assert "## Defense-GAN" in md and "BPDA-PGD" in md and "| paper in CI |" in md
     assert "fine-tuned for 1 epoch(s) on 300 training images, 5 steps of batch 64" in md
     assert "squared L2" in md and "CleverHans" in md and "Engstrom" in md
     # Table 3's distortion is the squared L2; the plain L2 stays in the JSON
@@ -58,7 +59,9 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     assert g["fc-200/none/AdvGAN/0.1"]["warm_start"] is None
     assert g["fc-200/advtrain/SdpAdv/0.3"]["warm_start"] == g["fc-200/advtrain/SdAdv/0"]["file"]
     assert "seed 00" not in md and "Issue" not in md
-    assert json.loads((out / "report.json").read_text())["results"] == json.loads(json.dumps(res, default=float))
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["results"] == json.loads(json.dumps(res, default=float))
+    _check_table_1(doc, out)
     for f in rep["figures"]:
         assert (out / f).stat().st_size > 1000
     assert len(rep["figures"]) == 1 + (3 + 5 * 3)  # originals + every attack on 10 images (stAdv ran on 2)
@@ -72,7 +75,10 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     rep2 = run_experiment(exp, cfg, out, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in gdir.iterdir()} == mtimes
     assert [r["robust_accuracy"] for r in rep2["results"]] == [r["robust_accuracy"] for r in res]
+    md2 = (out / "report.md").read_text()
+    (out / "report.md").unlink()
     assert rebuild(out)["results"] == rep2["results"]
+    assert (out / "report.md").read_text() == md2  # rebuilt from the store alone, byte for byte
     with ResultStore(out / "results.sqlite") as store:
         assert len(store.runs()) == n_before
     # another output folder reuses the cached generators too
@@ -81,6 +87,52 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     assert [r["robust_accuracy"] for r in rep3["results"] if r["attack"] in ("SdAdv", "AdvGAN", "SdpAdv")] == \
         [r["robust_accuracy"] for r in res if r["attack"] in ("SdAdv", "AdvGAN", "SdpAdv")]
     assert torch.get_num_threads() == 1
+
+
+def _clopper_pearson(k: int, n: int) -> tuple[float, float]:
+    return (0.0 if k == 0 else float(beta.ppf(0.025, k, n - k + 1)), 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k)))
+
+
+def _check_table_1(doc: dict, out) -> None:
+    """Table 1 (Model B) in report.json against a recomputation from the stored records and the paper's numbers."""
+    from spatialadv.experiments.sdpadv import PAPER_TABLES
+
+    table = next(c for c in doc["comparisons"] if c["keys"] == ["attack", "ε"])
+    assert table["metrics"] == ["non-robust", "Adv-Critic", "Defense-GAN", "Adv-Train (ε = 0.3)", "Sum"]
+    rows = {(r["attack"], r["ε"]): r for r in table["rows"]}
+    paper = PAPER_TABLES["mnist"]["fc-200"]
+    column = {"none": "non-robust", "advcritic": "Adv-Critic", "advtrain": "Adv-Train (ε = 0.3)"}
+    checked = 0
+    with ResultStore(out / "results.sqlite") as st:
+        for run in st.runs():
+            tags = run["tags"]
+            if tags.get("defense") not in column or run["model"] != "fc-200":
+                continue
+            eps = "–" if tags["eps"] is None else f"{tags['eps']:g}"
+            if (run["attack"], eps) not in rows:
+                continue
+            recs = st.records(run["run_key"])
+            k, n = sum(r["pred"] == r["label"] for r in recs), len(recs)
+            cell = rows[(run["attack"], eps)][column[tags["defense"]]]
+            assert cell["ours"]["value"] == k / n and cell["ours"]["k"] == k and cell["ours"]["n"] == n
+            assert cell["ours"]["ci95"] == pytest.approx(_clopper_pearson(k, n), abs=1e-12)
+            p = paper.get(run["attack"])
+            if p is not None and tags["defense"] == "none" and tags["eps"] is not None:
+                expect = p[[0.1, 0.2, 0.3].index(tags["eps"])]
+                assert cell["paper"] == {"value": expect, "source": "Anonymous, ICLR 2020 submission, Table 1 (b)"}
+                lo, hi = _clopper_pearson(k, n)
+                assert cell["paper_in_ci"] == (lo <= expect <= hi)
+            checked += 1
+        dgan = next(r for r in st.runs() if r["attack"] == "Defense-GAN")
+        items = st.items(dgan["run_key"])
+    assert checked == (4 + 5 * 3) + 2 * (4 + 5)
+    bpda = [v["BPDA-PGD"] for v in items.values()]
+    assert rows[("BPDA-PGD (adaptive, ours only)", "0.3")]["Defense-GAN"]["ours"]["value"] == sum(bpda) / len(bpda)
+    # Sum: the paper's printed Sum of the four columns; ours adds the four estimates (union-bound interval)
+    sums = rows[("No attack", "–")]["Sum"]
+    assert sums["paper"]["value"] == pytest.approx(3.9236)
+    parts = [rows[("No attack", "–")][c]["ours"]["value"] for c in table["metrics"][:4]]
+    assert sums["ours"]["value"] == pytest.approx(sum(parts)) and sums["ours"]["method"] == "clopper-pearson-sum"
 
 
 def test_generator_cache_keys_and_refit(tmp_path, monkeypatch, digits_model, one_thread):

@@ -32,7 +32,7 @@ from scipy import stats
 
 from ..references import PAPERS
 
-__all__ = ["Estimate", "rate", "mean", "PaperValue", "Cell", "Metric", "Comparison", "run_estimates", "interval_note",
+__all__ = ["Estimate", "rate", "rate_sum", "mean", "PaperValue", "Cell", "Metric", "Comparison", "run_estimates", "interval_note",
            "CONFIDENCE", "RESAMPLES", "METHODS"]
 
 #: Confidence level of every interval a report prints.
@@ -48,6 +48,8 @@ METHODS = {
                                  "when every pair agrees)",
     "cluster-bootstrap": f"cluster bootstrap over images ({RESAMPLES} resamples, percentile)",
     "bootstrap": f"percentile bootstrap ({RESAMPLES} resamples)",
+    "clopper-pearson-sum": "for a sum of rates, the sum of their Clopper–Pearson intervals at level 1 − 0.05/k each "
+                           "(k rates; union bound)",
     "exact": "no sampling (computed on every element)",
 }
 
@@ -71,6 +73,15 @@ class Estimate:
     n: int
     method: str
     k: int | None = None
+
+    @staticmethod
+    def plain(value: float | None) -> Estimate:
+        """A number without an interval (a time, a count, a median).
+
+        Rendered as the value alone, never named in a caption's interval sentence (``method="exact"``, ``n = 1``).
+        """
+        v = math.nan if value is None else float(value)
+        return Estimate(v, math.nan, math.nan, 1, "exact")
 
     def contains(self, v: float) -> bool | None:
         """Whether ``v`` lies inside ``[low, high]``; None when the interval is undefined."""
@@ -97,6 +108,12 @@ class Estimate:
         if self.k is not None:
             out["k"] = int(self.k)
         return out
+
+    @classmethod
+    def from_json(cls, j: dict) -> Estimate:
+        """The estimate of its :meth:`to_json` (None becomes NaN): reports built from JSON-able results render it."""
+        nan = (lambda v: math.nan if v is None else float(v))
+        return cls(nan(j["value"]), nan(j["ci95"][0]), nan(j["ci95"][1]), int(j["n"]), j["method"], j.get("k"))
 
     def __str__(self) -> str:
         return self.format()
@@ -178,6 +195,25 @@ def rate(successes, n: int | None = None, *, clusters=None, confidence: float = 
         return Estimate(p, lo, hi, n, "clopper-pearson-clustered", k)
     lo, hi = _clopper_pearson(k, n, confidence)
     return Estimate(k / n, lo, hi, n, "clopper-pearson", k)
+
+
+def rate_sum(estimates: Sequence[Estimate], confidence: float = CONFIDENCE) -> Estimate:
+    """The sum of rates (e.g. a table's "Sum" column of accuracies), with a simultaneous interval.
+
+    Each rate's Clopper–Pearson interval is recomputed at level ``1 − (1 − confidence) / k`` (k rates) from its ``k``
+    and ``n``; the ends are added (union bound: coverage ≥ ``confidence`` whatever the dependence between the rates).
+
+    Raises:
+        ValueError: an estimate without a count (not a rate).
+    """
+    if any(e.k is None for e in estimates):
+        raise ValueError("rate_sum needs rates (estimates with a count k)")
+    if not estimates or any(e.n == 0 for e in estimates):
+        return Estimate(math.nan, math.nan, math.nan, 0, "clopper-pearson-sum")
+    level = 1 - (1 - confidence) / len(estimates)
+    ends = [_clopper_pearson(e.k, e.n, level) for e in estimates]
+    return Estimate(sum(e.value for e in estimates), sum(lo for lo, _ in ends), sum(hi for _, hi in ends),
+                    sum(e.n for e in estimates), "clopper-pearson-sum")
 
 
 def _clopper_pearson(k: float, n: float, confidence: float) -> tuple[float, float]:

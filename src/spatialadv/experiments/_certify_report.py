@@ -1,18 +1,26 @@
-"""Report text and figures shared by the certify-bounds and certify-stadv experiments.
+"""Report pieces of the certify-bounds and certify-stadv experiments; each experiment's report calls the ones it needs.
 
 Reference descriptions come from the provable-defenses paper (*Provable Defenses against Spatially Transformed
 Adversarial Inputs: Impossibility and Possibility Results*, ICLR 2019 submission) and Nguyen's MSc thesis (*Two
 Approaches to Defend against Adversarial Examples: Attention-based and Certificate-based*, Lehigh University, 2018).
+Every piece reads the report's JSON-able results only (estimates as ``{"value", "ci95", "n", "method", "k"}``), so
+report.md and report.json hold the same numbers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PAPER", "certify_blocks", "model_rows"]
+from ..eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, rate
+from ..viz.curves import Curve, Panel, curve_panels
+from .framework import Table
+
+__all__ = ["PAPER", "THESIS", "model_rows", "estimate", "models_comparison", "fig2_section", "fig5_section",
+           "fig6_section", "thesis_section", "gap_section"]
 
 #: What the papers report (figures without printed values are described in words).
 PAPER = {
@@ -26,149 +34,157 @@ PAPER = {
                "source": "Nguyen thesis §4.2 (approximate counts read from the text)"},
 }
 
-
-def _plt():
-    import matplotlib  # lazy: matplotlib is heavy; only figures need it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def model_rows(results) -> dict:
-    """Per variant: clean test accuracy, training notes and training objective, from the stored model info."""
-    return {v: {"test_accuracy": m.get("test_accuracy"), "notes": m.get("notes"),
-                "options": (m.get("spec") or {}).get("objective")} for v, m in results.models.items()}
+#: The thesis' numbers as paper values (§4.2 and its Fig. 6; the counts are approximate, from the text).
+THESIS = {
+    "normal": PaperValue(PAPER["thesis"]["plain_successes"] / PAPER["thesis"]["n"], "nguyen-thesis", "§4.2, Fig. 6",
+                         "≈380 of 1 000 images, from the text; budget 7.0, units unstated"),
+    "sdp": PaperValue(PAPER["thesis"]["certified_successes"] / PAPER["thesis"]["n"], "nguyen-thesis", "§4.2, Fig. 6",
+                      "≈70 of 1 000 images, from the text; budget 7.0, units unstated"),
+    "clean": PaperValue(PAPER["thesis"]["plain_clean_accuracy_full_mnist"], "nguyen-thesis", "§4.2",
+                        "plain model, full MNIST test set"),
+}
 
 
-def certify_blocks(name: str, res: dict, out: Path) -> tuple[list[str], list[str]]:
-    """The Markdown and figures of a certify-* report from its reconstructed results ``res``.
+def model_rows(results, n_test: int | None = None) -> dict:
+    """Per variant: clean test accuracy, training notes and training objective, from the stored model info.
 
-    Returns:
-        ``(blocks, figure file names)``.
+    With ``n_test`` (the test images the accuracy was measured on), ``"test_accuracy_estimate"`` holds its interval.
     """
-    plt = _plt()
-    figures = []
-    lines = ["## Models (fc-500 = 784-500-10, MNIST-5k: 4000 train / 1000 test)", "",
-             "| variant | clean test accuracy | notes |", "|---|---|---|"]
-    for v, m in res["models"].items():
+    out = {}
+    for v, m in results.models.items():
+        acc = m.get("test_accuracy")
+        out[v] = {"test_accuracy": acc, "notes": m.get("notes"), "options": (m.get("spec") or {}).get("objective")}
+        if n_test and acc is not None:
+            out[v]["test_accuracy_estimate"] = rate(int(round(acc * n_test)), n_test).to_json()
+    return out
+
+
+def estimate(j: dict | None) -> Estimate | None:
+    """The :class:`Estimate` of its JSON (:meth:`Estimate.to_json`); None stays None."""
+    return None if j is None else Estimate.from_json(j)
+
+
+def _ci(e: Estimate) -> list:
+    return e.to_json()["ci95"]
+
+
+def models_comparison(models: dict, paper: dict[str, PaperValue] | None = None, caption: str = "") -> Comparison:
+    """Per variant: clean test accuracy with its interval (beside ``paper[variant]`` where given), training notes."""
+    comp = Comparison(["variant", "notes"], [Metric("clean test accuracy", digits=3)],
+                      "fc-500 = 784-500-10 on MNIST-5k (4 000 train / 1 000 test); clean accuracy over the 1 000 test "
+                      "images." + (" " + caption if caption else ""))
+    for v, m in models.items():
         extra = "; ".join(f"{k}: {json.dumps(d)}" for k, d in (("training notes", m.get("notes")), ("options", m.get("options"))) if d)
-        lines.append(f"| {v} | {m['test_accuracy']:.3f} | {extra or '–'} |")
-    lines.append("")
-    if name == "certify-bounds":
-        f2, f5 = res["fig2"], res["fig5"]
-        fig, ax = plt.subplots(1, 1, figsize=(6, 4))
+        ours = estimate(m.get("test_accuracy_estimate")) or Estimate.plain(m.get("test_accuracy"))
+        comp.add([v, extra or "–"], Cell(ours, (paper or {}).get(v)))
+    return comp
+
+
+# ------------------------------------------------------------------------------------------------ certify-bounds
+def fig2_section(f2: dict, out: Path) -> tuple[list, list[str]]:
+    """Fig. 2: the lower bounds (Thm. 1, Alg. 1) beside the upper bounds per ε — blocks and figure names."""
+    figures = []
+    if f2["variants"]:
+        curves = []
         for v, rows in f2["variants"].items():
             eps = [r["eps"] for r in rows]
-            ax.plot(eps, [r["alg1"] for r in rows], "o-", label=f"{v}: Alg. 1 (exact Δ)")
-            ax.plot(eps, [r["thm1"] for r in rows], "x--", label=f"{v}: Thm. 1 (linearised)")
-        ax.set_xlabel("ε (ℓ_diff budget)")
-        ax.set_ylabel(f"lower bound on Δ(z_{f2['pair'][0]} − z_{f2['pair'][1]})")
-        ax.set_yscale("log")
-        if f2["variants"]:
-            ax.legend(fontsize=7)
-        p = out / "fig2_lower_bounds.png"
-        fig.tight_layout(); fig.savefig(p, dpi=110); plt.close(fig)
+            curves += [Curve(eps, [r["alg1"] for r in rows], f"{v}: Alg. 1 (exact Δ)", "o-"),
+                       Curve(eps, [r["thm1"] for r in rows], f"{v}: Thm. 1 (linearised)", "x--")]
+        p = curve_panels([Panel("", "ε (ℓ_diff budget)", f"lower bound on Δ(z_{f2['pair'][0]} − z_{f2['pair'][1]})",
+                                curves, logy=True)], out / "fig2_lower_bounds.png", size=(6.0, 4.0))
         figures.append(p.name)
-        lines += ["## Fig. 2 — lower bounds (Alg. 1) vs ε", "", f"Paper: {PAPER['fig2']}", "",
-                  f"Ours: class pair {f2['pair']}, inputs x* in [−1, 1] (as the paper), exact Δ on the bilinear warp; "
-                  "upper bounds for the same box (ρ = 2) beside them.", "",
-                  "| net | ε | Thm. 1 (linearised) | Alg. 1 midpoint | Alg. 1 exact Δ | SDP upper | spectral upper |",
-                  "|---|---|---|---|---|---|---|"]
-        for v, rows in f2["variants"].items():
-            for r in rows:
-                lines.append(f"| {v} | {r['eps']} | {r['thm1']:.3g} | {r['alg1_midpoint']:.3g} | {r['alg1']:.3g} | "
-                             f"{r['upper_sdp']:.3g} | {r['upper_spectral']:.3g} |")
-        lines.append("")
-        if not f5["variants"]:
-            lines += ["## Fig. 5", "", "No variant with a one-hidden-layer classifier has its bounds stored yet.", ""]
-            return ["\n".join(lines)], figures
-        fig, axes = plt.subplots(1, len(f5["variants"]), figsize=(3.2 * len(f5["variants"]), 3.2), squeeze=False)
-        for ax, (v, e) in zip(axes[0], f5["variants"].items()):
-            for m, vals in e["upper"].items():
-                ax.plot(f5["eps"], vals, "o-", label=f"{m} (upper)")
-            ax.plot(f5["eps"], e["attack"], "k^--", label="PGD (lower)")
-            ax.set_title(v); ax.set_xlabel("ε"); ax.set_ylim(-0.02, 1.02)
-        axes[0][0].set_ylabel("0/1 adversarial loss"); axes[0][0].legend(fontsize=7)
-        p = out / "fig5_upper_bounds.png"
-        fig.tight_layout(); fig.savefig(p, dpi=110); plt.close(fig)
-        figures.append(p.name)
-        lines += ["## Fig. 5 — upper bounds on the 0/1 adversarial loss vs ε", "", f"Paper: {PAPER['fig5']}", "",
-                  f"Ours: fraction of the {f5['n_certify']} test images not certified (or misclassified) at ε; "
-                  f"'PGD' is the fraction broken (or misclassified) by SmoothFlowPGD within ε on the first {f5['n_attack']} "
-                  "(empirical lower bound). The STN variant is left out: its classifier is preceded by a spatial "
-                  "transformer, which the one-hidden-layer certificate does not cover; the random net is only in Fig. 2.", "",
-                  "| variant | bound | " + " | ".join(f"ε={e}" for e in f5["eps"]) + " |",
-                  "|---|---|" + "---|" * len(f5["eps"])]
-        for v, e in f5["variants"].items():
-            for m, vals in e["upper"].items():
-                lines.append(f"| {v} | {m} | " + " | ".join(f"{x:.3f}" for x in vals) + " |")
-            lines.append(f"| {v} | PGD (lower) | " + " | ".join(f"{x:.3f}" for x in e["attack"]) + " |")
-        lines.append("")
-        lines += ["Per-unit-ε bound of pair " + str(f2["pair"]) + " (logits per pixel of ℓ_diff) and time to compute all 45 pairs:", "",
-                  "| variant | Frobenius | spectral | SDP (dual) | time (s) | certified ∧ broken |", "|---|---|---|---|---|---|"]
-        for v, e in f5["variants"].items():
-            q = e["q_pair"]
-            lines.append(f"| {v} | {q['frobenius']:.4g} | {q['spectral']:.4g} | {q['sdp']:.4g} | {e['q_time_s']:.0f} | {e['certified_broken']} |")
-        lines.append("")
-    else:
-        f6, th = res["fig6"], res["thesis"]
-        if not f6["variants"]:
-            lines += ["## Fig. 6", "", "No stAdv run is stored yet.", ""]
-            return ["\n".join(lines)], figures
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-        for v, e in f6["variants"].items():
-            taus = [r["tau"] for r in e["rows"]]
-            axes[0].plot(taus, [r["success_rate"] for r in e["rows"]], "o-", label=v)
-            axes[1].plot(taus, [r["adv_accuracy"] for r in e["rows"]], "o-", label=v)
-        axes[0].set_xlabel("τ"); axes[0].set_ylabel("stAdv success rate"); axes[0].legend(fontsize=7)
-        axes[1].set_xlabel("τ"); axes[1].set_ylabel("accuracy on stAdv inputs")
-        p = out / "fig6_stadv_vs_tau.png"
-        fig.tight_layout(); fig.savefig(p, dpi=110); plt.close(fig)
-        figures.append(p.name)
-        lines += ["## Fig. 6 — untargeted stAdv vs τ", "", f"Paper: {PAPER['fig6']}", "",
-                  f"Ours: first {f6['n']} test images, StAdv(τ, steps={f6['max_iter']}); success among correctly "
-                  "classified images; adversarial accuracy over all images.", "",
-                  "The median clean logit margin is shown because stAdv's τ weighs L_flow against logit differences: "
-                  "a net with small logits (the hinge-loss + norm-regularised ones) needs a proportionally smaller τ, so "
-                  "equal τ is not an equal attack strength across variants.", "",
-                  "| variant | clean acc (subset) | median logit margin | " + " | ".join(f"τ={r['tau']}" for r in next(iter(f6['variants'].values()))['rows'])
-                  + " |", "|---|---|---|" + "---|" * len(next(iter(f6['variants'].values()))['rows'])]
-        for v, e in f6["variants"].items():
-            lines.append(f"| {v} | {e['clean_accuracy_subset']:.3f} | {e.get('median_logit_margin', float('nan')):.2f} | " + " | ".join(
-                f"{r['success_rate']:.3f} / {r['adv_accuracy']:.3f}" for r in e["rows"]) + " |")
-        lines += ["", "(cells: success rate / adversarial accuracy)", "",
-                  "## Thesis experiment (Nguyen thesis §4.2) — plain vs SDP-trained", "",
-                  f"Random targets, stAdv with per-example τ binary search in {th['tau_range']} ({th['search_steps']} runs of "
-                  f"{th['max_iter']} L-BFGS steps), hinge max(L_flow − budget, 0); success = target reached with L_flow ≤ budget. "
-                  "Budget 7.0 is the thesis' number in our units (pixels, directed 4-neighbour pairs); 94.5 is 7.0 read in "
-                  "normalised [−1, 1] grid coordinates (×13.5 px); the other budgets sweep the range. The thesis does not state "
-                  "its units. 'already' counts images the net already assigns to their random target (success with a zero flow).", ""]
-        lines += _thesis_table(th)
-        lines += _gap_section(th)
-    return ["\n".join(lines)], figures
+    rows = [[v, r["eps"], f"{r['thm1']:.3g}", f"{r['alg1_midpoint']:.3g}", f"{r['alg1']:.3g}", f"{r['upper_sdp']:.3g}",
+             f"{r['upper_spectral']:.3g}"] for v, rs in f2["variants"].items() for r in rs]
+    blocks = ["## Fig. 2 — lower bounds (Alg. 1) vs ε", f"Paper: {PAPER['fig2']}",
+              Table(["net", "ε", "Thm. 1 (linearised)", "Alg. 1 midpoint", "Alg. 1 exact Δ", "SDP upper", "spectral upper"],
+                    rows, f"Ours: class pair {f2['pair']}, inputs x* in [−1, 1] (as the paper), exact Δ on the bilinear "
+                    "warp; upper bounds for the same box (ρ = 2) beside them. One network and one optimised input per "
+                    "cell: no sampling, no interval.")]
+    return blocks, figures
 
 
-def _thesis_table(th: dict) -> list[str]:
-    paper = PAPER["thesis"]
-    by = {}
+def fig5_section(f5: dict, f2: dict, out: Path) -> tuple[list, list[str]]:
+    """Fig. 5: upper bounds on the 0/1 adversarial loss (1 − certified fraction) and the attack's lower bound per ε."""
+    if not f5["variants"]:
+        return ["## Fig. 5", "No variant with a one-hidden-layer classifier has its bounds stored yet."], []
+    panels, rows = [], []
+    for v, e in f5["variants"].items():
+        curves = []
+        for m, vals in e["upper"].items():
+            ci = e["upper_ci95"][m]
+            curves.append(Curve(f5["eps"], vals, f"{m} (upper)", "o-", [c[0] for c in ci], [c[1] for c in ci]))
+            rows.append([v, m, *[estimate(j) for j in e["upper_estimates"][m]]])
+        curves.append(Curve(f5["eps"], e["attack"], "PGD (lower)", "k^--", [c[0] for c in e["attack_ci95"]],
+                            [c[1] for c in e["attack_ci95"]]))
+        rows.append([v, "PGD (lower)", *[estimate(j) for j in e["attack_estimates"]]])
+        panels.append(Panel(v, "ε", "0/1 adversarial loss", curves, ylim=(-0.02, 1.02)))
+    p = curve_panels(panels, out / "fig5_upper_bounds.png", size=(3.2, 3.2))
+    qrows = [[v, f"{e['q_pair']['frobenius']:.4g}", f"{e['q_pair']['spectral']:.4g}", f"{e['q_pair']['sdp']:.4g}",
+              f"{e['q_time_s']:.0f}", e["certified_broken"]] for v, e in f5["variants"].items()]
+    blocks = ["## Fig. 5 — upper bounds on the 0/1 adversarial loss vs ε", f"Paper: {PAPER['fig5']}",
+              Table(["variant", "bound", *[f"ε={e}" for e in f5["eps"]]], rows,
+                    f"Ours: fraction of the {f5['n_certify']} test images not certified (or misclassified) at ε; 'PGD' is "
+                    f"the fraction broken (or misclassified) by SmoothFlowPGD within ε on the first {f5['n_attack']} "
+                    "(empirical lower bound). The STN variant is left out: its classifier is preceded by a spatial "
+                    "transformer, which the one-hidden-layer certificate does not cover; the random net is only in Fig. 2.",
+                    formats=[(0, False)] * 2 + [(3, False)] * len(f5["eps"])),
+              Table(["variant", "Frobenius", "spectral", "SDP (dual)", "time (s)", "certified ∧ broken"], qrows,
+                    f"Per-unit-ε bound of pair {f2['pair']} (logits per pixel of ℓ_diff; one number per network, no "
+                    "interval) and time to compute all 45 pairs; 'certified ∧ broken' counts examples certified and "
+                    "broken at the same ε (soundness: must be 0).")]
+    return blocks, [p.name]
+
+
+# ------------------------------------------------------------------------------------------------ certify-stadv
+def fig6_section(f6: dict, out: Path) -> tuple[list, list[str]]:
+    """Fig. 6: untargeted stAdv success and adversarial accuracy per variant and τ, with their intervals."""
+    if not f6["variants"]:
+        return ["## Fig. 6", "No stAdv run is stored yet."], []
+    success, accuracy, rows, vrows = [], [], [], []
+    for v, e in f6["variants"].items():
+        taus = [r["tau"] for r in e["rows"]]
+        for key, curves in (("success_rate", success), ("adv_accuracy", accuracy)):
+            ci = [r[f"{key}_ci95"] for r in e["rows"]]
+            curves.append(Curve(taus, [r[key] for r in e["rows"]], v, "o-", [c[0] for c in ci], [c[1] for c in ci]))
+        rows += [[v, r["tau"], estimate(r["success_estimate"]), estimate(r["adv_accuracy_estimate"])] for r in e["rows"]]
+        vrows.append([v, estimate(e["clean_accuracy_subset_estimate"]), f"{e.get('median_logit_margin', math.nan):.2f}"])
+    p = curve_panels([Panel("", "τ", "stAdv success rate", success), Panel("", "τ", "accuracy on stAdv inputs", accuracy)],
+                     out / "fig6_stadv_vs_tau.png", size=(4.5, 3.6))
+    blocks = ["## Fig. 6 — untargeted stAdv vs τ", f"Paper: {PAPER['fig6']}",
+              Table(["variant", "clean accuracy (subset)", "median clean logit margin"], vrows,
+                    f"The first {f6['n']} test images. The median clean logit margin is shown because stAdv's τ weighs "
+                    "L_flow against logit differences: a net with small logits (the hinge-loss + norm-regularised ones) "
+                    "needs a proportionally smaller τ, so equal τ is not an equal attack strength across variants.",
+                    formats=[(0, False), (3, False), (0, False)]),
+              Table(["variant", "τ", "success rate", "adversarial accuracy"], rows,
+                    f"StAdv(τ, max_iter={f6['max_iter']}) on the first {f6['n']} test images; success among correctly "
+                    "classified images, adversarial accuracy over all images.", formats=[(0, False)] * 2 + [(3, False)] * 2)]
+    return blocks, [p.name]
+
+
+def thesis_section(th: dict) -> list:
+    """The thesis experiment: successes per budget, plain vs SDP-trained, the thesis' counts beside ours at 7.0."""
+    by: dict = {}
     for e in th["variants"].values():
         by.setdefault(e["budget"], {})[e["variant"]] = e
-    lines = ["| budget | successes: normal | successes: sdp | already (normal / sdp) | median L_flow of successes (normal / sdp) |",
-             "|---|---|---|---|---|"]
-    med = (lambda e: "—" if e is None or e["median_lflow_success"] is None else f"{e['median_lflow_success']:.1f}")
-    cnt = (lambda e: "—" if e is None else f"{e['successes']} / {e['n']}")
-    alr = (lambda e: "—" if e is None else str(e.get("already_target", "—")))
+    comp = Comparison(["L_flow budget"], [Metric("success rate, normal", digits=3), Metric("success rate, sdp", digits=3)],
+                      f"Success: target reached with L_flow ≤ budget, over the {_n(th)} test images (random targets). "
+                      "The thesis' counts are for budget 7.0 in units it does not state.")
+    rows = []
+    med = (lambda e: "–" if e is None or e["median_lflow_success"] is None else f"{e['median_lflow_success']:.1f}")
     for b in sorted(by):
         n, s = by[b].get("normal"), by[b].get("sdp")
-        lines.append(f"| {b:g} | {cnt(n)} | {cnt(s)} | {alr(n)} / {alr(s)} | {med(n)} / {med(s)} |")
-    acc = {e["variant"]: e["clean_accuracy"] for e in th["variants"].values()}
-    lines += ["", f"Thesis (budget 7, units unstated): plain ≈{paper['plain_successes']} / {paper['n']}, certified "
-              f"≈{paper['certified_successes']} / {paper['n']}; thesis plain model {paper['plain_clean_accuracy_full_mnist']:.2f} "
-              f"accurate on the full MNIST test set. Ours (4 000 training images): normal {acc.get('normal', float('nan')):.3f}, "
-              f"sdp {acc.get('sdp', float('nan')):.3f}.", ""]
-    return lines
+        comp.add([f"{b:g}"], *[Cell(None if e is None else estimate(e["success_estimate"]),
+                                    THESIS[v] if b == 7.0 else None) for v, e in (("normal", n), ("sdp", s))])
+        rows.append([f"{b:g}", *["–" if e is None else e.get("already_target", "–") for e in (n, s)], med(n), med(s)])
+    return [comp, Table(["L_flow budget", "already at the target: normal", "already: sdp",
+                         "median L_flow of successes: normal", "median: sdp"], rows,
+                        "'already' counts images the net already assigns to their random target (success with a zero "
+                        "flow); medians over the successes, no interval.")]
+
+
+def _n(th: dict) -> int:
+    return next(iter(th["variants"].values()))["n"] if th["variants"] else 0
 
 
 def _crossing(points: list[tuple[float, int]], level: float) -> float | None:
@@ -182,26 +198,23 @@ def _crossing(points: list[tuple[float, int]], level: float) -> float | None:
     return None
 
 
-def _gap_section(th: dict) -> list[str]:
+def gap_section(th: dict) -> list:
     """The measured explanation of the gap to the thesis' counts: units of the budget, τ range, training strength."""
     gap = th.get("gap") or {}
     paper = PAPER["thesis"]
     sweep = {v: [(e["budget"], e["successes"]) for e in th["variants"].values() if e["variant"] == v] for v in ("normal", "sdp")}
     if not sweep["normal"]:
         return []
-    n = next(iter(th["variants"].values()))["n"]
+    n = _n(th)
     level = paper["plain_successes"] * n / paper["n"]
     b_star = _crossing(sweep["normal"], level)
-    lines = ["### Why our counts differ from the thesis' — measured", ""]
+    B: list = ["### Why our counts differ from the thesis' — measured"]
     if b_star is None:
-        lines.append(f"**Units of the budget.** The plain net never reaches ≈{level:.0f} successes within the budgets run "
-                     f"(largest {max(b for b, _ in sweep['normal']):g}).")
-        sdp_at = None
+        B.append(f"**Units of the budget.** The plain net never reaches ≈{level:.0f} successes within the budgets run "
+                 f"(largest {max(b for b, _ in sweep['normal']):g}).")
     else:
         sdp_pts = sorted(sweep["sdp"])
-        sdp_at = None
-        if sdp_pts:
-            sdp_at = float(np.interp(b_star, [b for b, _ in sdp_pts], [c for _, c in sdp_pts]))
+        sdp_at = float(np.interp(b_star, [b for b, _ in sdp_pts], [c for _, c in sdp_pts])) if sdp_pts else None
         k = b_star / 7.0
         readings = {"normalised [−1, 1] grid coordinates (×13.5)": 13.5, "undirected neighbour pairs (×0.5)": 0.5,
                     "normalised coordinates and undirected pairs (×6.75)": 6.75}
@@ -209,36 +222,37 @@ def _gap_section(th: dict) -> list[str]:
         verdict = (f"consistent with reading 7.0 in {near[0]}" if near else
                    "no reading of the unit we know of (" + "; ".join(readings) + ") comes within 30 % of that factor, so "
                    "the unit alone does not explain the plain count")
-        lines.append(f"**Units of the budget.** Our plain net reaches the thesis' ≈{level:.0f} successes at an L_flow budget "
-                     f"of ≈{b_star:.0f} in our units — {k:.1f}× the thesis' 7.0: {verdict}."
-                     + ("" if sdp_at is None else f" At that budget our SDP-trained net gives ≈{sdp_at:.0f} successes (thesis "
-                        f"≈{paper['certified_successes'] * n / paper['n']:.0f}): the ratio plain / certified is "
-                        f"{level / max(sdp_at, 1e-9):.2f} for us against {paper['plain_successes'] / paper['certified_successes']:.1f} "
-                        "in the thesis."))
-    lines.append("")
+        B.append(f"**Units of the budget.** Interpolating the budget sweep above, our plain net reaches the thesis' "
+                 f"≈{level:.0f} successes at an L_flow budget of ≈{b_star:.0f} in our units — {k:.1f}× the thesis' 7.0: "
+                 f"{verdict}."
+                 + ("" if sdp_at is None else f" At that budget our SDP-trained net gives ≈{sdp_at:.0f} successes "
+                    f"(interpolated; thesis ≈{paper['certified_successes'] * n / paper['n']:.0f}): the ratio plain / "
+                    f"certified is {level / max(sdp_at, 1e-9):.2f} for us against "
+                    f"{paper['plain_successes'] / paper['certified_successes']:.1f} in the thesis."))
+    base = {(e["variant"], e["budget"]): estimate(e["success_estimate"]) for e in th["variants"].values()}
     tau = gap.get("tau", {})
     if tau:
-        lines += [f"**τ search range.** The same attack with τ searched in {gap['tau_range']} instead of [0, 1000]:", "",
-                  "| budget | normal: [0, 1000] | normal: " + str(gap["tau_range"]) + " | sdp: [0, 1000] | sdp: "
-                  + str(gap["tau_range"]) + " |", "|---|---|---|---|---|"]
-        base = {(e["variant"], e["budget"]): e["successes"] for e in th["variants"].values()}
+        rows = []
         for b in gap["check_budgets"]:
             cells = []
             for v in ("normal", "sdp"):
                 t = tau.get(f"{v}@{b}")
-                cells += [str(base.get((v, b), "—")), "—" if t is None else str(t["successes"])]
-            lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
-        lines.append("")
+                cells += [base.get((v, b)) or "–", "–" if t is None else estimate(t["success_estimate"])]
+            rows.append([f"{b:g}", *cells])
+        rng = str(gap["tau_range"])
+        B += [f"**τ search range.** The same attack with τ searched in {rng} instead of [0, 1000]:",
+              Table(["budget", "normal: [0, 1000]", f"normal: {rng}", "sdp: [0, 1000]", f"sdp: {rng}"], rows,
+                    "Success rate over the same images and targets.", formats=[(0, False)] + [(3, False)] * 4)]
     strength = gap.get("strength", {})
     if strength:
-        acc = next(iter(strength.values()))["clean_accuracy"]
-        lines += [f"**Training strength.** An SDP-trained net with ε_train = {gap['eps_train']:g} (the sdp variant: 0.02), clean "
-                  f"test accuracy {acc:.3f}:", "", "| budget | normal | sdp (ε_train 0.02) | sdp (ε_train "
-                  f"{gap['eps_train']:g}) |", "|---|---|---|---|"]
-        base = {(e["variant"], e["budget"]): e["successes"] for e in th["variants"].values()}
+        acc = estimate(next(iter(strength.values())).get("clean_accuracy_estimate"))
+        rows = []
         for b in gap["check_budgets"]:
             st = strength.get(f"sdp-strong@{b}")
-            lines.append(f"| {b:g} | {base.get(('normal', b), '—')} | {base.get(('sdp', b), '—')} | "
-                         f"{'—' if st is None else st['successes']} |")
-        lines.append("")
-    return lines
+            rows.append([f"{b:g}", base.get(("normal", b)) or "–", base.get(("sdp", b)) or "–",
+                         "–" if st is None else estimate(st["success_estimate"])])
+        B += [f"**Training strength.** An SDP-trained net with ε_train = {gap['eps_train']:g} (the sdp variant: 0.02), "
+              f"clean test accuracy {'–' if acc is None else acc.format(3)}:",
+              Table(["budget", "normal", "sdp (ε_train 0.02)", f"sdp (ε_train {gap['eps_train']:g})"], rows,
+                    "Success rate over the same images and targets.", formats=[(0, False)] + [(3, False)] * 3)]
+    return B

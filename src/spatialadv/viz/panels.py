@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _plt, _save, _show
+from ._mpl import _plt, _save, _show
 
 __all__ = ["prediction_panel"]
 

@@ -162,3 +162,13 @@ def test_detection_rates_from_records():
     # 1 of 2: the exact binomial interval [0.0126, 0.9874]; 1 of 1: [0.025, 1]
     assert r["tpr"].low == pytest.approx(0.012579, abs=1e-6) and r["tpr"].high == pytest.approx(0.987421, abs=1e-6)
     assert r["recovery"].low == pytest.approx(0.025) and r["recovery"].high == 1.0
+
+
+def test_thesis_numbers_carry_their_table():
+    from spatialadv.experiments.lan_detection import _paper
+
+    p = _paper("table3", "C&W", 0, "Table 3")
+    assert p.value == 0.917 and p.source == "Nguyen 2018, Table 3 (CIFAR-10, crafted on VGG-like)"
+    assert _paper("table2", "JSMA", 1, "Table 2").value == 0.614
+    assert _paper("table1_retention", "FGSM", None, "Table 1").value == 0.863
+    assert _paper("table2", "stAdv", 0, "Table 2") is None  # the thesis does not attack with stAdv

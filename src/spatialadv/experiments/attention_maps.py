@@ -240,8 +240,9 @@ def report(cfg: Config, results) -> Report:
                                                  Metric("FGSM-AT → target (%)", pct=True, digits=1),
                                                  Metric("FGSM-AT correct (%)", pct=True, digits=1)],
                          f"{NAMES[data]}: attention shift of successful targeted examples crafted on the plain model; "
-                         "the last two columns evaluate the same examples on the FGSM-trained model (transfer); "
-                         "rates and means over the successful examples (one per image).")
+                         "the last two columns evaluate the same examples on the FGSM-trained model (transfer). "
+                         "Success is over the attacked images, the other columns over the successful examples "
+                         "(one per image).")
         d = {}
         for label in ATTACK_NAMES:
             run = results.get(data, f"grad-cam {label}")

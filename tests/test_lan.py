@@ -153,6 +153,22 @@ def test_detection_rates_from_records():
         {"y": 0, "target": 6, "fools_f1": True, "pred1": 0, "pred2": 0, "pred1_adv": 7, "pred2_adv": 0},
     ]
     r = _rates(recs)
-    assert r["successes"] == 2 and r["n"] == 3
-    assert r["tpr"] == 0.5 and r["tnr"] == 0.5 and r["retention"] == 0.5
-    assert r["filtered"] == 1 and r["tpr_filtered"] == 1.0 and r["tnr_filtered"] == 1.0 and r["recovery"] == 1.0
+    assert r["successes"] == 2 and r["n"] == 3 and r["filtered"] == 1
+    assert (r["success"].k, r["success"].n) == (2, 3)
+    for key, (k, n) in {"tpr": (1, 2), "tnr": (1, 2), "retention": (1, 2), "tpr_filtered": (1, 1),
+                        "tnr_filtered": (1, 1), "recovery": (1, 1)}.items():
+        est = r[key]
+        assert (est.k, est.n, est.method) == (k, n, "clopper-pearson"), key
+    # 1 of 2: the exact binomial interval [0.0126, 0.9874]; 1 of 1: [0.025, 1]
+    assert r["tpr"].low == pytest.approx(0.012579, abs=1e-6) and r["tpr"].high == pytest.approx(0.987421, abs=1e-6)
+    assert r["recovery"].low == pytest.approx(0.025) and r["recovery"].high == 1.0
+
+
+def test_thesis_numbers_carry_their_table():
+    from spatialadv.experiments.lan_detection import _paper
+
+    p = _paper("table3", "C&W", 0, "Table 3")
+    assert p.value == 0.917 and p.source == "Nguyen 2018, Table 3 (CIFAR-10, crafted on VGG-like)"
+    assert _paper("table2", "JSMA", 1, "Table 2").value == 0.614
+    assert _paper("table1_retention", "FGSM", None, "Table 1").value == 0.863
+    assert _paper("table2", "stAdv", 0, "Table 2") is None  # the thesis does not attack with stAdv

@@ -7,6 +7,7 @@ the pairs already stored (see :func:`spatialadv.eval.runner.run_attack`).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import sqlite3
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ResultStore", "StoreError", "encode_array", "decode_array", "encode_arrays", "decode_arrays"]
+__all__ = ["ResultStore", "StoreError", "encode_array", "decode_array", "encode_arrays", "decode_arrays", "array_to_text",
+           "array_from_text"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -80,6 +82,20 @@ def decode_arrays(b: bytes | None) -> dict[str, np.ndarray]:
         return {}
     with np.load(io.BytesIO(b), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def array_to_text(a: np.ndarray) -> str:
+    """An array as ASCII text (base64 of its ``.npy`` bytes), for arrays inside a task item's JSON value.
+
+    A figure's masks or attention maps stored with :meth:`ResultStore.add_items` travel this way; dtype and
+    shape are kept exactly (no pickle).
+    """
+    return base64.b64encode(encode_array(np.asarray(a))).decode("ascii")
+
+
+def array_from_text(s: str) -> np.ndarray:
+    """Inverse of :func:`array_to_text`."""
+    return decode_array(base64.b64decode(s.encode("ascii")))
 
 
 class StoreError(ValueError):

@@ -67,3 +67,19 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def reproduce_tiny(tmp_path_factory, name: str, options: list[str]):
+    """Run ``spatialadv reproduce NAME`` with ``options`` into a fresh folder (own model cache, one thread); its path."""
+    from spatialadv.cli import main
+
+    out = tmp_path_factory.mktemp(name) / "rep"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPATIALADV_CACHE", str(out.parent / "cache"))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            assert main(["reproduce", name, "--out", str(out), *options, "--quiet"]) == 0
+        finally:
+            torch.set_num_threads(threads)
+    return out

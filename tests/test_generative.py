@@ -107,7 +107,7 @@ def test_save_load_round_trip(tmp_path, digits_model, fitted):
     back = SdpAdv.load(path)
     assert back == atk and back.history["best_epoch"] == atk.history["best_epoch"]
     torch.testing.assert_close(back.generate(x)["x_a"], atk.generate(x)["x_a"], rtol=0, atol=0)
-    with pytest.raises(FileNotFoundError, match="generator checkpoint not found: .*missing.safetensors"):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*missing.safetensors"):
         SdpAdv.load(tmp_path / "missing.safetensors")
 
 

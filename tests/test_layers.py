@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("attacks",),
     ("models",),
     ("threats", "ops", "data", "attention"),
-    ("viz", "distributed", "references", "_validation", "_config", "optim"),
+    ("viz", "distributed", "references", "_validation", "_config", "_deprecated", "optim"),
 )
 
 

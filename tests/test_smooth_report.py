@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import reproduce_tiny
 from spatialadv.cli import main
 from spatialadv.eval.compare import mean, rate
 from spatialadv.eval.store import ResultStore
@@ -15,20 +16,9 @@ from spatialadv.experiments.framework import STORE_NAME
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smooth") / "rep"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPATIALADV_CACHE", str(out.parent / "cache"))
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            assert main(["reproduce", "smooth-mnist", "--out", str(out), "--n", "3", "--n-budget", "2", "--epochs", "1",
-                         "--max-train", "300", "--steps", "2", "--binary-search-steps", "1", "--budgets", "1x2",
-                         "--quiet"]) == 0
-        finally:
-            torch.set_num_threads(threads)
-    return out
+    return reproduce_tiny(tmp_path_factory, "smooth-mnist", ["--n", "3", "--n-budget", "2", "--epochs", "1", "--max-train",
+                                                             "300", "--steps", "2", "--binary-search-steps", "1",
+                                                             "--budgets", "1x2"])
 
 
 def _records(out, attack: str) -> list[dict]:

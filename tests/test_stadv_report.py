@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import reproduce_tiny
 from spatialadv.cli import main
 from spatialadv.eval.compare import Cell, PaperValue, mean, rate
 from spatialadv.eval.store import ResultStore
@@ -15,19 +16,8 @@ from spatialadv.experiments.framework import STORE_NAME, rebuild
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("stadv") / "rep"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPATIALADV_CACHE", str(out.parent / "cache"))
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            assert main(["reproduce", "stadv-mnist", "--out", str(out), "--models", "fc-200", "--n", "2",
-                         "--n-baselines", "1", "--n-ablation", "1", "--epochs", "1", "--quiet"]) == 0
-        finally:
-            torch.set_num_threads(threads)
-    return out
+    return reproduce_tiny(tmp_path_factory, "stadv-mnist", ["--models", "fc-200", "--n", "2", "--n-baselines", "1", "--n-ablation", "1",
+                          "--epochs", "1"])
 
 
 def _records(out, attack: str) -> list[dict]:

@@ -23,6 +23,7 @@ Lehigh University, 2018 ("the Nguyen thesis"), §4.
   warped image the model receives (interpolation error bounded exactly per pixel, after TSS, Li et al., CCS 2021).
 """
 
+from .._deprecated import moved
 from ..ops.flow_smoothness import (
     BORDERS,
     box_half_widths,
@@ -84,17 +85,5 @@ __all__ += ["SmoothedClassifier", "SmoothingCertificate", "GridCertificate", "Fl
             "translation_interpolation_bound", "flow_linf_bound", "certify_rotation", "certify_translation",
             "exhaustive_translation", "certify_flow"]
 
-#: classes moved to :mod:`spatialadv.attacks` (attacks sit below certify): deprecated aliases
-_MOVED = {"SmoothFlowPGD": "smooth_flow", "StAdvTauBinarySearch": "stadv_search"}
-
-
-def __getattr__(name: str):
-    """The attacks moved to :mod:`spatialadv.attacks` (``_MOVED``), with a ``DeprecationWarning``."""
-    if name in _MOVED:
-        import importlib
-        import warnings
-
-        warnings.warn(f"spatialadv.certify.{name} moved: import it from spatialadv.attacks", DeprecationWarning,
-                      stacklevel=2)
-        return getattr(importlib.import_module(f"..attacks.{_MOVED[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: names moved to :mod:`spatialadv.attacks` (attacks sit below certify): deprecated aliases
+__getattr__ = moved(__name__, {"SmoothFlowPGD": "spatialadv.attacks", "StAdvTauBinarySearch": "spatialadv.attacks"})

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .._deprecated import moved
 from .._validation import check_int, check_positive
 from ..ops.flow_smoothness import gram_inverse
 from ..ops.warp import flow_warp
@@ -47,18 +48,8 @@ from .bounds import check_input_range, network_weights
 
 __all__ = ["warp_derivative", "LowerBoundResult", "lower_bound_attack", "rescale_to_budget", "pair_margin_change"]
 
-
-def __getattr__(name: str):
-    """``SmoothFlowPGD``, moved to :mod:`spatialadv.attacks`: a deprecated alias (``DeprecationWarning``)."""
-    if name == "SmoothFlowPGD":
-        import warnings
-
-        from ..attacks.smooth_flow import SmoothFlowPGD
-
-        warnings.warn("spatialadv.certify.lower_bound.SmoothFlowPGD moved: import it from spatialadv.attacks",
-                      DeprecationWarning, stacklevel=2)
-        return SmoothFlowPGD
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: names moved to :mod:`spatialadv.attacks` (attacks sit below certify): deprecated aliases
+__getattr__ = moved(__name__, {"SmoothFlowPGD": "spatialadv.attacks"})
 
 
 def warp_derivative(x: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,7 @@ Input filters and ``filter ∘ model``: :mod:`.filters`; the adversaries of the 
 latent attention detection (LAN): :mod:`.lan`.
 """
 
+from .._deprecated import moved
 from .adversarial import (
     attack_adversary,
     ensemble_adversary,
@@ -32,15 +33,5 @@ __all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "ensemble_adversar
            "MaskGenerator", "MaskClassifier", "corrupt", "lan_loss", "train_lan",
            "train_mask_classifier", "LANDetector", "LANConfig", "load_or_train_lan"]
 
-
-def __getattr__(name: str):
-    """``LANAdaptivePGD``, moved to :mod:`spatialadv.attacks`: a deprecated alias (``DeprecationWarning``)."""
-    if name == "LANAdaptivePGD":
-        import warnings
-
-        from ..attacks.adaptive import LANAdaptivePGD
-
-        warnings.warn("spatialadv.defenses.LANAdaptivePGD moved: import it from spatialadv.attacks", DeprecationWarning,
-                      stacklevel=2)
-        return LANAdaptivePGD
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: names moved to :mod:`spatialadv.attacks` (attacks sit below this layer): deprecated aliases
+__getattr__ = moved(__name__, {"LANAdaptivePGD": "spatialadv.attacks"})

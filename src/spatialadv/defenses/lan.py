@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._deprecated import moved
 from .._validation import check_int, check_positive
 from ..models import load_or_build
 
@@ -334,15 +335,5 @@ def load_or_train_lan(f1: nn.Module, f1_key: str, train, config: LANConfig = LAN
             p.requires_grad_(False)
     return LANDetector(f1, g, f2), info
 
-
-def __getattr__(name: str):
-    """``LANAdaptivePGD``, moved to :mod:`spatialadv.attacks`: a deprecated alias (``DeprecationWarning``)."""
-    if name == "LANAdaptivePGD":
-        import warnings
-
-        from ..attacks.adaptive import LANAdaptivePGD
-
-        warnings.warn("spatialadv.defenses.lan.LANAdaptivePGD moved: import it from spatialadv.attacks",
-                      DeprecationWarning, stacklevel=2)
-        return LANAdaptivePGD
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: names moved to :mod:`spatialadv.attacks` (attacks sit below this layer): deprecated aliases
+__getattr__ = moved(__name__, {"LANAdaptivePGD": "spatialadv.attacks"})

@@ -403,14 +403,20 @@ class Comparison:
     def _sources(self, j: int) -> set[str]:
         return {c[j].paper.source for _, c in self.rows if c[j].paper is not None}
 
+    def _shared_source(self) -> str | None:
+        """The one source of every paper value of the table (named once, in the caption), or None."""
+        src = set().union(*(self._sources(j) for j in range(len(self.metrics))))
+        return next(iter(src)) if len(src) == 1 else None
+
     def columns(self) -> list[str]:
         """The rendered header cells."""
-        cols = list(self.keys)
+        cols, shared = list(self.keys), self._shared_source()
         for j, m in enumerate(self.metrics):
             cols.append(f"{m.name}: ours [95 % CI]")
             src = self._sources(j)
             if src:
-                cols += [f"paper ({next(iter(src))})" if len(src) == 1 else "paper", "paper in CI"]
+                one = len(src) == 1 and shared is None
+                cols += [f"paper ({next(iter(src))})" if one else "paper", "paper in CI"]
         return cols
 
     def methods(self) -> list[str]:
@@ -435,8 +441,9 @@ class Comparison:
                         out.append(v if len(src) == 1 else f"{v} ({c.paper.source})")
                     out.append(_yes_no(c.inside))
             lines.append("| " + " | ".join(out) + " |")
+        shared = self._shared_source()
         note = interval_note(self.methods())
-        cap = " ".join(s for s in (self.caption, note) if s)
+        cap = " ".join(s for s in (self.caption, f"Paper: {shared}." if shared else "", note) if s)
         if cap:
             lines += ["", cap]
         return "\n".join(lines)

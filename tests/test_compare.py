@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from spatialadv.eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, mean, rate, run_estimates
+from spatialadv.eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, bootstrap, mean, rate, run_estimates
 from spatialadv.experiments.framework import Table
 
 
@@ -119,3 +119,13 @@ def test_table_cells_may_be_estimates_and_the_caption_names_the_interval():
     t = Table(["model", "rate"], [["a", rate(9, 10)]], "Rates.")
     md = t.markdown()
     assert "| a | 0.90 [0.55, 1.00] |" in md and md.endswith("Rates. Brackets: 95 % interval — Clopper–Pearson (exact binomial).")
+
+
+def test_bootstrap_of_any_statistic_agrees_with_the_mean_and_resamples_clusters():
+    v = np.random.default_rng(2).normal(1.0, 0.5, size=60)
+    assert bootstrap([v], np.mean, range(60)) == mean(v)  # the same draws: one statistic, two entry points
+    w = v + 1.0
+    ratio = bootstrap([v, w], lambda a, b: a.mean() / b.mean(), np.repeat(np.arange(20), 3))
+    assert ratio.method == "cluster-bootstrap" and ratio.value == pytest.approx(v.mean() / w.mean())
+    assert ratio.low < ratio.value < ratio.high
+    assert math.isnan(bootstrap([v[:3]], np.std, [0, 0, 0]).low)  # one image: no interval

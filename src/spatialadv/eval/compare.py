@@ -266,6 +266,45 @@ def mean(values, *, clusters=None, confidence: float = CONFIDENCE, seed: int = 0
     return Estimate(m, float(lo), float(hi), int(v.size), "bootstrap")
 
 
+def bootstrap(columns: Sequence, stat, clusters, *, seed: int = 0) -> Estimate:
+    """Any statistic of paired columns with its percentile-bootstrap interval, resampling whole clusters (images).
+
+    For statistics that are not means (a standard deviation, a ratio of means, e.g. stAdv Table 6): :data:`RESAMPLES`
+    resamples, seeded, as :func:`mean` does; the clusters are resampled as wholes.
+
+    Args:
+        columns: 1-D arrays of equal length (one value per example).
+        stat: ``stat(*columns) -> float``.
+        clusters: one cluster id per example (e.g. the image index); distinct ids give the plain bootstrap.
+        seed: the bootstrap's seed.
+
+    Returns:
+        An :class:`Estimate` (``method`` ``"cluster-bootstrap"`` when some cluster holds several values, else
+        ``"bootstrap"``); NaN with no values, NaN interval with fewer than two values or clusters.
+    """
+    cols = [np.asarray(c, dtype=np.float64) for c in columns]
+    n = int(cols[0].size) if cols else 0
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, "bootstrap")
+    value = float(stat(*cols))
+    if n < 2:
+        return Estimate(value, math.nan, math.nan, n, "bootstrap")
+    _, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    n_clusters = int(inv.max()) + 1
+    if n_clusters < 2:  # one image: resampling it always draws the same values
+        return Estimate(value, math.nan, math.nan, n, "cluster-bootstrap" if n > 1 else "bootstrap")
+    members = [np.flatnonzero(inv == c) for c in range(n_clusters)]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_clusters, size=(RESAMPLES, n_clusters))
+    vals = []
+    for d in draws:
+        sel = np.concatenate([members[c] for c in d])
+        vals.append(stat(*(c[sel] for c in cols)))
+    a = (1 - CONFIDENCE) / 2
+    lo, hi = np.nanquantile(np.asarray(vals, dtype=np.float64), [a, 1 - a])
+    return Estimate(value, float(lo), float(hi), n, "cluster-bootstrap" if n_clusters < n else "bootstrap")
+
+
 def run_estimates(records: list[dict], *, seed: int = 0) -> dict[str, Estimate]:
     """The report metrics of one run's records (see :func:`spatialadv.eval.runner.summarize`) with intervals.
 

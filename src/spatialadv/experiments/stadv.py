@@ -18,7 +18,7 @@ import torch
 from ..attacks import FGSM, IFGSM, MIM, PGD, CarliniWagnerL2, StAdv
 from ..attacks.base import Attack
 from ..data import DataSpec
-from ..eval.compare import CONFIDENCE, RESAMPLES, Cell, Comparison, Estimate, Metric, PaperValue, mean, rate
+from ..eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, bootstrap, mean, rate
 from ..eval.runner import make_pairs
 from ..models import MODELS
 from ..ops.flow import flow_tv_loss
@@ -142,39 +142,6 @@ def _by_key(values: dict, stat=None) -> Estimate:
     return mean([values[k] for k in keys], clusters=ids)
 
 
-def _cluster_stat(columns: list, stat, clusters, seed: int = 0) -> Estimate:
-    """``stat(*columns)`` with its percentile-bootstrap interval, resampling whole clusters (images).
-
-    The statistics of Table 6 that are not means (a standard deviation, a ratio of means) get their interval the way
-    :func:`~spatialadv.eval.compare.mean` gives a mean's: :data:`~spatialadv.eval.compare.RESAMPLES` resamples, seeded;
-    the clusters are resampled as wholes when some holds several values (``"cluster-bootstrap"``). NaN with no values;
-    NaN interval with fewer than two values or clusters.
-    """
-    import numpy as np
-
-    cols = [np.asarray(c, dtype=np.float64) for c in columns]
-    n = int(cols[0].size) if cols else 0
-    if n == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0, "bootstrap")
-    value = float(stat(*cols))
-    if n < 2:
-        return Estimate(value, math.nan, math.nan, n, "bootstrap")
-    _, inv = np.unique(np.asarray(clusters), return_inverse=True)
-    n_clusters = int(inv.max()) + 1
-    if n_clusters < 2:  # one image: resampling it always draws the same values
-        return Estimate(value, math.nan, math.nan, n, "cluster-bootstrap" if n > 1 else "bootstrap")
-    members = [np.flatnonzero(inv == c) for c in range(n_clusters)]
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_clusters, size=(RESAMPLES, n_clusters))
-    vals = []
-    for d in draws:
-        sel = np.concatenate([members[c] for c in d])
-        vals.append(stat(*(c[sel] for c in cols)))
-    a = (1 - CONFIDENCE) / 2
-    lo, hi = np.nanquantile(np.asarray(vals, dtype=np.float64), [a, 1 - a])
-    return Estimate(value, float(lo), float(hi), n, "cluster-bootstrap" if n_clusters < n else "bootstrap")
-
-
 def _count(n: int) -> str:
     """``4000`` as ``"4 000"``."""
     return f"{n:,}".replace(",", " ")
@@ -256,10 +223,10 @@ def report(cfg: Config, results) -> Report:
         l2 = [st["l2_by_key"][k] * unit for k in keys]
         t6.add([m, len(keys)],
                Cell(mean(tv, clusters=ids), PaperValue(ptv, "stadv", "Table 6", note="MNIST")),
-               Cell(_cluster_stat([tv], _std, ids), PaperValue(ptvs, "stadv", "Table 6", note="MNIST")),
+               Cell(bootstrap([tv], _std, ids), PaperValue(ptvs, "stadv", "Table 6", note="MNIST")),
                Cell(mean(l2, clusters=ids), PaperValue(pl2, "stadv", "Table 6", note="MNIST")),
-               Cell(_cluster_stat([l2], _std, ids), PaperValue(pl2s, "stadv", "Table 6", note="MNIST")),
-               Cell(_cluster_stat([tv, l2], lambda a, b: a.mean() / b.mean(), ids),
+               Cell(bootstrap([l2], _std, ids), PaperValue(pl2s, "stadv", "Table 6", note="MNIST")),
+               Cell(bootstrap([tv, l2], lambda a, b: a.mean() / b.mean(), ids),
                     PaperValue(round(ptv / pl2, 3), "stadv", "Table 6", note="MNIST, ratio of its means")))
     blocks.append(t6)
     blocks.append("## The solver's budget")

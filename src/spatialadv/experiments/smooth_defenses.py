@@ -211,8 +211,6 @@ def report(cfg: Config, res) -> Report:
     tr = res.get("c4", "transfer")
     out_tr: dict = {}
     if tr is not None:
-        from ..eval import protocol_summary
-
         items = tr.items()
         t3 = Comparison(["attack (single distortion target)"],
                         [Metric("source: plain C4, P_suc (%)", pct=True, digits=1), Metric("source: plain C4, D̄"),

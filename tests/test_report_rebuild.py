@@ -22,7 +22,7 @@ import torch
 
 from spatialadv.attacks.base import Attack
 from spatialadv.eval.store import ResultStore
-from spatialadv.experiments import experiments, rebuild, run_experiment
+from spatialadv.experiments import experiments, framework, rebuild, run_experiment
 
 #: Per experiment: the overrides of its default Config that make it run in seconds (from the per-experiment tests).
 TINY: dict[str, dict] = {
@@ -139,3 +139,12 @@ def test_report_rebuilds_byte_for_byte(name, shared_cache, tmp_path, monkeypatch
     assert doc2["figures"] == figures
     for f in figures:
         assert (out / f).is_file() and (out / f).stat().st_size > 1000, f"{name}: figure {f} not rebuilt"
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in Path(framework.__file__).parent.glob("*.py")
+                                           if p.stem != "framework"))  # the one renderer
+def test_no_experiment_module_builds_a_markdown_row_itself(module):
+    """Tables are data (``Table`` / ``Comparison``), rendered by the framework: no ``"| ..."`` row in experiment code."""
+    src = (Path(framework.__file__).parent / f"{module}.py").read_text()
+    assert '"| ' not in src and "'| " not in src, f"experiments/{module}.py builds a Markdown table row as a string"
+

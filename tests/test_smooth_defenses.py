@@ -9,7 +9,6 @@ import pytest
 from spatialadv.cli import main
 from spatialadv.eval.compare import mean, rate
 from spatialadv.eval.store import ResultStore
-from spatialadv.experiments import smooth_defenses
 from spatialadv.experiments.framework import STORE_NAME
 from spatialadv.experiments.smooth import PAPER as TABLE1
 from spatialadv.experiments.smooth_defenses import ATTACKS, PAPER, Config, transfer_attacks
@@ -76,8 +75,3 @@ def test_transfer_attacks_use_one_distortion_target_and_bad_config_raises():
     assert atk["FGSM"].eps == 0.3 and atk["PGD2"].eps == 5.0 and atk["C&W"].binary_search_steps == 1
     with pytest.raises(ValueError, match="at-weight"):
         Config(at_weight=1.5)
-
-
-def test_no_markdown_row_is_built_as_a_string():
-    src = open(smooth_defenses.__file__).read()
-    assert '"| ' not in src and "'| " not in src

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from conftest import reproduce_tiny
-from spatialadv.cli import main
 from spatialadv.eval.compare import mean, rate
 from spatialadv.eval.store import ResultStore
 from spatialadv.experiments import smooth
@@ -53,13 +52,3 @@ def test_table1_cells_are_recomputed_from_the_store_beside_the_paper(run):
     fgsm = t1["rows"][0]["P_suc (%)"]["ours"]
     lo, hi = fgsm["ci95"]
     assert f"| FGSM | {t1['rows'][0]['N_suc / N']} | {100 * fgsm['value']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | 89.0 |" in md
-
-
-def test_report_rebuilds_byte_for_byte_and_holds_no_hand_built_rows(run):
-    md = (run / "report.md").read_text()
-    js = (run / "report.json").read_text()
-    (run / "report.md").unlink()
-    assert main(["report", str(run)]) == 0
-    assert (run / "report.md").read_text() == md and (run / "report.json").read_text() == js
-    src = open(smooth.__file__).read()
-    assert '"| ' not in src and "'| " not in src

@@ -9,7 +9,6 @@ import pytest
 from spatialadv.cli import main
 from spatialadv.eval.compare import rate
 from spatialadv.eval.store import ResultStore
-from spatialadv.experiments import stadv_defenses
 from spatialadv.experiments.framework import STORE_NAME
 from spatialadv.experiments.stadv_defenses import DEFENSES, PAPER, TRANSFERRED, Config, attacks
 
@@ -76,8 +75,3 @@ def test_attacks_and_config_checks():
         Config(filter_size=4)
     with pytest.raises(ValueError, match="eps"):
         Config(eps=1.5)
-
-
-def test_no_markdown_row_is_built_as_a_string():
-    src = open(stadv_defenses.__file__).read()
-    assert '"| ' not in src and "'| " not in src

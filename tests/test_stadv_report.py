@@ -7,7 +7,6 @@ import json
 import pytest
 
 from conftest import reproduce_tiny
-from spatialadv.cli import main
 from spatialadv.eval.compare import Cell, PaperValue, mean, rate
 from spatialadv.eval.store import ResultStore
 from spatialadv.experiments import stadv
@@ -68,13 +67,3 @@ def test_paper_in_ci_flag_follows_the_interval(run, monkeypatch):
         assert Cell(None, PaperValue(value, "stadv", "Table 1")).inside is None
     monkeypatch.undo()
     rebuild(run)
-
-
-def test_report_rebuilds_byte_for_byte_and_holds_no_hand_built_rows(run):
-    md = (run / "report.md").read_text()
-    js = (run / "report.json").read_text()
-    (run / "report.md").unlink()
-    assert main(["report", str(run)]) == 0
-    assert (run / "report.md").read_text() == md and (run / "report.json").read_text() == js
-    src = (stadv.__file__ and open(stadv.__file__).read())
-    assert '"| ' not in src and "'| " not in src  # no Markdown row built as a string

@@ -128,21 +128,20 @@ def _cluster_index(clusters) -> tuple[np.ndarray, int] | None:
     return (inv, n_clusters) if n_clusters < inv.size else None
 
 
-def _cluster_bootstrap(values: np.ndarray, weights: np.ndarray, inv: np.ndarray, n_clusters: int, seed: int,
-                       confidence: float) -> tuple[float, float]:
-    """Percentile interval of ``Σ values / Σ weights`` resampling whole clusters."""
+def _cluster_mean_interval(values: np.ndarray, inv: np.ndarray, n_clusters: int, seed: int,
+                           confidence: float) -> tuple[float, float]:
+    """Percentile interval of the mean of ``values``, resampling whole clusters.
+
+    The vectorised :func:`bootstrap` of a mean: the same draws, so the same interval.
+    """
     rng = np.random.default_rng(seed)
-    num = np.bincount(inv, weights=values, minlength=n_clusters)
-    den = np.bincount(inv, weights=weights, minlength=n_clusters)
+    sums = np.bincount(inv, weights=values, minlength=n_clusters)
+    sizes = np.bincount(inv, minlength=n_clusters).astype(np.float64)
     draws = rng.integers(0, n_clusters, size=(RESAMPLES, n_clusters))
     counts = np.stack([np.bincount(d, minlength=n_clusters) for d in draws])
-    tot_den = counts @ den
-    ok = tot_den > 0
-    ratios = (counts @ num)[ok] / tot_den[ok]
-    if ratios.size == 0:
-        return math.nan, math.nan
+    means = (counts @ sums) / (counts @ sizes)
     a = (1 - confidence) / 2
-    lo, hi = np.quantile(ratios, [a, 1 - a])
+    lo, hi = np.quantile(means, [a, 1 - a])
     return float(lo), float(hi)
 
 
@@ -255,7 +254,7 @@ def mean(values, *, clusters=None, confidence: float = CONFIDENCE, seed: int = 0
     if ci is not None and ci[1] < 2:  # one image: resampling it always draws the same values
         return Estimate(m, math.nan, math.nan, int(v.size), "cluster-bootstrap")
     if ci is not None:
-        lo, hi = _cluster_bootstrap(v, np.ones_like(v), ci[0], ci[1], seed, confidence)
+        lo, hi = _cluster_mean_interval(v, ci[0], ci[1], seed, confidence)
         return Estimate(m, lo, hi, int(v.size), "cluster-bootstrap")
     if np.ptp(v) == 0:
         return Estimate(m, m, m, int(v.size), "bootstrap")

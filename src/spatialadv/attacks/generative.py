@@ -213,7 +213,10 @@ class SdpAdv(Attack):
 
         Returns:
             dict with ``theta_raw`` and ``theta`` ``(N, 2, 3)`` (normalised),
-            ``x_t``, ``eta_raw``, ``eta`` and ``x_a`` ``(N, C, H, W)``.
+            ``x_t``, ``eta_raw``, ``eta`` and ``x_a`` ``(N, C, H, W)``, all in
+            ``x``'s dtype (the networks run in their own dtype: float64 images
+            with a float32 generator are cast for the networks and the warp is
+            done in float64).
 
         Raises:
             ValueError: no networks (not fitted and ``nets`` not given), or
@@ -226,15 +229,16 @@ class SdpAdv(Attack):
             raise ValueError(f"x must have images of shape {tuple(nets.shape)} (as fitted), got {tuple(x.shape[1:])}")
         n = x.shape[0]
         threat = self.threat
+        gdt = next(nets.parameters()).dtype  # the networks run in their own dtype; outputs come back in x's
         if self.gamma > 0:
-            theta_raw = nets.h_sd(x).view(n, 2, 3).to(x.dtype)
+            theta_raw = nets.h_sd(x.to(gdt)).view(n, 2, 3).to(x.dtype)
             theta = threat.project_theta(theta_raw)
             x_t = affine_warp(x, theta)
         else:  # AdvGAN: θ = θ_I exactly, x_T = x
             theta_raw = theta = identity_theta(n, dtype=x.dtype, device=x.device)
             x_t = x
         if self.eps > 0:
-            eta_raw = nets.h_p(x_t).view_as(x).to(x.dtype)
+            eta_raw = nets.h_p(x_t.to(gdt)).view_as(x).to(x.dtype)
             eta = threat.project_eta(eta_raw)
             x_a = (x_t + eta).clamp(0.0, 1.0)
         else:  # SdAdv: no perturbation

@@ -67,12 +67,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_images, check_labels
+from .._validation import check_bool, check_images, check_int, check_labels
 from ..ops.flow_smoothness import box_half_widths, gram_min_eigenvalue
 
 __all__ = ["NetworkWeights", "network_weights", "pair_matrices", "sdp_exact", "brute_force_max", "sdp_dual_bound",
            "ritz_top_eigen", "dual_objective", "optimize_dual", "pair_bounds", "Certificate", "certify", "METHODS",
-           "initial_dual", "class_pairs", "check_input_range", "PairBounds", "weights_fingerprint"]
+           "initial_dual", "class_pairs", "check_input_range", "PairBounds", "weights_fingerprint",
+           "check_reconstruction", "reconstructed_logits"]
 
 METHODS = ("sdp", "spectral", "frobenius", "linear", "min")
 
@@ -99,6 +100,10 @@ class NetworkWeights:
         return self.W is not None
 
 
+_SUPPORTED = ("the spatial certificate supports nn.Flatten → nn.Linear → nn.ReLU → nn.Linear (one hidden layer) or "
+              "nn.Flatten → nn.Linear models (nn.Dropout and nn.Identity ignored), returning logits")
+
+
 def network_weights(model: nn.Module) -> NetworkWeights:
     """Read the weights of ``Flatten → Linear → ReLU → Linear`` or ``Flatten → Linear``.
 
@@ -106,25 +111,138 @@ def network_weights(model: nn.Module) -> NetworkWeights:
     in eval mode). The tensors are the model's parameters (not copies), so bounds
     built from them are differentiable with respect to the weights.
 
+    Only the layer kinds are read here; whether ``model.forward`` really computes
+    this network (and not, e.g., ``net(2 * x)`` or a softmax of it) is checked by
+    :func:`check_reconstruction` (called by :func:`pair_bounds` and :func:`certify`).
+
     Raises:
-        TypeError: any other architecture (the bounds hold only for these).
+        TypeError: ``model`` not an ``nn.Module``; any other layer kind (convolutions,
+            other activations, normalisation, a final softmax, ...) or parameters
+            outside the supported layers (the bounds hold only for these networks).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     leaves = [m for m in model.modules() if len(list(m.children())) == 0]
     leaves = [m for m in leaves if not isinstance(m, (nn.Flatten, nn.Dropout, nn.Identity))]
     kinds = [type(m) for m in leaves]
+    names = [k.__name__ for k in kinds]
+    if kinds and kinds[-1] in (nn.Softmax, nn.LogSoftmax, nn.Sigmoid, nn.Softmin):
+        raise TypeError(f"model ends with {names[-1]}: the certificate bounds logit margins, remove the final "
+                        f"{names[-1]}; {_SUPPORTED}; got layers {names}")
     if kinds == [nn.Linear, nn.ReLU, nn.Linear]:
         w, v = leaves[0], leaves[2]
-        b = w.bias if w.bias is not None else torch.zeros(w.out_features, dtype=w.weight.dtype)
-        c = v.bias if v.bias is not None else torch.zeros(v.out_features, dtype=v.weight.dtype)
-        return NetworkWeights(w.weight, b, v.weight, c)
-    if kinds == [nn.Linear]:
+        b = w.bias if w.bias is not None else torch.zeros(w.out_features, dtype=w.weight.dtype, device=w.weight.device)
+        c = v.bias if v.bias is not None else torch.zeros(v.out_features, dtype=v.weight.dtype, device=v.weight.device)
+        net = NetworkWeights(w.weight, b, v.weight, c)
+    elif kinds == [nn.Linear]:
         v = leaves[0]
-        c = v.bias if v.bias is not None else torch.zeros(v.out_features, dtype=v.weight.dtype)
-        return NetworkWeights(None, None, v.weight, c)
-    raise TypeError("the spatial certificate supports Flatten→Linear→ReLU→Linear (one hidden layer) or "
-                    f"Flatten→Linear models; got layers {[k.__name__ for k in kinds]}")
+        c = v.bias if v.bias is not None else torch.zeros(v.out_features, dtype=v.weight.dtype, device=v.weight.device)
+        net = NetworkWeights(None, None, v.weight, c)
+    else:
+        raise TypeError(f"{_SUPPORTED}; got layers {names} (convolutions, other activations or normalisation layers "
+                        "are not supported)")
+    known = {id(p) for m in leaves for p in m.parameters()}
+    extra = [name for name, p in model.named_parameters() if id(p) not in known]
+    if extra:
+        raise TypeError(f"{_SUPPORTED}; the model has parameters outside these layers ({', '.join(extra[:4])}), "
+                        "which the certificate cannot describe")
+    return net
+
+
+def reconstructed_logits(net: NetworkWeights, x: Tensor) -> Tensor:
+    """Logits ``(N, K)`` float64 of the network described by ``net`` on ``x`` ``(N, C, H, W)``.
+
+    ``V relu(W x + b) + c`` (or ``V x + c``) on the flattened images, computed
+    in float64 (the network :func:`pair_bounds` bounds).
+    """
+    z = x.detach().flatten(1).to(torch.float64)
+    if net.hidden:
+        z = torch.relu(z @ net.W.detach().to(z.device, torch.float64).T + net.b.detach().to(z.device, torch.float64))
+    return z @ net.V.detach().to(z.device, torch.float64).T + net.c.detach().to(z.device, torch.float64)
+
+
+def _dropout_active(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in model.modules())
+
+
+def _call_model(model: nn.Module, x: Tensor) -> Tensor:
+    """``model(x)`` without gradients; torch errors on ``x`` become TypeError/ValueError naming ``x``."""
+    from ..attacks.base import model_input_error
+
+    with torch.no_grad():
+        try:
+            out = model(x)
+        except RuntimeError as e:
+            raise model_input_error(model, x, e) from e
+    if not isinstance(out, Tensor):
+        raise TypeError(f"the model must return a logits tensor (N, K), got {type(out).__name__} "
+                        "(return the logits only, not a tuple or dict)")
+    return out
+
+
+def check_reconstruction(model: nn.Module, net: NetworkWeights, x: Tensor, logits: Tensor | None = None) -> Tensor:
+    """Check that ``model`` computes the network :func:`network_weights` read from its weights, on ``x``.
+
+    The certificate bounds the network rebuilt from the weights
+    (:func:`reconstructed_logits`); a ``forward`` that rescales its input, adds
+    a softmax, or returns NaN would be certified with the wrong bound. One
+    forward pass of ``model`` on ``x`` (skipped when ``logits`` is given) is
+    compared with the rebuilt network's logits.
+
+    Tolerance: ``max |model(x) − rebuilt(x)| ≤ tol``, ``tol = max(1e-4, 10·ε_dtype) · (1 + max |rebuilt(x)|)``
+    (``ε_dtype`` the machine epsilon of the model's weights, 2⁻¹⁰ for float32 on CUDA
+    with TF32 matmuls allowed). The comparison is
+    skipped (the other checks are not) when active dropout (train mode) makes the
+    model's output random.
+
+    Args:
+        model: the module (its mode is not changed).
+        net: its :func:`network_weights`.
+        x: ``(N, C, H, W)`` images, in the model's dtype and on its device.
+        logits: ``model(x)`` if already computed.
+
+    Returns:
+        The model's logits ``(N, K)`` (in the model's dtype).
+
+    Raises:
+        TypeError: the model did not return a float tensor (e.g. a tuple), or raised on ``x``
+            because of its dtype.
+        ValueError: ``x`` of the wrong size for the first layer; logits of the wrong shape,
+            NaN/inf, that look like probabilities (every row non-negative and summing to 1),
+            or that differ from the rebuilt network's beyond the tolerance.
+    """
+    in_dim = net.W.shape[1] if net.hidden else net.V.shape[1]
+    d = int(math.prod(x.shape[1:]))
+    if d != in_dim:
+        raise ValueError(f"x has images of shape {tuple(x.shape[1:])} ({d} values) but the model's first layer takes "
+                         f"{in_dim} values")
+    out = _call_model(model, x) if logits is None else logits
+    n, k = x.shape[0], net.V.shape[0]
+    if not out.is_floating_point():
+        raise TypeError(f"the model must return a floating-point logits tensor (N, K), got dtype {out.dtype}")
+    if tuple(out.shape) != (n, k):
+        raise ValueError(f"the model must return logits of shape ({n}, {k}) (its last layer has {k} outputs), "
+                         f"got {tuple(out.shape)}")
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError("the model returned NaN or infinite logits; the certificate needs finite logits")
+    out64 = out.detach().to(torch.float64)
+    if bool((out64 >= 0).all()) and bool(((out64.sum(1) - 1).abs() <= 1e-4).all()):
+        raise ValueError("the model's output looks like probabilities (every row non-negative and summing to 1): the "
+                         "certificate bounds logit margins; remove the final softmax and pass the logits")
+    if _dropout_active(model):
+        return out
+    ref = reconstructed_logits(net, x)
+    eps = torch.finfo(net.V.dtype).eps if net.V.is_floating_point() else 0.0
+    if net.V.dtype == torch.float32 and net.V.is_cuda and torch.backends.cuda.matmul.allow_tf32:
+        eps = 2.0**-10  # TF32 matmuls keep 10 mantissa bits
+    tol = max(1e-4, 10 * eps) * (1.0 + float(ref.abs().max()))
+    diff = float((out64 - ref.to(out64.device)).abs().max())
+    if not diff <= tol:
+        raise ValueError(f"the model's logits differ from those of the network rebuilt from its weights (max abs logit "
+                         f"difference {diff:.4g} > tolerance {tol:.3g}): its forward does not apply these layers to the images "
+                         "as they are (e.g. it rescales or normalises the input); the certificate would bound another "
+                         "network")
+    return out
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -592,6 +710,16 @@ def _adam_dual(w, dv, lam, c, steps, lr, ritz_iters, gen, block, smoothing):
 
 
 # ------------------------------------------------------------------------------------ pair bounds
+def _probe(net: NetworkWeights, image_shape: tuple[int, int, int], input_range) -> Tensor:
+    """Four seeded images ``(4, C, H, W)`` in ``input_range`` (dtype and device of the weights): the corners and two uniform draws."""
+    lo, hi = float(input_range[0]), float(input_range[1])
+    gen = torch.Generator().manual_seed(0)
+    u = torch.rand((2, *image_shape), generator=gen, dtype=torch.float64)
+    u = torch.cat([torch.zeros(1, *image_shape, dtype=torch.float64), torch.ones(1, *image_shape, dtype=torch.float64), u])
+    dtype = net.V.dtype if net.V.is_floating_point() else torch.float32
+    return (lo + (hi - lo) * u).to(device=net.V.device, dtype=dtype)
+
+
 def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_range=(0.0, 1.0), border: str = "zeros",
                 ridge: float = 0.0, dual_steps: int = 100, ritz_iters: int = 4, exact: bool = False,
                 solver: str = "CLARABEL") -> PairBounds:
@@ -628,13 +756,26 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
         :func:`certify` can check it bounds the model it certifies).
 
     Raises:
-        ValueError: unknown method, bad shape/range, singular MᵀM; TypeError: unsupported model.
+        ValueError: unknown method, bad shape/range, border or ridge, ``dual_steps`` or
+            ``ritz_iters`` < 1, singular MᵀM; the model's output on a few seeded
+            probe images in ``input_range`` is not the network rebuilt from its
+            weights (:func:`check_reconstruction`: rescaled input, softmax, NaN).
+        TypeError: unsupported model (:func:`network_weights`), non-int ``dual_steps`` /
+            ``ritz_iters``, non-bool ``exact``, a model returning no tensor.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_int(dual_steps, "dual_steps", minimum=1)
+    check_int(ritz_iters, "ritz_iters", minimum=1)
+    check_bool(exact, "exact")
+    if border not in ("zeros", "replicate"):
+        raise ValueError(f"border must be 'zeros' or 'replicate', got {border!r}")
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
     if method == "min":
         parts = [pair_bounds(model, image_shape, method=m, input_range=input_range, border=border, ridge=ridge,
-                             dual_steps=dual_steps, ritz_iters=ritz_iters, exact=exact, solver=solver).as_subclass(Tensor)
+                             dual_steps=dual_steps, ritz_iters=ritz_iters, exact=exact,
+                             solver=solver).as_subclass(Tensor)
                  for m in ("sdp", "spectral", "frobenius")]
         q = torch.stack(parts).amin(0)
         return PairBounds(q, fingerprint=weights_fingerprint(model), image_shape=tuple(image_shape), input_range=input_range,
@@ -642,11 +783,12 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
     ch, h, w = _check_shape(image_shape)
     rho = check_input_range(input_range)
     net = network_weights(model)
-    lam = _lam_d(image_shape, border, ridge)
     d = ch * h * w
     in_dim = net.W.shape[1] if net.hidden else net.V.shape[1]
     if in_dim != d:
         raise ValueError(f"image_shape {image_shape} has {d} pixels but the model's first layer takes {in_dim}")
+    check_reconstruction(model, net, _probe(net, (ch, h, w), input_range))
+    lam = _lam_d(image_shape, border, ridge)
     k = net.V.shape[0]
     pairs = class_pairs(k)
     V = net.V.detach().to(torch.float64)
@@ -740,6 +882,15 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp",
             ``q`` not a float tensor ``(K, K)`` matching the model's K, with
             NaN/inf or negative entries, not symmetric, or a
             :class:`PairBounds` of another network, image shape or range.
+        TypeError: a model that is not one of the supported networks
+            (:func:`network_weights`: convolutions, other layers); ``x`` of
+            another dtype than the model's weights (e.g. float64 images, float32
+            model); a model returning no tensor (e.g. a tuple).
+        ValueError: ``x``'s images not of the size the first layer takes; the
+            model's logits NaN/inf, looking like probabilities (rows
+            non-negative summing to 1), or differing from those of the network
+            rebuilt from its weights (a ``forward`` that rescales the input, adds
+            a softmax, ...: :func:`check_reconstruction`, one extra comparison on ``x``).
 
     Warns:
         UserWarning: ``model`` is in train mode.
@@ -752,11 +903,17 @@ def certify(model: nn.Module, x: Tensor, y: Tensor, eps, *, method: str = "sdp",
               and float(x.min()) >= lo and float(x.max()) <= hi):
         raise ValueError(f"x must be a finite float tensor (N, C, H, W) with values in [{lo}, {hi}]")
     n = x.shape[0]
-    if isinstance(model, nn.Module) and model.training:
+    net = network_weights(model)
+    ref = net.V
+    if ref.is_floating_point() and x.dtype != ref.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but the model has {ref.dtype} weights; convert one of them "
+                        f"(x.to({ref.dtype}) or model.to({x.dtype}))")
+    if x.device != ref.device:
+        raise ValueError(f"x is on device {x.device} but the model is on {ref.device}; move one of them")
+    if model.training:
         warnings.warn("certify: the model is in train mode (dropout active), so the clean logits and the bounds are "
                       "random; call model.eval() first (the mode is not changed)", UserWarning, stacklevel=2)
-    with torch.no_grad():
-        logits = model(x).to(torch.float64)
+    logits = check_reconstruction(model, net, x).to(torch.float64)
     k = logits.shape[1]
     y = check_labels(y, n, k)
     eps_t = torch.as_tensor(eps, dtype=torch.float64).flatten()

@@ -47,7 +47,8 @@ from scipy.stats import norm as _norm
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._validation import check_images, check_index, check_int, warn_if_training
+from .._validation import check_bool, check_images, check_index, check_int, warn_if_training
+from ..attacks.base import model_input_error
 from ..ops.affine import affine_flow, affine_warp, rotation_translation_theta
 from ..ops.warp import flow_warp
 from ..threats.base import example_generator
@@ -65,6 +66,21 @@ FP_SLACK = 1e-4
 _ABSTAIN = -1
 #: Generator stream of :func:`certify_flow` (apart from the grid cells' streams ``(k, phase)``, k < 10⁶).
 _FLOW_STREAM = 1_000_000
+
+
+def _check_smoothed(smoothed: object) -> "SmoothedClassifier":
+    if not isinstance(smoothed, SmoothedClassifier):
+        raise TypeError(f"smoothed must be a SmoothedClassifier (wrap the base model: SmoothedClassifier(model, sigma=..., "
+                        f"num_classes=...)), got {type(smoothed).__name__}")
+    return smoothed
+
+
+def _check_finite_number(value: object, name: str, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of {what}, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of {what}, got {value!r}")
+    return float(value)
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -169,6 +185,11 @@ class SmoothedClassifier:
         Noise is added to the image the model receives (``z`` in [0, 1]) and
         the noisy image is **not** clipped (Cohen et al.); σ and radii are in
         pixel units of [0, 1] images, L2 over all ``C·H·W`` values.
+        Non-finite logits are refused, not counted: a model that returns NaN
+        or ±inf on any noisy sample raises ``ValueError`` (the argmax of a NaN
+        row would silently vote for class 0, and a model emitting NaN under
+        noise is broken). Every forward pass is checked: a tensor ``(M, K)``
+        with ``K = num_classes``, finite.
 
     Args:
         model: base classifier ``f``, ``(B, C, H, W)`` → logits ``(B, K)``; its mode is not changed.
@@ -182,6 +203,10 @@ class SmoothedClassifier:
     Raises:
         TypeError: ``model`` not an ``nn.Module``. ValueError: bad ``sigma``, ``num_classes``, ``batch_size`` or
             ``forward_batch``.
+        At sampling time (:meth:`counts`, :meth:`predict`, :meth:`certify`): TypeError for images of
+        another dtype than the model's weights or a model returning no tensor; ValueError for images
+        the model cannot take (channels, size), a model whose output width is not ``num_classes``,
+        or NaN/inf logits.
     """
 
     def __init__(self, model: nn.Module, *, sigma: float, num_classes: int, batch_size: int = 10_000,
@@ -217,7 +242,7 @@ class SmoothedClassifier:
                 return
             z = torch.cat(buf)
             step = self.forward_batch or (1024 if z.device.type == "cpu" else len(z))
-            pred = torch.cat([self.model(z[j : j + step]).argmax(1).cpu() for j in range(0, len(z), step)])
+            pred = torch.cat([self._predict_batch(z[j : j + step]) for j in range(0, len(z), step)])
             owner = torch.cat(owners)
             counts.index_put_((owner, pred), torch.ones_like(pred), accumulate=True)
             buf, owners, filled = [], [], 0
@@ -235,8 +260,33 @@ class SmoothedClassifier:
         flush()
         return counts
 
+    def _predict_batch(self, z: Tensor) -> Tensor:
+        """Base-classifier predictions ``(M,)`` on the CPU for noisy images ``z``, with the output checked."""
+        try:
+            out = self.model(z)
+        except RuntimeError as e:  # dtype / device / channels / size mismatch between the images and the model
+            raise model_input_error(self.model, z, e) from e
+        if not isinstance(out, Tensor) or not out.is_floating_point():
+            raise TypeError(f"the model must return a floating-point logits tensor (M, {self.num_classes}), "
+                            f"got {type(out).__name__ if not isinstance(out, Tensor) else out.dtype}")
+        if out.dim() != 2 or out.shape[0] != z.shape[0]:
+            raise ValueError(f"the model must return logits of shape ({z.shape[0]}, {self.num_classes}), got {tuple(out.shape)}")
+        if out.shape[1] != self.num_classes:
+            raise ValueError(f"num_classes={self.num_classes} but the model returns {out.shape[1]} logits per image; "
+                             "pass the model's number of classes")
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"the model returned NaN or infinite logits (on x or its noisy copies, sigma={self.sigma}); "
+                             "the smoothed classifier refuses them (they would be counted as votes for class 0)")
+        return out.argmax(1).cpu()
+
     def _prepare(self, x: Tensor, index) -> tuple[Tensor, list[list[int]]]:
         x = check_images(x)
+        ref = next(iter(self.model.parameters()), None)
+        if ref is not None and ref.is_floating_point() and ref.dtype != x.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the model has {ref.dtype} weights; convert one of them "
+                            f"(x.to({ref.dtype}) or model.to({x.dtype}))")
+        with torch.no_grad():
+            self._predict_batch(x)  # the clean images: channels, size, output width, finite logits
         warn_if_training(self.model)
         rows = check_index(index, x.shape[0]).tolist()
         return x, rows
@@ -613,6 +663,7 @@ def certify_grid(smoothed: SmoothedClassifier, images: Tensor, bounds: Tensor, e
     Raises:
         ValueError: ``refine`` given with ``splits`` < 2.
     """
+    _check_smoothed(smoothed)
     k_cells = images.shape[0]
     if refine is not None and splits < 2:
         raise ValueError(f"refinement needs splits ≥ 2 sub-cells per cell, got {splits!r}")
@@ -754,7 +805,7 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
     Args:
         smoothed: the smoothed classifier ``g``.
         x: ``(B, C, H, W)`` in [0, 1].
-        max_angle: Θ_max in degrees ≥ 0.
+        max_angle: Θ_max in degrees, in [0, 180] (0: the identity only).
         n0: selection samples (centre cell only).
         n: estimation samples per cell.
         alpha: total over the K cells, in (0, 1).
@@ -763,7 +814,7 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
         cells: fix K (odd); default: chosen per image as above.
         bound_fraction: in (0, 1], the target of the automatic choice of K.
         max_cells: the largest K of the automatic choice.
-        refine: sub-cells S per failed cell (0 or 1: no refinement).
+        refine: sub-cells S per failed cell, 0 (no refinement) or ≥ 2.
         refine_samples: estimation samples per sub-cell (default ``4 n``: a failed cell's ``p_c`` is
             typically well below 1, where more samples tighten the Clopper–Pearson bound most).
         stop_on_failure: stop an example at its first failed cell (cheaper; same certified budgets).
@@ -773,17 +824,28 @@ def certify_rotation(smoothed: SmoothedClassifier, x: Tensor, *, max_angle: floa
         :class:`GridCertificate` (budgets in degrees).
 
     Raises:
-        TypeError, ValueError: bad images, angles, counts, α, ``bound_fraction``.
+        TypeError: ``smoothed`` not a :class:`SmoothedClassifier`; non-int counts, non-bool flags.
+        ValueError: bad images; ``max_angle`` outside [0, 180]; ``refine`` = 1; even ``cells``;
+            counts < 1; α outside (0, 1); ``bound_fraction`` outside (0, 1].
     """
+    _check_smoothed(smoothed)
     x = check_images(x)
-    if not isinstance(max_angle, (int, float)) or isinstance(max_angle, bool) or not math.isfinite(max_angle) or max_angle < 0:
-        raise ValueError(f"max_angle must be a finite number of degrees ≥ 0, got {max_angle!r}")
-    if not (isinstance(bound_fraction, (int, float)) and 0 < bound_fraction <= 1):
+    max_angle = _check_finite_number(max_angle, "max_angle", "degrees")
+    if not 0 <= max_angle <= 180:
+        raise ValueError(f"max_angle must be in [0, 180] degrees (rotations beyond ±180° repeat), got {max_angle!r}")
+    if isinstance(bound_fraction, bool) or not (isinstance(bound_fraction, (int, float)) and 0 < bound_fraction <= 1):
         raise ValueError(f"bound_fraction must be in (0, 1], got {bound_fraction!r}")
     check_int(n0, "n0", minimum=1)
     check_int(n, "n", minimum=1)
     check_int(max_cells, "max_cells", minimum=1)
     check_int(refine, "refine", minimum=0)
+    if refine == 1:
+        raise ValueError("refine must be 0 (no refinement) or >= 2 sub-cells per failed cell, got 1")
+    if cells is not None:
+        rotation_cells(max_angle, cells)  # cells: an odd int >= 1
+    check_int(seed, "seed", minimum=0)
+    check_bool(stop_on_failure, "stop_on_failure")
+    check_bool(progress, "progress")
     refine_samples = 4 * n if refine_samples is None else refine_samples
     check_int(refine_samples, "refine_samples", minimum=1)
     alpha = _check_alpha(alpha)
@@ -860,8 +922,8 @@ def certify_translation(smoothed: SmoothedClassifier, x: Tensor, *, max_shift: f
     Args:
         smoothed: ``g``.
         x: ``(B, C, H, W)`` in [0, 1].
-        max_shift: pixels ≥ 0 (an integer in the first mode).
-        step: sub-pixel cell side in pixels (> 0), or None for integer shifts.
+        max_shift: pixels in [0, max(H, W)] (an integer in the first mode).
+        step: sub-pixel cell side in pixels, in (0, max(max_shift, 1)], or None for integer shifts.
         n0: as :func:`certify_rotation`.
         n: as :func:`certify_rotation`.
         alpha: as :func:`certify_rotation`.
@@ -874,19 +936,28 @@ def certify_translation(smoothed: SmoothedClassifier, x: Tensor, *, max_shift: f
         :class:`GridCertificate` (budgets in pixels, ∞-norm).
 
     Raises:
-        TypeError, ValueError: bad images or arguments.
+        TypeError: ``smoothed`` not a :class:`SmoothedClassifier`; non-number ``max_shift``/``step``,
+            non-int counts, non-bool flags.
+        ValueError: bad images; ``max_shift`` outside [0, max(H, W)] (or not an integer without ``step``);
+            ``step`` outside (0, max(max_shift, 1)]; counts < 1; α outside (0, 1).
     """
+    _check_smoothed(smoothed)
     x = check_images(x)
-    if not isinstance(max_shift, (int, float)) or not math.isfinite(max_shift) or max_shift < 0:
-        raise ValueError(f"max_shift must be a finite number of pixels ≥ 0, got {max_shift!r}")
+    max_shift = _check_finite_number(max_shift, "max_shift", "pixels")
+    if not 0 <= max_shift <= max(x.shape[2], x.shape[3]):
+        raise ValueError(f"max_shift must be in [0, {max(x.shape[2], x.shape[3])}] pixels (the image size), got {max_shift!r}")
+    check_int(seed, "seed", minimum=0)
+    check_bool(stop_on_failure, "stop_on_failure")
+    check_bool(progress, "progress")
     if step is None:
         if float(max_shift) != int(max_shift):
             raise ValueError(f"integer shifts need an integer max_shift, got {max_shift!r}; give step for sub-pixel shifts")
         centres, half, _ = _translation_cells(float(max_shift), 1.0)
         half = 0.0
     else:
-        if not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0:
-            raise ValueError(f"step must be a finite number of pixels > 0, got {step!r}")
+        step = _check_finite_number(step, "step", "pixels")
+        if not 0 < step <= max(max_shift, 1.0):
+            raise ValueError(f"step must be a number of pixels in (0, max(max_shift, 1)], got {step!r}")
         centres, half, _ = _translation_cells(float(max_shift), float(step))
     alpha = _check_alpha(alpha)
     check_int(n0, "n0", minimum=1)
@@ -979,9 +1050,22 @@ def certify_flow(smoothed: SmoothedClassifier, x: Tensor, deltas, *, n0: int = 6
 
     Returns:
         :class:`FlowCertificate`.
+
+    Raises:
+        TypeError: ``smoothed`` not a :class:`SmoothedClassifier`; ``deltas`` not an iterable of numbers.
+        ValueError: bad images; a δ negative or not finite; counts < 1; α outside (0, 1).
     """
+    _check_smoothed(smoothed)
     x = check_images(x)
-    deltas = tuple(float(d) for d in deltas)
+    if isinstance(deltas, (int, float, str, bytes)) or not hasattr(deltas, "__iter__"):
+        raise TypeError(f"deltas must be an iterable of numbers of pixels (e.g. (0.1, 0.5)), got {type(deltas).__name__}")
+    deltas = tuple(_check_finite_number(d.item() if isinstance(d, Tensor) and d.numel() == 1 else d, "deltas", "pixels")
+                   for d in deltas)
+    if any(d < 0 for d in deltas):
+        raise ValueError(f"deltas must be >= 0 pixels, got {deltas}")
+    check_int(n0, "n0", minimum=1)
+    check_int(n, "n", minimum=1)
+    _check_alpha(alpha)
     cert = smoothed.certify(x, n0=n0, n=n, alpha=alpha, seed=seed, index=index, stream=(_FLOW_STREAM,))
     bounds = torch.stack([flow_linf_bound(x, d) for d in deltas], 1) if deltas else torch.zeros(x.shape[0], 0, dtype=torch.float64)
     ok = (cert.prediction[:, None] >= 0) & (cert.radius[:, None] > bounds)

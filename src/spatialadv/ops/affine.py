@@ -145,7 +145,7 @@ def affine_warp(x: Tensor, theta: Tensor, *, units: str = "normalized", padding_
         exact shift.
 
     Raises:
-        TypeError: non-tensor or non-float inputs.
+        TypeError: ``x`` or ``theta`` not a tensor or not floating-point (checked in that order).
         ValueError: shapes that do not match, non-finite θ, unknown ``units``
             or ``padding_mode``.
 
@@ -162,6 +162,8 @@ def affine_warp(x: Tensor, theta: Tensor, *, units: str = "normalized", padding_
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (convert integer images with x.float() / 255), got dtype {x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"x must have shape (N, C, H, W), got {tuple(x.shape)}")
     if x.shape[2] < 2 or x.shape[3] < 2:

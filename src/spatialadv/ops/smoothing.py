@@ -72,6 +72,10 @@ def _check_guide(guide: Tensor) -> None:
         raise ValueError(f"guide must be at least 2×2 pixels, got {tuple(guide.shape[-2:])}")
     if not bool(torch.isfinite(guide).all()):
         raise ValueError("guide contains NaN or infinite values")
+    lo, hi = float(guide.min()), float(guide.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"guide must have pixels in [0, 1] (sigma is on that scale), got range [{lo:.4g}, {hi:.4g}] "
+                         "(divide uint8 images by 255)")
 
 
 def graph_weights(guide: Tensor, *, sigma: float = 0.1, kernel: Kernel = "laplacian") -> tuple[Tensor, Tensor]:
@@ -217,7 +221,7 @@ class GuidedSmoothing:
     here.
 
     Args:
-        guide: original images ``(N, C, H, W)`` on the [0, 1] scale.
+        guide: original images ``(N, C, H, W)`` with pixels in [0, 1] (checked).
         alpha: α ∈ [0, 1): 0 is the identity, → 1 is a strict low-pass
             (paper: 0.95 on MNIST, 0.997 on ImageNet).
         sigma: bandwidth σ > 0 of the feature kernel on the [0, 1] scale (the
@@ -315,8 +319,9 @@ class GuidedSmoothing:
                 default (None) row ``i`` ↔ image ``i`` (then M = N).
 
         Raises:
-            TypeError: ``z`` not a tensor, or not in the guide's dtype.
-            ValueError: ``z`` or ``index`` of the wrong shape, or an empty ``z`` (M = 0).
+            TypeError: ``z`` not a tensor, or not in the guide's dtype; ``index`` not an integer tensor.
+            ValueError: ``z`` or ``index`` of the wrong shape, an empty ``z`` (M = 0), NaN/inf in ``z``,
+                or an ``index`` entry outside ``[0, N)`` (negative indices are refused, not wrapped).
         """
         if not isinstance(z, Tensor):
             raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
@@ -327,14 +332,23 @@ class GuidedSmoothing:
             raise ValueError("z is an empty batch (M = 0); smoothing needs at least one signal")
         if z.dtype != self.dtype:
             raise TypeError(f"z must have the guide's dtype {self.dtype}, got {z.dtype}")
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError("z contains NaN or infinite values")
         if index is None:
             if z.shape[0] != n:
                 raise ValueError(f"z has {z.shape[0]} rows but the guide has {n} images; pass index=")
             sel = slice(None)
         else:
-            sel = index
+            if not isinstance(index, Tensor):
+                raise TypeError(f"index must be an integer torch.Tensor of shape ({z.shape[0]},), got {type(index).__name__}")
+            if index.dtype.is_floating_point or index.is_complex() or index.dtype == torch.bool:
+                raise TypeError(f"index must be an integer tensor (torch.long), got dtype {index.dtype}")
             if index.shape != (z.shape[0],):
                 raise ValueError(f"index must have shape ({z.shape[0]},), got {tuple(index.shape)}")
+            lo, hi = int(index.min()), int(index.max())
+            if lo < 0 or hi >= n:
+                raise ValueError(f"index must be in [0, {n}) (the guide's {n} images), got range [{lo}, {hi}]")
+            sel = index.to(device=self.e_h.device, dtype=torch.long)
         if self.solver == "direct":
             a = self._a if index is None else self._a[sel]
             return (a @ z.reshape(z.shape[0], c, h * w, 1)).view(z.shape)
@@ -364,8 +378,9 @@ def smooth(z: Tensor, guide: Tensor, *, alpha: float = 0.95, sigma: float = 0.1,
 
     Raises:
         TypeError: ``z`` or ``guide`` not a float tensor, or of different dtypes.
-        ValueError: bad shapes, an empty batch (N = 0), NaN/inf in ``guide``, or
-            a hyper-parameter out of range (see :class:`GuidedSmoothing`).
+        ValueError: bad shapes, an empty batch (N = 0), NaN/inf in ``z`` or ``guide``,
+            ``guide`` pixels outside [0, 1], or a hyper-parameter out of range
+            (see :class:`GuidedSmoothing`).
 
     Example:
         >>> import torch

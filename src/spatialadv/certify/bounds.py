@@ -68,6 +68,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_bool, check_images, check_int, check_labels
+from ..attacks.base import model_input_error
 from ..ops.flow_smoothness import box_half_widths, gram_min_eigenvalue
 
 __all__ = ["NetworkWeights", "network_weights", "pair_matrices", "sdp_exact", "brute_force_max", "sdp_dual_bound",
@@ -167,8 +168,6 @@ def _dropout_active(model: nn.Module) -> bool:
 
 def _call_model(model: nn.Module, x: Tensor) -> Tensor:
     """``model(x)`` without gradients; torch errors on ``x`` become TypeError/ValueError naming ``x``."""
-    from ..attacks.base import model_input_error
-
     with torch.no_grad():
         try:
             out = model(x)

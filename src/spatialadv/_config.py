@@ -144,10 +144,12 @@ def config_from_args(default: Any, args: argparse.Namespace) -> Any:
     """
     given = vars(args)
     changes = {}
+    hints = typing.get_type_hints(type(default))
     for f in dataclasses.fields(default):
         if f.name in given:
             v = given[f.name]
             changes[f.name] = tuple(v) if isinstance(v, list) else v
+            _check_field(f, hints[f.name], changes[f.name])  # each option in its domain before the cross-field checks
     return dataclasses.replace(default, **changes)
 
 
@@ -219,22 +221,24 @@ def validate_config(cfg: Any) -> None:
     """
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        meta = f.metadata
-        if "help" not in meta:
-            continue
-        v = getattr(cfg, f.name)
-        if v is None:
-            continue
-        shape, kind = _shape(hints[f.name])
-        if shape == "tuple" and typing.get_origin(kind) is tuple:  # e.g. tuple[tuple[int, int], ...]: check the leaves
-            kind = typing.get_args(kind)[0]
-            vals = tuple(u for t in v for u in (t if isinstance(t, tuple) else (t,)))
-        else:
-            vals = v if isinstance(v, tuple) else (v,)
-        for u in vals:
-            why = _problem(meta, kind, u)
-            if why:
-                raise ValueError(f"{option_name(f.name)} {why}, got {v!r}")
+        _check_field(f, hints[f.name], getattr(cfg, f.name))
+
+
+def _check_field(f: dataclasses.Field, tp, v) -> None:
+    """Check the value ``v`` of the Config field ``f`` (type ``tp``) against its declared domain."""
+    meta = f.metadata
+    if "help" not in meta or v is None:
+        return
+    shape, kind = _shape(tp)
+    if shape == "tuple" and typing.get_origin(kind) is tuple:  # e.g. tuple[tuple[int, int], ...]: check the leaves
+        kind = typing.get_args(kind)[0]
+        vals = tuple(u for t in v for u in (t if isinstance(t, tuple) else (t,)))
+    else:
+        vals = v if isinstance(v, tuple) else (v,)
+    for u in vals:
+        why = _problem(meta, kind, u)
+        if why:
+            raise ValueError(f"{option_name(f.name)} {why}, got {v!r}")
 
 
 def check_train_size(option: str, value: int | None, data: str) -> None:

@@ -52,6 +52,7 @@ class GuardedModel(nn.Module):
         super().__init__()
         self.model = model
         self.name = name
+        self.train(model.training)  # the guard is in the model's mode (eval for an audited model)
 
     def forward(self, x: Tensor) -> Tensor:
         """``model(x)``, checked."""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import field
 from typing import Any
 
-__all__ = ["option", "option_name", "INT_MAX", "MAX_THREADS", "check_train_size", "add_config_arguments", "config_from_args", "validate_config", "config_to_dict", "config_from_dict"]
+__all__ = ["option", "option_name", "INT_MAX", "MAX_THREADS", "add_config_arguments", "config_from_args", "validate_config", "config_to_dict", "config_from_dict"]
 
 # ------------------------------------------------------------------------------------------------
 # configs
@@ -158,11 +158,14 @@ def option_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _domain(meta: dict, kind: type) -> str:
-    """The declared domain of a number field in words, e.g. ``in (0, 1)``, ``>= 1``, ``an integer in [0, 2**63-1]``."""
+def _domain(meta: dict, kind: type, value=None) -> str:
+    """The declared domain of a number field in words, e.g. ``in (0, 1)``, ``>= 1``, ``an integer in [0, 2**63-1]``.
+
+    An int field's implicit maximum (:data:`INT_MAX`) is named only for a ``value`` above it.
+    """
     lo, hi = meta.get("minimum"), meta.get("maximum")
     above, below = meta.get("above"), meta.get("below")
-    if kind is int and hi is None and below is None:
+    if kind is int and hi is None and below is None and (isinstance(value, int) and value > INT_MAX):
         hi = INT_MAX
     left = None if lo is None and above is None else ("[" if above is None else "(")
     lo_v = lo if above is None else above
@@ -188,11 +191,11 @@ def _problem(meta: dict, kind: type, u) -> str | None:
         return None
     if kind is int:
         if isinstance(u, bool) or not isinstance(u, int):
-            return "must be " + _domain(meta, kind)
+            return "must be " + _domain(meta, kind, u)
     elif kind is float:
         if isinstance(u, bool) or not isinstance(u, (int, float)) or math.isnan(u) \
                 or (meta.get("finite", True) and math.isinf(u)):
-            return "must be " + _domain(meta, kind)
+            return "must be " + _domain(meta, kind, u)
     else:
         return None
     lo, hi = meta.get("minimum"), meta.get("maximum")
@@ -203,7 +206,7 @@ def _problem(meta: dict, kind: type, u) -> str | None:
         lo = -INT_MAX - 1
     if (lo is not None and u < lo) or (hi is not None and u > hi) or (above is not None and u <= above) \
             or (below is not None and u >= below):
-        return "must be " + _domain(meta, kind)
+        return "must be " + _domain(meta, kind, u)
     check = meta.get("check")
     why = None if check is None else check(u)
     return None if why is None else "must be " + why
@@ -239,19 +242,6 @@ def _check_field(f: dataclasses.Field, tp, v) -> None:
         why = _problem(meta, kind, u)
         if why:
             raise ValueError(f"{option_name(f.name)} {why}, got {v!r}")
-
-
-def check_train_size(option: str, value: int | None, data: str) -> None:
-    """Refuse a training-subset size larger than the train split of the built-in dataset ``data``.
-
-    Raises:
-        ValueError: ``value`` exceeds :data:`spatialadv.data.TRAIN_SIZES` ``[data]`` (the message names ``option``).
-    """
-    from .data import TRAIN_SIZES
-
-    size = TRAIN_SIZES.get(data)
-    if value is not None and size is not None and isinstance(value, int) and value > size:
-        raise ValueError(f"{option} must be <= {size} (the training images of {data}), got {value}")
 
 
 def config_to_dict(cfg: Any) -> dict:

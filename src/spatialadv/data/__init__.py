@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .._validation import check_name
 
-__all__ = ["Dataset", "DataSpec", "DATASETS", "TRAIN_SIZES", "load_dataset", "read_idx", "load_npz", "DataError", "FASHION_MNIST_DIR"]
+__all__ = ["Dataset", "DataSpec", "DATASETS", "TRAIN_SIZES", "check_train_size", "load_dataset", "read_idx", "load_npz", "DataError", "FASHION_MNIST_DIR"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -292,6 +292,17 @@ def _fashion_part(img_f: str, lab_f: str, img_mtime: int, lab_mtime: int) -> tup
 DATASETS = {"mnist": _load_mnist, "fashion-mnist": _load_fashion, "digits": _load_digits}
 #: Images in each built-in train split (any seed): the largest ``max_train`` an option accepts (checked before any work).
 TRAIN_SIZES = {"mnist": 4000, "fashion-mnist": 60000, "digits": 1438}
+
+
+def check_train_size(option: str, value: int | None, data: str) -> None:
+    """Refuse a training-subset size (a Config's ``max_train``) larger than the train split of the built-in ``data``.
+
+    Raises:
+        ValueError: ``value`` exceeds :data:`TRAIN_SIZES` ``[data]`` (the message names the CLI ``option``).
+    """
+    size = TRAIN_SIZES.get(data)
+    if value is not None and size is not None and isinstance(value, int) and value > size:
+        raise ValueError(f"{option} must be <= {size} (the training images of {data}), got {value}")
 
 
 def load_dataset(name: str, split: str = "test", *, seed: int = 0) -> Dataset:

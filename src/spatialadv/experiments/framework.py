@@ -48,7 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from .._config import MAX_THREADS, add_config_arguments, check_train_size, config_from_args, config_from_dict, config_to_dict, option, validate_config
+from .._config import MAX_THREADS, add_config_arguments, config_from_args, config_from_dict, config_to_dict, option, validate_config
 from ..attacks.base import Attack
 from ..data import load_dataset
 from ..eval.compare import METHODS, Cell, Comparison, Estimate, Metric, PaperValue, interval_note, run_estimates
@@ -59,7 +59,7 @@ from ..training import load_or_train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["option", "MAX_THREADS", "check_train_size", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict", "Experiment",
+__all__ = ["option", "MAX_THREADS", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict", "Experiment",
            "AttackRun", "TaskRun", "transfer_task", "Context", "Results", "RunView", "Report", "Table", "Shown", "Comparison", "Cell", "Metric", "PaperValue", "Estimate", "run_experiment", "execute_run", "rebuild",
            "render", "fmt", "settings_line", "STORE_NAME", "stored_experiment", "validate_config", "experiments"]
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..attacks import FGSM, MIM, PGD, GeneratorNets, RotationTranslation, SdpAdv, StAdv
-from ..data import TRAIN_SIZES, Dataset, DataSpec
+from ..data import TRAIN_SIZES, Dataset, DataSpec, check_train_size
 from ..defenses import Defended
 from ..defenses.defense_gan import DefenseGANProjection, GANConfig, load_or_train_generator
 from ..eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, mean, rate, rate_sum
@@ -46,7 +46,7 @@ from ..models import artifact_path, load_or_build
 from ..training import ModelSpec, Objective, TrainConfig, accuracy
 from ..viz.panels import prediction_panel
 from .._config import option_name
-from .framework import AttackRun, Experiment, Report, Table, TaskRun, check_train_size, option, settings_line
+from .framework import AttackRun, Experiment, Report, Table, TaskRun, option, settings_line
 
 log = logging.getLogger(__name__)
 

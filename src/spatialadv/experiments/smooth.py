@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..attacks import FGSM, IFGSM, PGD, CarliniWagnerL2, MinDistortionSweep, SmoothCarliniWagnerL2, SmoothPGDL2
-from ..data import TRAIN_SIZES, DataSpec
+from ..data import TRAIN_SIZES, DataSpec, check_train_size
 from ..eval import edge_flat_energy, operating_characteristic, protocol_summary, summarize
 from ..eval.compare import Cell, Comparison, Metric, PaperValue, mean, rate
 from ..eval.runner import make_pairs
@@ -34,7 +34,7 @@ from ..ops.filters import magnify
 from ..references import PAPERS
 from ..training import ModelSpec, TrainConfig
 from ..viz import magnification_figure, operating_characteristic_plot, perturbation_panels
-from .framework import AttackRun, Experiment, Report, Shown, Table, check_train_size, fmt, option
+from .framework import AttackRun, Experiment, Report, Shown, Table, fmt, option
 
 __all__ = ["Config", "PAPER", "smooth_attacks", "budget_attacks", "plan", "report", "EXPERIMENTS"]
 

@@ -46,8 +46,10 @@ def option(default: Any, help: str, *, choices: Iterable | None = None, parse: C
         choices: accepted values (of each element for tuple fields).
         parse: converts one command-line token (overrides the type's parser).
         metavar: the CLI placeholder.
-        minimum, maximum: inclusive bounds of a number field.
-        above, below: exclusive bounds (e.g. a probability: ``above=0, below=1``).
+        minimum: inclusive lower bound of a number field.
+        maximum: inclusive upper bound.
+        above: exclusive lower bound (e.g. a probability: ``above=0, below=1``).
+        below: exclusive upper bound.
         finite: refuse ±inf for a float field (NaN is always refused; an int field's values lie within
             ±:data:`INT_MAX`).
         check: ``check(value) -> None | "must be ..."``: a further rule of each value (e.g. "0 or >= 2"),
@@ -97,7 +99,8 @@ def _shape(tp) -> tuple[str, Any]:
 def add_config_arguments(parser: argparse.ArgumentParser, default: Any) -> None:
     """Add one ``--option`` per field of the Config instance ``default`` (type, default and help from the field).
 
-    Options left out on the command line keep ``default``'s value (see :func:`config_from_args`). An option the
+    The help ends with the default and, for a bounded number field, its domain (``default: 0.3; a finite number in
+    (0, 1]``). Options left out on the command line keep ``default``'s value (see :func:`config_from_args`). An option the
     parser already has (a shared one such as ``--threads``, see :mod:`spatialadv.cli`) is not added again: the
     shared option must store into the field's name with ``default=argparse.SUPPRESS``. ``%`` in the help is
     escaped (argparse %-formats help strings).
@@ -117,8 +120,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: Any) -> None:
             shown = (sep or " ").join(map(str, value))
         else:
             shown = value
+        dom = ""
+        leaf = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else kind
+        if leaf in (int, float) and any(meta.get(k) is not None for k in ("minimum", "maximum", "above", "below")):
+            dom = "; " + _domain(meta, leaf)
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name,
-                              "help": f"{meta['help']} (default: {shown})".replace("%", "%%")}
+                              "help": f"{meta['help']} (default: {shown}{dom})".replace("%", "%%")}
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
         if kind is bool and shape == "scalar":

@@ -159,12 +159,11 @@ def _device(args):
 
 def cmd_attack(args) -> int:
     from . import distributed
+    from ._config import INT_MAX
     from .attacks import make_attack
     from .data import load_dataset
     from .eval import ResultStore, first_correct, make_pairs, summarize
     from .experiments.framework import AttackRun, execute_run
-
-    from ._config import INT_MAX
 
     _in_range("--n", args.n, 1, INT_MAX)
     _in_range("--batch-size", args.batch_size, 1, 10**6)
@@ -289,9 +288,7 @@ def cmd_audit(args) -> int:
         raise UsageError("audit does not run under torchrun yet: start one process per shard with --shard I/K "
                          "(all into the same --out), then once without --shard to write the report")
 
-    from ._config import config_from_args
-
-    from ._config import validate_config
+    from ._config import config_from_args, validate_config
 
     cfg = _user(config_from_args, AuditConfig(), args)
     _user(validate_config, cfg)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._config import option, validate_config
+from .._paths import check_folder
 from .._validation import check_logits
 from ..attacks import FGSM, PGD, RandomSearch, RotationTranslation, SmoothPGDL2, StAdv
 from ..attacks.base import Attack, model_input_error
@@ -359,8 +360,7 @@ def run_audit(model: nn.Module, model_info: dict, data: Dataset, cfg: AuditConfi
         raise ValueError(f"--shard must be I/K with 0 <= I < K, got {i_shard}/{k_shard}")
     num_classes = check_model_on_data(model, data)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_folder(out, f"--out {out}")
     examples = select_examples(data.y, cfg.n)
     mine = examples[i_shard::k_shard]
     sanity = sanity_checks(model, data.x[examples], data.y[examples], num_classes)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._config import option_name
 from ..attacks import FGSM, MIM, PGD, GeneratorNets, RotationTranslation, SdpAdv, StAdv
 from ..data import TRAIN_SIZES, Dataset, DataSpec, check_train_size
 from ..defenses import Defended
@@ -45,7 +46,6 @@ from ..eval.runner import make_pairs
 from ..models import artifact_path, load_or_build
 from ..training import ModelSpec, Objective, TrainConfig, accuracy
 from ..viz.panels import prediction_panel
-from .._config import option_name
 from .framework import AttackRun, Experiment, Report, Table, TaskRun, option, settings_line
 
 log = logging.getLogger(__name__)

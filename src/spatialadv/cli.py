@@ -303,8 +303,8 @@ def cmd_audit(args) -> int:
     device = _device(args)
     if device.type != "cpu":
         model = _on_device(model, device)
-    model = GuardedModel(model, args.model)  # the model's own errors and non-finite logits: one line, not a traceback
-    _user(check_model_on_data, model, data)
+    _user(check_model_on_data, model, data)  # errors on the clean images explained (image size, channels, dtype)
+    model = GuardedModel(model, args.model)  # then, during the audit: the model's errors and non-finite logits in one line
     data_info = {"name": args.data, "labels": args.labels, "classes": len(data.classes), "images": len(data),
                  "shape": list(data.x.shape[1:])}
     e = _user(run_audit, model, info, data, cfg, out, data_info=data_info, shard=args.shard, progress=not args.quiet,

@@ -46,7 +46,7 @@ from ..eval.runner import make_pairs
 from ..models import artifact_path, load_or_build
 from ..training import ModelSpec, Objective, TrainConfig, accuracy
 from ..viz.panels import prediction_panel
-from .framework import AttackRun, Experiment, Report, Table, TaskRun, option, settings_line
+from .framework import AttackRun, Experiment, Report, Table, TaskRun, option, settings_line, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,7 @@ class Config:
             raise ValueError(f"--dgan-n must be <= --n-eval, got {self.dgan_n} > {self.n_eval}")
         if self.n_stadv > self.n_eval:
             raise ValueError(f"--n-stadv must be <= --n-eval, got {self.n_stadv} > {self.n_eval}")
+        validate_config(self)  # the domains declared above (e.g. --val-fraction in (0, 1)), when the Config is made too
         for name in ("critic_train", "gen_train", "clf_train"):
             check_train_size(option_name(name), getattr(self, name), self.data)
 

@@ -37,7 +37,7 @@ from ..eval.compare import Cell, Comparison, Metric, PaperValue, mean, rate
 from ..eval.runner import make_pairs
 from ..training import ModelSpec, Objective, TrainConfig
 from ..viz import operating_characteristic_plot
-from .framework import AttackRun, Experiment, Report, Shown, Table, TaskRun, option, transfer_task
+from .framework import AttackRun, Experiment, Report, Shown, Table, TaskRun, option, transfer_task, validate_config
 from .smooth import PAPER as TABLE1
 from .smooth import smooth_attacks
 
@@ -79,6 +79,9 @@ class Config:
     steps: int = option(50, "C&W / sC&W Adam steps per binary-search step", minimum=1)
     binary_search_steps: int = option(5, "C&W / sC&W binary-search steps", minimum=1)
     batch_size: int = option(100, "images per attack call", minimum=1)
+
+    def __post_init__(self) -> None:
+        validate_config(self)  # the domains declared above, checked when the Config is made too
 
 
 

@@ -39,7 +39,7 @@ from ..defenses import Defended, MeanFilter
 from ..eval.compare import Cell, Comparison, Metric, PaperValue, mean, rate
 from ..eval.runner import make_pairs
 from ..training import ModelSpec, Objective, TrainConfig
-from .framework import AttackRun, Experiment, Report, Shown, Table, TaskRun, option, transfer_task
+from .framework import AttackRun, Experiment, Report, Shown, Table, TaskRun, option, transfer_task, validate_config
 
 __all__ = ["Config", "PAPER", "DEFENSES", "attacks", "plan", "report", "EXPERIMENTS"]
 
@@ -85,6 +85,9 @@ class Config:
     filter_size: int = option(3, "side of the mean filter of Table 5, odd", minimum=1, maximum=27,
                               check=lambda v: None if v % 2 else "odd")
     batch_size: int = option(100, "images per attack call", minimum=1)
+
+    def __post_init__(self) -> None:
+        validate_config(self)  # the domains declared above, checked when the Config is made too
 
 
 def attacks(eps: float = 0.3) -> dict:

@@ -136,6 +136,9 @@ class ResultStore:
             version = self.get_meta("schema_version")
             if version is None:
                 self.set_meta("schema_version", SCHEMA_VERSION)
+        except StoreError:
+            self.conn.close()
+            raise
         except (sqlite3.DatabaseError, OSError) as e:
             raise StoreError(f"cannot use results store {self.path}: {e}") from e
         if version not in (None, *_READABLE_VERSIONS):

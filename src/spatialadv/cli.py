@@ -432,8 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 2 bad user input: one line on stderr).
 
-    User errors are bad options, missing or corrupt data files, an unusable results store; any other
-    exception is an internal error and keeps its traceback.
+    User errors are bad options (each checked against its declared domain before any work), missing or corrupt
+    data files, an unusable or corrupt results store, an ``--out`` / cache / checkpoint path that is a file where a
+    folder is needed (or the reverse), and a user model that fails while audited; any other exception is an
+    internal error and keeps its traceback.
     """
     from ._config import MAX_THREADS
     from ._paths import PathError

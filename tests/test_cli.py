@@ -227,7 +227,7 @@ def test_param_spelling_and_deprecated_alias(capsys):
     assert main(["train", "--param", "attack.eps=0.1", "--quiet"]) == 2
     assert "--param attack.eps: the prefix must be 'objective.'" in capsys.readouterr().err
     assert main(["train", "--threads", "0", "--quiet"]) == 2
-    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+    assert "--threads must be an integer in [1, 1024], got 0" in capsys.readouterr().err
 
 
 def test_data_free_paths_on_a_machine_without_data_sets(tmp_path, monkeypatch, capsys):

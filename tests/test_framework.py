@@ -76,7 +76,7 @@ def test_cli_options_come_from_the_config():
     assert config_from_args(ToyConfig(limit=50), p.parse_args([])).limit == 50
     with pytest.raises(SystemExit, match="^2$"):
         p.parse_args(["--names", "z"])
-    with pytest.raises(ValueError, match="--n must be >= 1"):
+    with pytest.raises(ValueError, match="--n must be an integer >= 1"):
         validate_config(ToyConfig(n=0))
     with pytest.raises(ValueError, match="--limit"):
         validate_config(ToyConfig(limit=3))

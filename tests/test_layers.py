@@ -20,7 +20,8 @@ ROOT = "spatialadv"
 
 #: The layers, top to bottom. A module may import its own layer (without a circle) and the layers below it.
 #: ``attention`` (Grad-CAM maps of a model) sits with the pure tensor functions; ``optim`` (L-BFGS), ``viz``
-#: (figures), ``distributed``, ``references``, ``_validation`` and ``_config`` (Config dataclasses → CLI options) are leaves that import no other layer.
+#: (figures), ``distributed``, ``references``, ``_validation``, ``_config`` (Config dataclasses → CLI options) and ``_paths`` (checks of
+#: user-given paths) are leaves that import no other layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "__main__"),
     ("experiments", "audit"),
@@ -30,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("attacks",),
     ("models",),
     ("threats", "ops", "data", "attention"),
-    ("viz", "distributed", "references", "_validation", "_config", "_deprecated", "optim"),
+    ("viz", "distributed", "references", "_validation", "_config", "_paths", "_deprecated", "optim"),
 )
 
 

@@ -86,5 +86,5 @@ def test_attacks_import_nothing_above_them():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     # attacks and the layers below them (tests/test_layers.py: LAYERS); nothing of eval, defenses, certify, training, ...
     below = {"attacks", "models", "threats", "ops", "data", "attention", "viz", "distributed", "references", "_validation",
-             "_config", "optim"}
+             "_config", "_paths", "optim"}
     assert set(eval(out)) <= below

@@ -71,12 +71,42 @@ def _params(args, default: str) -> dict[str, dict]:
     return out
 
 
+def _in_range(option: str, value: int, lo: int, hi: int) -> None:
+    """Refuse an integer option outside ``[lo, hi]`` (one line naming the option)."""
+    if not lo <= value <= hi:
+        top = "2**63-1" if hi == 2**63 - 1 else str(hi)
+        raise UsageError(f"{option} must be an integer in [{lo}, {top}], got {value}")
+
+
+def _check_cache() -> None:
+    """Refuse a model cache (``SPATIALADV_CACHE``) that cannot be a folder, before any training."""
+    from ._paths import PathError, check_folder
+    from .models import cache_dir
+
+    try:
+        check_folder(cache_dir(), "the model cache (SPATIALADV_CACHE)")
+    except PathError as e:
+        raise UsageError(str(e)) from e
+
+
+def _check_out(out) -> None:
+    """Refuse an ``--out`` folder that is a file or lies under one, before anything is created."""
+    from ._paths import PathError, check_folder
+
+    try:
+        check_folder(out, f"--out {out}")
+    except PathError as e:
+        raise UsageError(str(e)) from e
+
+
 def _spec(args):
+    from ._config import INT_MAX
     from .data import DataSpec
     from .training import ModelSpec, Objective, TrainConfig
 
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    _in_range("--seed", args.seed, 0, INT_MAX)
+    _in_range("--epochs", args.epochs, 1, 10**6)
+    _check_cache()
     objective = _user(Objective, args.objective, **_params(args, "attack" if args.command == "attack" else "objective")["objective"])
     return _user(ModelSpec, args.model, DataSpec(args.data, seed=args.seed), _user(TrainConfig, epochs=args.epochs, seed=args.seed),
                  objective)
@@ -129,15 +159,14 @@ def _device(args):
 
 def cmd_attack(args) -> int:
     from . import distributed
+    from ._config import INT_MAX
     from .attacks import make_attack
     from .data import load_dataset
     from .eval import ResultStore, first_correct, make_pairs, summarize
     from .experiments.framework import AttackRun, execute_run
 
-    if args.n < 1:
-        raise UsageError(f"--n must be >= 1, got {args.n}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _in_range("--n", args.n, 1, INT_MAX)
+    _in_range("--batch-size", args.batch_size, 1, 10**6)
     attack = _user(make_attack, args.attack, **_params(args, "attack")["attack"])
     _spec(args)  # validate the model options before any work
     device = _device(args)
@@ -208,10 +237,10 @@ def cmd_reproduce(args) -> int:
     from .experiments.framework import config_from_args, validate_config
 
     exp = experiments()[args.experiment]
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a folder")
     cfg = _user(config_from_args, exp.config, args)
-    _user(validate_config, cfg)
+    _user(validate_config, cfg)  # every option's declared domain, before the folder is created or anything trains
+    _check_out(args.out)
+    _check_cache()
     distributed.init()
     rep = run_experiment(exp, cfg, args.out, progress=not args.quiet)
     if distributed.rank() > 0:
@@ -253,18 +282,18 @@ def _on_device(model, device):
 def cmd_audit(args) -> int:
     import os
 
-    from .audit import AuditConfig, AuditInputError, check_model_on_data, load_user_data, load_user_model, run_audit
+    from .audit import AuditConfig, AuditInputError, GuardedModel, check_model_on_data, load_user_data, load_user_model, run_audit
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise UsageError("audit does not run under torchrun yet: start one process per shard with --shard I/K "
                          "(all into the same --out), then once without --shard to write the report")
 
-    from ._config import config_from_args
+    from ._config import config_from_args, validate_config
 
     cfg = _user(config_from_args, AuditConfig(), args)
+    _user(validate_config, cfg)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
+    _check_out(out)
     # every check before the output folder is created: nothing is half-written on bad input
     try:
         model, info = load_user_model(args.model, weights=args.weights, mean=args.mean, std=args.std, output=args.output)
@@ -274,10 +303,12 @@ def cmd_audit(args) -> int:
     device = _device(args)
     if device.type != "cpu":
         model = _on_device(model, device)
-    _user(check_model_on_data, model, data)
+    _user(check_model_on_data, model, data)  # errors on the clean images explained (image size, channels, dtype)
+    model = GuardedModel(model, args.model)  # then, during the audit: the model's errors and non-finite logits in one line
     data_info = {"name": args.data, "labels": args.labels, "classes": len(data.classes), "images": len(data),
                  "shape": list(data.x.shape[1:])}
-    e = _user(run_audit, model, info, data, cfg, out, data_info=data_info, shard=args.shard, progress=not args.quiet)
+    e = _user(run_audit, model, info, data, cfg, out, data_info=data_info, shard=args.shard, progress=not args.quiet,
+              replace=args.replace)
     for w in e["warnings"]:
         print(f"WARNING {w['check']}: {w['message']}")
     print(f"audit of {args.model} on {args.data}: {e['n_examples']} of {e['n_selected']} examples"
@@ -390,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--std", type=float, nargs="+", help="input normalisation std per channel")
     sp.add_argument("--output", metavar="KEY", help="the logits' key (dict outputs, default 'logits') or position (tuples, default 0)")
     sp.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/K", help="audit only examples I, I+K, ... (default 0/1)")
+    sp.add_argument("--replace", action="store_true",
+                    help="audit into an --out that holds the audit of another model or other data, replacing its report "
+                         "(its stored records are kept); without it such a folder is refused")
     add_config_arguments(sp.add_argument_group("audit configuration"), AuditConfig())
     sp.set_defaults(func=cmd_audit)
     return p
@@ -398,17 +432,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 2 bad user input: one line on stderr).
 
-    User errors are bad options, missing or corrupt data files, an unusable results store; any other
-    exception is an internal error and keeps its traceback.
+    User errors are bad options (each checked against its declared domain before any work), missing or corrupt
+    data files, an unusable or corrupt results store, an ``--out`` / cache / checkpoint path that is a file where a
+    folder is needed (or the reverse), and a user model that fails while audited; any other exception is an
+    internal error and keeps its traceback.
     """
+    from ._config import MAX_THREADS
+    from ._paths import PathError
     from .data import DataError
     from .eval.store import StoreError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        print(f"error: --threads must be >= 1, got {threads}", file=sys.stderr)
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        print(f"error: --threads must be an integer in [1, {MAX_THREADS}], got {threads}", file=sys.stderr)
         return 2
     restore = None
     if threads is not None:
@@ -418,8 +456,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
     try:
         return args.func(args)
-    except (UsageError, StoreError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UsageError, StoreError, DataError, PathError, FileNotFoundError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except (NotADirectoryError, IsADirectoryError) as e:  # a path the checks above did not foresee
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     finally:
         if restore is not None:

@@ -30,8 +30,18 @@ from .core import (
     select_examples,
     stages,
 )
-from .loading import IMAGE_SUFFIXES, AuditInputError, Normalize, SelectLogits, load_image_folder, load_user_data, load_user_model
+from .loading import (
+    IMAGE_SUFFIXES,
+    AuditInputError,
+    GuardedModel,
+    ModelError,
+    Normalize,
+    SelectLogits,
+    load_image_folder,
+    load_user_data,
+    load_user_model,
+)
 
 __all__ = ["THREATS", "AuditConfig", "Stage", "stages", "select_examples", "check_model_on_data", "sanity_checks",
-           "run_audit", "audit_report", "STORE_NAME", "PAPERS", "AuditInputError", "Normalize", "SelectLogits",
+           "run_audit", "audit_report", "STORE_NAME", "PAPERS", "AuditInputError", "ModelError", "GuardedModel", "Normalize", "SelectLogits",
            "load_user_model", "load_user_data", "load_image_folder", "IMAGE_SUFFIXES"]

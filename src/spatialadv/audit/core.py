@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._config import option
+from .._config import option, validate_config
+from .._paths import check_folder
 from .._validation import check_logits
 from ..attacks import FGSM, PGD, RandomSearch, RotationTranslation, SmoothPGDL2, StAdv
 from ..attacks.base import Attack, model_input_error
 from ..data import DataError, Dataset
 from ..eval.runner import attack_config, run_attack, run_key
-from ..eval.store import ResultStore
+from ..eval.store import ResultStore, StoreError
 from ..references import cite
 from ..threats import L2Ball, LinfBall, PixelFlow, RotationTranslationBox, Threat
 from ..viz.panels import prediction_panel
@@ -66,21 +67,22 @@ class AuditConfig:
 
     threats: tuple[str, ...] = option(THREATS, f"threat models, comma-separated subset of {','.join(THREATS)}", sep=",",
                                       metavar="T,T,...")
-    n: int = option(100, "examples audited")
-    flow_budget: float = option(1.0, "stAdv flow budget: total variation (stAdv Eq. 5) in pixels")
-    max_rotation: float = option(30.0, "STM rotation bound, degrees")
-    max_translation: float = option(3.0, "STM translation bound, pixels")
-    linf_eps: float = option(0.3, "L∞ budget, [0, 1] pixel units")
-    l2_eps: float = option(2.0, "L2 budget, [0, 1] pixel units")
-    smooth_eps: float = option(2.0, "L2 budget of smooth perturbations (sPGD2)")
-    pgd_steps: int = option(100, "PGD iterations")
-    smooth_steps: int = option(20, "sPGD2 iterations")
-    random_tries: int = option(20, "random-search points per example (gradient-masking check)")
-    stm_rotations: int = option(31, "STM grid: rotations")
-    stm_translations: int = option(5, "STM grid: translations per axis")
-    stadv_steps: int | None = option(None, "stAdv L-BFGS steps per image (none: StAdv()'s)")
-    seed: int = option(0, "seed of random starts and of built-in splits")
-    batch_size: int = option(100, "examples per attack call")
+    n: int = option(100, "examples audited", minimum=1)
+    flow_budget: float = option(1.0, "stAdv flow budget: total variation (stAdv Eq. 5) in pixels (inf: no budget)",
+                                above=0.0, finite=False)
+    max_rotation: float = option(30.0, "STM rotation bound, degrees", minimum=0.0, maximum=180.0)
+    max_translation: float = option(3.0, "STM translation bound, pixels", minimum=0.0, maximum=1e4)
+    linf_eps: float = option(0.3, "L∞ budget, [0, 1] pixel units", above=0.0, maximum=1.0)
+    l2_eps: float = option(2.0, "L2 budget, [0, 1] pixel units", above=0.0, maximum=1e6)
+    smooth_eps: float = option(2.0, "L2 budget of smooth perturbations (sPGD2)", above=0.0, maximum=1e6)
+    pgd_steps: int = option(100, "PGD iterations", minimum=1, maximum=10**6)
+    smooth_steps: int = option(20, "sPGD2 iterations", minimum=1, maximum=10**6)
+    random_tries: int = option(20, "random-search points per example (gradient-masking check)", minimum=1, maximum=10**6)
+    stm_rotations: int = option(31, "STM grid: rotations", minimum=1, maximum=10**4)
+    stm_translations: int = option(5, "STM grid: translations per axis", minimum=1, maximum=10**3)
+    stadv_steps: int | None = option(None, "stAdv L-BFGS steps per image (none: StAdv()'s)", minimum=1, maximum=10**6)
+    seed: int = option(0, "seed of random starts and of built-in splits", minimum=0)
+    batch_size: int = option(100, "examples per attack call", minimum=1, maximum=10**6)
 
     def __post_init__(self) -> None:
         if not self.threats:
@@ -90,22 +92,7 @@ class AuditConfig:
             raise ValueError(f"unknown threat(s) {bad}; choose from {', '.join(THREATS)}")
         if len(set(self.threats)) != len(self.threats):
             raise ValueError(f"--threats lists a threat twice: {list(self.threats)}")
-        for name in ("flow_budget", "linf_eps", "l2_eps", "smooth_eps"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {v!r}")
-        for name in ("max_rotation", "max_translation"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {v!r}")
-        for name in ("n", "pgd_steps", "smooth_steps", "random_tries", "stm_rotations", "stm_translations", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
-        if self.stadv_steps is not None and (not isinstance(self.stadv_steps, int) or self.stadv_steps < 1):
-            raise ValueError(f"--stadv-steps must be an integer >= 1, got {self.stadv_steps!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"--seed must be an integer >= 0, got {self.seed!r}")
+        validate_config(self)  # every number field's domain, declared with its option above
 
     def budgets(self) -> dict:
         """The budgets of the selected threats, in their units (JSON-able)."""
@@ -308,8 +295,30 @@ def _within(threat: Threat, size: float) -> bool:
     return size <= float(b) * (1 + _TOL) + 1e-7
 
 
+def _check_same_audit(out: Path, model_info: dict, data_key: str) -> None:
+    """Refuse a folder whose store holds another audit (another model or data) or a reproduce job's results."""
+    path = out / STORE_NAME
+    if not path.is_file():
+        return
+    with ResultStore(path) as store:
+        meta = store.get_meta("audit")
+        other_job = store.get_meta("config") is not None
+    if meta is None and not other_job:
+        return  # an empty store (a run killed before its first write): nothing to replace
+    if isinstance(meta, dict) and isinstance(meta.get("model"), dict):
+        if meta["model"].get("key") == model_info.get("key") and meta.get("data_key") == data_key:
+            return  # the same audit: resume, another shard or more examples
+        what = f"the audit of another model ({meta['model'].get('spec', meta['model'].get('key'))})" \
+            if meta["model"].get("key") != model_info.get("key") else "an audit of other data"
+    else:
+        what = "the results of `spatialadv reproduce`" if other_job else "an unreadable audit"
+    raise ValueError(f"--out {out} holds {what}: audit into a new --out, or give --replace to replace its report "
+                     "(its stored records are kept)")
+
+
 def run_audit(model: nn.Module, model_info: dict, data: Dataset, cfg: AuditConfig, out: str | Path, *,
-              data_info: dict | None = None, shard: tuple[int, int] = (0, 1), progress: bool = True) -> dict:
+              data_info: dict | None = None, shard: tuple[int, int] = (0, 1), progress: bool = True,
+              replace: bool = False) -> dict:
     """Audit ``model`` on ``data`` into the folder ``out`` (resumable, shardable); returns the report's JSON entry.
 
     For each threat the stages of :func:`stages` run as a cascade: each attack only on the examples
@@ -335,6 +344,9 @@ def run_audit(model: nn.Module, model_info: dict, data: Dataset, cfg: AuditConfi
         data_info: JSON-able description of the data for the report (default: its name).
         shard: ``(i, k)`` with ``0 ≤ i < k``.
         progress: progress bars.
+        replace: audit into a folder that holds the audit of another model or other data (its report is
+            replaced; its records stay in the store, keyed by model and data). Without it such a folder is
+            refused before any work.
 
     Returns:
         The JSON entry written to ``out/report.json`` (see :func:`audit_report`).
@@ -348,12 +360,13 @@ def run_audit(model: nn.Module, model_info: dict, data: Dataset, cfg: AuditConfi
         raise ValueError(f"--shard must be I/K with 0 <= I < K, got {i_shard}/{k_shard}")
     num_classes = check_model_on_data(model, data)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_folder(out, f"--out {out}")
     examples = select_examples(data.y, cfg.n)
     mine = examples[i_shard::k_shard]
     sanity = sanity_checks(model, data.x[examples], data.y[examples], num_classes)
     data_key = _data_key(data)
+    if not replace:
+        _check_same_audit(out, model_info, data_key)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     with ResultStore(out / STORE_NAME) as store:
@@ -413,6 +426,23 @@ def _pct(v: float | None) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
 
 
+#: Fields of a stored audit's metadata and their JSON types (checked before a report is built from it).
+_AUDIT_META = {"config": dict, "model": dict, "data": dict, "data_key": str, "classes": list, "examples": list, "labels": list}
+
+
+def _check_audit_meta(meta: dict, path: Path) -> None:
+    """Refuse a truncated or hand-edited audit metadata with one :class:`StoreError` naming what is wrong."""
+    bad = [k for k, t in _AUDIT_META.items() if not isinstance(meta.get(k), t)]
+    if not bad and not isinstance(meta["model"].get("key"), str):
+        bad = ["model.key"]
+    if not bad and (len(meta["labels"]) != len(meta["examples"])
+                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in meta["examples"])):
+        bad = ["examples/labels"]
+    if bad:
+        raise StoreError(f"{path}: the stored audit metadata is incomplete or corrupt ({', '.join(bad)} missing or "
+                         "malformed); audit again into a new --out")
+
+
 def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
     """Build ``report.md`` and ``report.json`` of an audit folder from its store (figures when ``data`` is given).
 
@@ -446,8 +476,13 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
             raise ValueError(f"{path} holds no audit (not written by `spatialadv audit`)")
         sanity = list(store.get_meta("sanity", []))
         elapsed = store.get_meta("elapsed_s")
+        _check_audit_meta(meta, path)
         stored = {_RENAMED_CONFIG.get(k, k): v for k, v in meta["config"].items()}  # audits stored before the renames
-        cfg = AuditConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+        try:
+            cfg = AuditConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"{path}: the stored audit configuration is not usable ({e}); audit again into a new "
+                             "--out") from e
         model_key, data_key = meta["model"]["key"], meta["data_key"]
         clean_key = hashlib.sha256(f"clean|{model_key}|{data_key}".encode()).hexdigest()[:16]
         clean = {int(k): v for k, v in store.items(clean_key).items()}
@@ -493,7 +528,7 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
                            "worst_case_acc": _pct(acc(worst, idx))}
     complete = n == len(meta["examples"])
     entry = {
-        "name": meta["model"]["spec"], "model": meta["model"], "dataset": meta["data"], "n_examples": n,
+        "name": meta["model"].get("spec"), "model": meta["model"], "dataset": meta["data"], "n_examples": n,
         "clean_acc": _pct(acc(correct, examples)),
         **{f"{t}_acc": _pct(acc(robust[t], examples)) for t in cfg.threats},
         "worst_case_acc": _pct(acc(worst, examples)),

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..data import DATASETS, DataError, Dataset, _to_images, _to_labels, load_dataset, load_npz, read_idx
 from ..models import load_checkpoint, state_checksum
 
-__all__ = ["AuditInputError", "Normalize", "SelectLogits", "load_user_model", "load_user_data", "load_image_folder",
+__all__ = ["AuditInputError", "ModelError", "GuardedModel", "Normalize", "SelectLogits", "load_user_model", "load_user_data", "load_image_folder",
            "IMAGE_SUFFIXES"]
 
 #: File suffixes read from an image folder (Pillow formats).
@@ -30,6 +30,49 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 class AuditInputError(ValueError):
     """A model, weights file or dataset that the audit cannot use; the message names it and says what is accepted."""
+
+
+class ModelError(AuditInputError):
+    """The user's model failed, or returned non-finite logits, while it was audited (the message names the error)."""
+
+
+class GuardedModel(nn.Module):
+    """The user's model behind a guard: what it raises, and non-finite logits, become one :class:`ModelError`.
+
+    An attack calls the model on perturbed images the user never tried; an exception there (or inf / NaN
+    logits, which would surface later as a NaN flow or loss inside the attack) is the model's problem, reported
+    in one line naming the model and its error instead of a traceback through the attack.
+
+    Args:
+        model: the classifier (returning logits ``(N, K)``).
+        name: how the user named it (``--model``), for the messages.
+    """
+
+    def __init__(self, model: nn.Module, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.train(model.training)  # the guard is in the model's mode (eval for an audited model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``model(x)``, checked."""
+        try:
+            out = self.model(x)
+        except ModelError:
+            raise
+        except Exception as e:
+            msg = " ".join(str(e).split())
+            msg = msg if len(msg) <= 300 else msg[:297] + "..."
+            raise ModelError(f"--model {self.name} failed on a batch of {x.shape[0]} image(s) of shape "
+                             f"{tuple(x.shape[1:])}: {type(e).__name__}: {msg}") from e
+        if isinstance(out, Tensor) and out.is_floating_point():
+            bad = ~torch.isfinite(out.detach())
+            if bool(bad.any()):
+                rows = int(bad.reshape(out.shape[0], -1).any(1).sum()) if out.dim() else 1
+                raise ModelError(f"--model {self.name} returned non-finite logits (inf or NaN) for {rows} of "
+                                 f"{x.shape[0]} image(s) during the audit: the attacks need finite logits (check for "
+                                 "overflow, log(0) or division by zero in the model)")
+        return out
 
 
 class Normalize(nn.Module):

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .._validation import check_name
 
-__all__ = ["Dataset", "DataSpec", "DATASETS", "load_dataset", "read_idx", "load_npz", "DataError", "FASHION_MNIST_DIR"]
+__all__ = ["Dataset", "DataSpec", "DATASETS", "TRAIN_SIZES", "check_train_size", "load_dataset", "read_idx", "load_npz", "DataError", "FASHION_MNIST_DIR"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -175,18 +175,35 @@ def load_npz(path: str | os.PathLike, *, x_key: str = "x", y_key: str = "y", nam
     Raises:
         FileNotFoundError: missing file.
         KeyError: a key is not in the archive (the message lists the keys).
+        DataError: not a ``.npz`` archive (a pickle, garbage), a truncated or corrupt one, object arrays, no images.
         ValueError, TypeError: malformed arrays.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
-    with np.load(path, allow_pickle=False) as z:
-        for k in (x_key, y_key):
-            if k not in z.files:
-                raise KeyError(f"{path}: no array {k!r}; the archive holds {sorted(z.files)}")
-        x = _to_images(z[x_key], str(path))
-        y = _to_labels(z[y_key], x.shape[0], str(path))
-    k = int(y.max()) + 1 if len(y) else 0
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # np.load would try to unpickle anything else (and advise allow_pickle=True)
+        what = "is empty" if not head else "is not a .npz archive (numpy.savez / savez_compressed)"
+        raise DataError(f"{path} {what}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for k in (x_key, y_key):
+                if k not in z.files:
+                    raise KeyError(f"{path}: no array {k!r}; the archive holds {sorted(z.files)}")
+            xa, ya = z[x_key], z[y_key]
+    except KeyError:
+        raise
+    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, ValueError (object arrays) on a damaged archive
+        raise DataError(f"{path}: not a readable .npz archive (truncated or corrupt: {type(e).__name__})") from None
+    if xa.dtype == object or ya.dtype == object:
+        raise DataError(f"{path}: object arrays are not accepted (no pickle); save numeric arrays x, y")
+    if xa.size == 0 or ya.size == 0:
+        raise DataError(f"{path}: the archive holds no images ({x_key} has shape {tuple(xa.shape)}, {y_key} "
+                        f"{tuple(ya.shape)})")
+    x = _to_images(xa, str(path))
+    y = _to_labels(ya, x.shape[0], str(path))
+    k = int(y.max()) + 1
     return Dataset(name or path.stem, "all", x, y, tuple(str(i) for i in range(k)))
 
 
@@ -273,6 +290,19 @@ def _fashion_part(img_f: str, lab_f: str, img_mtime: int, lab_mtime: int) -> tup
 
 
 DATASETS = {"mnist": _load_mnist, "fashion-mnist": _load_fashion, "digits": _load_digits}
+#: Images in each built-in train split (any seed): the largest ``max_train`` an option accepts (checked before any work).
+TRAIN_SIZES = {"mnist": 4000, "fashion-mnist": 60000, "digits": 1438}
+
+
+def check_train_size(option: str, value: int | None, data: str) -> None:
+    """Refuse a training-subset size (a Config's ``max_train``) larger than the train split of the built-in ``data``.
+
+    Raises:
+        ValueError: ``value`` exceeds :data:`TRAIN_SIZES` ``[data]`` (the message names the CLI ``option``).
+    """
+    size = TRAIN_SIZES.get(data)
+    if value is not None and size is not None and isinstance(value, int) and value > size:
+        raise ValueError(f"{option} must be <= {size} (the training images of {data}), got {value}")
 
 
 def load_dataset(name: str, split: str = "test", *, seed: int = 0) -> Dataset:

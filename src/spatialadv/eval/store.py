@@ -136,6 +136,9 @@ class ResultStore:
             version = self.get_meta("schema_version")
             if version is None:
                 self.set_meta("schema_version", SCHEMA_VERSION)
+        except StoreError:
+            self.conn.close()
+            raise
         except (sqlite3.DatabaseError, OSError) as e:
             raise StoreError(f"cannot use results store {self.path}: {e}") from e
         if version not in (None, *_READABLE_VERSIONS):
@@ -184,8 +187,8 @@ class ResultStore:
     def runs(self) -> list[dict]:
         """All registered runs in registration order (dicts: run_key, model, attack, config, created, tags, planned)."""
         cur = self.conn.execute("SELECT run_key, model, attack, config, created, tags, planned FROM runs ORDER BY created")
-        return [dict(run_key=r[0], model=r[1], attack=r[2], config=json.loads(r[3]), created=r[4], tags=json.loads(r[5]),
-                     planned=r[6]) for r in cur]
+        return [dict(run_key=r[0], model=r[1], attack=r[2], config=self._json(r[3], f"run {r[0]}'s config"), created=r[4],
+                     tags=self._json(r[5], f"run {r[0]}'s tags"), planned=r[6]) for r in cur]
 
     def count(self, run_key: str) -> int:
         """Number of records (attack records and items) stored under ``run_key``."""
@@ -207,7 +210,7 @@ class ResultStore:
     def items(self, run_key: str) -> dict[str, object]:
         """All items of ``run_key`` as ``{item: value}`` in insertion order."""
         cur = self.conn.execute("SELECT item, value FROM items WHERE run_key = ? ORDER BY rowid", (run_key,))
-        return {k: json.loads(v) for k, v in cur}
+        return {k: self._json(v, f"item {k!r} of run {run_key}") for k, v in cur}
 
     # records -------------------------------------------------------------------------------
     def done(self, run_key: str) -> set[tuple[int, int]]:
@@ -237,10 +240,15 @@ class ResultStore:
         out = []
         for r in cur:
             d = dict(zip(cols, r))
-            d["params"] = decode_arrays(d["params"])
-            if arrays:
-                d["x_adv"] = decode_array(d["x_adv"])
-                d["flow"] = decode_array(d["flow"])
+            try:
+                d["params"] = decode_arrays(d["params"])
+                if arrays:
+                    d["x_adv"] = decode_array(d["x_adv"])
+                    d["flow"] = decode_array(d["flow"])
+            except Exception as e:  # numpy / zipfile raise ValueError, OSError, BadZipFile, EOFError on bad bytes
+                raise StoreError(f"results store {self.path} is corrupt: the arrays of record (idx {d['idx']}, target "
+                                 f"{d['target']}) of run {run_key} cannot be read ({type(e).__name__}); rebuild it with "
+                                 "a new --out / --store") from None
             out.append(d)
         return out
 
@@ -258,4 +266,12 @@ class ResultStore:
     def get_meta(self, key: str, default=None):
         """The metadata value stored under ``key`` (decoded from JSON), or ``default`` if there is none."""
         r = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if r is None else json.loads(r[0])
+        return default if r is None else self._json(r[0], f"metadata {key!r}")
+
+    def _json(self, text, what: str):
+        """``json.loads(text)``; a value that is not JSON means a corrupt store: :class:`StoreError` naming ``what``."""
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"results store {self.path} is corrupt: its {what} is not valid JSON ({e}); "
+                             "rebuild it with a new --out / --store") from e

@@ -33,7 +33,7 @@ from ..eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, mean,
 from ..eval.store import array_from_text, array_to_text
 from ..training import ModelSpec, Objective, TrainConfig
 from ..viz import image_map_figure
-from .framework import AttackRun, Experiment, Report, TaskRun, option, random_targets
+from .framework import MAX_THREADS, AttackRun, Experiment, Report, TaskRun, option, random_targets
 from .lan_detection import lan_attacks
 
 __all__ = ["Config", "plan", "report", "EXPERIMENTS", "map_attacks"]
@@ -58,9 +58,10 @@ class Config:
     figure_images: int = option(3, "images per Fig. 9 analogue", minimum=1)
     seed: int = option(0, "seed of the data split, training and targets", minimum=0)
     epochs: int = option(6, "training epochs (plain and FGSM-AT) when not cached", minimum=1)
-    max_train: int = option(4000, "train on at most this many training images (MNIST-5k has 4000)", minimum=100)
+    max_train: int = option(4000, "train on at most this many training images (MNIST-5k has 4000)", minimum=100,
+                             maximum=60000)
     cw_steps: int = option(100, "C&W Adam steps per binary-search step", minimum=1)
-    threads: int = option(2, "torch intra-op threads", minimum=1)
+    threads: int = option(2, "torch intra-op threads", minimum=1, maximum=MAX_THREADS)
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

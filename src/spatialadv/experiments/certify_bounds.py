@@ -23,7 +23,7 @@ from ..eval.compare import rate
 from ..eval.runner import make_pairs
 from ..training import TrainConfig, certify_spec
 from ._certify_report import PAPER, fig2_section, fig5_section, model_rows, models_comparison
-from .framework import AttackRun, Experiment, Report, TaskRun, option
+from .framework import MAX_THREADS, AttackRun, Experiment, Report, TaskRun, option
 
 __all__ = ["Config", "PAPER", "VARIANTS", "plan", "report", "EXPERIMENTS"]
 
@@ -45,11 +45,12 @@ class Config:
     seed: int = option(0, "seed of the data split, training and the attack's random start", minimum=0)
     dual_steps: int = option(100, "Adam steps of the SDP dual search per network", minimum=1)
     pgd_steps: int = option(50, "steps of the flow PGD", minimum=1)
-    pair: tuple[int, int] = option((1, 0), "class pair (i, j) of Fig. 2", minimum=0)
+    pair: tuple[int, int] = option((1, 0), "class pair (i, j) of Fig. 2", minimum=0, maximum=9)
     eps_upper: tuple[float, ...] = option((0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1),
-                                          "ℓ_diff budgets of Fig. 5", minimum=0.0)
-    eps_lower: tuple[float, ...] = option((0.05, 0.1, 0.5, 1.0, 2.0, 4.0, 7.84), "ℓ_diff budgets of Fig. 2", minimum=0.0)
-    threads: int = option(1, "torch intra-op threads (small tensors: more threads only add overhead)", minimum=1)
+                                          "ℓ_diff budgets of Fig. 5", minimum=0.0, maximum=1e6)
+    eps_lower: tuple[float, ...] = option((0.05, 0.1, 0.5, 1.0, 2.0, 4.0, 7.84), "ℓ_diff budgets of Fig. 2", minimum=0.0, maximum=1e6)
+    threads: int = option(1, "torch intra-op threads (small tensors: more threads only add overhead)", minimum=1,
+                         maximum=MAX_THREADS)
 
     def __post_init__(self) -> None:
         if self.pair[0] == self.pair[1] or max(self.pair) > 9:

@@ -40,12 +40,12 @@ from ..certify.smoothing import (
     certify_translation,
     exhaustive_translation,
 )
-from ..data import DataSpec
+from ..data import TRAIN_SIZES, DataSpec
 from ..eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, mean, rate
 from ..ops import affine_warp, flow_warp, rotation_translation_theta
 from ..training import ModelSpec, Objective, TrainConfig
 from ..viz.curves import Curve, Panel, curve_panels
-from .framework import Experiment, Report, Table, TaskRun, option
+from .framework import MAX_THREADS, Experiment, Report, Table, TaskRun, option
 
 __all__ = ["Config", "PAPER", "TSS", "plan", "report", "EXPERIMENTS", "flow_linf_pgd"]
 
@@ -73,32 +73,38 @@ class Config:
     epochs: int = option(120, "training epochs on MNIST-5k (4 000 images; 120 rather than 60 lifts the base model's "
                          "robustness to ±30° rotations on the first 100 test images from 91 % to 96 %)", minimum=1)
     fashion_epochs: int = option(10, "training epochs on Fashion-MNIST", minimum=1)
-    fashion_max_train: int = option(20000, "Fashion-MNIST training images (of 60 000)", minimum=10)
-    sigma: float = option(0.25, "Gaussian noise σ of smoothing and training (pixels in [0, 1])", minimum=0.0)
-    n0: int = option(64, "CERTIFY selection samples (identity cell)", minimum=1)
-    samples: int = option(250, "CERTIFY estimation samples per grid cell (and per flow certificate)", minimum=1)
+    fashion_max_train: int = option(20000, "Fashion-MNIST training images (of 60 000)", minimum=10,
+                                    maximum=TRAIN_SIZES["fashion-mnist"])
+    sigma: float = option(0.25, "Gaussian noise σ of smoothing and training (pixels in [0, 1])", above=0.0,
+                          maximum=10.0)
+    n0: int = option(64, "CERTIFY selection samples (identity cell)", minimum=1, maximum=10**7)
+    samples: int = option(250, "CERTIFY estimation samples per grid cell (and per flow certificate)", minimum=1,
+                         maximum=10**7)
     alpha: float = option(0.001, "CERTIFY failure probability per image and threat (union over the grid cells)",
-                          minimum=1e-12)
-    max_angle: float = option(30.0, "largest rotation budget Θ (degrees)", minimum=0.0)
+                          above=0.0, below=1.0)
+    max_angle: float = option(30.0, "largest rotation budget Θ (degrees)", minimum=0.0, maximum=180.0)
     angle_budgets: tuple[float, ...] = option((0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0), "rotation budgets (degrees)",
-                                              minimum=0.0)
-    max_shift: int = option(3, "largest integer translation budget (pixels, ∞-norm)", minimum=0)
+                                              minimum=0.0, maximum=180.0)
+    max_shift: int = option(3, "largest integer translation budget (pixels, ∞-norm)", minimum=0,
+                         maximum=27)
     train_shift: float = option(4.0, "translation range of the training augmentation (pixels; one beyond --max-shift: "
                                 "a base model trained on exactly ±3 px is weakest at the corner shifts (±3, ±3) it must certify)",
-                                minimum=0.0)
+                                minimum=0.0, maximum=28.0)
     flow_deltas: tuple[float, ...] = option((0.0, 0.01, 0.02, 0.03, 0.05, 0.1), "flow budgets δ (pixels, ‖r‖_∞)",
-                                            minimum=0.0)
+                                            minimum=0.0, maximum=28.0)
     bound_fraction: float = option(0.5, "target of the per-image cell count: max bound ≤ this × the largest radius",
-                                   minimum=1e-6)
+                                   above=0.0, maximum=1.0)
     refine: int = option(4, "sub-cells per failed rotation cell, certified with fresh samples at α/(2KS) each "
-                         "(0: no refinement, α/K per cell)", minimum=0)
+                         "(0: no refinement, α/K per cell)", minimum=0, maximum=1000,
+                         check=lambda v: None if v != 1 else "0 (no refinement) or >= 2 (one sub-cell is the cell itself)")
     refine_samples: int = option(1000, "estimation samples per sub-cell (a failed cell's p_c is well below 1, where more "
                                  "samples tighten the bound most: on the first 100 MNIST test images, ±30° is certified on "
-                                 "88 % without refinement, 89 % with 250 per sub-cell, 91 % with 1 000)", minimum=1)
-    predict_samples: int = option(250, "PREDICT samples of the empirical checks of g", minimum=1)
+                                 "88 % without refinement, 89 % with 250 per sub-cell, 91 % with 1 000)", minimum=1,
+                                 maximum=10**7)
+    predict_samples: int = option(250, "PREDICT samples of the empirical checks of g", minimum=1, maximum=10**7)
     pgd_steps: int = option(20, "steps of the projected flow attack", minimum=1)
     seed: int = option(0, "seed of training and sampling", minimum=0)
-    threads: int = option(2, "torch intra-op threads", minimum=1)
+    threads: int = option(2, "torch intra-op threads", minimum=1, maximum=MAX_THREADS)
 
 
 # ------------------------------------------------------------------------------------------------ attacks

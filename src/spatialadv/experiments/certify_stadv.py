@@ -26,7 +26,7 @@ from ..eval.runner import make_pairs
 from ..ops.flow import flow_tv_loss
 from ..training import TrainConfig, certify_spec
 from ._certify_report import PAPER, THESIS, fig6_section, gap_section, model_rows, models_comparison, thesis_section
-from .framework import AttackRun, Experiment, Report, TaskRun, option, random_targets
+from .framework import MAX_THREADS, AttackRun, Experiment, Report, TaskRun, option, random_targets
 
 __all__ = ["Config", "PAPER", "VARIANTS", "plan", "report", "EXPERIMENTS"]
 
@@ -45,21 +45,23 @@ class Config:
     variants: tuple[str, ...] = option(VARIANTS, "training variants of fc-500 to evaluate", choices=VARIANTS)
     epochs: int = option(10, "training epochs of each variant when not cached", minimum=1)
     seed: int = option(0, "seed of the data split, training and the random targets", minimum=0)
-    taus: tuple[float, ...] = option((0.0, 0.025, 0.05, 0.075, 0.1), "stAdv τ values of Fig. 6", minimum=0.0)
+    taus: tuple[float, ...] = option((0.0, 0.025, 0.05, 0.075, 0.1), "stAdv τ values of Fig. 6", minimum=0.0, maximum=1e6)
     max_iter: int = option(100, "L-BFGS steps per stAdv run (Fig. 6)", minimum=1)
     thesis_max_iter: int = option(60, "L-BFGS steps per run of the τ binary search (thesis)", minimum=1)
     search_steps: int = option(5, "τ binary-search runs per image (thesis)", minimum=1)
     flow_budgets: tuple[float, ...] = option((7.0, 94.5, 250.0), "hinge budgets on L_flow (thesis: 7.0, units unstated; "
-                                             "94.5 = 7.0 in normalised coordinates)", minimum=0.0)
+                                             "94.5 = 7.0 in normalised coordinates)", minimum=0.0, maximum=1e9)
     gap_budgets: tuple[float, ...] = option((25.0, 50.0, 150.0, 400.0, 700.0), "further budgets of the thesis experiment's "
-                                            "budget sweep (the measured explanation of the gap: units of the budget)", minimum=0.0)
+                                            "budget sweep (the measured explanation of the gap: units of the budget)", minimum=0.0,
+                                            maximum=1e9)
     gap_check_budgets: tuple[float, ...] = option((94.5, 250.0, 400.0), "budgets of the τ-range and training-strength checks "
-                                                  "(the measured explanation of the gap)", minimum=0.0)
+                                                  "(the measured explanation of the gap)", minimum=0.0, maximum=1e9)
     gap_tau_high: float = option(10.0, "upper end of the alternative τ search range [0, gap_tau_high] (thesis gap: τ range; "
-                                 "the thesis searches [0, 1000])", minimum=0.0)
+                                 "the thesis searches [0, 1000])", above=0.0, maximum=1e6)
     gap_eps_train: float = option(0.1, "SDP training strength ε_train of a more strongly SDP-trained net (thesis gap: "
                                   "training strength; the sdp variant uses 0.02)", minimum=0.0)
-    threads: int = option(1, "torch intra-op threads (small tensors: more threads only add overhead)", minimum=1)
+    threads: int = option(1, "torch intra-op threads (small tensors: more threads only add overhead)", minimum=1,
+                         maximum=MAX_THREADS)
 
 
 def _margins(model, x, items: list[str]) -> dict:

@@ -48,7 +48,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed
-from .._config import add_config_arguments, config_from_args, config_from_dict, config_to_dict, option, validate_config
+from .._config import (
+    MAX_THREADS,
+    add_config_arguments,
+    config_from_args,
+    config_from_dict,
+    config_to_dict,
+    option,
+    validate_config,
+)
+from .._paths import check_folder
 from ..attacks.base import Attack
 from ..data import load_dataset
 from ..eval.compare import METHODS, Cell, Comparison, Estimate, Metric, PaperValue, interval_note, run_estimates
@@ -59,7 +68,7 @@ from ..training import load_or_train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["option", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict", "Experiment",
+__all__ = ["option", "MAX_THREADS", "add_config_arguments", "config_from_args", "config_to_dict", "config_from_dict", "Experiment",
            "AttackRun", "TaskRun", "transfer_task", "Context", "Results", "RunView", "Report", "Table", "Shown", "Comparison", "Cell", "Metric", "PaperValue", "Estimate", "run_experiment", "execute_run", "rebuild",
            "render", "fmt", "settings_line", "STORE_NAME", "stored_experiment", "validate_config", "experiments"]
 
@@ -287,8 +296,7 @@ def run_experiment(exp: Experiment, cfg: Any, out: str | Path, *, progress: bool
     """
     validate_config(cfg)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    check_folder(out, f"--out {out}")  # a file, or a folder under a file: refused before anything is written
     lead = distributed.rank() == 0  # under torchrun, rank 0 writes the metadata and the report
     if lead:
         out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from ..eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, rate
 from ..eval.store import array_from_text, array_to_text
 from ..training import ModelSpec, TrainConfig
 from ..viz import image_map_figure
-from .framework import AttackRun, Experiment, Report, TaskRun, option, random_targets
+from .framework import MAX_THREADS, AttackRun, Experiment, Report, TaskRun, option, random_targets
 
 __all__ = ["Config", "PAPER", "plan", "report", "EXPERIMENTS", "lan_attacks"]
 
@@ -75,13 +75,13 @@ class Config:
     seed: int = option(0, "seed of the data split, training and targets", minimum=0)
     epochs: int = option(5, "f1 / source-net training epochs when not cached", minimum=1)
     max_train: int = option(4000, "train f1, the source net, the LAN and f2 on at most this many training images "
-                            "(MNIST-5k has 4000)", minimum=100)
-    beta: float = option(1.0, "β of the LAN loss (not stated in the thesis)", minimum=0.0)
+                            "(MNIST-5k has 4000; capped at each train split's size)", minimum=100, maximum=60000)
+    beta: float = option(1.0, "β of the LAN loss (not stated in the thesis)", minimum=0.0, maximum=1e6)
     lan_epochs: int = option(10, "LAN training epochs", minimum=1)
     f2_epochs: int = option(8, "mask-classifier training epochs", minimum=1)
     cw_steps: int = option(100, "C&W Adam steps per binary-search step", minimum=1)
     adaptive_steps: int = option(100, "adaptive-attack PGD steps", minimum=1)
-    threads: int = option(2, "torch intra-op threads", minimum=1)
+    threads: int = option(2, "torch intra-op threads", minimum=1, maximum=MAX_THREADS)
 
 
 def _outcome(det, xb: torch.Tensor, yb: torch.Tensor, x_adv: torch.Tensor, tb: torch.Tensor | None) -> list[dict]:

@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._config import option_name
 from ..attacks import FGSM, MIM, PGD, GeneratorNets, RotationTranslation, SdpAdv, StAdv
-from ..data import Dataset, DataSpec
+from ..data import TRAIN_SIZES, Dataset, DataSpec, check_train_size
 from ..defenses import Defended
 from ..defenses.defense_gan import DefenseGANProjection, GANConfig, load_or_train_generator
 from ..eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, mean, rate, rate_sum
@@ -45,7 +46,7 @@ from ..eval.runner import make_pairs
 from ..models import artifact_path, load_or_build
 from ..training import ModelSpec, Objective, TrainConfig, accuracy
 from ..viz.panels import prediction_panel
-from .framework import AttackRun, Experiment, Report, Table, TaskRun, option, settings_line
+from .framework import AttackRun, Experiment, Report, Table, TaskRun, option, settings_line, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +222,18 @@ class Config:
     critic_epochs: int | None = option(None, "epochs of Adv-Critic fine-tuning, from the non-robust classifier (none: "
                                        "1 for c4, 8 for fc-200; Matyasko & Chau: 100 epochs of 50 000 images)", minimum=1)
     critic_train: int | None = option(None, "Adv-Critic fine-tuning images, a seeded subset of the classifiers' training "
-                                      "images (none: all of them)", minimum=10)
+                                      "images (none: all of them)", minimum=10,
+                                      maximum=max(TRAIN_SIZES.values()))
     gen_epochs: int = option(20, "training epochs of a generator fitted from scratch: SdAdv, AdvGAN at the smallest ε "
                              "(paper: 100)", minimum=1)
     gen_warm_epochs: int = option(8, "training epochs of a warm-started generator: SdpAdv at each ε from SdAdv or the "
                                   "previous ε, AdvGAN from the previous ε", minimum=1)
-    gen_train: int = option(4000, "training images used to fit the generators (a seeded subset)", minimum=10)
-    val_fraction: float = option(0.2, "held-out fraction of those for generator model selection", minimum=0.0)
-    clf_train: int | None = option(None, "classifier training images, a seeded subset (none: the whole split)", minimum=10)
+    gen_train: int = option(4000, "training images used to fit the generators (a seeded subset)", minimum=10,
+                         maximum=max(TRAIN_SIZES.values()))
+    val_fraction: float = option(0.2, "held-out fraction of those for generator model selection", above=0.0,
+                                 below=1.0)
+    clf_train: int | None = option(None, "classifier training images, a seeded subset (none: the whole split)", minimum=10,
+                                   maximum=max(TRAIN_SIZES.values()))
     clf_epochs: int = option(12, "classifier training epochs (plain and Adv-Train)", minimum=1)
     seed: int = option(0, "seed of the data split, subsets and training", minimum=0)
     dgan_n: int = option(100, "first N evaluated images whose attacked versions are also classified through Defense-GAN "
@@ -243,8 +248,9 @@ class Config:
             raise ValueError(f"--dgan-n must be <= --n-eval, got {self.dgan_n} > {self.n_eval}")
         if self.n_stadv > self.n_eval:
             raise ValueError(f"--n-stadv must be <= --n-eval, got {self.n_stadv} > {self.n_eval}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        validate_config(self)  # the domains declared above (e.g. --val-fraction in (0, 1)), when the Config is made too
+        for name in ("critic_train", "gen_train", "clf_train"):
+            check_train_size(option_name(name), getattr(self, name), self.data)
 
 
 def critic_epochs(name: str, cfg: Config) -> int:

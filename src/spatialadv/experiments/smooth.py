@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..attacks import FGSM, IFGSM, PGD, CarliniWagnerL2, MinDistortionSweep, SmoothCarliniWagnerL2, SmoothPGDL2
-from ..data import DataSpec
+from ..data import TRAIN_SIZES, DataSpec, check_train_size
 from ..eval import edge_flat_energy, operating_characteristic, protocol_summary, summarize
 from ..eval.compare import Cell, Comparison, Metric, PaperValue, mean, rate
 from ..eval.runner import make_pairs
@@ -112,15 +112,20 @@ class Config:
                     minimum=1)
     n_budget: int = option(200, "of those, images also attacked by C&W / sC&W at the other schedules", minimum=0)
     budgets: tuple[tuple[int, int], ...] = option(BUDGETS, "extra C&W / sC&W schedules, binary-search steps x Adam steps",
-                                                  parse=_schedule, metavar="BxS")
+                                                  parse=_schedule, metavar="BxS", minimum=1,
+                                                  maximum=100000)
     seed: int = option(0, "seed of the data split and of training", minimum=0)
     epochs: int = option(12, "C4 training epochs when not cached", minimum=1)
-    max_train: int | None = option(None, "train C4 on a seeded subset of this many training images (none: all)", minimum=10)
+    max_train: int | None = option(None, "train C4 on a seeded subset of this many training images (none: all; at most the split's "
+                                   "size)", minimum=10, maximum=max(TRAIN_SIZES.values()))
     sigma: float = option(0.1, "bandwidth of the Laplacian feature kernel, [0, 1] scale (not stated in the paper)",
-                          minimum=1e-6)
+                          minimum=1e-6, maximum=100.0)
     steps: int = option(50, "C&W / sC&W Adam steps per binary-search step", minimum=1)
     binary_search_steps: int = option(5, "C&W / sC&W binary-search steps", minimum=1)
     batch_size: int = option(100, "images per attack call", minimum=1)
+
+    def __post_init__(self) -> None:
+        check_train_size("--max-train", self.max_train, self.data)
 
 
 def plan(cfg: Config, ctx):

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 
 from ..attacks import FGSM, IFGSM, PGD, CarliniWagnerL2, SmoothCarliniWagnerL2, SmoothPGDL2
-from ..data import DataSpec
+from ..data import TRAIN_SIZES, DataSpec
 from ..defenses import BilateralFilter, Defended
 from ..eval import operating_characteristic, protocol_summary
 from ..eval.compare import Cell, Comparison, Metric, PaperValue, mean, rate
 from ..eval.runner import make_pairs
 from ..training import ModelSpec, Objective, TrainConfig
 from ..viz import operating_characteristic_plot
-from .framework import AttackRun, Experiment, Report, Shown, Table, TaskRun, option, transfer_task
+from .framework import AttackRun, Experiment, Report, Shown, Table, TaskRun, option, transfer_task, validate_config
 from .smooth import PAPER as TABLE1
 from .smooth import smooth_attacks
 
@@ -67,21 +67,22 @@ class Config:
     seed: int = option(0, "seed of the data split and of training", minimum=0)
     epochs: int = option(12, "C4 training epochs (plain and adversarial training) when not cached", minimum=1)
     max_train: int | None = option(None, "train on a seeded subset of this many training images (none: all 4 000)",
-                                   minimum=10)
+                                   minimum=10, maximum=TRAIN_SIZES["mnist"])
     at_eps: float = option(0.3, "L∞ step of the step l.l. adversary during training (the paper does not state it; 0.3 is "
                            "the MNIST budget of the other defenses)", minimum=1e-6)
     at_weight: float = option(0.5, "weight of the adversarial loss during training (Kurakin et al.: half the batch)",
-                              minimum=0.0)
-    sigma_domain: float = option(0.5, "bilateral filter: domain σ in pixels (paper §5.4: 0.5)", minimum=1e-6)
-    sigma_range: float = option(0.2, "bilateral filter: range σ on the [0, 1] scale (paper §5.4: 0.2)", minimum=1e-6)
-    sigma: float = option(0.1, "bandwidth of the smoothing graph's Laplacian feature kernel (as smooth-mnist)", minimum=1e-6)
+                              minimum=0.0, maximum=1.0)
+    sigma_domain: float = option(0.5, "bilateral filter: domain σ in pixels (paper §5.4: 0.5)", minimum=1e-6, maximum=100.0)
+    sigma_range: float = option(0.2, "bilateral filter: range σ on the [0, 1] scale (paper §5.4: 0.2)", minimum=1e-6,
+                               maximum=100.0)
+    sigma: float = option(0.1, "bandwidth of the smoothing graph's Laplacian feature kernel (as smooth-mnist)", minimum=1e-6, maximum=100.0)
     steps: int = option(50, "C&W / sC&W Adam steps per binary-search step", minimum=1)
     binary_search_steps: int = option(5, "C&W / sC&W binary-search steps", minimum=1)
     batch_size: int = option(100, "images per attack call", minimum=1)
 
     def __post_init__(self) -> None:
-        if self.at_weight > 1:
-            raise ValueError(f"--at-weight must be in [0, 1], got {self.at_weight}")
+        validate_config(self)  # the domains declared above, checked when the Config is made too
+
 
 
 def transfer_attacks(*, sigma: float = 0.1, steps: int = 50) -> dict:

@@ -34,12 +34,12 @@ import numpy as np
 import torch
 
 from ..attacks import FGSM, PGD, CarliniWagnerL2, StAdv
-from ..data import DataSpec
+from ..data import TRAIN_SIZES, DataSpec
 from ..defenses import Defended, MeanFilter
 from ..eval.compare import Cell, Comparison, Metric, PaperValue, mean, rate
 from ..eval.runner import make_pairs
 from ..training import ModelSpec, Objective, TrainConfig
-from .framework import AttackRun, Experiment, Report, Shown, Table, TaskRun, option, transfer_task
+from .framework import AttackRun, Experiment, Report, Shown, Table, TaskRun, option, transfer_task, validate_config
 
 __all__ = ["Config", "PAPER", "DEFENSES", "attacks", "plan", "report", "EXPERIMENTS"]
 
@@ -74,22 +74,20 @@ class Config:
     epochs: int = option(12, "training epochs of the plain models (the stadv-mnist models, same cache keys) and of the "
                          "static models of ensemble training", minimum=1)
     max_train: int | None = option(None, "train on a seeded subset of this many training images (none: all 4 000)",
-                                   minimum=10)
+                                   minimum=10, maximum=TRAIN_SIZES["mnist"])
     at_epochs: int = option(2, "epochs of adversarial fine-tuning, from the plain model's weights (reduced: see the report)",
                             minimum=1)
     eps: float = option(0.3, "L∞ budget of adversarial training and of FGSM / PGD (stAdv §4.4: 0.3 on MNIST)",
-                        minimum=1e-6)
+                        above=0.0, maximum=1.0)
     pgd_steps: int = option(3, "PGD steps per training batch (Madry et al.: 40; reduced to fit the time budget)", minimum=1)
     pgd_step_size: float = option(0.15, "PGD training step size (Madry et al.: 0.01 × 40 steps; here 0.15 × 3 = 1.5 ε, so "
-                                  "that the steps can cross the ball)", minimum=1e-6)
-    filter_size: int = option(3, "side of the mean filter of Table 5, odd", minimum=1)
+                                  "that the steps can cross the ball)", above=0.0, maximum=1.0)
+    filter_size: int = option(3, "side of the mean filter of Table 5, odd", minimum=1, maximum=27,
+                              check=lambda v: None if v % 2 else "odd")
     batch_size: int = option(100, "images per attack call", minimum=1)
 
     def __post_init__(self) -> None:
-        if self.eps > 1:
-            raise ValueError(f"--eps must be in (0, 1], got {self.eps}")
-        if self.filter_size % 2 == 0:
-            raise ValueError(f"--filter-size must be odd, got {self.filter_size}")
+        validate_config(self)  # the domains declared above, checked when the Config is made too
 
 
 def attacks(eps: float = 0.3) -> dict:

@@ -46,6 +46,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .. import distributed
+from .._paths import check_file
 from .._validation import check_name
 
 log = logging.getLogger(__name__)
@@ -302,8 +303,10 @@ def load_or_build(name: str, make: Callable[[], nn.Module], build: Callable[[], 
 
     Raises:
         TypeError, ValueError: an unsafe ``name`` or ``kind`` (:func:`artifact_path`); whatever ``make`` or ``build`` raise.
+        PathError: the checkpoint path is a folder or lies under a file (checked before anything is built).
     """
     path = artifact_path(name, kind=kind, directory=directory)
+    check_file(path, f"{what} checkpoint")  # before training: a folder in its place would fail only at the save
     module, meta = None, {}
     with distributed.rank_zero_first():
         if path.is_file():

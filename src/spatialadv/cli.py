@@ -199,7 +199,7 @@ def cmd_evaluate(args) -> int:
     if not Path(args.store).is_file():
         print(f"error: no results store at {args.store}", file=sys.stderr)
         return 2
-    with ResultStore(args.store) as store:
+    with ResultStore(args.store, readonly=True) as store:
         rows = [(r["model"], r["attack"], summarize(store.records(r["run_key"]))) for r in store.runs()]
     rows = [r for r in rows if r[2]["pairs"]]
     if not rows:
@@ -219,7 +219,7 @@ def cmd_report(args) -> int:
 
     store = Path(args.out) / STORE_NAME
     if store.is_file():
-        with ResultStore(store) as s:
+        with ResultStore(store, readonly=True) as s:
             is_audit = s.get_meta("audit") is not None
         if is_audit:  # an audit folder: numbers from the store, figures kept as they are
             audit_report(args.out)

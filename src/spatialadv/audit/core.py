@@ -300,7 +300,7 @@ def _check_same_audit(out: Path, model_info: dict, data_key: str) -> None:
     path = out / STORE_NAME
     if not path.is_file():
         return
-    with ResultStore(path) as store:
+    with ResultStore(path, readonly=True) as store:
         meta = store.get_meta("audit")
         other_job = store.get_meta("config") is not None
     if meta is None and not other_job:
@@ -470,7 +470,7 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
     path = out / STORE_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no audit store at {path}: run `spatialadv audit ... --out {out}` first")
-    with ResultStore(path) as store:
+    with ResultStore(path, readonly=True) as store:
         meta = store.get_meta("audit")
         if not isinstance(meta, dict):
             raise ValueError(f"{path} holds no audit (not written by `spatialadv audit`)")
@@ -562,7 +562,7 @@ def _existing_figures(out: Path, cfg: AuditConfig) -> list[str]:
 
 def _figures(out: Path, cfg: AuditConfig, verdicts: dict, examples: list[int], data: Dataset) -> list[str]:
     figs = []
-    with ResultStore(out / STORE_NAME) as store:
+    with ResultStore(out / STORE_NAME, readonly=True) as store:
         model_key, data_key = store.get_meta("audit")["model"]["key"], store.get_meta("audit")["data_key"]
         for t in cfg.threats:
             broken = [i for i in examples if verdicts[t][i]["stage"] is not None][:8]

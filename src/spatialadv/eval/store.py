@@ -8,6 +8,7 @@ the pairs already stored (see :func:`spatialadv.eval.runner.run_attack`).
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import sqlite3
@@ -102,6 +103,18 @@ class StoreError(ValueError):
     """A results store that cannot be used: not a database, another layout, unwritable."""
 
 
+def _damaged_as_store_error(method):
+    """A store method whose SQLite or decoding errors on a damaged file become :class:`StoreError` naming the file."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+            raise StoreError(f"results store {self.path} is damaged ({e}): use a new --out / --store, "
+                             "or restore the file") from e
+    return wrapper
+
+
 class ResultStore:
     """Per-example records in an SQLite file.
 
@@ -117,35 +130,56 @@ class ResultStore:
     never in the file, so the older version can still open it.
 
     Args:
-        path: database file; created with its folder when missing.
+        path: database file; created with its folder when missing (unless ``readonly``).
+        readonly: open an existing store for reading only (the reports, ``spatialadv evaluate``): the file is
+            never created, modified or given tables, so a damaged or foreign file is left byte for byte as it was.
 
     Raises:
         StoreError: the path is a directory, not an SQLite database, written
-            with another table layout, or not writable.
+            with another table layout, or not writable; with ``readonly``, a
+            missing file or one without the store's tables.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = bool(readonly)
         if self.path.is_dir():
             raise StoreError(f"results store {self.path} is a directory, expected an SQLite file")
+        if readonly and not self.path.is_file():
+            raise StoreError(f"no results store at {self.path}")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(self.path), timeout=30)
-            self.conn.executescript(_SCHEMA)
-            self.conn.commit()
-            version = self.get_meta("schema_version")
-            if version is None:
-                self.set_meta("schema_version", SCHEMA_VERSION)
+            if readonly:
+                self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+                tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not {"meta", "runs", "records", "items"} <= tables:
+                    self.conn.close()
+                    raise StoreError(f"{self.path} is not a spatialadv results store (it lacks the store's tables)")
+                version = self.get_meta("schema_version")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(str(self.path), timeout=30)
+                self.conn.executescript(_SCHEMA)
+                self.conn.commit()
+                version = self.get_meta("schema_version")
+                if version is None:
+                    self.set_meta("schema_version", SCHEMA_VERSION)
         except StoreError:
             self.conn.close()
             raise
-        except (sqlite3.DatabaseError, OSError) as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError, OSError) as e:
+            if getattr(self, "conn", None) is not None:
+                self.conn.close()
             raise StoreError(f"cannot use results store {self.path}: {e}") from e
         if version not in (None, *_READABLE_VERSIONS):
             self.conn.close()
             raise StoreError(f"results store {self.path} has table layout {version}, this version writes {SCHEMA_VERSION}: "
                              "write to a new --out / --store")
-        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(records)")}
+        try:
+            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(records)")}
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+            self.conn.close()
+            raise StoreError(f"results store {self.path} is damaged ({e}): use a new --out / --store, "
+                             "or restore the file") from e
         if "clean_pred" not in cols:
             self.conn.close()
             raise StoreError(f"results store {self.path} was written by an older spatialadv: write to a new --out / --store")
@@ -163,6 +197,7 @@ class ResultStore:
         self.close()
 
     # runs ----------------------------------------------------------------------------------
+    @_damaged_as_store_error
     def register_run(self, run_key: str, model: str, attack: str, config: dict, *, tags: dict | None = None,
                      planned: int | None = None) -> None:
         """Record a run before its first record is written (so an interrupted folder lists it).
@@ -184,12 +219,14 @@ class ResultStore:
                  planned),
             )
 
+    @_damaged_as_store_error
     def runs(self) -> list[dict]:
         """All registered runs in registration order (dicts: run_key, model, attack, config, created, tags, planned)."""
         cur = self.conn.execute("SELECT run_key, model, attack, config, created, tags, planned FROM runs ORDER BY created")
         return [dict(run_key=r[0], model=r[1], attack=r[2], config=self._json(r[3], f"run {r[0]}'s config"), created=r[4],
                      tags=self._json(r[5], f"run {r[0]}'s tags"), planned=r[6]) for r in cur]
 
+    @_damaged_as_store_error
     def count(self, run_key: str) -> int:
         """Number of records (attack records and items) stored under ``run_key``."""
         a = self.conn.execute("SELECT COUNT(*) FROM records WHERE run_key = ?", (run_key,)).fetchone()[0]
@@ -197,27 +234,32 @@ class ResultStore:
         return int(a) + int(b)
 
     # items ---------------------------------------------------------------------------------
+    @_damaged_as_store_error
     def done_items(self, run_key: str) -> set[str]:
         """The items already stored for ``run_key``."""
         return {r[0] for r in self.conn.execute("SELECT item FROM items WHERE run_key = ?", (run_key,))}
 
+    @_damaged_as_store_error
     def add_items(self, run_key: str, values: dict[str, object]) -> None:
         """Insert ``{item: JSON-able value}`` for ``run_key`` in one transaction."""
         with self.conn:
             self.conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?)",
                                   [(run_key, str(k), json.dumps(v)) for k, v in values.items()])
 
+    @_damaged_as_store_error
     def items(self, run_key: str) -> dict[str, object]:
         """All items of ``run_key`` as ``{item: value}`` in insertion order."""
         cur = self.conn.execute("SELECT item, value FROM items WHERE run_key = ? ORDER BY rowid", (run_key,))
         return {k: self._json(v, f"item {k!r} of run {run_key}") for k, v in cur}
 
     # records -------------------------------------------------------------------------------
+    @_damaged_as_store_error
     def done(self, run_key: str) -> set[tuple[int, int]]:
         """The ``(idx, target)`` pairs already stored for ``run_key``."""
         cur = self.conn.execute("SELECT idx, target FROM records WHERE run_key = ?", (run_key,))
         return {(int(a), int(b)) for a, b in cur}
 
+    @_damaged_as_store_error
     def add(self, rows: list[dict]) -> None:
         """Insert rows (dicts with the record columns) in one transaction."""
         with self.conn:
@@ -227,6 +269,7 @@ class ResultStore:
                 [tuple(r.get(c) for c in _COLUMNS) for r in rows],
             )
 
+    @_damaged_as_store_error
     def records(self, run_key: str, *, arrays: bool = False) -> list[dict]:
         """All records of a run ordered by ``(idx, target)``.
 
@@ -253,16 +296,19 @@ class ResultStore:
         return out
 
     # metadata ------------------------------------------------------------------------------
+    @_damaged_as_store_error
     def set_meta(self, key: str, value) -> None:
         """Store the JSON-able ``value`` under ``key`` in the store's metadata, replacing any previous value."""
         with self.conn:
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
+    @_damaged_as_store_error
     def set_metas(self, values: dict) -> None:
         """Store several JSON-able metadata values in one transaction."""
         with self.conn:
             self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
 
+    @_damaged_as_store_error
     def get_meta(self, key: str, default=None):
         """The metadata value stored under ``key`` (decoded from JSON), or ``default`` if there is none."""
         r = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

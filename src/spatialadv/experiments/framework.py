@@ -601,7 +601,7 @@ def stored_experiment(out: str | Path) -> tuple[Experiment, Any]:
     path = Path(out) / STORE_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no results store at {path}: run `spatialadv reproduce NAME --out {out}` first")
-    with ResultStore(path) as store:
+    with ResultStore(path, readonly=True) as store:
         stored = store.get_meta("config")
     if not isinstance(stored, dict) or "experiment" not in stored:
         raise ValueError(f"{path} holds no experiment configuration (not written by `spatialadv reproduce`)")
@@ -629,9 +629,9 @@ def rebuild(out: str | Path, exp: Experiment | None = None) -> dict:
     if exp is None:
         exp, cfg = stored_experiment(out)
     else:
-        with ResultStore(out / STORE_NAME) as store:
+        with ResultStore(out / STORE_NAME, readonly=True) as store:
             cfg = config_from_dict(type(exp.config), store.get_meta("config")["values"])
-    with ResultStore(out / STORE_NAME) as store:
+    with ResultStore(out / STORE_NAME, readonly=True) as store:
         results = Results(out, store)
         # no run stored yet (killed during training, say): a short report without the experiment's, which may
         # load its data set (a fresh machine may not have it) to draw figures of records that do not exist

@@ -314,6 +314,20 @@ def _shared(*, device: bool = True, out: str | None = None, threads: int | None 
     return p
 
 
+def _add_version(p: argparse.ArgumentParser) -> None:
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                   help="print the installed version and exit")
+
+
+def _version_parser() -> argparse.ArgumentParser:
+    """Answers ``--version`` alone, before the full parser (whose commands' imports load torch) is built."""
+    p = argparse.ArgumentParser(prog="spatialadv", add_help=False, allow_abbrev=False)
+    _add_version(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._config import add_config_arguments
     from .attacks import cli_attacks
@@ -325,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="spatialadv", description="Adversarial examples beyond L_p norms: attacks, evaluation, reports.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    _add_version(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_options(sp, param_help):
@@ -401,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     User errors are bad options, missing or corrupt data files, an unusable results store; any other
     exception is an internal error and keeps its traceback.
     """
+    if "--version" in (sys.argv[1:] if argv is None else argv)[:1]:
+        _version_parser().parse_known_args(argv)  # prints the version and exits
     from .data import DataError
     from .eval.store import StoreError
 

@@ -241,8 +241,8 @@ class GuidedSmoothing:
 
     Raises:
         TypeError, ValueError: bad guide or hyper-parameter; ``z`` of the wrong
-        shape or dtype. An empty batch (N = 0 guides or M = 0 signals) is a
-        ``ValueError``, like an empty batch of images in the attacks.
+            shape or dtype. An empty batch (N = 0 guides or M = 0 signals) is a
+            ``ValueError``, like an empty batch of images in the attacks.
     """
 
     def __init__(self, guide: Tensor, *, alpha: float = 0.95, sigma: float = 0.1, kernel: Kernel = "laplacian",

@@ -25,6 +25,7 @@ from spatialadv.viz import flow_quiver
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the example; returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--quick", action="store_true", help="fewer images and L-BFGS steps (a smoke run)")

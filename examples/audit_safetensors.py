@@ -33,6 +33,7 @@ def make():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the example; returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--quick", action="store_true", help="fewer examples, threats and steps (a smoke run)")

@@ -26,6 +26,7 @@ from spatialadv.training import Objective, TrainConfig, train_model
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the example; returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--quick", action="store_true", help="fewer images and Monte-Carlo samples (a smoke run)")

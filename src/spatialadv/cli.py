@@ -268,8 +268,8 @@ def cmd_audit(args) -> int:
     # every check before the output folder is created: nothing is half-written on bad input
     try:
         model, info = load_user_model(args.model, weights=args.weights, mean=args.mean, std=args.std, output=args.output)
-    except AuditInputError as e:
-        raise UsageError(str(e)) from e
+    except AuditInputError as err:
+        raise UsageError(str(err)) from err
     data = load_user_data(args.data, labels=args.labels, seed=cfg.seed)
     device = _device(args)
     if device.type != "cpu":

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,7 +159,7 @@ def stages(threat: str, cfg: AuditConfig) -> list[Stage]:
                       gradient_free=True)]
     if threat == "linf":
         e = cfg.linf_eps
-        ball = LinfBall(eps=e)
+        ball: Threat = LinfBall(eps=e)
         return [Stage("FGSM", FGSM(eps=e), ball),
                 Stage("PGD", PGD(eps=e, step_size=2.5 * e / cfg.pgd_steps, steps=cfg.pgd_steps, seed=cfg.seed), ball),
                 Stage("random search", RandomSearch(norm="linf", eps=e, tries=cfg.random_tries, seed=cfg.seed), ball,
@@ -287,7 +288,7 @@ def _data_key(data: Dataset) -> str:
 
 def _verdict_key(model_key: str, data_key: str, threat: str, cfg_stages: list[Stage]) -> str:
     blob = json.dumps({"model": model_key, "data": data_key, "threat": threat,
-                       "stages": [[s.label, attack_config(s.attack), dataclasses.asdict(s.budget)] for s in cfg_stages]},
+                       "stages": [[s.label, attack_config(s.attack), dataclasses.asdict(s.budget)] for s in cfg_stages]},  # type: ignore[call-overload]  # every Threat is a dataclass
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -393,7 +394,7 @@ def run_audit(model: nn.Module, model_info: dict, data: Dataset, cfg: AuditConfi
                         if i not in wanted:
                             continue
                         size = _measure(s.budget, data.x[i], r) if r["success"] else None
-                        if r["success"] and _within(s.budget, size):
+                        if size is not None and _within(s.budget, size):  # size is set for successes only
                             new[str(i)] = {"robust": False, "stage": s.label, "pred": r["pred"], "size": size}
                         else:
                             still.append(i)
@@ -446,13 +447,15 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
             raise ValueError(f"{path} holds no audit (not written by `spatialadv audit`)")
         sanity = list(store.get_meta("sanity", []))
         elapsed = store.get_meta("elapsed_s")
-        stored = {_RENAMED_CONFIG.get(k, k): v for k, v in meta["config"].items()}  # audits stored before the renames
-        cfg = AuditConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+        stored: dict[str, Any] = {_RENAMED_CONFIG.get(k, k): v for k, v in meta["config"].items()}  # audits stored before the renames
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
+        cfg = AuditConfig(**kwargs)
         model_key, data_key = meta["model"]["key"], meta["data_key"]
         clean_key = hashlib.sha256(f"clean|{model_key}|{data_key}".encode()).hexdigest()[:16]
         clean = {int(k): v for k, v in store.items(clean_key).items()}
         selected = set(meta["examples"])
-        verdicts, runs = {}, {}
+        verdicts: dict[str, dict[int, Any]] = {}
+        runs: dict[str, list[dict]] = {}
         for threat in cfg.threats:
             st = stages(threat, cfg)
             verdicts[threat] = {int(k): v for k, v in store.items(_verdict_key(model_key, data_key, threat, st)).items()

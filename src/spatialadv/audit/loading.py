@@ -43,6 +43,9 @@ class Normalize(nn.Module):
         AuditInputError: empty, non-finite or non-positive ``std`` values.
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         if not mean or not std:
@@ -219,7 +222,7 @@ def load_user_model(spec: str, *, weights: str | None = None, mean: tuple[float,
         raise AuditInputError("--mean and --std go together: give both or neither")
     net: nn.Module = SelectLogits(model, output)
     if mean is not None:
-        net = Normalize(net, tuple(mean), tuple(std))
+        net = Normalize(net, tuple(mean), tuple(std or ()))
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)

@@ -186,8 +186,8 @@ def load_npz(path: str | os.PathLike, *, x_key: str = "x", y_key: str = "y", nam
                 raise KeyError(f"{path}: no array {k!r}; the archive holds {sorted(z.files)}")
         x = _to_images(z[x_key], str(path))
         y = _to_labels(z[y_key], x.shape[0], str(path))
-    k = int(y.max()) + 1 if len(y) else 0
-    return Dataset(name or path.stem, "all", x, y, tuple(str(i) for i in range(k)))
+    num = int(y.max()) + 1 if len(y) else 0
+    return Dataset(name or path.stem, "all", x, y, tuple(str(i) for i in range(num)))
 
 
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

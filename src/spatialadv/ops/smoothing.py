@@ -330,7 +330,7 @@ class GuidedSmoothing:
         if index is None:
             if z.shape[0] != n:
                 raise ValueError(f"z has {z.shape[0]} rows but the guide has {n} images; pass index=")
-            sel = slice(None)
+            sel: slice | Tensor = slice(None)
         else:
             sel = index
             if index.shape != (z.shape[0],):

@@ -26,6 +26,8 @@ def _check_eps(eps: object) -> None:
 class _AdditiveBall(Threat):
     """An additive perturbation ball ``{δ : ‖δ‖ ≤ eps}``: the checks and ``measure`` shared by L∞ and L2."""
 
+    eps: float  # declared by each subclass with its default
+
     def __post_init__(self) -> None:
         _check_eps(self.eps)
 

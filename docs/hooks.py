@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def on_startup(command, dirty, **kwargs):
+    """Put src/ and docs/ on sys.path; a temporary checkpoint cache, the Agg backend, no progress bars."""
     # The executed blocks import this checkout's spatialadv and docs/_docs_helpers.py.
     for p in (ROOT / "src", ROOT / "docs"):
         if str(p) not in sys.path:

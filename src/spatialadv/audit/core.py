@@ -484,7 +484,7 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
     robust = {t: {i: bool(verdicts[t][i]["robust"]) for i in examples} for t in cfg.threats}
     worst = {i: correct[i] and all(robust[t][i] for t in cfg.threats) for i in examples}
 
-    def acc(flags: dict, idx) -> float:
+    def acc(flags: dict, idx: Any) -> float:
         idx = list(idx)
         return sum(flags[i] for i in idx) / len(idx) if idx else math.nan
 
@@ -513,7 +513,7 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
     return entry
 
 
-def _strict(v):
+def _strict(v: Any) -> Any:
     """``v`` with non-finite floats written as strings (``"inf"``), so that report.json is strict JSON."""
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)

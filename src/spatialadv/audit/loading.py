@@ -11,8 +11,9 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _import_factory(spec: str):
+def _import_factory(spec: str) -> tuple[Callable[[], Any], str, str]:
     """``(factory, source description, source sha256)`` of ``FILE.py:NAME`` or ``package.module:NAME``."""
     if ":" not in spec:
         raise AuditInputError(f"--model {spec!r}: expected FILE.py:FACTORY, package.module:FACTORY or a TorchScript file")

@@ -27,6 +27,7 @@ import gzip
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[n
     return train_idx, test_idx
 
 
-def _select(name: str, split: str, x: Tensor, y: Tensor, classes, seed: int, test_fraction: float) -> Dataset:
+def _select(name: str, split: str, x: Tensor, y: Tensor, classes: Sequence[str], seed: int, test_fraction: float) -> Dataset:
     if split == "all":
         return Dataset(name, split, x, y, tuple(classes))
     train_idx, test_idx = _stratified_split(y.numpy(), test_fraction, seed)

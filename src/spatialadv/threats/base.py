@@ -111,7 +111,7 @@ class Threat(ABC):
         """The perturbation's size ``(N,)`` in ``unit`` (arguments: see the subclass)."""
 
     @abstractmethod
-    def measure(self, x: Tensor, result) -> Tensor:
+    def measure(self, x: Tensor, result: Any) -> Tensor:
         """Size ``(N,)`` of ``result``'s perturbation of ``x`` in this threat's ``unit`` (not masked by success).
 
         Args:

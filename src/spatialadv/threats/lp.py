@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ class _AdditiveBall(Threat):
     def __post_init__(self) -> None:
         _check_eps(self.eps)
 
-    def measure(self, x: Tensor, result) -> Tensor:
+    def measure(self, x: Tensor, result: Any) -> Tensor:
         """``size(result.x_adv − x)``."""
         return self.size(result.x_adv - x)
 
@@ -207,7 +207,7 @@ class L0Pixels(Threat):
 
         return per_example_draws(x, seed, index, draw).view_as(x)
 
-    def measure(self, x: Tensor, result) -> Tensor:
+    def measure(self, x: Tensor, result: Any) -> Tensor:
         """``size(result.x_adv − x)``."""
         return self.size(result.x_adv - x)
 

@@ -89,14 +89,14 @@ def _shape(tp) -> tuple[str, Any]:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return "optional", args[0]
     if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return "tuple", args[0]
-        return "pair", args[0]
+        targs = typing.get_args(tp)
+        if len(targs) == 2 and targs[1] is Ellipsis:
+            return "tuple", targs[0]
+        return "pair", targs[0]
     return "scalar", tp
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default: Any) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: Any) -> None:
     """Add one ``--option`` per field of the Config instance ``default`` (type, default and help from the field).
 
     The help ends with the default and, for a bounded number field, its domain (``default: 0.3; a finite number in

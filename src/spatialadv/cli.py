@@ -297,8 +297,8 @@ def cmd_audit(args) -> int:
     # every check before the output folder is created: nothing is half-written on bad input
     try:
         model, info = load_user_model(args.model, weights=args.weights, mean=args.mean, std=args.std, output=args.output)
-    except AuditInputError as e:
-        raise UsageError(str(e)) from e
+    except AuditInputError as err:
+        raise UsageError(str(err)) from err
     data = load_user_data(args.data, labels=args.labels, seed=cfg.seed)
     device = _device(args)
     if device.type != "cpu":
@@ -345,6 +345,20 @@ def _shared(*, device: bool = True, out: str | None = None, threads: int | None 
     return p
 
 
+def _add_version(p: argparse.ArgumentParser) -> None:
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                   help="print the installed version and exit")
+
+
+def _version_parser() -> argparse.ArgumentParser:
+    """Answers ``--version`` alone, before the full parser (whose commands' imports load torch) is built."""
+    p = argparse.ArgumentParser(prog="spatialadv", add_help=False, allow_abbrev=False)
+    _add_version(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._config import add_config_arguments
     from .attacks import cli_attacks
@@ -356,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="spatialadv", description="Adversarial examples beyond L_p norms: attacks, evaluation, reports.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    _add_version(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_options(sp, param_help):
@@ -437,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     folder is needed (or the reverse), and a user model that fails while audited; any other exception is an
     internal error and keeps its traceback.
     """
+    if "--version" in (sys.argv[1:] if argv is None else argv)[:1]:
+        _version_parser().parse_known_args(argv)  # prints the version and exits
     from ._config import MAX_THREADS
     from ._paths import PathError
     from .data import DataError

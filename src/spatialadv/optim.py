@@ -9,7 +9,7 @@ examples still running are evaluated, so the batch shrinks as they converge.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -129,7 +129,7 @@ def lbfgs_per_example(
         searching = torch.ones(idx.numel(), dtype=torch.bool, device=dev)
         new_loss = f0.clone()
         new_grad = g.clone()
-        new_aux_rows: list[tuple[Tensor, object]] = []
+        new_aux_rows: list[tuple[Tensor, Any]] = []
         limit = max_ls[idx] if isinstance(max_ls, Tensor) else torch.full((idx.numel(),), max_ls, dtype=torch.long, device=dev)
         for _ls in range(int(limit.max()) if idx.numel() else 0):
             sidx = (searching & (limit > _ls)).nonzero().squeeze(1)

@@ -33,7 +33,7 @@ Conventions shared by every attack here:
 from __future__ import annotations
 
 from dataclasses import InitVar, dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn  # noqa: F401  (nn: doctests)
@@ -389,12 +389,12 @@ class CarliniWagnerL2(Attack):
         """Per-call context shared by the hooks below (none for plain C&W)."""
         return None
 
-    def _latent_init(self, x: Tensor, ctx: object) -> Tensor:
+    def _latent_init(self, x: Tensor, ctx: Any) -> Tensor:
         """Starting value of the optimised variable: ``w = atanh(2x − 1)`` (pulled in by 1e-6)."""
         shrink = 1.0 - max(1e-6, 4 * torch.finfo(x.dtype).eps)
         return torch.atanh((x * 2 - 1) * shrink)
 
-    def _image(self, w: Tensor, x: Tensor, idx: Tensor, ctx: object) -> tuple[Tensor, Tensor]:
+    def _image(self, w: Tensor, x: Tensor, idx: Tensor, ctx: Any) -> tuple[Tensor, Tensor]:
         """Map the variable of examples ``idx`` to ``(x_adv, penalty (M,))``.
 
         Here ``x_adv = (tanh(w) + 1)/2`` and the penalty is ``‖x_adv − x‖₂²``.

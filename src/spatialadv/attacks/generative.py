@@ -66,10 +66,11 @@ class GeneratorNets(nn.Module):
         c, h, w = shape
         d = c * h * w
         self.shape = (c, h, w)
-        self.h_sd = nn.Sequential(nn.Flatten(), nn.Linear(d, 20), nn.ReLU(), nn.Linear(20, 6))
-        nn.init.zeros_(self.h_sd[-1].weight)
+        last = nn.Linear(20, 6)
+        self.h_sd = nn.Sequential(nn.Flatten(), nn.Linear(d, 20), nn.ReLU(), last)
+        nn.init.zeros_(last.weight)
         with torch.no_grad():
-            self.h_sd[-1].bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
+            last.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
         self.h_p = nn.Sequential(nn.Flatten(), nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, d))
         self.d = nn.Sequential(nn.Flatten(), nn.Linear(d, 64), nn.LeakyReLU(0.2), nn.Linear(64, 32), nn.LeakyReLU(0.2), nn.Linear(32, 2))
 
@@ -347,6 +348,7 @@ class SdpAdv(Attack):
             torch.manual_seed(self.seed)
             nets = GeneratorNets(tuple(x_all.shape[1:])).to(device=x_all.device, dtype=x_all.dtype)
         if init is not None:
+            assert init.nets is not None  # checked above
             if tuple(init.nets.shape) != tuple(nets.shape):
                 raise ValueError(f"init was fitted on images of shape {tuple(init.nets.shape)}, not {tuple(nets.shape)}")
             nets.load_state_dict(init.nets.state_dict())
@@ -357,7 +359,7 @@ class SdpAdv(Attack):
         opt_g = torch.optim.Adam(g_params, lr=self.lr_g)
         opt_d = torch.optim.Adam(nets.d.parameters(), lr=self.lr_d)
         use_d = self.eps > 0 and self.lam > 0
-        best = (-1.0, None, -1)
+        best: tuple[float, dict | None, int] = (-1.0, None, -1)
         hist: dict = {"epochs": [], "train_images": int(n - n_val), "val_images": int(n_val), "variant": self.variant,
                       "init": None if init is None else init.hyperparameters(), "init_val_success": None}
         if init is not None:  # the warm start itself is a candidate ("epoch 0")
@@ -404,6 +406,7 @@ class SdpAdv(Attack):
                 best = (val, copy.deepcopy(nets.state_dict()), epoch + 1)
             bar.set_postfix(val_success=f"{val:.3f}", best=f"{best[0]:.3f}", alpha=f"{alpha:.2f}")
         bar.close()
+        assert best[1] is not None  # every validation rate beats the initial -1
         nets.load_state_dict(best[1])
         nets.eval()
         for p in nets.parameters():

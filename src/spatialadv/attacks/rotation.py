@@ -172,7 +172,7 @@ def worst_transform(model: nn.Module, x: Tensor, y: Tensor, params: Tensor, *, t
     t_total = params.shape[1]
     dev, dt = x.device, x.dtype
     # warped images per model call: the memory budget, and max_batch
-    images = max(1, min(max_batch, max_chunk_bytes // warp_bytes_per_image(*x.shape[1:], x.element_size())))
+    images = max(1, min(max_batch, max_chunk_bytes // warp_bytes_per_image(x.shape[1], x.shape[2], x.shape[3], x.element_size())))
     best_succ = torch.zeros(n, dtype=torch.bool, device=dev)
     best_loss = torch.full((n,), float("-inf"), dtype=dt, device=dev)
     best_x = x.clone()

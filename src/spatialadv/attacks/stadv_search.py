@@ -48,8 +48,9 @@ class StAdvTauBinarySearch(StAdv):
     Args:
         tau_low, tau_high: the search interval (thesis: 0 and 1000).
         search_steps: number of stAdv runs per image.
-        (all :class:`~spatialadv.attacks.StAdv` arguments; ``tau``,
-        ``tau_search`` and ``restart_offsets`` are not used.)
+
+    All :class:`~spatialadv.attacks.StAdv` arguments are accepted; ``tau``,
+    ``tau_search`` and ``restart_offsets`` are not used.
 
     Result: as :class:`~spatialadv.attacks.StAdv`; ``params["tau"]`` is the τ
     of the kept flow; ``forward_evals`` counts the success check after each

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,7 +146,7 @@ def stages(threat: str, cfg: AuditConfig) -> list[Stage]:
                       gradient_free=True)]
     if threat == "linf":
         e = cfg.linf_eps
-        ball = LinfBall(eps=e)
+        ball: Threat = LinfBall(eps=e)
         return [Stage("FGSM", FGSM(eps=e), ball),
                 Stage("PGD", PGD(eps=e, step_size=2.5 * e / cfg.pgd_steps, steps=cfg.pgd_steps, seed=cfg.seed), ball),
                 Stage("random search", RandomSearch(norm="linf", eps=e, tries=cfg.random_tries, seed=cfg.seed), ball,
@@ -274,7 +275,7 @@ def _data_key(data: Dataset) -> str:
 
 def _verdict_key(model_key: str, data_key: str, threat: str, cfg_stages: list[Stage]) -> str:
     blob = json.dumps({"model": model_key, "data": data_key, "threat": threat,
-                       "stages": [[s.label, attack_config(s.attack), dataclasses.asdict(s.budget)] for s in cfg_stages]},
+                       "stages": [[s.label, attack_config(s.attack), dataclasses.asdict(s.budget)] for s in cfg_stages]},  # type: ignore[call-overload]  # every Threat is a dataclass
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -406,7 +407,7 @@ def run_audit(model: nn.Module, model_info: dict, data: Dataset, cfg: AuditConfi
                         if i not in wanted:
                             continue
                         size = _measure(s.budget, data.x[i], r) if r["success"] else None
-                        if r["success"] and _within(s.budget, size):
+                        if size is not None and _within(s.budget, size):  # size is set for successes only
                             new[str(i)] = {"robust": False, "stage": s.label, "pred": r["pred"], "size": size}
                         else:
                             still.append(i)
@@ -477,9 +478,10 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
         sanity = list(store.get_meta("sanity", []))
         elapsed = store.get_meta("elapsed_s")
         _check_audit_meta(meta, path)
-        stored = {_RENAMED_CONFIG.get(k, k): v for k, v in meta["config"].items()}  # audits stored before the renames
+        stored: dict[str, Any] = {_RENAMED_CONFIG.get(k, k): v for k, v in meta["config"].items()}  # audits stored before the renames
         try:
-            cfg = AuditConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+            kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
+            cfg = AuditConfig(**kwargs)
         except (TypeError, ValueError) as e:
             raise StoreError(f"{path}: the stored audit configuration is not usable ({e}); audit again into a new "
                              "--out") from e
@@ -487,7 +489,8 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
         clean_key = hashlib.sha256(f"clean|{model_key}|{data_key}".encode()).hexdigest()[:16]
         clean = {int(k): v for k, v in store.items(clean_key).items()}
         selected = set(meta["examples"])
-        verdicts, runs = {}, {}
+        verdicts: dict[str, dict[int, Any]] = {}
+        runs: dict[str, list[dict]] = {}
         for threat in cfg.threats:
             st = stages(threat, cfg)
             verdicts[threat] = {int(k): v for k, v in store.items(_verdict_key(model_key, data_key, threat, st)).items()
@@ -516,7 +519,7 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
     robust = {t: {i: bool(verdicts[t][i]["robust"]) for i in examples} for t in cfg.threats}
     worst = {i: correct[i] and all(robust[t][i] for t in cfg.threats) for i in examples}
 
-    def acc(flags: dict, idx) -> float:
+    def acc(flags: dict, idx: Any) -> float:
         idx = list(idx)
         return sum(flags[i] for i in idx) / len(idx) if idx else math.nan
 
@@ -545,7 +548,7 @@ def audit_report(out: str | Path, *, data: Dataset | None = None) -> dict:
     return entry
 
 
-def _strict(v):
+def _strict(v: Any) -> Any:
     """``v`` with non-finite floats written as strings (``"inf"``), so that report.json is strict JSON."""
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)

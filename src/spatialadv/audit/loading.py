@@ -11,8 +11,9 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +87,9 @@ class Normalize(nn.Module):
         AuditInputError: empty, non-finite or non-positive ``std`` values.
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         if not mean or not std:
@@ -147,7 +151,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _import_factory(spec: str):
+def _import_factory(spec: str) -> tuple[Callable[[], Any], str, str]:
     """``(factory, source description, source sha256)`` of ``FILE.py:NAME`` or ``package.module:NAME``."""
     if ":" not in spec:
         raise AuditInputError(f"--model {spec!r}: expected FILE.py:FACTORY, package.module:FACTORY or a TorchScript file")
@@ -262,7 +266,7 @@ def load_user_model(spec: str, *, weights: str | None = None, mean: tuple[float,
         raise AuditInputError("--mean and --std go together: give both or neither")
     net: nn.Module = SelectLogits(model, output)
     if mean is not None:
-        net = Normalize(net, tuple(mean), tuple(std))
+        net = Normalize(net, tuple(mean), tuple(std or ()))
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)

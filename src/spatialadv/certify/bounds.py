@@ -62,6 +62,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -131,12 +132,12 @@ def network_weights(model: nn.Module) -> NetworkWeights:
         raise TypeError(f"model ends with {names[-1]}: the certificate bounds logit margins, remove the final "
                         f"{names[-1]}; {_SUPPORTED}; got layers {names}")
     if kinds == [nn.Linear, nn.ReLU, nn.Linear]:
-        w, v = leaves[0], leaves[2]
+        w, v = cast(nn.Linear, leaves[0]), cast(nn.Linear, leaves[2])
         b = w.bias if w.bias is not None else torch.zeros(w.out_features, dtype=w.weight.dtype, device=w.weight.device)
         c = v.bias if v.bias is not None else torch.zeros(v.out_features, dtype=v.weight.dtype, device=v.weight.device)
         net = NetworkWeights(w.weight, b, v.weight, c)
     elif kinds == [nn.Linear]:
-        v = leaves[0]
+        v = cast(nn.Linear, leaves[0])
         c = v.bias if v.bias is not None else torch.zeros(v.out_features, dtype=v.weight.dtype, device=v.weight.device)
         net = NetworkWeights(None, None, v.weight, c)
     else:
@@ -408,7 +409,9 @@ def pair_matrices(weights: NetworkWeights, lam_d: Tensor, pairs: list[tuple[int,
     idx_i = torch.tensor([p[0] for p in pairs])
     idx_j = torch.tensor([p[1] for p in pairs])
     dv = weights.V[idx_i] - weights.V[idx_j]
-    return dv[:, :, None] * weights.W[None] * lam_d.to(weights.W.dtype)[None, None, :]
+    W = weights.W
+    assert W is not None  # hidden
+    return dv[:, :, None] * W[None] * lam_d.to(W.dtype)[None, None, :]
 
 
 def _dense_p(bmat: np.ndarray) -> np.ndarray:
@@ -783,7 +786,7 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
     rho = check_input_range(input_range)
     net = network_weights(model)
     d = ch * h * w
-    in_dim = net.W.shape[1] if net.hidden else net.V.shape[1]
+    in_dim = net.W.shape[1] if net.W is not None else net.V.shape[1]
     if in_dim != d:
         raise ValueError(f"image_shape {image_shape} has {d} pixels but the model's first layer takes {in_dim}")
     check_reconstruction(model, net, _probe(net, (ch, h, w), input_range))
@@ -799,14 +802,14 @@ def pair_bounds(model: nn.Module, image_shape, *, method: str = "sdp", input_ran
     elif method in ("spectral", "frobenius"):
         mu = gram_min_eigenvalue(h, w, border=border, ridge=ridge)
         u_norm = rho * min(math.sqrt(2 * ch / mu), 2 * float(lam.norm()))
-        if net.hidden:
+        if net.W is not None:
             Wd = net.W.detach().to(torch.float64)
             wn = torch.linalg.matrix_norm(Wd, ord=2 if method == "spectral" else "fro")
         else:
             wn = torch.tensor(1.0, dtype=torch.float64)
         vals = dv.norm(dim=1) * wn * u_norm
     else:
-        if not net.hidden:
+        if net.W is None:
             vals = 2 * rho * (dv * lam).abs().sum(1)  # the SDP of a linear model is Eq. 16
         else:
             Wd = net.W.detach().to(torch.float64)

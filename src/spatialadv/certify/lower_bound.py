@@ -208,11 +208,12 @@ def lower_bound_attack(model: nn.Module, image_shape, eps: float, *, pair: tuple
     dtype = torch.float64
     ginv = torch.tensor(gram_inverse(h, w, border=border, ridge=ridge), dtype=dtype)
     v = (net.V[i] - net.V[j]).detach().to(dtype)
-    W = net.W.detach().to(dtype) if net.hidden else None
-    b = net.b.detach().to(dtype) if net.hidden else None
+    W = net.W.detach().to(dtype) if net.W is not None else None
+    b = net.b.detach().to(dtype) if net.b is not None else None
     d = h * w
 
     def pre(xf: Tensor) -> Tensor:  # (B, D) → pre-activations
+        assert W is not None and b is not None  # called for hidden networks only
         return xf @ W.T + b
 
     def coeff_w(xf: Tensor) -> Tensor:  # Wᵀ diag(v) ∇σ(Wx + b) (hidden) or v (linear), (B, D)

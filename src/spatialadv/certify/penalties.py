@@ -91,12 +91,13 @@ class SDPPenalty:
         self.k = k
         with torch.no_grad():
             dv = torch.stack([net.V[i] - net.V[j] for i, j in self.pairs]).double()
+            assert net.W is not None, "the SDP penalty needs a one-hidden-layer network"
             bmat = dv[:, :, None] * net.W.detach().double()[None] * self.lam.double()[None, None, :]
             self.c = initial_dual(bmat).float().requires_grad_(True)
         del bmat
-        self.u = None
+        self.u: Tensor | None = None
         self.gen = torch.Generator().manual_seed(seed)
-        self.last_q = None
+        self.last_q: Tensor | None = None
 
     def q_matrix(self, model: nn.Module) -> Tensor:
         """The surrogate pair bounds ``Q̃`` ``(K, K)`` of ``model``'s current weights (per unit ε).
@@ -110,6 +111,7 @@ class SDPPenalty:
         ii = torch.tensor([p[0] for p in self.pairs])
         jj = torch.tensor([p[1] for p in self.pairs])
         dv = net.V[ii] - net.V[jj]
+        assert net.W is not None, "the SDP penalty needs a one-hidden-layer network"
         _, self.u = ritz_top_eigen(net.W, dv, self.lam, self.c, self.u, iters=self.ritz_iters if self.u is not None else 30,
                                    generator=self.gen)
         vals = dual_objective(net.W, dv, self.lam, self.c, self.u)

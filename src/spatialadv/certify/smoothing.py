@@ -38,6 +38,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -234,7 +235,9 @@ class SmoothedClassifier:
         """
         k_img = zs.shape[0]
         counts = torch.zeros(k_img, self.num_classes, dtype=torch.int64)
-        buf, owners, filled = [], [], 0
+        buf: list[Tensor] = []
+        owners: list[Any] = []
+        filled = 0
 
         def flush():
             nonlocal buf, owners, filled
@@ -385,7 +388,7 @@ class SmoothedClassifier:
 
 
 # ------------------------------------------------------------------------------------------------ interpolation bounds
-def bilinear_box_deviation(x: Tensor, flow: Tensor, half_width: Tensor, ref: Tensor | None = None) -> Tensor:
+def bilinear_box_deviation(x: Tensor, flow: Tensor, half_width: Tensor | float, ref: Tensor | None = None) -> Tensor:
     """Per-pixel ``sup |I_x(q') − ref|`` over the box ``‖q' − (p + flow(p))‖_∞ ≤ half_width(p)`` — exact.
 
     ``I_x`` is the bilinear interpolant of ``x`` extended by zeros outside the

@@ -27,6 +27,7 @@ import gzip
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,8 +204,8 @@ def load_npz(path: str | os.PathLike, *, x_key: str = "x", y_key: str = "y", nam
                         f"{tuple(ya.shape)})")
     x = _to_images(xa, str(path))
     y = _to_labels(ya, x.shape[0], str(path))
-    k = int(y.max()) + 1
-    return Dataset(name or path.stem, "all", x, y, tuple(str(i) for i in range(k)))
+    num = int(y.max()) + 1
+    return Dataset(name or path.stem, "all", x, y, tuple(str(i) for i in range(num)))
 
 
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +225,7 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[n
     return train_idx, test_idx
 
 
-def _select(name: str, split: str, x: Tensor, y: Tensor, classes, seed: int, test_fraction: float) -> Dataset:
+def _select(name: str, split: str, x: Tensor, y: Tensor, classes: Sequence[str], seed: int, test_fraction: float) -> Dataset:
     if split == "all":
         return Dataset(name, split, x, y, tuple(classes))
     train_idx, test_idx = _stratified_split(y.numpy(), test_fraction, seed)

@@ -34,6 +34,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -114,7 +115,8 @@ class Critic(nn.Module):
 
     def __init__(self, shape: tuple[int, int, int], hidden: tuple[int, ...] = (256, 512)) -> None:
         super().__init__()
-        layers, width = [nn.Flatten()], int(torch.tensor(shape).prod())
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = int(torch.tensor(shape).prod())
         for h in reversed(hidden):
             layers += [nn.Linear(width, h), nn.LeakyReLU(0.2)]
             width = h
@@ -148,7 +150,8 @@ def train_generator(x: Tensor, config: GANConfig = GANConfig(), *, progress: boo
     """
     if not isinstance(x, Tensor) or x.dim() != 4 or len(x) < 2 or not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
         raise ValueError("train_generator needs images (N ≥ 2, C, H, W), finite, in [0, 1]")
-    shape = tuple(int(s) for s in x.shape[1:])
+    cc, hh, ww = (int(s) for s in x.shape[1:])
+    shape = (cc, hh, ww)
     x = x.float()
     t0, hist = time.perf_counter(), []
     with torch.random.fork_rng():
@@ -205,7 +208,8 @@ def load_or_train_generator(data_spec, config: GANConfig = GANConfig(), *, direc
     """
     key = generator_key(data_spec, config)
     train = data_spec.train()
-    shape = tuple(int(s) for s in train.x.shape[1:])
+    cc, hh, ww = (int(s) for s in train.x.shape[1:])
+    shape = (cc, hh, ww)
 
     def build() -> tuple[Generator, dict]:
         gen, hist = train_generator(train.x, config, progress=progress)
@@ -215,7 +219,7 @@ def load_or_train_generator(data_spec, config: GANConfig = GANConfig(), *, direc
     art = load_or_build(key, lambda: Generator(shape, config.z_dim, config.hidden), build, kind="defense-gan",
                         directory=directory, what="Defense-GAN generator",
                         check=lambda meta: None if meta.get("key") == key else f"metadata key {meta.get('key')!r} is not {key!r}")
-    gen = art.module.eval().requires_grad_(False)
+    gen = cast(Generator, art.module.eval().requires_grad_(False))
     return gen, {"key": key, "cached": art.cached, "train_seconds": art.meta.get("train_seconds"),
                  "critic_loss": art.meta.get("critic_loss", [])}
 
@@ -266,7 +270,7 @@ class DefenseGANProjection(nn.Module):
         for img in x.detach().cpu().float():
             digest = hashlib.sha256(img.numpy().tobytes() + self.seed.to_bytes(8, "little")).digest()
             gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-            out.append(torch.randn(self.restarts, self.generator.z_dim, generator=gen))
+            out.append(torch.randn(self.restarts, cast(int, self.generator.z_dim), generator=gen))
         return torch.stack(out).to(x.device)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -274,7 +278,7 @@ class DefenseGANProjection(nn.Module):
         shape = getattr(self.generator, "shape", None)
         if shape is None:  # a generator without a ``shape`` attribute: one forward pass tells it
             with torch.no_grad():
-                shape = tuple(self.generator(torch.zeros(1, self.generator.z_dim, device=x.device)).shape[1:])
+                shape = tuple(self.generator(torch.zeros(1, cast(int, self.generator.z_dim), device=x.device)).shape[1:])
         if x.dim() != 4 or tuple(x.shape[1:]) != shape or not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise ValueError(f"DefenseGANProjection takes finite images (N, {', '.join(map(str, shape))}) in [0, 1], "
                              f"got shape {tuple(x.shape)}")

@@ -31,6 +31,8 @@ Convention:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,7 +50,7 @@ def _check_images(x: object) -> None:
         raise ValueError(f"x must be a float tensor (N, C, H, W), got {tuple(x.shape)} {x.dtype}")
 
 
-def _check_size(size: object) -> int:
+def _check_size(size: Any) -> int:
     check_int(size, "size", minimum=1)
     if size % 2 == 0:
         raise ValueError(f"size must be odd (a centred window), got {size}")

@@ -24,6 +24,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,9 @@ class MaskClassifier(nn.Module):
         (test accuracy ≈ chance on MNIST-5k), with it f2 reaches the thesis's
         regime (≈ 55-60 % on masks, thesis §3.3: 60 %).
     """
+
+    mu: Tensor
+    sigma: Tensor
 
     def __init__(self, image_size: int = 28, num_classes: int = 10) -> None:
         super().__init__()
@@ -327,7 +331,8 @@ def load_or_train_lan(f1: nn.Module, f1_key: str, train, config: LANConfig = LAN
     art = load_or_build(key, make, build, kind="models", directory=directory,
                         check=lambda meta: None if meta.get("key") == key else f"metadata key {meta.get('key')!r} is not {key!r}",
                         what="LAN detector")
-    g, f2 = art.module["g"], art.module["f2"]
+    nets = cast(nn.ModuleDict, art.module)
+    g, f2 = nets["g"], nets["f2"]
     info = {"key": key, "cached": art.cached, **art.meta.get("info", {})}
     for m in (g, f2):
         m.eval()

@@ -210,7 +210,7 @@ def rate_sum(estimates: Sequence[Estimate], confidence: float = CONFIDENCE) -> E
     if not estimates or any(e.n == 0 for e in estimates):
         return Estimate(math.nan, math.nan, math.nan, 0, "clopper-pearson-sum")
     level = 1 - (1 - confidence) / len(estimates)
-    ends = [_clopper_pearson(e.k, e.n, level) for e in estimates]
+    ends = [_clopper_pearson(e.k, e.n, level) for e in estimates if e.k is not None]  # every k is set (checked above)
     return Estimate(sum(e.value for e in estimates), sum(lo for lo, _ in ends), sum(hi for _, hi in ends),
                     sum(e.n for e in estimates), "clopper-pearson-sum")
 
@@ -439,7 +439,7 @@ class Comparison:
         self.rows.append(([str(k) for k in keys], [c if isinstance(c, Cell) else Cell(c) for c in cells]))
 
     def _sources(self, j: int) -> set[str]:
-        return {c[j].paper.source for _, c in self.rows if c[j].paper is not None}
+        return {p.source for _, c in self.rows if (p := c[j].paper) is not None}
 
     def _shared_source(self) -> str | None:
         """The one source of every paper value of the table (named once, in the caption), or None."""

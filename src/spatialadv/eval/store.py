@@ -13,6 +13,7 @@ import io
 import json
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def encode_arrays(arrays: dict[str, np.ndarray] | None) -> bytes | None:
     if not arrays:
         return None
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]  # numpy's stub types **kwds as its allow_pickle
     return buf.getvalue()
 
 
@@ -91,12 +92,16 @@ def array_to_text(a: np.ndarray) -> str:
     A figure's masks or attention maps stored with :meth:`ResultStore.add_items` travel this way; dtype and
     shape are kept exactly (no pickle).
     """
-    return base64.b64encode(encode_array(np.asarray(a))).decode("ascii")
+    b = encode_array(np.asarray(a))
+    assert b is not None  # only None for None
+    return base64.b64encode(b).decode("ascii")
 
 
 def array_from_text(s: str) -> np.ndarray:
     """Inverse of :func:`array_to_text`."""
-    return decode_array(base64.b64decode(s.encode("ascii")))
+    a = decode_array(base64.b64decode(s.encode("ascii")))
+    assert a is not None  # only None for None
+    return a
 
 
 class StoreError(ValueError):
@@ -240,7 +245,7 @@ class ResultStore:
         return {r[0] for r in self.conn.execute("SELECT item FROM items WHERE run_key = ?", (run_key,))}
 
     @_damaged_as_store_error
-    def add_items(self, run_key: str, values: dict[str, object]) -> None:
+    def add_items(self, run_key: str, values: Mapping[str, object]) -> None:
         """Insert ``{item: JSON-able value}`` for ``run_key`` in one transaction."""
         with self.conn:
             self.conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?)",

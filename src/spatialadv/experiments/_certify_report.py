@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ __all__ = ["PAPER", "THESIS", "model_rows", "estimate", "models_comparison", "fi
            "fig6_section", "thesis_section", "gap_section"]
 
 #: What the papers report (figures without printed values are described in words).
-PAPER = {
+PAPER: dict[str, Any] = {
     "fig2": "provable defenses Fig. 2: Alg. 1 lower bounds grow roughly exponentially as ε goes from 0 to 7.84 (512-unit nets, "
             "normal/random/adversarially trained); Alg. 1 is well above the Thm. 1 initialisation. No values printed.",
     "fig5": "provable defenses Fig. 5: all upper bounds are loose — the bounded 0/1 adversarial loss reaches 1 by ε ≈ 0.1 for every "
@@ -95,7 +96,7 @@ def fig2_section(f2: dict, out: Path) -> tuple[list, list[str]]:
         figures.append(p.name)
     rows = [[v, r["eps"], f"{r['thm1']:.3g}", f"{r['alg1_midpoint']:.3g}", f"{r['alg1']:.3g}", f"{r['upper_sdp']:.3g}",
              f"{r['upper_spectral']:.3g}"] for v, rs in f2["variants"].items() for r in rs]
-    blocks = ["## Fig. 2 — lower bounds (Alg. 1) vs ε", f"Paper: {PAPER['fig2']}",
+    blocks: list = ["## Fig. 2 — lower bounds (Alg. 1) vs ε", f"Paper: {PAPER['fig2']}",
               Table(["net", "ε", "Thm. 1 (linearised)", "Alg. 1 midpoint", "Alg. 1 exact Δ", "SDP upper", "spectral upper"],
                     rows, f"Ours: class pair {f2['pair']}, inputs x* in [−1, 1] (as the paper), exact Δ on the bilinear "
                     "warp; upper bounds for the same box (ρ = 2) beside them. One network and one optimised input per "
@@ -121,7 +122,7 @@ def fig5_section(f5: dict, f2: dict, out: Path) -> tuple[list, list[str]]:
     p = curve_panels(panels, out / "fig5_upper_bounds.png", size=(3.2, 3.2))
     qrows = [[v, f"{e['q_pair']['frobenius']:.4g}", f"{e['q_pair']['spectral']:.4g}", f"{e['q_pair']['sdp']:.4g}",
               f"{e['q_time_s']:.0f}", e["certified_broken"]] for v, e in f5["variants"].items()]
-    blocks = ["## Fig. 5 — upper bounds on the 0/1 adversarial loss vs ε", f"Paper: {PAPER['fig5']}",
+    blocks: list = ["## Fig. 5 — upper bounds on the 0/1 adversarial loss vs ε", f"Paper: {PAPER['fig5']}",
               Table(["variant", "bound", *[f"ε={e}" for e in f5["eps"]]], rows,
                     f"Ours: fraction of the {f5['n_certify']} test images not certified (or misclassified) at ε; 'PGD' is "
                     f"the fraction broken (or misclassified) by SmoothFlowPGD within ε on the first {f5['n_attack']} "
@@ -140,7 +141,10 @@ def fig6_section(f6: dict, out: Path) -> tuple[list, list[str]]:
     """Fig. 6: untargeted stAdv success and adversarial accuracy per variant and τ, with their intervals."""
     if not f6["variants"]:
         return ["## Fig. 6", "No stAdv run is stored yet."], []
-    success, accuracy, rows, vrows = [], [], [], []
+    success: list = []
+    accuracy: list = []
+    rows: list = []
+    vrows: list = []
     for v, e in f6["variants"].items():
         taus = [r["tau"] for r in e["rows"]]
         for key, curves in (("success_rate", success), ("adv_accuracy", accuracy)):
@@ -150,7 +154,7 @@ def fig6_section(f6: dict, out: Path) -> tuple[list, list[str]]:
         vrows.append([v, estimate(e["clean_accuracy_subset_estimate"]), f"{e.get('median_logit_margin', math.nan):.2f}"])
     p = curve_panels([Panel("", "τ", "stAdv success rate", success), Panel("", "τ", "accuracy on stAdv inputs", accuracy)],
                      out / "fig6_stadv_vs_tau.png", size=(4.5, 3.6))
-    blocks = ["## Fig. 6 — untargeted stAdv vs τ", f"Paper: {PAPER['fig6']}",
+    blocks: list = ["## Fig. 6 — untargeted stAdv vs τ", f"Paper: {PAPER['fig6']}",
               Table(["variant", "clean accuracy (subset)", "median clean logit margin"], vrows,
                     f"The first {f6['n']} test images. The median clean logit margin is shown because stAdv's τ weighs "
                     "L_flow against logit differences: a net with small logits (the hinge-loss + norm-regularised ones) "

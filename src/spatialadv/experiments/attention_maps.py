@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,7 +95,8 @@ def _shift(store, key: str, plain, robust, x, y, t, items: list[str]) -> dict:
             p0, p1 = net(xb).argmax(1), net(x_adv).argmax(1)
         corr = _corr(grad_cam(net, xb), grad_cam(net, x_adv))
         for j, i in enumerate(items):
-            out[i].update({f"{name}_pred": int(p0[j]), f"{name}_pred_adv": int(p1[j]), f"{name}_corr": float(corr[j])})
+            upd: dict[str, Any] = {f"{name}_pred": int(p0[j]), f"{name}_pred_adv": int(p1[j]), f"{name}_corr": float(corr[j])}
+            out[i].update(upd)
     return out
 
 
@@ -219,7 +221,9 @@ PAPER_FIG9 = {"FGSM": (0.0, 1.0), "C&W": (0.0, 1.0), "stAdv": (1.0, 0.0)}
 
 def report(cfg: Config, results) -> Report:
     """The attention-shift table per dataset (with 95 % intervals, beside stAdv Fig. 9's one image) and the figures."""
-    blocks, out, figures = [], {"datasets": {}}, []
+    blocks: list = []
+    out: dict[str, Any] = {"datasets": {}}
+    figures: list = []
     blocks.append(
         "stAdv §4.5 shows CAM maps of inception_v3 on ImageNet; here Grad-CAM (Selvaraju et al. 2017, equal to CAM up "
         "to a constant on GAP networks; computed with captum's LayerGradCam) at the last convolution of Tramèr et al.'s "
@@ -245,7 +249,7 @@ def report(cfg: Config, results) -> Report:
                 continue
             recs = list(run.items().values())
             succ = [r for r in recs if r["success"]]
-            v = {"n": len(recs), "successes": len(succ), "success": rate([bool(r["success"]) for r in recs]),
+            v: dict[str, Any] = {"n": len(recs), "successes": len(succ), "success": rate([bool(r["success"]) for r in recs]),
                  "plain_corr": mean([r["plain_corr"] for r in succ]),
                  "robust_corr": mean([r["robust_corr"] for r in succ]),
                  "robust_fooled_to_target": rate([r["robust_pred_adv"] == r["target"] for r in succ]),

@@ -69,9 +69,9 @@ def _certificates(model, x, y, q, items: list[str]) -> dict:
         e, i = it.split("/")
         by_eps.setdefault(float(e), []).append((it, int(i)))
     out = {}
-    for e, its in by_eps.items():
+    for eps_value, its in by_eps.items():
         idx = torch.tensor([i for _, i in its])
-        cert = certify(model, x[idx], y[idx], e, q=q)
+        cert = certify(model, x[idx], y[idx], eps_value, q=q)
         for (it, _), c in zip(its, cert.certified.tolist()):
             out[it] = bool(c)
     return out
@@ -164,13 +164,14 @@ def report(cfg: Config, results) -> Report:
         q_sdp, q_spe = q[(v, "sdp")]["Q"][i][j], q[(v, "spectral")]["Q"][i][j]
         fig2[v] = [{"eps": float(k), **val, "upper_sdp": 2 * float(k) * q_sdp, "upper_spectral": 2 * float(k) * q_spe}
                    for k, val in run.items().items()]
-    n_att = len(next(iter(results.find(attack="SmoothFlowPGD")), None).records()) if results.find(attack="SmoothFlowPGD") else 0
+    pgd_runs = results.find(attack="SmoothFlowPGD")
+    n_att = len(pgd_runs[0].records()) if pgd_runs else 0
     res = {"models": models, "fig5": {"eps": list(cfg.eps_upper), "variants": fig5, "n_certify": 1000, "n_attack": n_att},
            "fig2": {"pair": list(cfg.pair), "variants": fig2}}
     out = results.out
     b2, f2 = fig2_section(res["fig2"], out)
     b5, f5 = fig5_section(res["fig5"], res["fig2"], out)
-    blocks = ["## Models", models_comparison(models), *b2, *b5]
+    blocks: list = ["## Models", models_comparison(models), *b2, *b5]
     return Report("Certificates against smooth flows — lower bounds (Fig. 2) and upper bounds (Fig. 5)", blocks,
                   {"paper": PAPER, "results": res}, f2 + f5)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ __all__ = ["Config", "PAPER", "TSS", "plan", "report", "EXPERIMENTS", "flow_linf
 
 #: TSS (Li et al., ACM CCS 2021), MNIST, rotation ±30°: certified and clean accuracy of the smoothed model (as quoted
 #: in this project's issue; their base model is trained on all 60 000 MNIST training images).
-PAPER = {"tss_mnist_rotation30_certified": 0.958, "tss_mnist_clean": 0.988,
+PAPER: dict[str, Any] = {"tss_mnist_rotation30_certified": 0.958, "tss_mnist_clean": 0.988,
          "source": "Li et al., TSS: Transformation-Specific Smoothing for Robustness Certification, ACM CCS 2021"}
 #: The same as paper values with their source (the table number was not checked against the paper offline).
 TSS = {"rotation30_certified": PaperValue(PAPER["tss_mnist_rotation30_certified"], "tss", "MNIST, rotation ±30°",
@@ -164,10 +165,10 @@ def _certify_task(kind: str, g: SmoothedClassifier, model, x, y, cfg: Config, it
         c = certify_translation(g, xs, max_shift=cfg.max_shift, n0=cfg.n0, n=cfg.samples, alpha=cfg.alpha, seed=cfg.seed,
                                 index=idx)
     elif kind == "flow":
-        c = certify_flow(g, xs, cfg.flow_deltas, n0=cfg.n0, n=cfg.samples, alpha=cfg.alpha, seed=cfg.seed, index=idx)
+        fc = certify_flow(g, xs, cfg.flow_deltas, n0=cfg.n0, n=cfg.samples, alpha=cfg.alpha, seed=cfg.seed, index=idx)
         for j, i in enumerate(items):
-            out[i] = {"label": int(ys[j]), "prediction": int(c.prediction[j]), "radius": float(c.radius[j]),
-                      "bounds": [float(v) for v in c.bounds[j]], "certified": [bool(v) for v in c.certified[j]]}
+            out[i] = {"label": int(ys[j]), "prediction": int(fc.prediction[j]), "radius": float(fc.radius[j]),
+                      "bounds": [float(v) for v in fc.bounds[j]], "certified": [bool(v) for v in fc.certified[j]]}
         return out
     elif kind == "base-shifts":
         pred, below = exhaustive_translation(model, xs, max_shift=cfg.max_shift)
@@ -214,6 +215,7 @@ def _empirical_task(g: SmoothedClassifier, model, x, y, cfg: Config, items: list
         flows = []
         for d_i, delta in enumerate(cfg.flow_deltas):
             adv, broken = flow_linf_pgd(model, xi, ys[j : j + 1], float(delta), steps=cfg.pgd_steps)
+            assert stadv.flow is not None  # a flow attack's result
             clipped = stadv.flow[j : j + 1].clamp(-delta, delta)
             sadv = flow_warp(xi, clipped).clamp(0, 1)
             with torch.no_grad():
@@ -246,7 +248,7 @@ def plan(cfg: Config, ctx):
         g = SmoothedClassifier(model, sigma=cfg.sigma, num_classes=test.num_classes)
         n = min(cfg.n, len(test))
         items = [str(i) for i in range(n)]
-        tasks = {"rotation": {"max_angle": cfg.max_angle, "bound_fraction": cfg.bound_fraction, "refine": cfg.refine,
+        tasks: dict[str, dict[str, Any]] = {"rotation": {"max_angle": cfg.max_angle, "bound_fraction": cfg.bound_fraction, "refine": cfg.refine,
                               "refine_samples": cfg.refine_samples},
                  "translation": {"max_shift": cfg.max_shift}, "flow": {"deltas": list(cfg.flow_deltas)},
                  "base-shifts": {"max_shift": cfg.max_shift}}
@@ -306,7 +308,7 @@ def _curves(cfg: Config, results, ds: str) -> dict | None:
     keys = [k for k in emp if k in rot and k in tr and k in fl and k in bs]
     if not keys:
         return None
-    out = {"n": len(keys), "rotation": [], "translation": [], "flow": []}
+    out: dict[str, Any] = {"n": len(keys), "rotation": [], "translation": [], "flow": []}
     for b in cfg.angle_budgets:
         out["rotation"].append(_point(
             b, certified_g=_acc([_cert_at(rot[k], b, cfg.max_angle) for k in keys]),

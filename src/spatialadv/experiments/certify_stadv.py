@@ -157,7 +157,8 @@ def report(cfg: Config, results) -> Report:
         fig6[v] = {"rows": rows, "clean_accuracy_subset": len(ok) / len(recs0) if recs0 else float("nan"),
                    "clean_accuracy_subset_estimate": rate(len(ok), len(recs0)).to_json(),
                    "median_logit_margin": float(np.median([margins[i] for i in ok if i in margins])) if ok else float("nan")}
-    thesis, gap = {}, {"tau": {}, "strength": {}}
+    thesis: dict = {}
+    gap: dict[str, dict] = {"tau": {}, "strength": {}}
     for r in results.find(attack="stAdv τ search"):
         kind = r.tags.get("kind", "thesis")
         recs = r.records(arrays=True)
@@ -183,7 +184,7 @@ def report(cfg: Config, results) -> Report:
                       "gap": {**gap, "tau_range": [0.0, cfg.gap_tau_high], "eps_train": cfg.gap_eps_train,
                               "check_budgets": list(cfg.gap_check_budgets)}}}
     b6, figures = fig6_section(res["fig6"], results.out)
-    blocks = ["## Models", models_comparison(models, {"normal": THESIS["clean"]},
+    blocks: list = ["## Models", models_comparison(models, {"normal": THESIS["clean"]},
                                               "The thesis' plain model is measured on the full MNIST test set."), *b6]
     if thesis:
         th = res["thesis"]

@@ -228,7 +228,7 @@ def _environment() -> dict:
             "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
 
 
-def _register(run, store: ResultStore) -> dict:
+def _register(run, store: ResultStore | None) -> dict:
     """Register ``run`` in the store (rank 0) and return its plan entry (before any record is computed)."""
     key = run.key()
     if distributed.rank() > 0:
@@ -457,7 +457,7 @@ class Table:
     """
 
     columns: list[str]
-    rows: list[list[str]]
+    rows: list[list[Any]]
     caption: str = ""
     formats: list[tuple[int, bool]] | None = None
 

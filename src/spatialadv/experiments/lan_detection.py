@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from .framework import MAX_THREADS, AttackRun, Experiment, Report, TaskRun, opti
 __all__ = ["Config", "PAPER", "plan", "report", "EXPERIMENTS", "lan_attacks"]
 
 #: Nguyen, MSc thesis 2018, Tables 1-4 (CIFAR-10; f1 = AlexNet, transfer source = VGG-like).
-PAPER = {
+PAPER: dict[str, Any] = {
     "table1_retention": {"FGSM": 0.863, "JSMA": 0.878, "C&W": 0.997},
     "table2": {"FGSM": (0.878, 0.614), "JSMA": (0.960, 0.614), "C&W": (0.860, 0.614)},
     "table3": {"FGSM": (0.843, 0.665), "JSMA": (0.853, 0.647), "C&W": (0.917, 0.750)},
@@ -302,7 +303,9 @@ def _paper(key: str, label: str, j: int | None, where: str) -> PaperValue | None
 
 def report(cfg: Config, results) -> Report:
     """Tables 1-4 and the adaptive attack per dataset beside the thesis's CIFAR-10 numbers; Figs. 2, 4, 5."""
-    blocks, data_out, figures = [], {"paper": PAPER, "datasets": {}}, []
+    blocks: list = []
+    data_out: dict[str, Any] = {"paper": PAPER, "datasets": {}}
+    figures: list = []
     blocks.append(
         "The thesis evaluates on CIFAR-10 (f1 = AlexNet, 82 % accuracy; transfer source = a VGG-like net). "
         "**CIFAR-10 is not available offline**, so this report reproduces the method on MNIST-5k and Fashion-MNIST: "

@@ -32,6 +32,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -178,7 +179,7 @@ def fit_or_load_generator(model, proto, path: Path, data, *, init=None, progress
     :class:`~spatialadv.attacks.SdpAdv` (networks in eval mode, frozen).
     """
     x = data.x if hasattr(data, "x") else data[0]
-    shape, dtype = tuple(int(s) for s in x.shape[1:]), x.dtype
+    shape, dtype = cast(tuple[int, int, int], tuple(int(s) for s in x.shape[1:])), x.dtype
 
     def build():
         gen = proto.fit(model, data, progress=progress, init=init)
@@ -327,7 +328,7 @@ def plan(cfg: Config, ctx):
             model, info = ctx.model(label, model_spec(name, defense, cfg))
             eval_acc[label] = accuracy(model, x_eval, y_eval)
             ctx.meta("eval_accuracy", eval_acc)
-            todo: list[tuple[str, float | None, object, str]] = [
+            todo: list[tuple[str, Any, Any, str]] = [
                 (row, None, atk, data_key) for row, atk in spatial_attacks(test.x.shape[-1]).items()]
             eps_list = EPS if defense == "none" else (0.3,)  # robust classifiers: ε = 0.3 only, as the paper
             # warm starts: SdAdv → SdpAdv ε₁ → SdpAdv ε₂ …; AdvGAN ε₁ (fresh) → AdvGAN ε₂ … (a smaller threat set lies
@@ -498,7 +499,7 @@ def _panels(res, test, out: Path, n: int = 10) -> list[Path]:
     """
     names = list(test.classes)
     short = (lambda c: c if len(c) <= 7 else c[:6] + ".")
-    figs = []
+    figs: list = []
     models = sorted({r.model for r in res.runs}, key=lambda m: m != "c4")  # Model A first
     base = [r for r in res.runs if models and r.model == models[0] and r.tags.get("defense") == "none"]
     if not base:

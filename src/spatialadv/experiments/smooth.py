@@ -21,6 +21,7 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ __all__ = ["Config", "PAPER", "smooth_attacks", "budget_attacks", "plan", "repor
 
 #: Zhang, Avrithis, Furon, Amsaleg, Smooth Adversarial Examples (EURASIP J. Inf. Secur. 2020), Table 1,
 #: MNIST / C4 column: attack → (P_suc, D̄).
-PAPER = {
+PAPER: dict[str, Any] = {
     "clean_accuracy": 0.99,
     "table1": {"FGSM": (0.89, 5.02), "I-FGSM": (1.00, 2.69), "PGD2": (1.00, 1.71), "C&W": (1.00, 2.49),
                "sPGD2": (0.97, 3.36), "sC&W": (1.00, 1.97)},
@@ -69,7 +70,7 @@ def smooth_attacks(*, sigma: float = 0.1, steps: int = 50, binary_search_steps: 
     The sweeps stop each run at an example's first success (``early_stop``)
     and keep the smallest successful distortion over the runs.
     """
-    cw = dict(kappa=1.0, lr=0.1, initial_const=15.0, binary_search_steps=binary_search_steps, steps=steps)
+    cw: dict[str, Any] = dict(kappa=1.0, lr=0.1, initial_const=15.0, binary_search_steps=binary_search_steps, steps=steps)
     return {
         "FGSM": MinDistortionSweep(attacks=tuple(FGSM(eps=e) for e in LINF_EPS)),
         "I-FGSM": MinDistortionSweep(attacks=tuple(IFGSM(eps=e, step_size=0.08 * e / 0.3, steps=10, early_stop=True)
@@ -208,7 +209,7 @@ def _budget_rows(config, recs, brecs, protocol_summary, summarize) -> list[dict]
         table.setdefault(sched, {})[attack] = rr
     rows = []
     for sched, d in table.items():
-        row = {"schedule": sched}
+        row: dict[str, Any] = {"schedule": sched}
         for attack in ("C&W", "sC&W"):
             rr = [r for r in d.get(attack, []) if r["idx"] in keep]
             if not rr:
@@ -239,7 +240,7 @@ def _figures(out, config, test, recs, curves, magnify, magnification_figure, oc_
         x0 = test.x[i : i + 1]
         advs = torch.from_numpy(np.stack([by_idx[a][i]["x_adv"] for a in order]))
         mags = magnify(torch.cat([x0, advs]).double()).float().numpy()
-        rows = [(a, advs[k].numpy(), mags[k + 1]) for k, a in enumerate(order)]
+        rows: list[tuple[str, Any, Any]] = [(a, advs[k].numpy(), mags[k + 1]) for k, a in enumerate(order)]
         figs.append(magnification_figure(x0[0].numpy(), mags[0], rows, out / "fig1_magnification.png",
                                          title=f"{name} test image {i}: adversarial images (top) and their magnification (bottom)"))
     # Fig. 5: a typical image and sC&W's worst case (largest distortion)
@@ -253,8 +254,10 @@ def _figures(out, config, test, recs, curves, magnify, magnification_figure, oc_
         rows = []
         for a in order:
             r = by_idx[a].get(i)
-            ok = r is not None and r["success"]
-            rows.append((a, r["x_adv"] if ok else None, r["l2"] if ok else None))
+            if r is not None and r["success"]:
+                rows.append((a, r["x_adv"], r["l2"]))
+            else:
+                rows.append((a, None, None))
         figs.append(panels(test.x[i].numpy(), rows, out / f"fig5_perturbations_{k}.png",
                            title=f"{what}: test image {i}; top adversarial, bottom perturbation scaled to [0, 1]"))
     return figs

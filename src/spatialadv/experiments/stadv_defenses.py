@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ TRANSFERRED = ("FGSM", "C&W", "stAdv")
 #: Xiao et al. (ICLR 2018), Table 3 (MNIST block: attack success rate, %) and Table 5 (accuracy of the 3×3 mean-filtered
 #: model on stAdv examples, %). The extracted text of Table 3 interleaves two cells ("48.38%" of A/PGD and "50.17%" of
 #: B/Adv.); the reading below is the only one that assigns every number in it to one cell.
-PAPER = {
+PAPER: dict[str, Any] = {
     "table3": {
         ("mnist-a", "Adv."): (4.3, 4.6, 32.62), ("mnist-a", "Ens."): (1.6, 4.2, 48.07), ("mnist-a", "PGD"): (4.4, 2.96, 48.38),
         ("mnist-b", "Adv."): (6.0, 4.5, 50.17), ("mnist-b", "Ens."): (2.7, 3.18, 46.14), ("mnist-b", "PGD"): (9.0, 3.0, 49.82),
@@ -236,7 +237,9 @@ def report(cfg: Config, res) -> Report:
     wb_rows = []
     for arch in cfg.models:
         for d in DEFENSES:
-            cells, wb_cells, t3[f"{arch}/{d}"] = [], [], {}
+            cells: list = []
+            wb_cells: list = []
+            t3[f"{arch}/{d}"] = {}
             for k, a in enumerate(TRANSFERRED):
                 tr = rate([bool(r[d]) for r in transfer[arch][a]])
                 wb = rate([bool(r["success"]) for r in runs.get((f"{arch}/{d}", a), [])])
@@ -313,7 +316,7 @@ def _span(vals) -> str:
 def _findings(cfg: Config, t3: dict, t5: dict, runs: dict) -> list:
     """What the tables show against the paper, computed from them."""
     cells = list(t3.values())
-    pgd_acc = [1 - _rate(runs[(f"{a}/{d}", "PGD")]) for a in cfg.models for d in DEFENSES if runs.get((f"{a}/{d}", "PGD"))]
+    pgd_acc = [1 - cast(float, _rate(runs[(f"{a}/{d}", "PGD")])) for a in cfg.models for d in DEFENSES if runs.get((f"{a}/{d}", "PGD"))]
     paper = {a: [PAPER["table3"][k][i] for k in PAPER["table3"] if k[0] in cfg.models] for i, a in enumerate(TRANSFERRED)}
     order = sorted(cfg.models, key=lambda a: t5[a]["accuracy_recovered"] if t5[a]["accuracy_recovered"] is not None else -1)
     paper_order = sorted(cfg.models, key=lambda a: PAPER["table5"][a])

@@ -131,11 +131,11 @@ class STNClassifier(nn.Module):
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10, hidden: int = 100):
         super().__init__()
         d = in_channels * image_size * image_size
-        self.loc = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, 6))
-        nn.init.zeros_(self.loc[-1].weight)
+        last = nn.Linear(hidden, 6)
+        self.loc = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), last)
+        nn.init.zeros_(last.weight)
         with torch.no_grad():
-            self.loc[-1].bias.copy_(torch.tensor([1.0, 0, 0, 0, 1.0, 0]))
+            last.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1.0, 0]))
         self.classifier = _fc((500,))(in_channels, image_size, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -47,12 +47,12 @@ def _check_units(units: object) -> None:
         raise ValueError(f"units must be one of {_UNITS}, got {units!r}")
 
 
-def _half_sizes(h: int, w: int, dtype: torch.dtype, device) -> Tensor:
+def _half_sizes(h: int, w: int, dtype: torch.dtype, device: torch.device | str | None) -> Tensor:
     """``s = ((W − 1)/2, (H − 1)/2)``: pixels per normalised unit along x (columns) and y (rows)."""
     return torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=dtype, device=device)
 
 
-def identity_theta(n: int, *, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+def identity_theta(n: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
     """θ_I, the identity transform ``(n, 2, 3)``: ``[[1, 0, 0], [0, 1, 0]]`` (same in both units)."""
     eye = torch.zeros(2, 3, dtype=dtype, device=device)
     eye[0, 0] = 1
@@ -174,7 +174,7 @@ def affine_warp(x: Tensor, theta: Tensor, *, units: str = "normalized", padding_
 
 
 def rotation_translation_theta(angle: Tensor | float, tx: Tensor | float, ty: Tensor | float, *,
-                               dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+                               dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
     """θ that rotates the content about the image centre, **then** translates it.
 
     θ is in **pixel** units, for :func:`affine_warp` with ``units="pixels"``.

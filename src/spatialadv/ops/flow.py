@@ -9,6 +9,7 @@ adjacent pixels twice, exactly as the equations are written.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -156,8 +157,8 @@ def to_pixels(flow: Tensor) -> Tensor:
     return flow / _unit_scale(flow)
 
 
-def neumann_smoother(h: int, w: int, lam: float, *, spacing: tuple[float, float] = (1.0, 1.0), device=None,
-                     dtype=torch.float32):
+def neumann_smoother(h: int, w: int, lam: float, *, spacing: tuple[float, float] = (1.0, 1.0),
+                     device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Callable[[Tensor], Tensor]:
     """The operator ``K = (I + λ L)⁻¹`` on flows ``(M, 2·H·W)``, L the 4-neighbour grid Laplacian.
 
     ``L`` is the graph Laplacian of the H × W pixel grid with 4-neighbour edges

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
@@ -158,7 +158,7 @@ def laplacian_matvec(v: Tensor, guide: Tensor, *, alpha: float = 0.95, sigma: fl
     return _l_matvec(v, e_h, e_v, 1 / (1 - alpha))
 
 
-def _cg(matvec, b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, int, Tensor]:
+def _cg(matvec: Callable[[Tensor], Tensor], b: Tensor, tol: float, max_iter: int) -> tuple[Tensor, int, Tensor]:
     """Batched conjugate gradient, one system per ``(n, c)`` slice of ``b``.
 
     Each system stops when ``‖r‖ ≤ tol ‖b‖`` (a zero right-hand side gives 0 at
@@ -197,7 +197,8 @@ class _CGSmooth(torch.autograd.Function):
     """``ŝ_α(z)`` by CG; backward is one more CG solve (L_α symmetric)."""
 
     @staticmethod
-    def forward(ctx, z, e_h, e_v, s1, c0, tol, max_iter, owner):
+    def forward(ctx: Any, z: Tensor, e_h: Tensor, e_v: Tensor, s1: Tensor, c0: Any, tol: float, max_iter: int,
+                owner: Any) -> Tensor:
         x, it, rel = _cg(lambda v: _l_matvec(v, e_h, e_v, c0), z.detach(), tol, max_iter)
         owner._note(it, rel)
         ctx.save_for_backward(e_h, e_v, s1)
@@ -205,7 +206,7 @@ class _CGSmooth(torch.autograd.Function):
         return x / s1
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: Tensor) -> Any:
         e_h, e_v, s1 = ctx.saved_tensors
         gz, it, rel = _cg(lambda v: _l_matvec(v, e_h, e_v, ctx.c0), g / s1, ctx.tol, ctx.max_iter)
         ctx.owner._note(it, rel)
@@ -245,8 +246,8 @@ class GuidedSmoothing:
 
     Raises:
         TypeError, ValueError: bad guide or hyper-parameter; ``z`` of the wrong
-        shape or dtype. An empty batch (N = 0 guides or M = 0 signals) is a
-        ``ValueError``, like an empty batch of images in the attacks.
+            shape or dtype. An empty batch (N = 0 guides or M = 0 signals) is a
+            ``ValueError``, like an empty batch of images in the attacks.
     """
 
     def __init__(self, guide: Tensor, *, alpha: float = 0.95, sigma: float = 0.1, kernel: Kernel = "laplacian",
@@ -337,7 +338,7 @@ class GuidedSmoothing:
         if index is None:
             if z.shape[0] != n:
                 raise ValueError(f"z has {z.shape[0]} rows but the guide has {n} images; pass index=")
-            sel = slice(None)
+            sel: slice | Tensor = slice(None)
         else:
             if not isinstance(index, Tensor):
                 raise TypeError(f"index must be an integer torch.Tensor of shape ({z.shape[0]},), got {type(index).__name__}")

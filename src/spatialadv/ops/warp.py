@@ -78,7 +78,7 @@ def flow_warp(x: Tensor, flow: Tensor, *, padding_mode: str = "zeros") -> Tensor
     x0l = x0.long()
     y0l = y0.long()
     flat = x.reshape(n, c, h * w)
-    out = None
+    out: Tensor | None = None
     for dy, wy in ((0, wy0), (1, wy1)):
         for dx, wx in ((0, wx0), (1, wx1)):
             xi = x0l + dx
@@ -89,4 +89,5 @@ def flow_warp(x: Tensor, flow: Tensor, *, padding_mode: str = "zeros") -> Tensor
             weight = (wy * wx * valid.to(x.dtype)).unsqueeze(1)
             term = weight * vals
             out = term if out is None else out + term
+    assert out is not None
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -91,11 +91,15 @@ class Threat(ABC):
     unit: ClassVar[str] = ""
 
     @abstractmethod
-    def project(self, *args: Tensor) -> Tensor | tuple[Tensor, ...]:
-        """Map perturbations onto the threat set, per example (arguments: see the subclass)."""
+    def project(self, *args: Any, **kwargs: Any) -> Any:
+        """Map perturbations onto the threat set, per example (arguments and result: see the subclass).
+
+        Each subclass has its own signature (a tensor ``δ``, a flow, affine parameters); the base class
+        accepts any, so that every subclass's signature is a valid override.
+        """
 
     @abstractmethod
-    def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Tensor | tuple[Tensor, ...]:
+    def random_start(self, x: Tensor, seed: int, index: Tensor | None = None) -> Any:
         """A random point of the set per example for the images ``x`` ``(N, C, H, W)``.
 
         Drawn from :func:`example_generator` ``(seed, index row)`` on the CPU
@@ -103,11 +107,11 @@ class Threat(ABC):
         """
 
     @abstractmethod
-    def size(self, *args: Tensor) -> Tensor:
+    def size(self, *args: Any, **kwargs: Any) -> Tensor:
         """The perturbation's size ``(N,)`` in ``unit`` (arguments: see the subclass)."""
 
     @abstractmethod
-    def measure(self, x: Tensor, result) -> Tensor:
+    def measure(self, x: Tensor, result: Any) -> Tensor:
         """Size ``(N,)`` of ``result``'s perturbation of ``x`` in this threat's ``unit`` (not masked by success).
 
         Args:

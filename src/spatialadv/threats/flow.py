@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -93,7 +93,7 @@ class PixelFlow(Threat):
         """``TV(f)`` of stAdv Eq. 5 per example, ``(N,)`` pixels."""
         return flow_tv(flow)
 
-    def measure(self, x: Tensor, result) -> Tensor:
+    def measure(self, x: Tensor, result: Any) -> Tensor:
         """``size(result.flow)``."""
         return self.size(result.flow)
 
@@ -137,7 +137,7 @@ class FlowSmoothnessBall(Threat):
             raise ValueError(f"border must be 'zeros' or 'replicate', got {self.border!r}")
         check_positive(self.ridge, "ridge", allow_zero=True)
 
-    def latent_basis(self, h: int, w: int, *, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+    def latent_basis(self, h: int, w: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
         """``(MᵀM + ridge·I)^{-1/2}`` ``(H·W, H·W)`` (symmetric) of the latent map."""
         return torch.tensor(gram_inverse_sqrt(h, w, border=self.border, ridge=self.ridge), dtype=dtype, device=device)
 
@@ -187,6 +187,6 @@ class FlowSmoothnessBall(Threat):
         """ℓ_diff per example ``(N,)`` in pixels (computed in float64, returned in ``flow.dtype``)."""
         return flow_smoothness(flow.to(torch.float64), border=self.border).to(flow.dtype)
 
-    def measure(self, x: Tensor, result) -> Tensor:
+    def measure(self, x: Tensor, result: Any) -> Tensor:
         """``size(result.flow)``."""
         return self.size(result.flow)

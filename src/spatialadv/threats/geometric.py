@@ -7,7 +7,7 @@ Examples with Spatial Distortions* (ICLR 2020 submission; "the SdpAdv paper").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -93,7 +93,7 @@ class RotationTranslationBox(Threat):
         t = _box_ratio(shift, float(self.max_translation)).amax(-1)
         return torch.maximum(a, t)
 
-    def measure(self, x: Tensor, result) -> Tensor:
+    def measure(self, x: Tensor, result: Any) -> Tensor:
         """``size(result.params["angle"], result.params["shift"])``."""
         return self.size(result.params["angle"], result.params["shift"])
 
@@ -167,6 +167,6 @@ class AffineLinf(Threat):
         e = _box_ratio(eta.flatten(1).abs().amax(1) if eta.dim() > 1 else eta.abs(), float(self.eps))
         return torch.maximum(t, e.to(t.dtype))
 
-    def measure(self, x: Tensor, result) -> Tensor:
+    def measure(self, x: Tensor, result: Any) -> Tensor:
         """``size(result.params["theta"], result.params["eta_linf"])``."""
         return self.size(result.params["theta"], result.params["eta_linf"])

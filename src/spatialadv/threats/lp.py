@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -26,10 +26,12 @@ def _check_eps(eps: object) -> None:
 class _AdditiveBall(Threat):
     """An additive perturbation ball ``{δ : ‖δ‖ ≤ eps}``: the checks and ``measure`` shared by L∞ and L2."""
 
+    eps: float  # declared by each subclass with its default
+
     def __post_init__(self) -> None:
         _check_eps(self.eps)
 
-    def measure(self, x: Tensor, result) -> Tensor:
+    def measure(self, x: Tensor, result: Any) -> Tensor:
         """``size(result.x_adv − x)``."""
         return self.size(result.x_adv - x)
 
@@ -205,7 +207,7 @@ class L0Pixels(Threat):
 
         return per_example_draws(x, seed, index, draw).view_as(x)
 
-    def measure(self, x: Tensor, result) -> Tensor:
+    def measure(self, x: Tensor, result: Any) -> Tensor:
         """``size(result.x_adv − x)``."""
         return self.size(result.x_adv - x)
 

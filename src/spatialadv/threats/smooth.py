@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -17,8 +17,8 @@ from .lp import L2Ball
 __all__ = ["SmoothLikeX", "SmoothingParams", "check_smoothing"]
 
 
-def check_smoothing(*, alpha: object, sigma: object, kernel: object, solver: object, cg_tol: object,
-                    cg_max_iter: object) -> None:
+def check_smoothing(*, alpha: Any, sigma: Any, kernel: Any, solver: Any, cg_tol: Any,
+                    cg_max_iter: Any) -> None:
     """Validate the hyper-parameters of :class:`~spatialadv.ops.smoothing.GuidedSmoothing`.
 
     ``cg_tol`` and ``cg_max_iter`` are its ``tol`` and ``max_iter``.
@@ -74,8 +74,9 @@ class SmoothingParams:
 
     def smoother(self, x: Tensor) -> GuidedSmoothing:
         """The smoothing ``ŝ_α`` guided by the images ``x`` ``(N, C, H, W)``."""
-        return GuidedSmoothing(x, alpha=float(self.alpha), sigma=float(self.sigma), kernel=self.kernel,
-                               solver=self.solver, tol=float(self.cg_tol), max_iter=int(self.cg_max_iter))
+        return GuidedSmoothing(x, alpha=float(self.alpha), sigma=float(self.sigma), kernel=self.kernel,  # type: ignore[arg-type]
+                               solver=self.solver,  # type: ignore[arg-type]  # both checked by check_smoothing
+                               tol=float(self.cg_tol), max_iter=int(self.cg_max_iter))
 
 
 @dataclass(frozen=True, kw_only=True)

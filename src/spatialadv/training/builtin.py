@@ -83,6 +83,8 @@ variant        spec            training
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..certify.penalties import SDPPenalty, StAdvPoolPenalty, frobenius_penalty, spectral_penalty
@@ -188,7 +190,7 @@ def _stadv_at(model, data, config, options) -> TrainingParts:
     return TrainingParts(penalty=pen, notes=lambda: {"pool_success_rates": [float(r) for r in pen.success_rates]})
 
 
-_NONNEG = dict(low=0.0)
+_NONNEG: dict[str, Any] = dict(low=0.0)
 register_objective("fgsm-at", _fgsm_at, description="FGSM adversarial training, Adv-Train (Goodfellow et al. 2015)",
                    options={"eps": OptionSpec(0.3, float, 0.0, 1.0, low_open=True), "adv_weight": OptionSpec(0.5, float, 0.0, 1.0)})
 register_objective("pgd-at", _pgd_at, description="PGD adversarial training (Madry et al. 2018)",

@@ -175,6 +175,8 @@ class Objective:
     """
 
     __slots__ = ("_name", "_options")
+    _name: str
+    _options: tuple[tuple[str, Any], ...]
 
     def __init__(self, name: str, **options: Any) -> None:
         check_name(name, "Objective.name")

@@ -167,7 +167,7 @@ def load_or_train(spec: ModelSpec, *, progress: bool = True, directory: str | os
         * ``"cached"``: True when loaded rather than trained;
         * ``"test_accuracy"``: top-1 accuracy in [0, 1] on the whole test split of ``spec.data``;
         * ``"train_seconds"``: wall-clock training time (float); when cached, the time recorded at
-          training (None if the checkpoint has none);
+            training (None if the checkpoint has none);
         * ``"notes"``: the objective's notes (dict, e.g. ``pool_success_rates`` of ``stadv-at``);
         * ``"spec"``: ``spec.to_dict()``.
 

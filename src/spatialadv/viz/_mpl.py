@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
-def _plt():
+def _plt() -> Any:
     import matplotlib  # lazy: matplotlib is heavy; only figures need it
 
     matplotlib.use("Agg")
@@ -16,7 +17,7 @@ def _plt():
     return plt
 
 
-def _save(plt, fig, path: str | Path) -> Path:
+def _save(plt: Any, fig: Any, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +26,7 @@ def _save(plt, fig, path: str | Path) -> Path:
     return path
 
 
-def _show(ax, img: np.ndarray | None) -> None:
+def _show(ax: Any, img: np.ndarray | None) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     if img is None:

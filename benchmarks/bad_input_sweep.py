@@ -278,8 +278,9 @@ def _():
 
 @case("load_or_train_lan: key escapes the cache")
 def _():
-    from spatialadv.defenses.lan import load_or_train_lan
     from types import SimpleNamespace
+
+    from spatialadv.defenses.lan import load_or_train_lan
     train = SimpleNamespace(x=torch.rand(8, 1, 28, 28), y=torch.arange(8) % 2, num_classes=2)
     return api(lambda: load_or_train_lan(linear(d=28 * 28), "../../x/lan", train))
 

@@ -15,7 +15,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import field
 from typing import Any
 
@@ -165,7 +165,7 @@ def option_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _domain(meta: dict, kind: type, value=None) -> str:
+def _domain(meta: Mapping, kind: type, value=None) -> str:
     """The declared domain of a number field in words, e.g. ``in (0, 1)``, ``>= 1``, ``an integer in [0, 2**63-1]``.
 
     An int field's implicit maximum (:data:`INT_MAX`) is named only for a ``value`` above it.
@@ -192,7 +192,7 @@ def _domain(meta: dict, kind: type, value=None) -> str:
     return what
 
 
-def _problem(meta: dict, kind: type, u) -> str | None:
+def _problem(meta: Mapping, kind: type, u) -> str | None:
     """Why the value ``u`` of a field is outside its declared domain ("must be ..."), or None."""
     if kind is bool or kind is str:
         return None

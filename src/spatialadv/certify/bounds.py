@@ -158,7 +158,7 @@ def reconstructed_logits(net: NetworkWeights, x: Tensor) -> Tensor:
     in float64 (the network :func:`pair_bounds` bounds).
     """
     z = x.detach().flatten(1).to(torch.float64)
-    if net.hidden:
+    if net.W is not None and net.b is not None:
         z = torch.relu(z @ net.W.detach().to(z.device, torch.float64).T + net.b.detach().to(z.device, torch.float64))
     return z @ net.V.detach().to(z.device, torch.float64).T + net.c.detach().to(z.device, torch.float64)
 
@@ -211,7 +211,7 @@ def check_reconstruction(model: nn.Module, net: NetworkWeights, x: Tensor, logit
             NaN/inf, that look like probabilities (every row non-negative and summing to 1),
             or that differ from the rebuilt network's beyond the tolerance.
     """
-    in_dim = net.W.shape[1] if net.hidden else net.V.shape[1]
+    in_dim = net.W.shape[1] if net.W is not None else net.V.shape[1]
     d = int(math.prod(x.shape[1:]))
     if d != in_dim:
         raise ValueError(f"x has images of shape {tuple(x.shape[1:])} ({d} values) but the model's first layer takes "

@@ -325,15 +325,16 @@ def _store_with_runs() -> Path:
     return p / "results.sqlite"
 
 
-@case("evaluate: store meta is not valid JSON")
+@case("evaluate: a run's config is not valid JSON")
 def _():
     import sqlite3
+
+    from spatialadv.eval import ResultStore
     s = _store_with_runs()
+    with ResultStore(s) as st:
+        st.register_run("k1", "model", "fgsm", {"eps": 0.3})
     con = sqlite3.connect(s)
-    tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
-    if "meta" in tables:
-        cols = [r[1] for r in con.execute("pragma table_info(meta)")]
-        con.execute(f"insert or replace into meta({cols[0]}, {cols[1]}) values ('config', '{{not json')")
+    con.execute("UPDATE runs SET config = '{not json'")
     con.commit()
     con.close()
     return cli(["evaluate", "--store", str(s)])

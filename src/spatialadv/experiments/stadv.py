@@ -347,7 +347,7 @@ def _figures(results, test, out, targeted_grid, comparison_figure, flow_quiver) 
     if first_model and (first_model, "stAdv") in by:
         by_attack = {a: {(x["idx"], x["target"]): x for x in records(by[(first_model, a)])}
                      for a in ("FGSM", "C&W-L2", "stAdv") if (first_model, a) in by}
-        if "FGSM" in recs:
+        if "FGSM" in by_attack:
             keys = sorted({k[0] for k in by_attack["FGSM"]})[:5]
             rows, labels = [], []
             for i in keys:

@@ -202,12 +202,11 @@ class SmoothedClassifier:
             than of 10 000: its activations then stay in cache; ``benchmarks/smoothing_certify.py``).
 
     Raises:
-        TypeError: ``model`` not an ``nn.Module``. ValueError: bad ``sigma``, ``num_classes``, ``batch_size`` or
-            ``forward_batch``.
-        At sampling time (:meth:`counts`, :meth:`predict`, :meth:`certify`): TypeError for images of
-        another dtype than the model's weights or a model returning no tensor; ValueError for images
-        the model cannot take (channels, size), a model whose output width is not ``num_classes``,
-        or NaN/inf logits.
+        TypeError: ``model`` not an ``nn.Module``; at sampling time (:meth:`counts`, :meth:`predict`,
+            :meth:`certify`), images of another dtype than the model's weights or a model returning no tensor.
+        ValueError: bad ``sigma``, ``num_classes``, ``batch_size`` or ``forward_batch``; at sampling time,
+            images the model cannot take (channels, size), a model whose output width is not
+            ``num_classes``, or NaN/inf logits.
     """
 
     def __init__(self, model: nn.Module, *, sigma: float, num_classes: int, batch_size: int = 10_000,

@@ -372,6 +372,8 @@ def load_user_data(name: str, *, labels: str | None = None, seed: int = 0) -> Da
             return load_npz(path)
         except KeyError as e:
             raise DataError(str(e.args[0])) from e
+        except DataError:
+            raise  # its message already names the file
         except (ValueError, TypeError, OSError) as e:
             raise DataError(f"{path}: {e}") from e
     head = path.read_bytes()[:4]

@@ -26,8 +26,9 @@ from pathlib import Path
 
 __all__ = ["main", "UsageError"]
 
-# The commands import the library inside their functions, on purpose: `spatialadv --help` and usage errors answer
-# without importing torch and the layers below (each command pays only for what it runs).
+# The commands import the library inside their functions, so each command pays only for what it runs.
+# `spatialadv --version` answers before the parser is built; building the parser (every --help, every command)
+# imports the experiment and attack registries, and with them torch.
 
 
 class UsageError(ValueError):

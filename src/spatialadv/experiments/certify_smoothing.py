@@ -50,15 +50,15 @@ from .framework import MAX_THREADS, Experiment, Report, Table, TaskRun, option
 
 __all__ = ["Config", "PAPER", "TSS", "plan", "report", "EXPERIMENTS", "flow_linf_pgd"]
 
-#: TSS (Li et al., ACM CCS 2021), MNIST, rotation ±30°: certified and clean accuracy of the smoothed model (as quoted
-#: in this project's issue; their base model is trained on all 60 000 MNIST training images).
+#: TSS (Li et al., ACM CCS 2021), MNIST, rotation ±30°: certified and clean accuracy of the smoothed model (their
+#: base model is trained on all 60 000 MNIST training images).
 PAPER: dict[str, Any] = {"tss_mnist_rotation30_certified": 0.958, "tss_mnist_clean": 0.988,
          "source": "Li et al., TSS: Transformation-Specific Smoothing for Robustness Certification, ACM CCS 2021"}
 #: The same as paper values with their source (the table number was not checked against the paper offline).
 TSS = {"rotation30_certified": PaperValue(PAPER["tss_mnist_rotation30_certified"], "tss", "MNIST, rotation ±30°",
-                                          "certified accuracy as quoted in this project's issue"),
+                                          "certified accuracy; the table number was not checked against the paper"),
        "clean": PaperValue(PAPER["tss_mnist_clean"], "tss", "MNIST, rotation ±30°",
-                           "clean accuracy of the smoothed model as quoted in this project's issue")}
+                           "clean accuracy of the smoothed model; the table number was not checked against the paper")}
 
 DATASETS = ("mnist", "fashion-mnist")
 

@@ -114,6 +114,11 @@ def _damaged_as_store_error(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as e:
+            if any(w in str(e) for w in ("locked", "busy", "disk", "readonly", "read-only")):
+                raise StoreError(f"cannot use results store {self.path}: {e}") from e  # in use or unwritable
+            raise StoreError(f"results store {self.path} is damaged ({e}): use a new --out / --store, "
+                             "or restore the file") from e
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise StoreError(f"results store {self.path} is damaged ({e}): use a new --out / --store, "
                              "or restore the file") from e

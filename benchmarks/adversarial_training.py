@@ -13,9 +13,6 @@ extrapolation is linear. Prints seconds per batch and per epoch per model; JSON 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -26,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _common import run_info, write_results  # noqa: E402
 from spatialadv.data import load_dataset  # noqa: E402
 from spatialadv.models import build_model  # noqa: E402
 from spatialadv.training import Objective, TrainConfig, train_model  # noqa: E402
@@ -44,9 +42,8 @@ def main(argv=None) -> int:
     train = load_dataset("mnist", "train")
     cfg = TrainConfig(epochs=1, batch_size=64, seed=0)
     objective = Objective("pgd-at")  # ε = 0.3, 40 steps of 0.01, random start
-    res: dict = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
-                 "threads": args.threads, "train_images": len(train.x), "batch_size": cfg.batch_size,
-                 "timed_batches": args.batches, "load_avg_start": os.getloadavg(), "models": {}}
+    res: dict = {**run_info(args.threads), "train_images": len(train.x), "batch_size": cfg.batch_size,
+                 "timed_batches": args.batches, "models": {}}
     for name in args.models:
         torch.manual_seed(0)
         model = build_model(name)
@@ -62,11 +59,7 @@ def main(argv=None) -> int:
         print(f"{name}: PGD-40 adversarial training {per_batch:.2f} s per batch of {cfg.batch_size}, "
               f"{per_epoch:.0f} s per epoch of {len(train.x)} images ({per_epoch / 60:.1f} min; "
               f"{args.threads} threads)", flush=True)
-    res["load_avg_end"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return write_results(res, args.out)
 
 
 if __name__ == "__main__":

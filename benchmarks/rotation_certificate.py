@@ -16,9 +16,7 @@ certified accuracy at the full budget; target: 500 images within 30 minutes on 2
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _common import run_info, write_results  # noqa: E402
 from spatialadv.certify import SmoothedClassifier, certify_rotation  # noqa: E402
 from spatialadv.data import load_dataset  # noqa: E402
 from spatialadv.experiments.certify_smoothing import Config, _spec  # noqa: E402
@@ -64,19 +63,15 @@ def main(argv=None) -> int:
         refined += int(c.refined.sum())
         cells += int(c.cells.sum())
     sec = time.perf_counter() - t0
-    res = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
-           "threads": args.threads, "images": n, "max_angle": cfg.max_angle, "model_key": info["key"],
+    res = {**run_info(args.threads), "images": n, "max_angle": cfg.max_angle, "model_key": info["key"],
            "train_seconds": train_s, "certificate_seconds": sec, "seconds_per_image": sec / n,
            "certified_accuracy_at_max_angle": certified / n, "cells_per_image": cells / n,
-           "refined_cells_per_image": refined / n, "load_avg_start": load0, "load_avg_end": os.getloadavg()}
+           "refined_cells_per_image": refined / n, "load_avg_start": load0}
     print(f"±{cfg.max_angle:g}° rotation certificate, {n} MNIST-5k test images, cnn-small ({args.threads} threads): "
           f"{sec:.0f} s ({sec / 60:.1f} min, {sec / n:.2f} s / image; target ≤ 30 min for 500), certified accuracy "
           f"at ±{cfg.max_angle:g}°: {certified / n:.3f}; {cells / n:.0f} cells and {refined / n:.1f} refined per image; "
           f"model trained in {train_s:.0f} s (0 if cached)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return write_results(res, args.out)
 
 
 if __name__ == "__main__":

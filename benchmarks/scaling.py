@@ -33,9 +33,6 @@ JSON goes to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -48,6 +45,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _common import run_info, write_results  # noqa: E402
 from spatialadv.attacks import FGSM, PGD, RotationTranslation, SmoothPGDL2, StAdv  # noqa: E402
 from spatialadv.data import load_dataset  # noqa: E402
 
@@ -131,8 +129,7 @@ def main(argv=None) -> int:
     if len(args.n) not in (1, len(args.sizes)):
         p.error("--n takes one value or one per size")
     torch.set_num_threads(args.threads)
-    res: dict = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
-                 "threads": args.threads, "load_avg_start": os.getloadavg(), "sizes": {}}
+    res: dict = {**run_info(args.threads), "sizes": {}}
     print(f"{'size':>4} {'attack':6} {'ms/img':>9} {'grad/img':>8} {'fwd/img':>7} {'÷grad floor':>11} "
           f"{'÷model floor':>12} {'success':>7} {'peak MiB':>8}")
     for k, size in enumerate(args.sizes):
@@ -186,11 +183,7 @@ def main(argv=None) -> int:
             pk = f"{row['peak_mib_above_start']:.0f}" if row["peak_mib_above_start"] is not None else "–"
             print(f"{size:>4} {name:6} {row['ms_per_image']:9.2f} {grads:8.1f} {fwds:7.1f} {rg:>11} "
                   f"{row['ratio_model_floor']:12.2f} {100 * row['success']:6.1f}% {pk:>8}", flush=True)
-    res["load_avg_end"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return write_results(res, args.out)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,6 @@ speed-up (foolbox time ÷ ours; target ≥ 3). JSON to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +38,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _common import run_info, write_results  # noqa: E402
 from spatialadv.attacks import RotationTranslation  # noqa: E402
 from spatialadv.data import DataSpec, load_dataset  # noqa: E402
 from spatialadv.training import ModelSpec, TrainConfig, load_or_train  # noqa: E402
@@ -99,9 +97,7 @@ def main(argv=None) -> int:
     import foolbox as fb  # the bench extra: pip install -e ".[bench]"
 
     test = load_dataset("mnist", "test")
-    res: dict = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
-                 "foolbox": fb.__version__, "threads": args.threads, "repeats": args.repeats,
-                 "load_avg_start": os.getloadavg(), "models": {}}
+    res: dict = {**run_info(args.threads), "foolbox": fb.__version__, "repeats": args.repeats, "models": {}}
     for name in args.models:
         if name.startswith("outside-a"):
             model = outside_model_a(args.outside_epochs, args.seed, augment=name == "outside-a-augmented")
@@ -133,11 +129,7 @@ def main(argv=None) -> int:
               f"{row['ours_candidates_per_image']:.1f} candidates/img)  foolbox {t_fb:6.3f} s "
               f"({100 * row['foolbox_success']:.0f} %)  speed-up {row['speedup_foolbox_over_ours']:.2f}× (target ≥ 3)",
               flush=True)
-    res["load_avg_end"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return write_results(res, args.out)
 
 
 if __name__ == "__main__":

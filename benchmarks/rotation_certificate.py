@@ -62,6 +62,9 @@ def main(argv=None) -> int:
         certified += int(ok.sum())
         refined += int(c.refined.sum())
         cells += int(c.cells.sum())
+        done = int(idx[-1]) + 1
+        if done % 50 == 0 or done == n:
+            print(f"  {done} images: {time.perf_counter() - t0:.0f} s", flush=True)
     sec = time.perf_counter() - t0
     res = {**run_info(args.threads), "images": n, "max_angle": cfg.max_angle, "model_key": info["key"],
            "train_seconds": train_s, "certificate_seconds": sec, "seconds_per_image": sec / n,

@@ -19,11 +19,13 @@ For each image size S, in one process with ``torch.set_num_threads(--threads)``:
 Per attack it prints the time per image, the model evaluations per image, and two ratios:
 
 * ``÷ gradient floor`` = time ÷ (gradient evaluations × forward + backward): the issue's measure;
-  for an attack with one or two gradient evaluations it cannot reach 1, since every attack also
-  runs one forward on the images it returns to recompute success (the library's contract).
+  for an attack with one or two gradient evaluations it cannot reach 1, since every attack call
+  also runs two forwards of the batch: the input check on ``x`` (which finds a model that returns
+  the wrong logits) and the recomputation of success on the images it returns (the library's
+  contract).
 * ``÷ model floor`` = time ÷ (gradient evaluations × forward + backward + (forward-only
-  evaluations + 1) × forward): every model pass the attack has to make, that recomputation
-  included; what remains is the attack's own work.
+  evaluations + 2) × forward): every model pass the attack call makes, those two included; what
+  remains is the attack's own work.
 
 and the peak resident memory of the attack call above the process's resident memory before it
 (``VmHWM`` after resetting it through ``/proc/self/clear_refs``; Linux only, else omitted).
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
             grads = float(r.grad_evals.float().mean())
             fwds = float(r.forward_evals.float().mean()) if r.forward_evals is not None else 0.0
             grad_floor = grads * t_fb
-            model_floor = grads * t_fb + (fwds + 1) * t_f
+            model_floor = grads * t_fb + (fwds + 2) * t_f
             row = {"ms_per_image": 1000 * sec / n, "seconds": sec, "grad_evals": grads, "forward_evals": fwds,
                    "ratio_gradient_floor": sec / grad_floor if grad_floor > 0 else None,
                    "ratio_model_floor": sec / model_floor, "success": float(r.success.float().mean()),

@@ -75,7 +75,8 @@ def fgsm_adversary(eps: float = 0.3) -> Callable[[nn.Module, Tensor, Tensor], Te
     return adversary
 
 
-def pgd_adversary(eps: float = 0.3, steps: int = 40, step_size: float = 0.01) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+def pgd_adversary(eps: float = 0.3, steps: int = 40, step_size: float = 0.01, *,
+                  bf16: bool = False) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
     """The adversary of the ``pgd-at`` objective: L∞ PGD from a uniform random start (Madry et al. 2018, §2-3).
 
     ``x₀ = clip_[0,1](x + U(−eps, eps))`` (torch's global RNG, seeded by the
@@ -88,6 +89,12 @@ def pgd_adversary(eps: float = 0.3, steps: int = 40, step_size: float = 0.01) ->
         eps: L∞ budget in [0, 1] pixel units, > 0 (Madry et al. on MNIST: 0.3).
         steps: gradient steps, int ≥ 1 (MNIST: 40).
         step_size: step in pixel units, > 0 (MNIST: 0.01).
+        bf16: compute the model's forward and backward of each step under bfloat16
+            autocast (the iterate, projection and returned examples stay float32).
+            A throughput setting for adversarial training: on a CPU with AVX-512
+            BF16 it makes a step of the stAdv Table 4 models about 1.7× faster;
+            only the sign of the gradient is used, and the effect on the trained
+            model is measured by ``spatialadv reproduce stadv-defenses``.
 
     Returns:
         ``adversary(model, x (N, C, H, W), y (N,)) -> x_adv (N, C, H, W)`` in [0, 1].
@@ -98,12 +105,14 @@ def pgd_adversary(eps: float = 0.3, steps: int = 40, step_size: float = 0.01) ->
     check_positive(eps, "eps")
     check_int(steps, "steps", minimum=1)
     check_positive(step_size, "step_size")
+    check_bool(bf16, "bf16")
 
     def adversary(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0.0, 1.0)
         for _ in range(steps):
-            g, _ = input_grad(model, xa, lambda z: F.cross_entropy(z, y, reduction="none"))
-            xa = torch.minimum(torch.maximum(xa + step_size * g.sign(), x - eps), x + eps).clamp(0.0, 1.0)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                g, _ = input_grad(model, xa, lambda z: F.cross_entropy(z.float(), y, reduction="none"))
+            xa = torch.minimum(torch.maximum(xa + step_size * g.float().sign(), x - eps), x + eps).clamp(0.0, 1.0)
         return xa.detach()
 
     return adversary

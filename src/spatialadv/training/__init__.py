@@ -10,7 +10,8 @@ its objectives table names the defenses' adversaries and certify's penalties.
 * :mod:`~spatialadv.training.builtin` — the built-in objectives (``standard``, ``fgsm-at``, ``pgd-at``,
   ``ens-at``, ``ll-at``, ``adv-critic``, ``random``, ``hinge``, ``frobenius``, ``spectral``, ``sdp``,
   ``stadv-at``, ``smoothing``) and :func:`certify_spec`, the provable-defenses paper's training variants.
-* :mod:`~spatialadv.training.loop` — :func:`train_model`, :func:`accuracy`.
+* :mod:`~spatialadv.training.loop` — :func:`train_model` (with an optional held-out learning curve
+  and early stop on its plateau), :func:`accuracy`, :class:`TrainingCollapsed`.
 * :mod:`~spatialadv.training.specs` — :class:`ModelSpec`, :func:`model_key`, :func:`load_or_train`
   (checkpoints through :func:`spatialadv.models.load_or_build`).
 
@@ -25,7 +26,7 @@ Typical use::
 
 from .builtin import ENSEMBLE_STATIC, VARIANTS, certify_spec  # importing it registers the built-in objectives
 from .config import TrainConfig
-from .loop import accuracy, train_model
+from .loop import COLLAPSE_MARGIN, TrainingCollapsed, accuracy, train_model
 from .objectives import (
     OBJECTIVES,
     Objective,
@@ -40,4 +41,5 @@ from .specs import KEY_FORMAT, ModelSpec, load_or_train, model_key
 
 __all__ = ["TrainConfig", "Objective", "OBJECTIVES", "ObjectiveType", "OptionSpec", "TrainingParts", "register_objective",
            "register_adversarial_objective", "hinge_loss", "train_model", "accuracy", "ModelSpec", "model_key",
-           "load_or_train", "KEY_FORMAT", "ENSEMBLE_STATIC", "VARIANTS", "certify_spec"]
+           "load_or_train", "KEY_FORMAT", "ENSEMBLE_STATIC", "VARIANTS", "certify_spec", "TrainingCollapsed",
+           "COLLAPSE_MARGIN"]

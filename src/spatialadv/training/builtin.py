@@ -13,7 +13,14 @@ as ``Objective(name, **options)`` (options and their defaults in brackets):
 ``pgd-at``      PGD adversarial training (``eps`` = 0.3, ``steps`` = 40, ``step_size`` = 0.01,
                 ``adv_weight`` = 1: the loss on PGD examples only, as Madry, Makelov,
                 Schmidt, Tsipras & Vladu, "Towards Deep Learning Models Resistant to
-                Adversarial Attacks", ICLR 2018, §3; :func:`spatialadv.defenses.pgd_adversary`).
+                Adversarial Attacks", ICLR 2018, §3; :func:`spatialadv.defenses.pgd_adversary`),
+                ``warmup`` = 5: ε and the step size ramp linearly to their values over the first
+                ``warmup`` epochs (at most the run's epochs; 0: full ε from the first batch). Without
+                it, training model B from scratch at ε = 0.3 sat at chance for its first epochs
+                and could stay there (collapse, refused by the loop); with it, it did not.
+                ``bf16`` = 0: 1 runs the PGD steps under bfloat16 autocast (throughput; see
+                :func:`~spatialadv.defenses.pgd_adversary`). The held-out curve
+                (``TrainConfig.holdout``) scores float32 PGD at the full ε.
 ``ens-at``      ensemble adversarial training (``eps`` = 0.3, ``adv_weight`` = 0.5, ``static_epochs`` = 12,
                 ``static_seed`` = 0): as ``fgsm-at``, with each batch's FGSM examples crafted in turn on
                 the current model or on one of the static models — the architectures of
@@ -105,8 +112,25 @@ def _fgsm_at(model, data, config, options) -> TrainingParts:
 
 
 def _pgd_at(model, data, config, options) -> TrainingParts:
-    return TrainingParts(adversary=pgd_adversary(options["eps"], options["steps"], options["step_size"]),
-                         adv_weight=options["adv_weight"])
+    eps, steps, step, warmup = options["eps"], options["steps"], options["step_size"], options["warmup"]
+    bf16 = bool(options["bf16"])
+    full = pgd_adversary(eps, steps, step, bf16=bf16)
+    evaluator = pgd_adversary(eps, steps, step)  # the held-out curve: float32, full ε
+    if warmup == 0:
+        return TrainingParts(adversary=full, adv_weight=options["adv_weight"], evaluator=evaluator)
+    current = {"adversary": full, "eps": eps}
+
+    ramp = min(warmup, config.epochs)  # a run shorter than the warm-up still ends at the full ε
+
+    def schedule(epoch: int) -> dict:
+        # ε and the step size grow linearly over the first `ramp` epochs: (epoch + 1) / ramp of their values
+        frac = min(1.0, (epoch + 1) / ramp)
+        current["eps"] = eps * frac
+        current["adversary"] = full if frac == 1.0 else pgd_adversary(eps * frac, steps, step * frac, bf16=bf16)
+        return {"eps": current["eps"]}
+
+    return TrainingParts(adversary=lambda m, x, y: current["adversary"](m, x, y), adv_weight=options["adv_weight"],
+                         schedule=schedule, evaluator=evaluator)
 
 
 def _ll_at(model, data, config, options) -> TrainingParts:
@@ -196,7 +220,8 @@ register_objective("fgsm-at", _fgsm_at, description="FGSM adversarial training, 
 register_objective("pgd-at", _pgd_at, description="PGD adversarial training (Madry et al. 2018)",
                    options={"eps": OptionSpec(0.3, float, 0.0, 1.0, low_open=True), "steps": OptionSpec(40, int, 1.0),
                             "step_size": OptionSpec(0.01, float, 0.0, 1.0, low_open=True),
-                            "adv_weight": OptionSpec(1.0, float, 0.0, 1.0)})
+                            "adv_weight": OptionSpec(1.0, float, 0.0, 1.0), "warmup": OptionSpec(5, int, 0.0),
+                            "bf16": OptionSpec(0, int, 0.0, 1.0)})
 register_objective("ll-at", _ll_at, description="step l.l. adversarial training (Kurakin et al. 2017)",
                    options={"eps": OptionSpec(0.3, float, 0.0, 1.0, low_open=True), "adv_weight": OptionSpec(0.5, float, 0.0, 1.0)})
 register_objective("ens-at", _ens_at, description="ensemble adversarial training: FGSM from the current or a static "

@@ -16,7 +16,7 @@ from ..data import Dataset
 from .config import TrainConfig
 from .objectives import OBJECTIVES, Objective
 
-__all__ = ["train_model", "accuracy"]
+__all__ = ["train_model", "accuracy", "TrainingCollapsed", "COLLAPSE_MARGIN"]
 
 
 def _random_shift(x: Tensor, shift: int, gen: torch.Generator) -> Tensor:
@@ -47,13 +47,76 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 500) -
     return correct / max(len(x), 1)
 
 
+class TrainingCollapsed(RuntimeError):
+    """Training ended in a collapsed model (clean accuracy at the rate of always predicting one class); nothing is cached.
+
+    Attributes:
+        accuracy: the clean accuracy on the training images checked, in [0, 1].
+        chance: the rate of the most frequent class among them (what a constant prediction gets).
+        curve: the learning curve so far (list of dicts, empty without ``TrainConfig.holdout``).
+    """
+
+    def __init__(self, message: str, accuracy: float, chance: float, curve: list) -> None:
+        super().__init__(message)
+        self.accuracy, self.chance, self.curve = accuracy, chance, curve
+
+
+#: A model whose clean training accuracy is at most the majority-class rate plus this margin has collapsed.
+COLLAPSE_MARGIN = 0.05
+
+
+def _holdout_split(n: int, k: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices ``(train, held)`` of a seeded draw of ``k`` of ``n`` images (its own generator: batch order unaffected)."""
+    if k >= n:
+        raise ValueError(f"TrainConfig.holdout = {k} leaves no training image of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(10_007 + seed))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+def _curve_point(model: nn.Module, parts, x: Tensor, y: Tensor, seed: int, batch: int = 250) -> dict:
+    """Clean and (with an adversary) adversarial accuracy of ``model`` in eval mode on held-out ``(x, y)``."""
+    was = model.training
+    model.eval()
+    adversary = parts.evaluator or parts.adversary
+    clean = accuracy(model, x, y)
+    adv = None
+    if adversary is not None:
+        with torch.random.fork_rng():  # the curve's random starts do not move the training run's RNG
+            torch.manual_seed(seed)
+            correct = 0
+            for i in range(0, len(x), batch):
+                xa = adversary(model, x[i : i + batch], y[i : i + batch]).detach()
+                with torch.no_grad():
+                    correct += int((model(xa).argmax(1) == y[i : i + batch]).sum())
+        adv = correct / len(x)
+    model.train(was)
+    return {"clean": clean, "adversarial": adv}
+
+
 def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *,
-                objective: Objective = Objective("standard"), progress: bool = True) -> dict:
+                objective: Objective = Objective("standard"), progress: bool = True,
+                check_collapse: bool = True) -> dict:
     """Train ``model`` in place with Adam on ``objective``; leaves it in eval mode.
 
     Deterministic for a given ``config.seed`` on one machine, given the global
     RNG state (dropout draws from it; seeded initialisation is the caller's
     job: :func:`spatialadv.training.load_or_train` seeds before building).
+
+    With ``config.holdout`` > 0 a seeded draw of that many training images is
+    held out of the batches and, after every epoch, the model (in eval mode)
+    is scored on it: clean accuracy and, when the objective has an adversary,
+    accuracy under its full-strength version (e.g. PGD at the final ε during
+    an ε warm-up). With ``config.patience`` > 0 training stops once the
+    monitored accuracy (adversarial if any, else clean) has not exceeded its
+    best for ``patience`` epochs, and the best epoch's weights are kept
+    (early stopping on a plateaued held-out curve). The objective's builder
+    sees the whole training set.
+
+    After training (``check_collapse``), the clean accuracy on (up to 2 000 of) the training images
+    is checked: at most the most frequent class's rate + :data:`COLLAPSE_MARGIN`
+    means the model predicts (nearly) one class — it has collapsed, as PGD
+    adversarial training from scratch can at a large ε — and
+    :class:`TrainingCollapsed` is raised, so nothing is cached.
 
     Under ``torchrun`` (:mod:`spatialadv.distributed`) the loop is
     data-parallel: every process draws the same permutation and shifts, takes
@@ -67,53 +130,75 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
     Args:
         model: maps ``(B, C, H, W)`` images in [0, 1] to logits ``(B, K)``.
         data: the training set.
-        config: epochs, batch size, learning rate, augmentation, seed.
+        config: epochs, batch size, learning rate, augmentation, seed, held-out curve and patience.
         objective: what is minimised (:class:`~spatialadv.training.Objective`; :mod:`spatialadv.training.builtin` lists them).
         progress: show a tqdm bar over epochs.
+        check_collapse: raise :class:`TrainingCollapsed` for a collapsed model (the model stays
+            trained in place either way); False for deliberately short runs (timing, smoke tests).
 
     Returns:
         The objective's notes, a JSON-able dict (``{}`` for most objectives;
-        ``{"pool_success_rates": [...]}`` for ``stadv-at``).
+        ``{"pool_success_rates": [...]}`` for ``stadv-at``), plus, with
+        ``config.holdout`` > 0, ``"curve"`` (per epoch: ``epoch`` from 1, mean
+        training ``loss``, held-out ``clean`` and ``adversarial`` accuracy
+        (None without an adversary), and the objective's schedule values, e.g.
+        ``eps``), ``"holdout"`` (its size), ``"best_epoch"``, ``"epochs_run"``
+        and ``"stopped"`` (``"plateau"`` or ``"max_epochs"``).
 
     Raises:
         TypeError: ``objective`` is not an :class:`Objective`, or the objective
             needs an architecture the model does not have (e.g. ``sdp`` on a
             convolutional net).
+        ValueError: ``config.holdout`` leaves no training image.
+        TrainingCollapsed: the trained model predicts (nearly) one class.
     """
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be an Objective, got {type(objective).__name__}")
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     parts = OBJECTIVES[objective.name].build(model, data, config, objective.options)
+    notes: dict = {}
     if parts.trains:
         # data-parallel under torchrun: every rank draws the same permutation and shifts, takes the
         # rows r, r + w, ... of each global batch, and DistributedDataParallel averages the gradients
         rank, world = distributed.rank(), distributed.world_size()
         dev = next(iter(model.parameters()), data.x).device  # batches follow the model (CPU or CUDA)
+        x_all, y_all = data.x, data.y
+        held = None
+        if config.holdout > 0:
+            tr, ho = _holdout_split(len(data), config.holdout, config.seed)
+            held = (data.x[ho].to(dev), data.y[ho].to(dev))
+            x_all, y_all = data.x[tr], data.y[tr]
         net = model
         if world > 1:
             net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
         gen = torch.Generator().manual_seed(config.seed)
         opt = torch.optim.Adam([*model.parameters(), *parts.extra_parameters], lr=config.lr, weight_decay=config.weight_decay)
-        n = len(data)
+        n = len(x_all)
+        clean_term = parts.adversary is None or parts.adv_weight < 1 or parts.penalty is not None
+        curve: list[dict] = []
+        best, best_epoch, best_state, stopped = -1.0, 0, None, "max_epochs"
         model.train()
         bar = tqdm(range(config.epochs), desc=f"train {data.name} {objective.name}", disable=not progress or rank > 0,
                    unit="epoch")
         for epoch in bar:
+            sched = parts.schedule(epoch) if parts.schedule is not None else None
             perm = torch.randperm(n, generator=gen)
             total = 0.0
             for i in range(0, n, config.batch_size):
                 idx = perm[i : i + config.batch_size]
-                xb, yb = _random_shift(data.x[idx], config.shift, gen).to(dev), data.y[idx].to(dev)
+                xb, yb = _random_shift(x_all[idx], config.shift, gen).to(dev), y_all[idx].to(dev)
                 if world > 1:
                     if len(idx) < world:  # a last batch too small to split: skipped by every rank alike
                         continue
                     xb, yb = xb[rank::world], yb[rank::world]
-                logits = net(xb)
-                loss = parts.criterion(logits, yb)
+                # the clean forward is skipped when its loss has weight 0 and no penalty needs its logits
+                logits = net(xb) if clean_term else None
+                loss = parts.criterion(logits, yb) if logits is not None else None
                 if parts.adversary is not None:
                     xa = parts.adversary(model, xb, yb).detach()
-                    loss = (1 - parts.adv_weight) * loss + parts.adv_weight * parts.criterion(net(xa), yb)
+                    adv_loss = parts.criterion(net(xa), yb)
+                    loss = adv_loss if loss is None else (1 - parts.adv_weight) * loss + parts.adv_weight * adv_loss
                 if parts.penalty is not None:
                     loss = loss + parts.penalty(model, xb, yb, logits, epoch)
                 opt.zero_grad(set_to_none=True)
@@ -121,6 +206,41 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
                 distributed.all_reduce_mean([p.grad for p in parts.extra_parameters if p.grad is not None])
                 opt.step()
                 total += loss.item() * len(idx)
-            bar.set_postfix(loss=f"{total / n:.4f}")
+            post = {"loss": f"{total / n:.4f}"}
+            if held is not None:
+                point = {"epoch": epoch + 1, "loss": total / n, **_curve_point(model, parts, *held, config.seed + epoch),
+                         **(sched or {})}
+                curve.append(point)
+                monitored = point["adversarial"] if point["adversarial"] is not None else point["clean"]
+                post["held-out"] = f"{monitored:.3f}"
+                if monitored > best:
+                    best, best_epoch = monitored, epoch + 1
+                    if config.patience > 0:
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                elif config.patience > 0 and epoch + 1 - best_epoch >= config.patience:
+                    stopped = "plateau"
+                    bar.set_postfix(post)
+                    break
+            bar.set_postfix(post)
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        if held is not None:
+            notes = {"curve": curve, "holdout": config.holdout, "best_epoch": best_epoch, "epochs_run": len(curve),
+                     "stopped": stopped}
+        model.eval()
+        if check_collapse:
+            _check_collapse(model, x_all[:2000], y_all[:2000], data.num_classes, curve)
     model.eval()
-    return parts.notes() if parts.notes is not None else {}
+    return {**(parts.notes() if parts.notes is not None else {}), **notes}
+
+
+def _check_collapse(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, curve: list) -> None:
+    """Raise :class:`TrainingCollapsed` when ``model``'s clean accuracy on ``(x, y)`` is at the majority-class rate."""
+    acc = accuracy(model, x, y)
+    chance = float(torch.bincount(y, minlength=num_classes).max()) / max(len(y), 1)
+    if len(y) and acc <= chance + COLLAPSE_MARGIN:
+        raise TrainingCollapsed(
+            f"training collapsed: clean accuracy {acc:.3f} on {len(y)} training images, the rate of always predicting "
+            f"the most frequent class is {chance:.3f}; the model is not cached. For adversarial training from scratch, "
+            "ramp ε up (e.g. the pgd-at option warmup=5), lower the learning rate (Madry et al.: Adam 1e-4) or "
+            "fine-tune a plainly trained model", acc, chance, curve)

@@ -99,6 +99,13 @@ class TrainingParts:
         trains: False skips the loop (the model keeps its initialisation).
         notes: optional ``() -> dict`` (JSON-able) called after training, e.g.
             ``{"pool_success_rates": [...]}``; stored in the checkpoint.
+        schedule: optional ``(epoch) -> dict | None`` called at the start of each
+            epoch (from 0), e.g. to ramp the adversary's ε; the dict it returns
+            (JSON-able, e.g. ``{"eps": 0.15}``) is recorded in that epoch's
+            learning-curve point.
+        evaluator: optional ``(model, x, y) -> x_adv`` scoring the held-out
+            learning curve (:attr:`TrainConfig.holdout`); default ``adversary``.
+            Use it when the training adversary is weakened by a schedule.
     """
 
     criterion: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy
@@ -108,6 +115,8 @@ class TrainingParts:
     extra_parameters: tuple = ()
     trains: bool = True
     notes: Callable[[], dict] | None = None
+    schedule: Callable[[int], dict | None] | None = None
+    evaluator: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -92,7 +92,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         """JSON-able ``{"architecture", "data", "train", "objective"}`` (nested dicts), plus ``"init"`` when set."""
-        d = {"architecture": self.architecture, "data": self.data.to_dict(), "train": asdict(self.train),
+        d = {"architecture": self.architecture, "data": self.data.to_dict(), "train": self.train.to_dict(),
              "objective": self.objective.to_dict()}
         if self.init is not None:
             d["init"] = self.init.to_dict()

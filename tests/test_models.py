@@ -145,7 +145,7 @@ def test_objective_defaults_equality_and_json():
                                "smoothing"}
     defaults = {"smoothing": {"sigma": 0.25, "rotation": 30.0, "translation": 3.0, "aug_weight": 1.0},
                 "standard": {}, "fgsm-at": {"eps": 0.3, "adv_weight": 0.5}, "ll-at": {"eps": 0.3, "adv_weight": 0.5},
-                "pgd-at": {"eps": 0.3, "steps": 40, "step_size": 0.01, "adv_weight": 1.0}, "random": {}, "hinge": {}, "frobenius": {"lam": 0.08},
+                "pgd-at": {"eps": 0.3, "steps": 40, "step_size": 0.01, "adv_weight": 1.0, "warmup": 5, "bf16": 0}, "random": {}, "hinge": {}, "frobenius": {"lam": 0.08},
                 "spectral": {"lam": 0.09}, "sdp": {"eps_train": 0.02},
                 "stadv-at": {"lam_r": 0.3, "tau": 0.05, "refresh": 3, "pool_size": 1000}}
     for name, opts in defaults.items():

@@ -16,7 +16,7 @@ from ..data import Dataset
 from .config import TrainConfig
 from .objectives import OBJECTIVES, Objective
 
-__all__ = ["train_model", "accuracy", "TrainingCollapsed", "COLLAPSE_MARGIN"]
+__all__ = ["train_model", "accuracy", "TrainingCollapsed", "COLLAPSE_MARGIN", "COLLAPSE_SHARE", "COLLAPSE_MIN_STEPS"]
 
 
 def _random_shift(x: Tensor, shift: int, gen: torch.Generator) -> Tensor:
@@ -61,8 +61,14 @@ class TrainingCollapsed(RuntimeError):
         self.accuracy, self.chance, self.curve = accuracy, chance, curve
 
 
-#: A model whose clean training accuracy is at most the majority-class rate plus this margin has collapsed.
+#: A trained model has collapsed when its clean training accuracy is at most the majority-class rate plus
+#: COLLAPSE_MARGIN and at least COLLAPSE_SHARE of the images get the same predicted class (a constant classifier).
+#: Runs of fewer Adam steps are not checked: so short a run can leave any model near its initialisation, which is
+#: often a near-constant classifier (the check is for runs long enough to have learned; the collapsed PGD runs it
+#: exists for had over 1 000 steps).
 COLLAPSE_MARGIN = 0.05
+COLLAPSE_SHARE = 0.8
+COLLAPSE_MIN_STEPS = 100
 
 
 def _holdout_split(n: int, k: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -112,10 +118,11 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
     (early stopping on a plateaued held-out curve). The objective's builder
     sees the whole training set.
 
-    After training (``check_collapse``), the clean accuracy on (up to 2 000 of) the training images
-    is checked: at most the most frequent class's rate + :data:`COLLAPSE_MARGIN`
-    means the model predicts (nearly) one class — it has collapsed, as PGD
-    adversarial training from scratch can at a large ε — and
+    After training (``check_collapse``, runs of at least :data:`COLLAPSE_MIN_STEPS`
+    Adam steps), (up to 2 000 of) the training images are classified: a clean accuracy of at most the most frequent class's rate
+    + :data:`COLLAPSE_MARGIN` with at least :data:`COLLAPSE_SHARE` of the images
+    given one class means the model has collapsed to a constant classifier, as
+    PGD adversarial training from scratch can at a large ε, and
     :class:`TrainingCollapsed` is raised, so nothing is cached.
 
     Under ``torchrun`` (:mod:`spatialadv.distributed`) the loop is
@@ -177,6 +184,7 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
         n = len(x_all)
         clean_term = parts.adversary is None or parts.adv_weight < 1 or parts.penalty is not None
         curve: list[dict] = []
+        steps = 0
         best, best_epoch, best_state, stopped = -1.0, 0, None, "max_epochs"
         model.train()
         bar = tqdm(range(config.epochs), desc=f"train {data.name} {objective.name}", disable=not progress or rank > 0,
@@ -205,6 +213,7 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
                 loss.backward()
                 distributed.all_reduce_mean([p.grad for p in parts.extra_parameters if p.grad is not None])
                 opt.step()
+                steps += 1
                 total += loss.item() * len(idx)
             post = {"loss": f"{total / n:.4f}"}
             if held is not None:
@@ -228,19 +237,25 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
             notes = {"curve": curve, "holdout": config.holdout, "best_epoch": best_epoch, "epochs_run": len(curve),
                      "stopped": stopped}
         model.eval()
-        if check_collapse:
+        if check_collapse and steps >= COLLAPSE_MIN_STEPS:
             _check_collapse(model, x_all[:2000], y_all[:2000], data.num_classes, curve)
     model.eval()
     return {**(parts.notes() if parts.notes is not None else {}), **notes}
 
 
 def _check_collapse(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, curve: list) -> None:
-    """Raise :class:`TrainingCollapsed` when ``model``'s clean accuracy on ``(x, y)`` is at the majority-class rate."""
-    acc = accuracy(model, x, y)
-    chance = float(torch.bincount(y, minlength=num_classes).max()) / max(len(y), 1)
-    if len(y) and acc <= chance + COLLAPSE_MARGIN:
+    """Raise :class:`TrainingCollapsed` when ``model`` is (nearly) a constant classifier on ``(x, y)``."""
+    if not len(y):
+        return
+    dev = next(iter(model.parameters()), x).device
+    with torch.no_grad():
+        pred = torch.cat([model(x[i : i + 500].to(dev)).argmax(1).cpu() for i in range(0, len(x), 500)])
+    acc = float((pred == y).float().mean())
+    chance = float(torch.bincount(y, minlength=num_classes).max()) / len(y)
+    share = float(torch.bincount(pred, minlength=num_classes).max()) / len(y)
+    if acc <= chance + COLLAPSE_MARGIN and share >= COLLAPSE_SHARE:
         raise TrainingCollapsed(
-            f"training collapsed: clean accuracy {acc:.3f} on {len(y)} training images, the rate of always predicting "
-            f"the most frequent class is {chance:.3f}; the model is not cached. For adversarial training from scratch, "
-            "ramp ε up (e.g. the pgd-at option warmup=5), lower the learning rate (Madry et al.: Adam 1e-4) or "
-            "fine-tune a plainly trained model", acc, chance, curve)
+            f"training collapsed: clean accuracy {acc:.3f} on {len(y)} training images (always predicting the most "
+            f"frequent class gets {chance:.3f}), and {100 * share:.0f} % of them are given one class; the model is not "
+            "cached. For adversarial training from scratch, ramp ε up (e.g. the pgd-at option warmup=5), lower the "
+            "learning rate (Madry et al.: Adam 1e-4) or fine-tune a plainly trained model", acc, chance, curve)

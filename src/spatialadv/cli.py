@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -107,10 +108,14 @@ def _spec(args):
 
     _in_range("--seed", args.seed, 0, INT_MAX)
     _in_range("--epochs", args.epochs, 1, 10**6)
+    _in_range("--holdout", args.holdout, 0, 10**9)
+    _in_range("--patience", args.patience, 0, 10**6)
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite float > 0, got {args.lr}")
     _check_cache()
     objective = _user(Objective, args.objective, **_params(args, "attack" if args.command == "attack" else "objective")["objective"])
-    return _user(ModelSpec, args.model, DataSpec(args.data, seed=args.seed), _user(TrainConfig, epochs=args.epochs, seed=args.seed),
-                 objective)
+    train = _user(TrainConfig, epochs=args.epochs, seed=args.seed, lr=args.lr, holdout=args.holdout, patience=args.patience)
+    return _user(ModelSpec, args.model, DataSpec(args.data, seed=args.seed), train, objective)
 
 
 def _load_model(args, device=None):
@@ -122,11 +127,24 @@ def _load_model(args, device=None):
 def cmd_train(args) -> int:
     from . import distributed
 
+    from .training import TrainingCollapsed
+
     _spec(args)
-    _, info = _load_model(args, _device(args))
+    try:
+        _, info = _load_model(args, _device(args))
+    except TrainingCollapsed as e:  # a training outcome, not bad input: exit status 1, nothing cached
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if distributed.rank() > 0:
         return 0
-    print(f"{args.model} on {args.data}: test accuracy {100 * info['test_accuracy']:.2f}% "
+    notes = info.get("notes") or {}
+    curve = ""
+    if notes.get("curve"):
+        best = next(p for p in notes["curve"] if p["epoch"] == notes["best_epoch"])
+        adv = "" if best["adversarial"] is None else f", under its attack {100 * best['adversarial']:.1f}%"
+        curve = (f"; held-out curve: best epoch {notes['best_epoch']} of {notes['epochs_run']} "
+                 f"({'plateau' if notes['stopped'] == 'plateau' else 'epoch limit'}), clean {100 * best['clean']:.1f}%{adv}")
+    print(f"{args.model} on {args.data}: test accuracy {100 * info['test_accuracy']:.2f}%{curve} "
           f"({'loaded from' if info['cached'] else 'saved to'} {info['path']})")
     return 0
 
@@ -378,7 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", default="mnist-a", choices=sorted(MODELS))
         sp.add_argument("--data", default="mnist", choices=sorted(DATASETS))
         sp.add_argument("--seed", type=int, default=0, help="seed of the data split and of training")
-        sp.add_argument("--epochs", type=int, default=12, help="training epochs when the model is not cached")
+        sp.add_argument("--epochs", type=int, default=12, help="training epochs when the model is not cached (with "
+                        "--patience: the maximum)")
+        sp.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (Madry et al.'s PGD training: 1e-4)")
+        sp.add_argument("--holdout", type=int, default=0, help="hold this many training images out and record a "
+                        "learning curve on them after every epoch (clean and under the objective's attack)")
+        sp.add_argument("--patience", type=int, default=0, help="with --holdout: stop when the held-out accuracy has not "
+                        "improved for this many epochs, keeping the best epoch (0: train all --epochs)")
         sp.add_argument("--objective", default="standard", choices=sorted(OBJECTIVES),
                         help="training objective (e.g. fgsm-at, pgd-at: adversarial training)")
         sp.add_argument("--param", action="append", type=_param, metavar="KEY=VALUE", help=param_help)

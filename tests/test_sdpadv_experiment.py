@@ -48,6 +48,18 @@ def test_tiny_sdpadv_job(tmp_path, monkeypatch, one_thread):
     assert "## Defense-GAN" in md and "BPDA-PGD" in md and "| paper in CI |" in md
     assert "fine-tuned for 1 epoch(s) on 300 training images, 5 steps of batch 64" in md
     assert "squared L2" in md and "CleverHans" in md and "Engstrom" in md
+    # the Fidelity section opens the report; the STM diagnostic measures what the paper's STM accuracy needs
+    assert md.index("## Fidelity") < md.index("## Classifiers") and "## STM: what the paper's accuracy needs" in md
+    assert "shifts ±3 px" in md and rep["models"]["fc-200/shift"]["spec"]["train"]["shift"] == 3
+    diag = json.loads((out / "report.json").read_text())["stm_diagnostic"]
+    assert set(diag) == {"fc-200/none", "fc-200/advtrain", "fc-200/shift"}
+    for d in ("none", "advtrain"):
+        stm = next(r for r in res if r["defense"] == d and r["attack"] == "STM")
+        e = diag[f"fc-200/{d}"]
+        assert e["clean"]["n"] == 10 and e["clean"]["value"] == pytest.approx(stm["clean_accuracy"])
+        # correct under all 24 transforms ≤ correct under the one STM picks by loss; each part ≥ the whole grid
+        assert e["worst cleverhans"]["value"] <= stm["robust_accuracy"] + 1e-12
+        assert e["worst cleverhans"]["value"] <= min(e["random cleverhans"]["value"], e["clean"]["value"])
     # Table 3's distortion is the squared L2; the plain L2 stays in the JSON
     for r in res:
         if r["successes"]:

@@ -126,7 +126,6 @@ def _load_model(args, device=None):
 
 def cmd_train(args) -> int:
     from . import distributed
-
     from .training import TrainingCollapsed
 
     _spec(args)

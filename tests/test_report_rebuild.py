@@ -26,7 +26,7 @@ from spatialadv.experiments import experiments, framework, rebuild, run_experime
 
 #: Per experiment: the overrides of its default Config that make it run in seconds (from the per-experiment tests).
 TINY: dict[str, dict] = {
-    "stadv-mnist": dict(models=("fc-200",), n=2, n_baselines=1, n_ablation=1, epochs=1),
+    "stadv-mnist": dict(models=("fc-200",), n=2, n_baselines=1, n_ablation=1, n_tau=1, epochs=1),
     "smooth-mnist": dict(n=3, n_budget=2, epochs=1, max_train=500, steps=5, binary_search_steps=1,
                          budgets=((1, 3), (2, 3))),
     "smooth-fashion": dict(n=3, n_budget=2, epochs=1, max_train=500, steps=5, binary_search_steps=1,
@@ -48,7 +48,7 @@ TINY: dict[str, dict] = {
     "lan-detection": dict(datasets=("mnist",), n=2, epochs=1, max_train=300, lan_epochs=1, f2_epochs=1, cw_steps=3,
                           adaptive_steps=3),
     "smooth-defenses": dict(n=3, epochs=1, max_train=300, steps=2, binary_search_steps=1),
-    "stadv-defenses": dict(n=3, models=("mnist-b",), epochs=1, at_epochs=1, max_train=100, pgd_steps=1),
+    "stadv-defenses": dict(n=3, models=("mnist-b",), epochs=1, at_epochs=1, max_train=100, holdout=20, pgd_steps=1),
 }
 
 EXPERIMENTS = experiments()

@@ -45,7 +45,7 @@ class Config:
 
     n: int = option(100, "correctly classified test images attacked by stAdv, each with all 9 targets", minimum=1)
     n_baselines: int = option(20, "of those, images also attacked by FGSM, I-FGSM, PGD, MIM and C&W", minimum=0)
-    n_tau: int = option(20, "of those (at most --n), images also attacked by stAdv with the τ search of App. C in pixel "
+    n_tau: int = option(10, "of those (at most --n), images also attacked by stAdv with the τ search of App. C in pixel "
                         "units (Table 6's flow sizes under the other reading of τ)", minimum=0)
     n_ablation: int = option(20, "of those (at most --n), images of the first model also attacked by plain L-BFGS (flow-quality comparison)",
                              minimum=0)

@@ -29,7 +29,7 @@ def _records(out, attack: str) -> list[dict]:
 
 def test_table1_cells_are_recomputed_from_the_store_beside_the_paper(run):
     rep = json.loads((run / "report.json").read_text())
-    clean, t1 = rep["comparisons"]
+    clean, t1, protocol = rep["comparisons"]
     acc = rep["models"]["c4"]["test_accuracy"]
     cell = clean["rows"][0]["clean accuracy (%)"]
     assert cell["ours"] == rate(round(acc * 1000), 1000).to_json()
@@ -48,7 +48,18 @@ def test_table1_cells_are_recomputed_from_the_store_beside_the_paper(run):
             lo, hi = c["ours"]["ci95"]
             want = None if lo is None else lo - 1e-12 <= c["paper"]["value"] <= hi + 1e-12
             assert c["paper_in_ci"] == want
+    # what changes D̄: the paper's single settings, on the first --n-budget images, beside our sweep on the same images
+    whats = [r["run"] for r in protocol["rows"]]
+    assert "FGSM ε=0.3 only" in whats and "sPGD2 ε=5, α=3 only" in whats and "sPGD2 sweep, σ=1" in whats
+    for row in protocol["rows"]:
+        if row["run"] == "FGSM ε=0.3 only":
+            recs = _records(run, "FGSM ε=0.3 only")
+            assert len(recs) == 2 and row["P_suc (%)"]["ours"] == rate([bool(r["success"]) for r in recs]).to_json()
+            assert row["D̄"]["paper"]["value"] == smooth.PAPER["table1"]["FGSM"][1]
+    claims = rep["claims"]
+    assert {c["verdict"] for c in claims} <= {"holds", "does not hold", "holds in part", "undecided"} and len(claims) == 2
     md = (run / "report.md").read_text()
+    assert md.index("## Fidelity") < md.index("## Table 1")
     fgsm = t1["rows"][0]["P_suc (%)"]["ours"]
     lo, hi = fgsm["ci95"]
     assert f"| FGSM | {t1['rows'][0]['N_suc / N']} | {100 * fgsm['value']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | 89.0 |" in md

@@ -254,7 +254,7 @@ def _budget_rows(config, recs, brecs, protocol_summary, summarize) -> list[dict]
 
 def _protocol_rows(recs: dict, precs: dict) -> list[dict]:
     """P_suc and D̄ of each protocol run and of the main run it varies, on the same (first ``n_budget``) images."""
-    rows = []
+    rows: list[dict] = []
     for label, rr in precs.items():
         keep = {r["idx"] for r in rr}
         main = PROTOCOL_OF.get(label, "sPGD2")
@@ -277,7 +277,8 @@ def _verdict_lower(a, b) -> str:
 
 def _claims(rep: dict) -> list[dict]:
     """The paper's Table 1 claims tested with the 95 % intervals."""
-    est, claims = rep["estimates"], []
+    est = rep["estimates"]
+    claims: list[dict[str, Any]] = []
     if "C&W" in est and "sC&W" in est:
         cells = {f"{rep['config']['binary_search_steps']}×{rep['config']['steps']} (all N)":
                  _verdict_lower(est["sC&W"]["D_bar"], est["C&W"]["D_bar"])}

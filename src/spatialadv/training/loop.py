@@ -208,7 +208,9 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
                     adv_loss = parts.criterion(net(xa), yb)
                     loss = adv_loss if loss is None else (1 - parts.adv_weight) * loss + parts.adv_weight * adv_loss
                 if parts.penalty is not None:
+                    assert loss is not None and logits is not None  # a penalty keeps the clean term (clean_term)
                     loss = loss + parts.penalty(model, xb, yb, logits, epoch)
+                assert loss is not None  # without an adversary the clean term is always there
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 distributed.all_reduce_mean([p.grad for p in parts.extra_parameters if p.grad is not None])

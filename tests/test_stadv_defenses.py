@@ -10,7 +10,7 @@ from spatialadv.cli import main
 from spatialadv.eval.compare import rate
 from spatialadv.eval.store import ResultStore
 from spatialadv.experiments.framework import STORE_NAME
-from spatialadv.experiments.stadv_defenses import CONTROL, DEFENSES, PAPER, TRANSFERRED, Config, attacks
+from spatialadv.experiments.stadv_defenses import ALL_IMAGES, CONTROL, DEFENSES, PAPER, TRANSFERRED, Config, attacks
 
 
 def test_stadv_defenses_tiny_end_to_end(tmp_path, monkeypatch, one_thread):
@@ -41,7 +41,14 @@ def test_stadv_defenses_tiny_end_to_end(tmp_path, monkeypatch, one_thread):
         assert 1 <= m["epochs_run"] <= 2 and m["stopped"] in ("plateau", "max_epochs") and len(m["curve"]) == m["epochs_run"]
         assert all(0 <= p["clean"] <= 1 and 0 <= p["adversarial"] <= 1 for p in m["curve"])
     assert models["mnist-b/plain"]["curve"] == []
-    assert set(rep["pgd_accuracy"]) >= {"mnist-b/PGD", f"mnist-b/{CONTROL}"}
+    assert set(rep["pgd_accuracy"]) == {f"mnist-b/{k}" for k in (*DEFENSES, CONTROL)}
+    with ResultStore(out / STORE_NAME) as store:  # PGD accuracy over the first N test images, clean mistakes counted
+        entry = next(e for e in store.get_meta("plan") if e["model"] == "mnist-b/PGD" and e["attack"] == ALL_IMAGES)
+        wanted = {tuple(p) for p in entry["pairs"]}
+        recs = [r for r in store.records(entry["run_key"]) if (r["idx"], r["target"]) in wanted]
+    assert sorted(r["idx"] for r in recs) == [0, 1, 2]
+    want = rate([r["pred"] == r["label"] == r["clean_pred"] for r in recs]).to_json()
+    assert rep["pgd_accuracy"]["mnist-b/PGD"] == want
     md = (out / "report.md").read_text()
     assert "Table 3" in md and "Table 5" in md and "Convention:" in md and "## Fidelity" in md
     assert md.index("## Fidelity") < md.index("## Table 3")

@@ -883,9 +883,8 @@ def _fidelity(rep, ms: _Measured) -> list:
                      f"{'–' if sdp is None else sdp.format(4)}; "
                      + "; ".join(f"{k}: {v}" for k, v in verdicts.items())
                      + (f". Attacks below SdpAdv: {', '.join(worse)}." if worse else "."))
-    first = cfg["models"][0] if cfg["models"] else None
-    by = [(e, ms.acc(first, "none", "SdpAdv", e)) for e in EPS]
-    by = [(e, a) for e, a in by if a is not None]
+    first: str = cfg["models"][0] if cfg["models"] else ""
+    by: list[tuple[float, Estimate]] = [(e, a) for e in EPS if (a := ms.acc(first, "none", "SdpAdv", e)) is not None]
     if len(by) > 1:
         ups = [(e0, e1) for (e0, a0), (e1, a1) in zip(by, by[1:]) if a1.value > a0.value]
         sig = [(e0, e1) for (e0, a0), (e1, a1) in zip(by, by[1:]) if a1.low > a0.high]

@@ -36,7 +36,6 @@ import functools
 from dataclasses import dataclass, fields
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..attacks import FGSM, PGD, CarliniWagnerL2, StAdv
@@ -132,10 +131,15 @@ def attacks(eps: float = 0.3) -> dict:
             "PGD": PGD(norm="linf", eps=eps, step_size=0.01, steps=40, early_stop=True)}
 
 
+def _data_and_at(cfg: Config) -> tuple[DataSpec, TrainConfig]:
+    """The training data and the adversarial-training schedule (to a plateau of the held-out curve)."""
+    return (DataSpec("mnist", seed=cfg.seed, max_train=cfg.max_train),
+            TrainConfig(epochs=cfg.at_epochs, seed=cfg.seed, holdout=cfg.holdout, patience=cfg.patience))
+
+
 def _specs(cfg: Config, arch: str) -> dict:
-    data = DataSpec("mnist", seed=cfg.seed, max_train=cfg.max_train)
+    data, at = _data_and_at(cfg)
     plain = ModelSpec(arch, data, TrainConfig(epochs=cfg.epochs, seed=cfg.seed))
-    at = TrainConfig(epochs=cfg.at_epochs, seed=cfg.seed, holdout=cfg.holdout, patience=cfg.patience)
     return {"plain": plain,
             "Adv.": ModelSpec(arch, data, at, Objective("fgsm-at", eps=cfg.eps)),
             "Ens.": ModelSpec(arch, data, at, Objective("ens-at", eps=cfg.eps, static_epochs=cfg.epochs,
@@ -160,9 +164,7 @@ def _control(cfg: Config, arch: str) -> ModelSpec | None:
     """The float32-step twin of ``arch``'s PGD defense, when the job trains one."""
     if not (cfg.pgd_bf16 and cfg.bf16_control and arch == CONTROL_ARCH):
         return None
-    data = DataSpec("mnist", seed=cfg.seed, max_train=cfg.max_train)
-    at = TrainConfig(epochs=cfg.at_epochs, seed=cfg.seed, holdout=cfg.holdout, patience=cfg.patience)
-    return _pgd_spec(cfg, arch, data, at, False)
+    return _pgd_spec(cfg, arch, *_data_and_at(cfg), False)
 
 
 @torch.no_grad()
@@ -230,10 +232,6 @@ MADRY_PGD = (0.893, 0.927)
 #: The goal for the PGD-trained A, B, C on MNIST-5k (4 000 training images, not Madry's 60 000).
 PGD_GOAL = 0.80
 NAMES = {"mnist-a": "A", "mnist-b": "B", "mnist-c": "C"}
-
-
-def _rate(records, key: str = "success") -> float | None:
-    return float(np.mean([bool(r[key]) for r in records])) if records else None
 
 
 def _verdict(est, threshold: float, claim_below: bool) -> str:

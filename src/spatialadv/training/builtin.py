@@ -118,16 +118,14 @@ def _pgd_at(model, data, config, options) -> TrainingParts:
     evaluator = pgd_adversary(eps, steps, step)  # the held-out curve: float32, full ε
     if warmup == 0:
         return TrainingParts(adversary=full, adv_weight=options["adv_weight"], evaluator=evaluator)
-    current = {"adversary": full, "eps": eps}
-
+    current = {"adversary": full}
     ramp = min(warmup, config.epochs)  # a run shorter than the warm-up still ends at the full ε
 
     def schedule(epoch: int) -> dict:
         # ε and the step size grow linearly over the first `ramp` epochs: (epoch + 1) / ramp of their values
         frac = min(1.0, (epoch + 1) / ramp)
-        current["eps"] = eps * frac
         current["adversary"] = full if frac == 1.0 else pgd_adversary(eps * frac, steps, step * frac, bf16=bf16)
-        return {"eps": current["eps"]}
+        return {"eps": eps * frac}
 
     return TrainingParts(adversary=lambda m, x, y: current["adversary"](m, x, y), adv_weight=options["adv_weight"],
                          schedule=schedule, evaluator=evaluator)

@@ -148,7 +148,7 @@ def ll_adversary(eps: float = 0.3) -> Callable[[nn.Module, Tensor, Tensor], Tens
     return adversary
 
 
-def ensemble_adversary(static_models, eps: float = 0.3) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+def ensemble_adversary(static_models, eps: float = 0.3) -> _EnsembleAdversary:
     """The adversary of the ``ens-at`` objective: FGSM crafted on the current model or on a static model, in turn.
 
     Tramèr et al., "Ensemble Adversarial Training: Attacks and Defenses", ICLR
@@ -168,7 +168,7 @@ def ensemble_adversary(static_models, eps: float = 0.3) -> Callable[[nn.Module, 
         eps: L∞ budget in [0, 1] pixel units, > 0.
 
     Returns:
-        ``adversary(model, x (N, C, H, W), y (N,)) -> x_adv (N, C, H, W)`` in [0, 1]; stateful (the turn counter).
+        ``adversary(model, x (N, C, H, W), y (N,)) -> x_adv (N, C, H, W)`` in [0, 1]; stateful (its ``turn`` attribute counts the calls).
 
     Raises:
         ValueError: no static model, or ``eps`` ≤ 0.
@@ -181,16 +181,21 @@ def ensemble_adversary(static_models, eps: float = 0.3) -> Callable[[nn.Module, 
         if not isinstance(m, nn.Module):
             raise TypeError(f"static models must be nn.Module, got {type(m).__name__}")
     check_positive(eps, "eps")
-    turn = [0]
+    return _EnsembleAdversary(static, float(eps))
 
-    def adversary(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        k = turn[0] % (len(static) + 1)
-        turn[0] += 1
-        source = model if k == 0 else static[k - 1]
+
+class _EnsembleAdversary:
+    """:func:`ensemble_adversary`'s callable; ``turn`` counts the calls so far (saved when training resumes)."""
+
+    def __init__(self, static: tuple, eps: float) -> None:
+        self.static, self.eps, self.turn = static, eps, 0
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        k = self.turn % (len(self.static) + 1)
+        self.turn += 1
+        source = model if k == 0 else self.static[k - 1]
         g, _ = input_grad(source, x, lambda z: F.cross_entropy(z, y, reduction="none"))
-        return (x + eps * g.sign()).clamp(0.0, 1.0).detach()
-
-    return adversary
+        return (x + self.eps * g.sign()).clamp(0.0, 1.0).detach()
 
 
 def attack_adversary(attack: Attack, *, eval_mode: bool = True) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:

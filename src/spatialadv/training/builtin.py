@@ -108,7 +108,7 @@ __all__ = ["ENSEMBLE_STATIC", "VARIANTS", "certify_spec"]
 
 
 def _fgsm_at(model, data, config, options) -> TrainingParts:
-    return TrainingParts(adversary=fgsm_adversary(options["eps"]), adv_weight=options["adv_weight"])
+    return TrainingParts(adversary=fgsm_adversary(options["eps"]), adv_weight=options["adv_weight"], resumable=True)
 
 
 def _pgd_at(model, data, config, options) -> TrainingParts:
@@ -117,7 +117,7 @@ def _pgd_at(model, data, config, options) -> TrainingParts:
     full = pgd_adversary(eps, steps, step, bf16=bf16)
     evaluator = pgd_adversary(eps, steps, step)  # the held-out curve: float32, full ε
     if warmup == 0:
-        return TrainingParts(adversary=full, adv_weight=options["adv_weight"], evaluator=evaluator)
+        return TrainingParts(adversary=full, adv_weight=options["adv_weight"], evaluator=evaluator, resumable=True)
     current = {"adversary": full}
     ramp = min(warmup, config.epochs)  # a run shorter than the warm-up still ends at the full ε
 
@@ -128,11 +128,11 @@ def _pgd_at(model, data, config, options) -> TrainingParts:
         return {"eps": eps * frac}
 
     return TrainingParts(adversary=lambda m, x, y: current["adversary"](m, x, y), adv_weight=options["adv_weight"],
-                         schedule=schedule, evaluator=evaluator)
+                         schedule=schedule, evaluator=evaluator, resumable=True)  # `current` is set every epoch
 
 
 def _ll_at(model, data, config, options) -> TrainingParts:
-    return TrainingParts(adversary=ll_adversary(options["eps"]), adv_weight=options["adv_weight"])
+    return TrainingParts(adversary=ll_adversary(options["eps"]), adv_weight=options["adv_weight"], resumable=True)
 
 
 #: The static models of ``ens-at``: the stAdv Table 4 architectures, each trained plainly (cross-entropy).
@@ -170,7 +170,9 @@ def _ens_at(model, data, config, options) -> TrainingParts:
     if not static:
         raise ValueError(f"objective 'ens-at': none of the static architectures {ENSEMBLE_STATIC} other than the trained "
                          f"one accepts {s}×{s} images")
-    return TrainingParts(adversary=ensemble_adversary(static, options["eps"]), adv_weight=options["adv_weight"])
+    adversary = ensemble_adversary(static, options["eps"])
+    return TrainingParts(adversary=adversary, adv_weight=options["adv_weight"], resumable=True,
+                         state=lambda: {"turn": adversary.turn}, load_state=lambda st: setattr(adversary, "turn", st["turn"]))
 
 
 def _adv_critic(model, data, config, options) -> TrainingParts:
@@ -184,15 +186,15 @@ def _random(model, data, config, options) -> TrainingParts:
 
 
 def _hinge(model, data, config, options) -> TrainingParts:
-    return TrainingParts(criterion=hinge_loss)
+    return TrainingParts(criterion=hinge_loss, resumable=True)
 
 
 def _frobenius(model, data, config, options) -> TrainingParts:
-    return TrainingParts(criterion=hinge_loss, penalty=frobenius_penalty(options["lam"]))
+    return TrainingParts(criterion=hinge_loss, penalty=frobenius_penalty(options["lam"]), resumable=True)
 
 
 def _spectral(model, data, config, options) -> TrainingParts:
-    return TrainingParts(criterion=hinge_loss, penalty=spectral_penalty(options["lam"]))
+    return TrainingParts(criterion=hinge_loss, penalty=spectral_penalty(options["lam"]), resumable=True)
 
 
 def _sdp(model, data, config, options) -> TrainingParts:

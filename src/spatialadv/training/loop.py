@@ -6,6 +6,12 @@ minimised; this loop owns *how*.
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -16,7 +22,14 @@ from ..data import Dataset
 from .config import TrainConfig
 from .objectives import OBJECTIVES, Objective
 
-__all__ = ["train_model", "accuracy", "TrainingCollapsed", "COLLAPSE_MARGIN", "COLLAPSE_SHARE", "COLLAPSE_MIN_STEPS"]
+__all__ = ["train_model", "accuracy", "TrainingCollapsed", "COLLAPSE_MARGIN", "COLLAPSE_SHARE", "COLLAPSE_MIN_STEPS",
+           "RESUME_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+#: Version of the resume-checkpoint layout written by :func:`train_model` (``checkpoint=``); a file of another
+#: version is not used (training starts from epoch 1).
+RESUME_FORMAT = 1
 
 
 def _random_shift(x: Tensor, shift: int, gen: torch.Generator) -> Tensor:
@@ -99,9 +112,34 @@ def _curve_point(model: nn.Module, parts, x: Tensor, y: Tensor, seed: int, batch
     return {"clean": clean, "adversarial": adv}
 
 
+def _save_resume(path: Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically (a temporary file renamed over it): a crash mid-write keeps the last one."""
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_resume(path: Path, fingerprint: dict) -> dict | None:
+    """The resume state at ``path`` when it exists, is readable and was written for ``fingerprint``; else None (warned)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        problem = None if isinstance(state, dict) and state.get("fingerprint") == fingerprint else \
+            "it was written for another run (format, config, objective or process count)"
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is ignored the same way
+        state, problem = None, f"it cannot be read ({type(exc).__name__}: {exc})"
+    if problem is not None:
+        warnings.warn(f"training resume file {path} is not used: {problem}; training starts from epoch 1", stacklevel=3)
+        log.warning("training resume file %s is not used: %s", path, problem)
+        return None
+    return state
+
+
 def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConfig(), *,
                 objective: Objective = Objective("standard"), progress: bool = True,
-                check_collapse: bool = True) -> dict:
+                check_collapse: bool = True, checkpoint: str | os.PathLike | None = None) -> dict:
     """Train ``model`` in place with Adam on ``objective``; leaves it in eval mode.
 
     Deterministic for a given ``config.seed`` on one machine, given the global
@@ -125,6 +163,18 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
     PGD adversarial training from scratch can at a large ε, and
     :class:`TrainingCollapsed` is raised, so nothing is cached.
 
+    With ``checkpoint`` (a file path) the run is resumable: after every epoch
+    the model and optimiser state, the RNG states (the batch order's and
+    torch's global one), the learning curve, the best epoch's weights and the
+    objective's own state are written there (atomically). A later call with
+    the same model, data, config and objective finds the file and continues
+    after its last completed epoch; the result is the same as an uninterrupted
+    run on one machine (same weights, same curve). The file is left in place
+    (:func:`~spatialadv.training.load_or_train` deletes it once the trained model
+    is saved). A file written for another run, or unreadable, is ignored with a
+    warning. Objectives whose state cannot be saved
+    (:attr:`~spatialadv.training.TrainingParts.resumable` False) ignore ``checkpoint``.
+
     Under ``torchrun`` (:mod:`spatialadv.distributed`) the loop is
     data-parallel: every process draws the same permutation and shifts, takes
     rows ``rank, rank + world, ...`` of each global batch of
@@ -142,6 +192,7 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
         progress: show a tqdm bar over epochs.
         check_collapse: raise :class:`TrainingCollapsed` for a collapsed model (the model stays
             trained in place either way); False for deliberately short runs (timing, smoke tests).
+        checkpoint: optional path of the per-epoch resume file (see above).
 
     Returns:
         The objective's notes, a JSON-able dict (``{}`` for most objectives;
@@ -150,7 +201,9 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
         training ``loss``, held-out ``clean`` and ``adversarial`` accuracy
         (None without an adversary), and the objective's schedule values, e.g.
         ``eps``), ``"holdout"`` (its size), ``"best_epoch"``, ``"epochs_run"``
-        and ``"stopped"`` (``"plateau"`` or ``"max_epochs"``).
+        and ``"stopped"`` (``"plateau"`` or ``"max_epochs"``). A resumed run adds
+        ``"resumed_after"`` (the completed epochs found at each resume) and
+        ``"seconds_before_resume"`` (the training time of the earlier processes).
 
     Raises:
         TypeError: ``objective`` is not an :class:`Objective`, or the objective
@@ -184,11 +237,36 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
         n = len(x_all)
         clean_term = parts.adversary is None or parts.adv_weight < 1 or parts.penalty is not None
         curve: list[dict] = []
-        steps = 0
+        steps, first = 0, 0
         best, best_epoch, best_state, stopped = -1.0, 0, None, "max_epochs"
+        resumed: list[int] = []
+        seconds_before, t0 = 0.0, time.perf_counter()
+        path = Path(checkpoint) if checkpoint is not None and parts.resumable else None
+        fingerprint = {"format": RESUME_FORMAT, "config": config.to_dict(), "objective": objective.name,
+                       "options": objective.options, "world": world, "n": n,
+                       "parameters": [list(p.shape) for p in model.parameters()]}
+        state = _load_resume(path, fingerprint) if path is not None else None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            with torch.no_grad():
+                for p, v in zip(parts.extra_parameters, state["extra"]):
+                    p.copy_(v)
+            if parts.load_state is not None:
+                parts.load_state(state["objective_state"])
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["rng"])
+            if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            first, steps, curve = state["epoch"], state["steps"], state["curve"]
+            best, best_epoch, best_state, stopped = state["best"], state["best_epoch"], state["best_state"], state["stopped"]
+            resumed, seconds_before = [*state["resumed"], first], state["seconds"]
+            log.info("resuming training after epoch %d from %s", first, path)
+            if stopped == "plateau":
+                first = config.epochs  # the saved run had already stopped: nothing left to train
         model.train()
-        bar = tqdm(range(config.epochs), desc=f"train {data.name} {objective.name}", disable=not progress or rank > 0,
-                   unit="epoch")
+        bar = tqdm(range(first, config.epochs), desc=f"train {data.name} {objective.name}",
+                   disable=not progress or rank > 0, unit="epoch", initial=first, total=config.epochs)
         for epoch in bar:
             sched = parts.schedule(epoch) if parts.schedule is not None else None
             perm = torch.randperm(n, generator=gen)
@@ -230,14 +308,26 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig = TrainConf
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 elif config.patience > 0 and epoch + 1 - best_epoch >= config.patience:
                     stopped = "plateau"
-                    bar.set_postfix(post)
-                    break
             bar.set_postfix(post)
+            if path is not None and rank == 0:
+                _save_resume(path, {
+                    "fingerprint": fingerprint, "epoch": epoch + 1, "steps": steps, "model": model.state_dict(),
+                    "opt": opt.state_dict(), "extra": [p.detach().clone() for p in parts.extra_parameters],
+                    "objective_state": parts.state() if parts.state is not None else None,
+                    "gen": gen.get_state(), "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "curve": curve, "best": best, "best_epoch": best_epoch, "best_state": best_state,
+                    "stopped": stopped, "resumed": resumed,
+                    "seconds": seconds_before + time.perf_counter() - t0})
+            if stopped == "plateau":
+                break
         if best_state is not None:
             model.load_state_dict(best_state)
         if held is not None:
             notes = {"curve": curve, "holdout": config.holdout, "best_epoch": best_epoch, "epochs_run": len(curve),
                      "stopped": stopped}
+        if resumed:
+            notes.update(resumed_after=resumed, seconds_before_resume=seconds_before)
         model.eval()
         if check_collapse and steps >= COLLAPSE_MIN_STEPS:
             _check_collapse(model, x_all[:2000], y_all[:2000], data.num_classes, curve)

@@ -106,6 +106,14 @@ class TrainingParts:
         evaluator: optional ``(model, x, y) -> x_adv`` scoring the held-out
             learning curve (:attr:`TrainConfig.holdout`); default ``adversary``.
             Use it when the training adversary is weakened by a schedule.
+        resumable: True when the run can continue from a per-epoch resume file
+            (``train_model(checkpoint=...)``): the parts keep no state across
+            epochs beyond the model, the optimiser (``extra_parameters``
+            included), the RNGs and what ``state`` returns. False (the default,
+            safe for objectives that do not say) makes every run start at epoch 1.
+        state: optional ``() -> dict`` of the objective's own state between
+            epochs (e.g. a turn counter), saved in the resume file.
+        load_state: ``(dict) -> None`` restoring what ``state`` returned.
     """
 
     criterion: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy
@@ -117,6 +125,9 @@ class TrainingParts:
     notes: Callable[[], dict] | None = None
     schedule: Callable[[int], dict | None] | None = None
     evaluator: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None
+    resumable: bool = False
+    state: Callable[[], dict] | None = None
+    load_state: Callable[[dict], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -254,7 +265,7 @@ def hinge_loss(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def _standard(model, data, config, options) -> TrainingParts:
-    return TrainingParts()
+    return TrainingParts(resumable=True)
 
 
 register_objective("standard", _standard, description="cross-entropy")

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import distributed
 from .._validation import check_name
 from ..data import DataSpec
 from ..models import MODELS, build_model, cache_dir, load_or_build
@@ -141,6 +142,14 @@ def load_or_train(spec: ModelSpec, *, progress: bool = True, directory: str | os
     ``<directory>/<model_key(spec)>.safetensors`` with the spec, test accuracy,
     training time and notes as metadata.
 
+    Training is resumable: after every epoch its state is written to
+    ``<directory>/<model_key(spec)>.resume.pt`` (for the objectives that allow
+    it, :attr:`~spatialadv.training.TrainingParts.resumable`), so a run that
+    is killed or crashes continues after its last completed epoch when the
+    same spec is asked for again, with the same final weights as an
+    uninterrupted run; the file is deleted once the model is saved, and
+    ``train_seconds`` adds up the time of every process that trained it.
+
     The cache is the one cached-artifact helper's
     (:func:`spatialadv.models.load_or_build`): a cached checkpoint that fails
     verification — unreadable or not safetensors, other keys/shapes, checksum
@@ -184,6 +193,7 @@ def load_or_train(spec: ModelSpec, *, progress: bool = True, directory: str | os
                         f"TrainConfig(), Objective('standard'))); got {type(spec).__name__}")
     key = model_key(spec)
     folder = Path(directory) if directory is not None else cache_dir() / "models"
+    resume = folder / f"{key}.resume.pt"  # per-epoch training state: an interrupted run continues from it
     train, test = spec.data.train(), spec.data.test()
     c, s = int(train.x.shape[1]), int(train.x.shape[2])
 
@@ -204,8 +214,8 @@ def load_or_train(spec: ModelSpec, *, progress: bool = True, directory: str | os
                 model.load_state_dict(start.state_dict())
                 model.requires_grad_(True)
             t0 = time.perf_counter()
-            notes = train_model(model, train, spec.train, objective=spec.objective, progress=progress)
-            seconds = time.perf_counter() - t0
+            notes = train_model(model, train, spec.train, objective=spec.objective, progress=progress, checkpoint=resume)
+            seconds = time.perf_counter() - t0 + float(notes.get("seconds_before_resume", 0.0))
         _freeze(model.to(device or "cpu"))
         acc = accuracy(model, test.x, test.y)
         log.info("trained %s in %.1f s (test accuracy %.4f)", key, seconds, acc)
@@ -216,6 +226,8 @@ def load_or_train(spec: ModelSpec, *, progress: bool = True, directory: str | os
     # reaches the same decision; training is then data-parallel over all ranks and rank 0 saves
     art = load_or_build(key, make, build, kind="models", directory=folder, check=lambda meta: _metadata_problem(meta, key, spec),
                         parallel_build=True, what="model")
+    if not art.cached and distributed.rank() == 0:
+        resume.unlink(missing_ok=True)  # the model is saved: its resume file has served
     model = _freeze(art.module.to(device or "cpu"))
     stored = art.meta.get("train_seconds")
     seconds = float(stored) if isinstance(stored, (int, float)) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -216,6 +217,10 @@ class Attack:
 
     #: ``params`` keys that describe the solver's work (kept for failed examples too)
     solver_params: ClassVar[tuple[str, ...]] = ()
+    #: True for attacks whose first gradient is taken at ``x`` itself (no random start): the input check's
+    #: forward then runs with autograd on and :func:`take_check_forward` hands it to that first gradient,
+    #: which saves one forward pass per call (the gradient is the same bit for bit)
+    reuses_check_forward: ClassVar[bool] = False
 
     @property
     def threat(self) -> Threat:
@@ -259,9 +264,11 @@ class Attack:
         warn_if_training(model)
         n = x.shape[0]
         index = check_index(index, n)
-        with torch.no_grad():
+        reuse = self.reuses_check_forward
+        xg = x.detach().requires_grad_(True) if reuse else x
+        with torch.enable_grad() if reuse else torch.no_grad():
             try:
-                out = model(x)
+                out = model(xg)
             except RuntimeError as e:  # dtype/device/shape mismatch between x and the model
                 raise model_input_error(model, x, e) from e
         logits = check_logits(out, n)
@@ -274,8 +281,13 @@ class Attack:
                 raise ValueError("target must differ from the true label y for every example")
         t0 = time.perf_counter()
         x_in = x.detach()
-        parts = self._run(model, x_in, y, target, index)
-        return self._finish(model, x_in, y, target, parts, time.perf_counter() - t0, num_classes, logits.argmax(1))
+        token = _CHECK_FORWARD.set([x_in, xg, out] if reuse and out.requires_grad else None)
+        try:
+            parts = self._run(model, x_in, y, target, index)
+        finally:
+            _CHECK_FORWARD.reset(token)
+        return self._finish(model, x_in, y, target, parts, time.perf_counter() - t0, num_classes,
+                            logits.detach().argmax(1))
 
     # -- to implement -------------------------------------------------------------------------
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, index: Tensor) -> dict:
@@ -363,6 +375,26 @@ def deprecated_keyword(attack: "Attack", old: str, new: str, value: object, defa
         raise TypeError(f"{type(attack).__name__}: pass {new} only ({old} is its deprecated alias), got {new}={current!r} "
                         f"and {old}={value!r}")
     object.__setattr__(attack, new, value)
+
+
+#: The input check's forward of the current call (``[x, x_with_grad, logits]``) for attacks with
+#: ``reuses_check_forward``; consumed once by :func:`take_check_forward`.
+_CHECK_FORWARD: contextvars.ContextVar[list | None] = contextvars.ContextVar("_CHECK_FORWARD", default=None)
+
+
+def take_check_forward(x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The input check's ``(x_with_grad, logits)`` when ``x`` is the attack's input tensor itself, once; else None.
+
+    The logits carry the autograd graph of ``x_with_grad`` (a leaf equal to
+    ``x``); an attack with ``reuses_check_forward`` calls this for its first
+    gradient at ``x`` instead of running the model again.
+    """
+    held = _CHECK_FORWARD.get()
+    if held is None or len(held) != 3 or held[0] is not x:
+        return None
+    _, xg, logits = held
+    held.clear()  # once: later gradients are at other points, and the graph is freed with it
+    return xg, logits
 
 
 def input_grad(model: nn.Module, x: Tensor, loss_fn) -> tuple[Tensor, Tensor]:

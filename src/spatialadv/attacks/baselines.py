@@ -83,6 +83,7 @@ class FGSM(Attack):
         ValueError: ``eps`` ≤ 0 or not finite.
     """
 
+    reuses_check_forward: ClassVar[bool] = True
     eps: float = 0.3
 
     def __post_init__(self) -> None:
@@ -124,6 +125,7 @@ class IFGSM(Attack):
         ValueError: ``eps`` or ``step_size`` ≤ 0, ``steps`` < 1.
     """
 
+    reuses_check_forward: ClassVar[bool] = True
     eps: float = 0.3
     step_size: float = 0.01
     steps: int = 40
@@ -172,6 +174,7 @@ class MIM(Attack):
         ValueError: ``eps`` or ``step_size`` ≤ 0, ``decay`` < 0, ``steps`` < 1.
     """
 
+    reuses_check_forward: ClassVar[bool] = True
     eps: float = 0.3
     step_size: float = 0.01
     steps: int = 40

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import criterion, input_grad
+from .base import criterion, input_grad, take_check_forward
 
 __all__ = ["ce_loss", "normalize", "iterate"]
 
@@ -64,13 +64,26 @@ def iterate(
     """
     n = x.shape[0]
     x_adv = x_start.clone()
+    # the first gradient at x itself reuses the input check's forward (Attack.reuses_check_forward)
+    first = take_check_forward(x) if x_start is x else None
+
+    def grad_at(xs: Tensor, loss_fn) -> tuple[Tensor, Tensor]:
+        nonlocal first
+        if first is None:
+            return input_grad(model, xs, loss_fn)
+        xg, logits = first
+        first = None
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(loss_fn(logits).sum(), xg)
+        return g, logits.detach()
+
     if not early_stop:
         # every example takes every step: whole-batch tensors, no index bookkeeping and no host
         # synchronisation inside the loop (on a GPU the steps are queued back to back)
         every = torch.arange(n, device=x.device)
         loss = ce_loss(y, target)
         for _ in range(steps):
-            grad, _ = input_grad(model, x_adv, loss)
+            grad, _ = grad_at(x_adv, loss)
             x_adv = step(every, x_adv, x, grad).detach()
         return {"x_adv": x_adv, "grad_evals": torch.full((n,), steps, dtype=torch.long, device=x.device)}
     grad_evals = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -82,7 +95,7 @@ def iterate(
         y_s = y[idx]
         t_s = None if target is None else target[idx]
         x_s = x_adv[idx]
-        grad, logits = input_grad(model, x_s, ce_loss(y_s, t_s))
+        grad, logits = grad_at(x_s, ce_loss(y_s, t_s))  # the first step takes every example: x_s equals x
         grad_evals[idx] += 1
         if early_stop:
             done = criterion(logits.argmax(1), y_s, t_s)

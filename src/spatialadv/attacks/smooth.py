@@ -17,6 +17,7 @@ solver's tolerance and iteration cap).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -56,6 +57,7 @@ class SmoothPGDL2(Attack, SmoothingParams):
         TypeError, ValueError: bad hyper-parameters (named in the message).
     """
 
+    reuses_check_forward: ClassVar[bool] = True
     eps: float = 5.0
     step_size: float = 3.0
     steps: int = 20

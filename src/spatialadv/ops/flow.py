@@ -236,9 +236,10 @@ def neumann_smoother(h: int, w: int, lam: float, *, spacing: tuple[float, float]
 
         def apply_dct(v: Tensor) -> Tensor:
             z = v.detach().reshape(-1, 2, h, w).numpy()
-            c = scipy.fft.dctn(z, type=2, axes=(-2, -1), norm="ortho")
+            workers = torch.get_num_threads()  # torch's intra-op thread count, as the attack's other work
+            c = scipy.fft.dctn(z, type=2, axes=(-2, -1), norm="ortho", workers=workers)
             c *= scale64.astype(c.dtype, copy=False)
-            out = scipy.fft.idctn(c, type=2, axes=(-2, -1), norm="ortho", overwrite_x=True)
+            out = scipy.fft.idctn(c, type=2, axes=(-2, -1), norm="ortho", overwrite_x=True, workers=workers)
             return torch.from_numpy(out).to(v.dtype).reshape(v.shape)
 
         return apply_dct

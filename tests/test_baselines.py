@@ -450,3 +450,21 @@ def test_cw_counts_gradient_and_forward_evaluations(digits_model):
     assert torch.all(early.forward_evals <= 3) and bool((early.grad_evals < 120).any())
     pgd = run_checked(PGD(eps=0.1, steps=4), model, x[:8], y[:8])
     assert torch.all(pgd.grad_evals == 4) and torch.all(pgd.forward_evals == 0)
+
+
+def test_carlini_wagner_linf_box(digits_model):
+    """With ``linf`` every returned image stays within ε of x in L∞ (and in [0, 1]); the unboxed attack exceeds it."""
+    model, x, y = digits_model
+    x, y = x[:16], y[:16]
+    t = (y + 1) % 10
+    free = CarliniWagnerL2(initial_const=1.0, binary_search_steps=3, steps=60, lr=0.05)(model, x, y, target=t)
+    eps = 0.5 * float((free.x_adv - x).flatten(1).abs().amax(1)[free.success].median())
+    boxed = CarliniWagnerL2(initial_const=1.0, binary_search_steps=3, steps=60, lr=0.05, linf=eps)(model, x, y, target=t)
+    dist = (boxed.x_adv - x).flatten(1).abs().amax(1)
+    assert float(dist.max()) <= eps + 1e-6 and float(boxed.x_adv.min()) >= 0 and float(boxed.x_adv.max()) <= 1
+    assert bool(boxed.success.any())  # the box still leaves room to succeed on some images
+    assert bool(((free.x_adv - x).flatten(1).abs().amax(1) > eps + 1e-3)[free.success].any())
+    with pytest.raises(ValueError, match="linf"):
+        CarliniWagnerL2(linf=1.5)
+    with pytest.raises(ValueError, match="linf"):
+        SmoothCarliniWagnerL2(linf=0.3)

@@ -334,6 +334,13 @@ class CarliniWagnerL2(Attack):
         early_stop: stop an example's inner loop when its loss stalls.
         abort_early: deprecated alias of ``early_stop`` (a
             ``DeprecationWarning``; kept because committed reports name it).
+        linf: optional L∞ bound ε in (0, 1] ([0, 1] pixel units): the change of
+            variables then maps into the box ``[max(x − ε, 0), min(x + ε, 1)]``,
+            ``x_adv = lo + (hi − lo)(tanh(w) + 1)/2`` (Carlini & Wagner's
+            box-constrained variable with the L∞ ball as the box), so every
+            iterate is within ε of ``x`` in L∞ while the L2 size is minimised.
+            Xiao et al. (ICLR 2018) bound C&W this way for their Fig. 4 (L∞ 0.3 on MNIST).
+            None (default): the box is [0, 1].
 
     Call: ``attack(model, x, y, *, target=None) -> AttackResult``;
     ``size`` is ``‖x_adv − x‖₂`` in [0, 1] pixel units; ``grad_evals`` is the
@@ -344,7 +351,7 @@ class CarliniWagnerL2(Attack):
     Raises:
         TypeError: a hyper-parameter has the wrong type.
         ValueError: ``kappa`` < 0, ``initial_const`` or ``lr`` ≤ 0,
-            ``binary_search_steps`` or ``steps`` < 1.
+            ``binary_search_steps`` or ``steps`` < 1, ``linf`` outside (0, 1].
     """
 
     kappa: float = 0.0
@@ -353,6 +360,7 @@ class CarliniWagnerL2(Attack):
     steps: int = 200
     lr: float = 0.05
     early_stop: bool = True
+    linf: float | None = None
     abort_early: InitVar[bool | None] = None
 
     _BETAS: ClassVar[tuple[float, float]] = (0.9, 0.999)
@@ -367,6 +375,17 @@ class CarliniWagnerL2(Attack):
         check_int(self.steps, "steps", minimum=1)
         check_positive(self.lr, "lr")
         check_bool(self.early_stop, "early_stop")
+        if self.linf is not None:
+            check_positive(self.linf, "linf")
+            if self.linf > 1:
+                raise ValueError(f"linf must be in (0, 1] ([0, 1] pixel units), got {self.linf!r}")
+
+    def _box(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The per-pixel box ``(lo, hi)`` of the change of variables with ``linf``; None for [0, 1]."""
+        if self.linf is None:
+            return None
+        eps = float(self.linf)
+        return (x - eps).clamp_min(0.0), (x + eps).clamp_max(1.0)
 
     @classmethod
     def _search_update(cls, found: Tensor, c: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -393,16 +412,22 @@ class CarliniWagnerL2(Attack):
         return None
 
     def _latent_init(self, x: Tensor, ctx: Any) -> Tensor:
-        """Starting value of the optimised variable: ``w = atanh(2x − 1)`` (pulled in by 1e-6)."""
+        """Starting value of the optimised variable: ``w = atanh(2x − 1)`` (pulled in by 1e-6); in the box with ``linf``."""
         shrink = 1.0 - max(1e-6, 4 * torch.finfo(x.dtype).eps)
-        return torch.atanh((x * 2 - 1) * shrink)
+        box = self._box(x)
+        u = x if box is None else (x - box[0]) / (box[1] - box[0])
+        return torch.atanh((u * 2 - 1) * shrink)
 
     def _image(self, w: Tensor, x: Tensor, idx: Tensor, ctx: Any) -> tuple[Tensor, Tensor]:
         """Map the variable of examples ``idx`` to ``(x_adv, penalty (M,))``.
 
-        Here ``x_adv = (tanh(w) + 1)/2`` and the penalty is ``‖x_adv − x‖₂²``.
+        Here ``x_adv = (tanh(w) + 1)/2`` (``lo + (hi − lo)(tanh(w) + 1)/2`` with ``linf``) and the
+        penalty is ``‖x_adv − x‖₂²``.
         """
         xa = (torch.tanh(w) + 1) / 2
+        box = self._box(x)
+        if box is not None:
+            xa = box[0] + (box[1] - box[0]) * xa
         return xa, (xa - x).flatten(1).pow(2).sum(1)
 
     @property

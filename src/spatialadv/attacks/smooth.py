@@ -123,6 +123,9 @@ class SmoothCarliniWagnerL2(CarliniWagnerL2, SmoothingParams):
 
     def __post_init__(self, abort_early: bool | None = None) -> None:
         super().__post_init__(abort_early)
+        if self.linf is not None:
+            raise ValueError("linf is an option of CarliniWagnerL2's tanh box; sC&W optimises a smoothed latent "
+                             "(its perturbation is not boxed), so linf must be None")
         self.check_params()
 
     @property

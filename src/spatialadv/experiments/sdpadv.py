@@ -873,7 +873,8 @@ def _fidelity(rep, ms: _Measured) -> list:
         sdp = ms.acc(m, "none", "SdpAdv", 0.3)
         rivals = {**{f"{a} ε=0.3": ms.acc(m, "none", a, 0.3) for a in ("FGSM", "PGD", "MIM", "AdvGAN")},
                   **{a: ms.acc(m, "none", a, None) for a in ("STM", "STM (Engstrom grid)", "stAdv", "SdAdv")}}
-        verdicts = {k: _vs(sdp, v) for k, v in rivals.items() if v is not None}
+        present = {k: v for k, v in rivals.items() if v is not None}
+        verdicts = {k: _vs(sdp, v) for k, v in present.items()}
         worse = [k for k, v in verdicts.items() if v == "higher"]
         ties = [k for k, v in verdicts.items() if v.startswith("tie")]
         state = ("holds" if verdicts and not worse and not ties else "does not hold" if worse else
@@ -881,8 +882,8 @@ def _fidelity(rep, ms: _Measured) -> list:
         lines.append(f"- **{state}** — {MODEL_LABEL.get(m, m)}, non-robust: SdpAdv (ε = 0.3) leaves the lowest accuracy "
                      f"of all attacks (Table {'1' if cfg['dataset'] == 'mnist' else '2'}). SdpAdv "
                      f"{'–' if sdp is None else sdp.format(4)}; "
-                     + "; ".join(f"{k}: {v}" for k, v in verdicts.items())
-                     + (f". Attacks below SdpAdv: {', '.join(worse)}." if worse else "."))
+                     + "; ".join(f"{k} {present[k].format(4)}: SdpAdv {v}" for k, v in verdicts.items())
+                     + (f". Attacks leaving a lower accuracy than SdpAdv: {', '.join(worse)}." if worse else "."))
     first: str = cfg["models"][0] if cfg["models"] else ""
     by: list[tuple[float, Estimate]] = [(e, a) for e in EPS if (a := ms.acc(first, "none", "SdpAdv", e)) is not None]
     if len(by) > 1:

@@ -98,6 +98,25 @@ class Estimate:
             return f"{s * self.value:.{digits}f}"
         return f"{s * self.value:.{digits}f} [{s * self.low:.{digits}f}, {s * self.high:.{digits}f}]"
 
+    def order(self, other: Estimate | None) -> str:
+        """How this estimate compares with ``other`` by their 95 % intervals.
+
+        Returns ``"lower"`` (this interval lies wholly below the other's), ``"higher"`` (wholly above), ``"tie
+        (intervals overlap)"``, or ``"not measured"`` (``other`` is None, either rests on no values, or an
+        interval end is undefined). A claim such as "attack A leaves a lower accuracy than B" holds at the 95 %
+        level only with ``"lower"``; a tie is not evidence either way.
+        """
+        if other is None or self.n == 0 or other.n == 0:
+            return "not measured"
+        ends = (self.value, self.low, self.high, other.value, other.low, other.high)
+        if any(v is None or math.isnan(v) for v in ends):
+            return "not measured"
+        if self.high < other.low:
+            return "lower"
+        if self.low > other.high:
+            return "higher"
+        return "tie (intervals overlap)"
+
     def to_json(self) -> dict:
         """``{"value", "ci95": [low, high], "n", "method"}`` (``"k"`` for rates); NaN becomes None."""
         def clean(v):

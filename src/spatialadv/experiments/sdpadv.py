@@ -856,14 +856,8 @@ def _stm_table(rep, ms: _Measured) -> Comparison:
 
 
 def _vs(a: Estimate | None, b: Estimate | None) -> str:
-    """Whether accuracy ``a`` is below ``b`` by their 95 % intervals."""
-    if a is None or b is None or a.n == 0 or b.n == 0:
-        return "not measured"
-    if a.high < b.low:
-        return "lower"
-    if a.low > b.high:
-        return "higher"
-    return "tie (intervals overlap)"
+    """Whether accuracy ``a`` is below ``b`` by their 95 % intervals (:meth:`Estimate.order`)."""
+    return "not measured" if a is None else a.order(b)
 
 
 def _fidelity(rep, ms: _Measured) -> list:

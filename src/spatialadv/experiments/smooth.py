@@ -18,7 +18,6 @@ and rebuilt from ``results.sqlite``.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,10 +268,8 @@ def _protocol_rows(recs: dict, precs: dict) -> list[dict]:
 
 
 def _verdict_lower(a, b) -> str:
-    """Whether mean ``a`` is below ``b`` by their 95 % intervals."""
-    if a is None or b is None or math.isnan(a.value) or math.isnan(b.value):
-        return "not measured"
-    return "lower" if a.high < b.low else "higher" if a.low > b.high else "tie (intervals overlap)"
+    """Whether mean ``a`` is below ``b`` by their 95 % intervals (:meth:`Estimate.order`)."""
+    return "not measured" if a is None else a.order(b)
 
 
 def _claims(rep: dict) -> list[dict]:

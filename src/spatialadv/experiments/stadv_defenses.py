@@ -246,13 +246,9 @@ def _verdict(est, threshold: float, claim_below: bool) -> str:
 
 def _order_verdict(a, b) -> str:
     """Whether estimate ``a`` exceeds ``b``: "holds" when their 95 % intervals are disjoint with a above."""
-    if a is None or b is None or a.n == 0 or b.n == 0:
-        return "not measured"
-    if a.low > b.high:
-        return "holds"
-    if a.high < b.low:
-        return "does not hold (reversed)"
-    return "undecided (intervals overlap)"
+    verdict = "not measured" if a is None else a.order(b)
+    return {"higher": "holds", "lower": "does not hold (reversed)",
+            "tie (intervals overlap)": "undecided (intervals overlap)"}.get(verdict, verdict)
 
 
 def _curve_summary(info: dict) -> dict:

@@ -129,3 +129,11 @@ def test_bootstrap_of_any_statistic_agrees_with_the_mean_and_resamples_clusters(
     assert ratio.method == "cluster-bootstrap" and ratio.value == pytest.approx(v.mean() / w.mean())
     assert ratio.low < ratio.value < ratio.high
     assert math.isnan(bootstrap([v[:3]], np.std, [0, 0, 0]).low)  # one image: no interval
+
+
+def test_estimate_order_by_intervals():
+    a, b = rate(5, 100), rate(60, 100)
+    assert a.order(b) == "lower" and b.order(a) == "higher"
+    assert rate(50, 100).order(rate(55, 100)) == "tie (intervals overlap)"
+    assert a.order(None) == "not measured" and a.order(mean([])) == "not measured"
+    assert mean([]).order(a) == "not measured"

@@ -47,7 +47,8 @@ TINY: dict[str, dict] = {
     "attention-maps": dict(datasets=("mnist",), n=2, figure_images=1, epochs=1, max_train=300, cw_steps=3),
     "lan-detection": dict(datasets=("mnist",), n=2, epochs=1, max_train=300, lan_epochs=1, f2_epochs=1, cw_steps=3,
                           adaptive_steps=3),
-    "smooth-defenses": dict(n=3, epochs=1, max_train=300, steps=2, binary_search_steps=1),
+    "smooth-defenses": dict(n=3, epochs=1, max_train=300, steps=2, binary_search_steps=1, diag_at_eps=(0.1,),
+                            diag_long_epochs=2),
     "stadv-defenses": dict(n=3, models=("mnist-b",), epochs=1, at_epochs=1, max_train=100, holdout=20, pgd_steps=1),
 }
 

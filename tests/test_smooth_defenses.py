@@ -23,7 +23,7 @@ def cache(tmp_path, monkeypatch):
 def test_smooth_defenses_tiny_end_to_end(cache, one_thread):
     out = cache / "smd"
     args = ["reproduce", "smooth-defenses", "--out", str(out), "--n", "3", "--epochs", "1", "--max-train", "300",
-            "--steps", "2", "--binary-search-steps", "1", "--quiet"]
+            "--steps", "2", "--binary-search-steps", "1", "--diag-at-eps", "0.1", "--diag-long-epochs", "2", "--quiet"]
     assert main(args) == 0
     rep = json.loads((out / "report.json").read_text())
     wb = rep["white_box"]
@@ -36,8 +36,14 @@ def test_smooth_defenses_tiny_end_to_end(cache, one_thread):
         assert 0.0 <= t["bilateral"]["P_suc"] <= 1.0 and 0.0 <= t["ll-at"]["P_suc"] <= 1.0
     md = (out / "report.md").read_text()
     assert "Table 2" in md and "Table 3" in md and "Adaptive" in md and "ImageNet" in md
+    # the Fidelity section opens the report; the diagnostic attacks two further step l.l.-trained C4s
+    assert md.index("## Fidelity") < md.index("## Table 2")
+    assert "c4/ll-at ε=0.1/FGSM" in wb and "c4/ll-at 2 epochs/I-FGSM" in wb
+    diag = rep["comparisons"][3]
+    assert [r["step l.l.-trained C4"] for r in diag["rows"]] == ["c4/ll-at", "c4/ll-at ε=0.1", "c4/ll-at 2 epochs"]
+    assert all(r["FGSM P_suc (%)"]["paper"]["value"] == PAPER["table2"]["FGSM"][0] for r in diag["rows"])
     # Table 2: our cells recomputed from the stored records, the paper's Table 1 / Table 2 beside them
-    clean, t2, t3 = rep["comparisons"]
+    clean, t2, t3 = rep["comparisons"][:3]
     with ResultStore(out / STORE_NAME) as store:
         keys = {(e["model"], e["attack"]): e["run_key"] for e in store.get_meta("plan")}
         recs = {k: store.records(v) for k, v in keys.items()}

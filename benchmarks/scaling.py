@@ -16,7 +16,7 @@ For each image size S, in one process with ``torch.set_num_threads(--threads)``:
   (``RotationTranslation()``: early stop over the 775-transform grid), PGD L∞ (``PGD()``, 40 steps),
   FGSM (``FGSM()``) and sPGD2 (``SmoothPGDL2()``).
 
-Per attack it prints the time per image, the model evaluations per image, and two ratios:
+Per attack it prints the time per image, the model evaluations per image, and three ratios:
 
 * ``÷ gradient floor`` = time ÷ (gradient evaluations × forward + backward): the issue's measure;
   for an attack with one or two gradient evaluations it cannot reach 1, since every attack call
@@ -24,8 +24,15 @@ Per attack it prints the time per image, the model evaluations per image, and tw
   the wrong logits) and the recomputation of success on the images it returns (the library's
   contract).
 * ``÷ model floor`` = time ÷ (gradient evaluations × forward + backward + (forward-only
-  evaluations + 2) × forward): every model pass the attack call makes, those two included; what
-  remains is the attack's own work.
+  evaluations + 2) × forward): every model pass the attack call makes, those two included (one for
+  the attacks that take their first gradient from the input check's forward:
+  ``Attack.reuses_check_forward``); what remains is the attack's own work.
+* ``÷ objective floor`` = time ÷ (gradient evaluations × one gradient of the attack's own objective
+  + the contract's forwards): for stAdv the gradient w.r.t. the flow of ``margin(f(warp(x, flow))) +
+  τ·L_flow`` (the warp, the model and the flow loss, forward and backward), for sPGD2 the model's
+  gradient plus one smoothing of it (the guided-Laplacian solve of its Eq. 12), for the others the
+  model's gradient. What remains is the solver's bookkeeping (L-BFGS's two-loop recursion, line
+  search, preconditioner; sweeps, projections).
 
 and the peak resident memory of the attack call above the process's resident memory before it
 (``VmHWM`` after resetting it through ``/proc/self/clear_refs``; Linux only, else omitted).
@@ -49,7 +56,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from _common import run_info, write_results  # noqa: E402
 from spatialadv.attacks import FGSM, PGD, RotationTranslation, SmoothPGDL2, StAdv  # noqa: E402
+from spatialadv.attacks.base import margin  # noqa: E402
 from spatialadv.data import load_dataset  # noqa: E402
+from spatialadv.ops import flow_tv_loss, flow_warp, to_normalized  # noqa: E402
 
 ATTACKS = ("stadv", "stm", "pgd", "fgsm", "spgd2")
 
@@ -133,7 +142,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     res: dict = {**run_info(args.threads), "sizes": {}}
     print(f"{'size':>4} {'attack':6} {'ms/img':>9} {'grad/img':>8} {'fwd/img':>7} {'÷grad floor':>11} "
-          f"{'÷model floor':>12} {'success':>7} {'peak MiB':>8}")
+          f"{'÷model floor':>12} {'÷obj floor':>10} {'success':>7} {'peak MiB':>8}")
     for k, size in enumerate(args.sizes):
         n_want = args.n[0] if len(args.n) == 1 else args.n[k]
         model, train_s = train(size, args.epochs, args.seed)
@@ -155,9 +164,29 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 model(x)
 
+        flow0 = torch.full((n, 2, size, size), 0.01)
+
+        def stadv_objective():  # one gradient of stAdv's objective w.r.t. the flow (its defaults: τ 0.05, normalised)
+            f = flow0.clone().requires_grad_(True)
+            loss = margin(model(flow_warp(x, f)), y, target, 0.0) + 0.05 * flow_tv_loss(to_normalized(f), eps=1e-6)
+            torch.autograd.grad(loss.sum(), f)
+
+        spgd2_threat = SmoothPGDL2().threat
+        smoother = spgd2_threat.smoother(x)
+
+        def spgd2_step():  # the model's gradient plus one smoothing of it (sPGD2, Eq. 12)
+            xi = x.clone().requires_grad_(True)
+            (gi,) = torch.autograd.grad(F.cross_entropy(model(xi), y, reduction="sum"), xi)
+            smoother(gi)
+
         t_fb, t_f = _median_time(fb, args.repeats), _median_time(fwd, args.repeats)
+        t_obj = {"stadv": _median_time(stadv_objective, args.repeats),
+                 "spgd2": _median_time(spgd2_step, max(3, args.repeats // 3))}
+        # sPGD2 also solves once per call for its normaliser s_α(1) (building the smoother)
+        t_setup = {"spgd2": _median_time(lambda: spgd2_threat.smoother(x), max(3, args.repeats // 3))}
         entry = {"images": n, "clean_accuracy": acc, "train_seconds": train_s,
-                 "model_ms_per_image": {"forward_backward": 1000 * t_fb / n, "forward": 1000 * t_f / n}, "attacks": {}}
+                 "model_ms_per_image": {"forward_backward": 1000 * t_fb / n, "forward": 1000 * t_f / n},
+                 "objective_ms_per_image": {k: 1000 * v / n for k, v in t_obj.items()}, "attacks": {}}
         res["sizes"][str(size)] = entry
         print(f"{size:>4} model: forward+backward {1000 * t_fb / n:.3f} ms/img, forward {1000 * t_f / n:.3f} ms/img "
               f"(batch {n}, clean accuracy {acc:.3f}, trained in {train_s:.0f} s)", flush=True)
@@ -175,16 +204,20 @@ def main(argv=None) -> int:
             grads = float(r.grad_evals.float().mean())
             fwds = float(r.forward_evals.float().mean()) if r.forward_evals is not None else 0.0
             grad_floor = grads * t_fb
-            model_floor = grads * t_fb + (fwds + 2) * t_f
+            extra = 1 if attack.reuses_check_forward else 2  # the input check and the success recomputation
+            model_floor = grads * t_fb + (fwds + extra) * t_f
+            objective_floor = grads * t_obj.get(name, t_fb) + t_setup.get(name, 0.0) + (fwds + extra) * t_f
             row = {"ms_per_image": 1000 * sec / n, "seconds": sec, "grad_evals": grads, "forward_evals": fwds,
                    "ratio_gradient_floor": sec / grad_floor if grad_floor > 0 else None,
-                   "ratio_model_floor": sec / model_floor, "success": float(r.success.float().mean()),
+                   "ratio_model_floor": sec / model_floor, "ratio_objective_floor": sec / objective_floor,
+                   "success": float(r.success.float().mean()),
                    "peak_mib_above_start": None if peak is None or base is None else (peak - base) / 1024}
             entry["attacks"][name] = row
             rg = f"{row['ratio_gradient_floor']:.2f}" if row["ratio_gradient_floor"] is not None else "–"
             pk = f"{row['peak_mib_above_start']:.0f}" if row["peak_mib_above_start"] is not None else "–"
             print(f"{size:>4} {name:6} {row['ms_per_image']:9.2f} {grads:8.1f} {fwds:7.1f} {rg:>11} "
-                  f"{row['ratio_model_floor']:12.2f} {100 * row['success']:6.1f}% {pk:>8}", flush=True)
+                  f"{row['ratio_model_floor']:12.2f} {row['ratio_objective_floor']:10.2f} {100 * row['success']:6.1f}% "
+                  f"{pk:>8}", flush=True)
     return write_results(res, args.out)
 
 

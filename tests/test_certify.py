@@ -18,6 +18,7 @@ from spatialadv.certify import (
     brute_force_max,
     certify,
     dual_objective,
+    ellipsoid_constraints,
     flow_smoothness,
     neighbour_matrices,
     optimize_dual,
@@ -26,6 +27,7 @@ from spatialadv.certify import (
     sdp_dual_bound,
     sdp_exact,
     smoothness_gram,
+    spectral_start,
     weights_fingerprint,
 )
 from spatialadv.certify.lower_bound import (
@@ -79,7 +81,7 @@ def nets():
             ok = (mlp(te.x).argmax(1) == te.y) & (lin(te.x).argmax(1) == te.y)
         assert float((mlp(te.x).argmax(1) == te.y).float().mean()) > 0.9
         x, y = te.x[ok][:40].clone(), te.y[ok][:40].clone()
-        q = {m: pair_bounds(mlp, (1, 8, 8), method=m, dual_steps=200) for m in ("sdp", "spectral", "frobenius")}
+        q = {m: pair_bounds(mlp, (1, 8, 8), method=m, dual_steps=200) for m in ("sdp", "sdp-box", "spectral", "frobenius")}
         yield {"mlp": mlp, "lin": lin, "x": x, "y": y, "q": q}
     finally:
         torch.set_num_threads(threads)
@@ -210,6 +212,146 @@ def test_ritz_and_dual_objective_gradient():
     torch.autograd.gradcheck(lambda w_, d_, c_: dual_objective(w_, d_, lam, c_, u), (wq, dq, cq))
 
 
+# ---------------------------------------------------------------------------------- SDP with the ellipsoid's constraints
+def _random_net(seed: int, m: int, k: int, shape=(1, 6, 6)) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), m), nn.ReLU(), nn.Linear(m, k)).double()
+    return net.eval()
+
+
+@pytest.mark.parametrize("h, w, border, ridge", [(5, 7, "zeros", 0.0), (8, 8, "zeros", 0.3), (1, 4, "zeros", 0.0),
+                                                 (6, 5, "replicate", 0.1), (3, 3, "replicate", 2.0)])
+def test_ellipsoid_constraints_are_valid(h, w, border, ridge):
+    cons = ellipsoid_constraints((2, h, w), border=border, ridge=ridge)
+    g = smoothness_gram(h, w, border=border, ridge=ridge).toarray()
+    lam2 = box_half_widths(h, w, border=border, ridge=ridge) ** 2
+    # zeros: the min-eigenvalue and the torsion rows per channel; replicate: φ = 1/ridge is constant, only the first
+    kinds = ("min-eigenvalue", "torsion") if border == "zeros" and h * w > 1 else ("min-eigenvalue",)
+    assert cons.kind == kinds * 2 and cons.channel == tuple(c for c in (0, 1) for _ in kinds) and len(cons) == 2 * len(kinds)
+    assert torch.all(cons.level == 0.5)
+    for row, n, c in zip(cons.a.numpy(), cons.weights.numpy(), cons.channel):
+        # diag(n) ⪯ MᵀM: the torsion vector n = 1/φ (φ = (MᵀM)⁻¹1) and n = μ_min·1
+        assert np.all(n > 0) and np.linalg.eigvalsh(g - np.diag(n))[0] >= -1e-12 * np.abs(g).max()
+        assert np.allclose(row[c * h * w:(c + 1) * h * w], n * lam2) and not row[(1 - c) * h * w:(2 - c) * h * w].any()
+    if "torsion" in kinds:
+        n_t = cons.weights[1].numpy()
+        assert np.allclose(n_t, 1 / np.linalg.solve(g, np.ones(h * w)), rtol=1e-9)
+        assert not np.allclose(n_t, cons.weights[0].numpy())  # it adds information
+    # the constraint itself: Σ_p n_p (r_u,p² + r_v,p²) ≤ ‖M r‖² for random flows
+    rng = np.random.default_rng(0)
+    r = rng.standard_normal((50, 2, h * w)) * rng.uniform(0.1, 3, (50, 1, h * w))
+    quad = np.einsum("ncp,pq,ncq->n", r, g, r)
+    for n in cons.weights.numpy():
+        assert np.all((n * (r**2).sum(1)).sum(1) <= quad * (1 + 1e-12))
+    with pytest.raises(ValueError, match="border"):
+        ellipsoid_constraints((1, 4, 4), border="reflect")
+    with pytest.raises(ValueError, match="singular"):
+        ellipsoid_constraints((1, 4, 4), border="replicate")
+
+
+@pytest.mark.parametrize("seed, m, k, shape, border, ridge", [(0, 8, 3, (1, 6, 6), "zeros", 0.0),
+                                                              (1, 20, 10, (1, 6, 6), "zeros", 0.0),
+                                                              (2, 12, 5, (2, 4, 5), "zeros", 0.2),
+                                                              (3, 16, 4, (1, 6, 6), "replicate", 0.1)])
+def test_sdp_at_most_spectral_and_frobenius_on_random_nets(seed, m, k, shape, border, ridge):
+    net = _random_net(seed, m, k, shape)
+    kw = {"border": border, "ridge": ridge}
+    q = {meth: pair_bounds(net, shape, method=meth, dual_steps=40, **kw) for meth in ("sdp", "sdp-box", "spectral", "frobenius")}
+    off = ~torch.eye(k, dtype=torch.bool)
+    assert torch.all(q["sdp"] <= q["spectral"] * (1 + 1e-9)) and torch.all(q["sdp"] <= q["frobenius"] * (1 + 1e-9))
+    assert float((q["sdp"][off] / q["spectral"][off]).mean()) < 0.97  # strictly tighter on random nets
+    assert torch.all(q["sdp"][off] > 0) and torch.equal(q["sdp"], q["sdp"].T) and torch.all(q["sdp"].diagonal() == 0)
+    assert q["sdp"].method == "sdp" and q["sdp-box"].method == "sdp-box"
+    qmin = pair_bounds(net, shape, method="min", dual_steps=40, **kw)
+    assert torch.all(qmin <= q["sdp"]) and torch.all(qmin <= q["spectral"]) and torch.all(qmin >= q["sdp"] * (1 - 1e-9))
+    # the starting dual point alone is the spectral bound (min-eigenvalue branch), certified up to rounding
+    ch, h, w = shape
+    lam = torch.tensor(box_half_widths(h, w, border=border, ridge=ridge)).repeat(ch)
+    cons = ellipsoid_constraints(shape, **kw)
+    wd, v = net[1].weight.detach(), net[3].weight.detach()
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    dv = torch.stack([v[i] - v[j] for i, j in pairs])
+    c0, mu0, val0 = spectral_start(wd, dv, lam, cons)
+    bm = dv[:, :, None] * wd[None] * lam[None, None, :]
+    cert0 = sdp_dual_bound(bm, c0, mu=mu0, constraints=cons)
+    spec = torch.tensor([float(q["spectral"][i, j]) for i, j in pairs], dtype=torch.float64)
+    assert torch.all(cert0 <= spec * (1 + 1e-9)) and torch.all(val0 <= spec * (1 + 1e-9))
+    assert torch.all(cert0 >= val0 * (1 - 1e-9))
+
+
+def test_sdp_at_most_spectral_on_a_trained_net(nets):
+    q = nets["q"]
+    off = ~torch.eye(10, dtype=torch.bool)
+    for other in ("spectral", "frobenius"):
+        assert torch.all(q["sdp"] <= q[other] * (1 + 1e-9)), other
+    assert float((q["sdp"][off] / q["spectral"][off]).mean()) < 0.95
+    # the box alone is looser than the spectral bound on this net: why "sdp" adds the ellipsoid's constraints
+    assert float(q["sdp-box"][off].mean()) > float(q["spectral"][off].mean()) > float(q["sdp"][off].mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exact_sdp_with_constraints_vs_dual_and_feasible_points(seed):
+    shape, m = (1, 6, 6), 8
+    net = _random_net(10 + seed, m, 3, shape)
+    cons = ellipsoid_constraints(shape)
+    lam = torch.tensor(box_half_widths(6, 6))
+    wd, v = net[1].weight.detach(), net[3].weight.detach()
+    dv = torch.stack([v[0] - v[1], v[1] - v[2]])
+    bm = dv[:, :, None] * wd[None] * lam[None, None, :]
+    bound, c, mu = optimize_dual(wd, dv, lam, steps=100, constraints=cons)
+    assert c.shape == (2, m + 36) and mu.shape == (2, len(cons)) and torch.all(mu >= 0)
+    assert torch.allclose(sdp_dual_bound(bm, c, mu=mu, constraints=cons), bound)  # the returned point certifies the bound
+    gen = torch.Generator().manual_seed(seed)
+    a, level = cons.a.double(), cons.level.double()
+    for p in range(2):
+        exact = sdp_exact(bm[p], constraints=cons)
+        box = sdp_exact(bm[p])
+        assert exact <= box * (1 + 1e-6)                      # more constraints never increase the value
+        assert exact <= float(bound[p]) * (1 + 1e-6)          # the dual is an upper bound of the primal
+        assert float(bound[p]) <= exact * 1.03                # and a close one
+        # any dual point (c, μ ≥ 0) bounds the optimum from above
+        for _ in range(3):
+            rc = torch.randn(m + 36, generator=gen, dtype=torch.float64) * 3
+            rmu = torch.rand(len(cons), generator=gen, dtype=torch.float64) * 50
+            assert float(sdp_dual_bound(bm[p], rc, mu=rmu, constraints=cons)) >= exact * (1 - 1e-6)
+        # feasible points z = [s; α·sign(Bᵀs)], α the largest scale meeting the box and every constraint
+        best = -math.inf
+        for _ in range(200):
+            s = torch.randint(0, 2, (m,), generator=gen, dtype=torch.float64) * 2 - 1
+            t = torch.sign(bm[p].T @ s)
+            alpha = min(1.0, float(torch.sqrt(level / (a @ t**2)).min()))
+            z = torch.cat([s, alpha * t])
+            assert bool(torch.all(a @ z[m:] ** 2 <= level * (1 + 1e-12)))
+            best = max(best, 2 * float(s @ bm[p] @ (alpha * t)))
+        assert 0 < best <= exact * (1 + 1e-6)
+    with pytest.raises(ValueError, match="mu needs constraints"):
+        sdp_dual_bound(bm, c, mu=mu)
+    with pytest.raises(ValueError, match="mu must be finite and >= 0"):
+        sdp_dual_bound(bm, c, mu=-mu - 1, constraints=cons)
+    with pytest.raises(ValueError, match="mu must have shape"):
+        sdp_dual_bound(bm, c, mu=mu[:, :1], constraints=cons)
+    with pytest.raises(ValueError, match=r"constraints must have a \(k, 25\)"):
+        sdp_dual_bound(bm[:, :, :25], c[:, :m + 25], mu=mu, constraints=cons)
+    with pytest.raises(TypeError, match="EllipsoidConstraints"):
+        sdp_exact(bm[0], constraints=(cons.a, cons.level))
+
+
+def test_linear_model_sdp_with_constraints(nets):
+    lin = nets["lin"]
+    q = {meth: pair_bounds(lin, (1, 8, 8), method=meth) for meth in ("sdp", "sdp-box", "linear", "spectral", "frobenius")}
+    assert torch.equal(q["sdp-box"], q["linear"])  # the box SDP of a linear model is Eq. 16
+    for other in ("linear", "spectral", "frobenius"):
+        assert torch.all(q["sdp"] <= q[other] * (1 + 1e-9)), other
+    # a feasible point of the convex problem: x = α·1 scaled into the constraints, value 2ρΣ|v|λx ≤ Q
+    cons = ellipsoid_constraints((1, 8, 8))
+    lam = torch.tensor(box_half_widths(8, 8))
+    v = (lin[1].weight[3] - lin[1].weight[5]).detach().double()
+    b = v.abs() * lam
+    x = b / b.max()
+    x = x * min(1.0, float(torch.sqrt(cons.level / (cons.a @ x**2)).min()))
+    assert 0 < 2 * float((b * x).sum()) <= float(q["sdp"][3, 5])
+
+
 # ---------------------------------------------------------------------------------- bounds vs attacks
 def test_linear_bound_eq16_and_lower_bound_attack(nets):
     lin = nets["lin"]
@@ -232,7 +374,8 @@ def test_linear_bound_eq16_and_lower_bound_attack(nets):
 @pytest.mark.parametrize("eps", [0.2, 2.0])
 def test_lower_bound_attack_below_every_upper_bound(nets, eps):
     mlp = nets["mlp"]
-    qs = {m: pair_bounds(mlp, (1, 8, 8), method=m, input_range=(-1, 1), dual_steps=100) for m in ("sdp", "spectral", "frobenius")}
+    qs = {m: pair_bounds(mlp, (1, 8, 8), method=m, input_range=(-1, 1), dual_steps=100)
+          for m in ("sdp", "sdp-box", "spectral", "frobenius")}
     for pair in ((1, 0), (7, 2)):
         res = lower_bound_attack(mlp, (1, 8, 8), eps, pair=pair, iters=15)
         assert float(flow_smoothness(res.flow.double())) <= eps * (1 + 1e-6)

@@ -30,7 +30,12 @@ def test_certify_bounds_resumes_after_a_kill(cache, monkeypatch, capsys, one_thr
     assert main(BOUNDS + ["--out", str(fresh)]) == 0
     rep = json.loads((fresh / "report.json").read_text())
     normal = rep["results"]["fig5"]["variants"]["normal"]
-    assert set(normal["upper"]) == {"frobenius", "spectral", "sdp"} and len(normal["attack"]) == 3
+    assert set(normal["upper"]) == {"frobenius", "spectral", "sdp-box", "sdp"} and len(normal["attack"]) == 3
+    # the SDP with the ellipsoid's constraints is at most the spectral bound; the paper's box SDP is looser on this net
+    q = normal["q_pair"]
+    assert q["sdp"] <= q["spectral"] * (1 + 1e-9) and q["sdp"] <= q["frobenius"] and q["sdp-box"] > q["spectral"]
+    for i, e in enumerate((0.0, 0.01, 0.05)):  # so it certifies at least as much as the spectral bound at every ε
+        assert normal["upper"]["sdp"][i] <= normal["upper"]["spectral"][i], e
     assert normal["certified_broken"] == 0  # soundness on every stored example
     with ResultStore(fresh / "results.sqlite") as st:
         per_example = {r["attack"]: st.count(r["run_key"]) for r in st.runs()}
@@ -53,8 +58,8 @@ def test_certify_bounds_resumes_after_a_kill(cache, monkeypatch, capsys, one_thr
     done = []
     monkeypatch.setattr(certify_bounds, "certify", lambda *a, **k: done.append(1) or real(*a, **k))
     assert main(BOUNDS + ["--out", str(killed)]) == 0
-    # 3 bounds × 3 ε, one certify call per (bound, ε); the kill came after the first one was stored
-    assert len(calls) == 2 and len(done) == 3 * 3 - 1
+    # 4 bounds × 3 ε, one certify call per (bound, ε); the kill came after the first one was stored
+    assert len(calls) == 2 and len(done) == 4 * 3 - 1
     rep2 = json.loads((killed / "report.json").read_text())
     assert rep2["results"]["fig5"] == rep["results"]["fig5"] | {"variants": {"normal": {
         **normal, "q_time_s": rep2["results"]["fig5"]["variants"]["normal"]["q_time_s"]}}}
@@ -75,7 +80,8 @@ def test_certify_bounds_resumes_after_a_kill(cache, monkeypatch, capsys, one_thr
         assert j["ci95"] == pytest.approx(_clopper_pearson(k, 1000), abs=1e-12)
     wrong = sum(not (r["pred"] == r["label"] == r["clean_pred"]) for r in attacked)
     assert normal["attack_estimates"][2]["k"] == wrong and normal["attack"][2] == wrong / 12
-    assert "| normal | sdp | " in md and "fig5_upper_bounds.png" in rep["figures"]
+    assert "| normal | SDP (ellipsoid constraints, ours) | " in md and "fig5_upper_bounds.png" in rep["figures"]
+    assert "| normal | SDP over the Prop. 2 box (the paper's Eq. 9) | " in md and "Why two SDPs" in md
 
 
 def test_certify_stadv_tiny(cache, capsys, one_thread):

@@ -9,7 +9,8 @@ Lehigh University, 2018 ("the Nguyen thesis"), §4.
 * :mod:`~spatialadv.ops.flow_smoothness` (re-exported here) — the neighbour matrices M⁽ᵗ'ᵇ'ˡ'ʳ⁾,
   ``MᵀM`` (Prop. 1), box half-widths λ (Prop. 2), ℓ_diff of a flow: pure maths, shared with the flow threat models.
 * :mod:`~spatialadv.certify.bounds` — upper bounds (linear Eq. 16, Frobenius,
-  spectral, SDP exact and dual) and :func:`certify`.
+  spectral, SDP over the Prop. 2 box and SDP with the flow ellipsoid's constraints, exact and dual) and
+  :func:`certify`.
 * :mod:`~spatialadv.certify.lower_bound` — the lower-bound attack (Thms. 1-2,
   Algs. 1-2), evaluated on the true bilinear warp. The budget-restricted flow
   attack :class:`~spatialadv.attacks.SmoothFlowPGD` and stAdv with a τ binary
@@ -36,11 +37,13 @@ from ..ops.flow_smoothness import (
 from .bounds import (
     METHODS,
     Certificate,
+    EllipsoidConstraints,
     NetworkWeights,
     PairBounds,
     brute_force_max,
     certify,
     dual_objective,
+    ellipsoid_constraints,
     network_weights,
     optimize_dual,
     pair_bounds,
@@ -48,6 +51,7 @@ from .bounds import (
     ritz_top_eigen,
     sdp_dual_bound,
     sdp_exact,
+    spectral_start,
     weights_fingerprint,
 )
 from .lower_bound import (
@@ -76,7 +80,7 @@ from .smoothing import (
 )
 
 __all__ = ["METHODS", "Certificate", "NetworkWeights", "brute_force_max", "certify", "dual_objective", "network_weights",
-           "optimize_dual", "pair_bounds", "pair_matrices", "ritz_top_eigen", "sdp_dual_bound", "sdp_exact",
+           "EllipsoidConstraints", "ellipsoid_constraints", "spectral_start", "optimize_dual", "pair_bounds", "pair_matrices", "ritz_top_eigen", "sdp_dual_bound", "sdp_exact",
            "BORDERS", "box_half_widths", "flow_smoothness", "gram_inverse", "gram_inverse_sqrt", "neighbour_matrices",
            "smoothness_gram", "LowerBoundResult", "lower_bound_attack", "pair_margin_change",
            "rescale_to_budget", "warp_derivative", "PairBounds", "weights_fingerprint"]

@@ -173,9 +173,8 @@ def neumann_smoother(h: int, w: int, lam: float, *, spacing: tuple[float, float]
     approximation of L-BFGS (a Sobolev-gradient preconditioner): it changes
     the solver's path, not the objective.
 
-    On the CPU the eigenbasis is the orthonormal DCT-II (``scipy.fft.dctn``, in
-    the input's precision, float32 or float64); on other devices dense
-    eigenvector products in float64.
+    On the CPU the eigenbasis is the orthonormal DCT-II (``scipy.fft.dctn``); on
+    other devices dense eigenvector products; both in float64.
 
     Args:
         h: image height (pixels), ≥ 1.
@@ -235,7 +234,9 @@ def neumann_smoother(h: int, w: int, lam: float, *, spacing: tuple[float, float]
         scale64 = (1.0 / (1.0 + lam * (dct_eig(h)[:, None] / sv**2 + dct_eig(w)[None, :] / su**2))).numpy()
 
         def apply_dct(v: Tensor) -> Tensor:
-            z = v.detach().reshape(-1, 2, h, w).numpy()
+            # float64 whatever the input (as the dense path): the rounding to float32 then almost never differs
+            # from that of the exact product, so stAdv's iterates match the dense path's
+            z = v.detach().reshape(-1, 2, h, w).to(torch.float64).numpy()
             workers = torch.get_num_threads()  # torch's intra-op thread count, as the attack's other work
             c = scipy.fft.dctn(z, type=2, axes=(-2, -1), norm="ortho", workers=workers)
             c *= scale64.astype(c.dtype, copy=False)

@@ -57,6 +57,22 @@ def digits_model() -> Iterator[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def digits():
+    """The sklearn digits training split (8 × 8, 10 classes) as a :class:`~spatialadv.data.Dataset`."""
+    from spatialadv.data import DataSpec
+
+    return DataSpec("digits").train()
+
+
+def fc200_digits(seed: int = 0) -> nn.Module:
+    """A freshly initialised ``fc-200`` for 8 × 8 digits, built under ``torch.manual_seed(seed)``."""
+    from spatialadv.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model("fc-200", image_size=8)
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """Run a test with one intra-op torch thread (tiny tensors: OpenMP's

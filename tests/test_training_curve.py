@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import fc200_digits
 from spatialadv.cli import main
 from spatialadv.data import DataSpec
 from spatialadv.defenses import pgd_adversary
-from spatialadv.models import build_model
 from spatialadv.training import (
     ModelSpec,
     Objective,
@@ -21,15 +21,7 @@ from spatialadv.training import (
 )
 from spatialadv.training.loop import _holdout_split
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return DataSpec("digits").train()
-
-
-def _net(seed: int = 0):
-    torch.manual_seed(seed)
-    return build_model("fc-200", image_size=8)
+_net = fc200_digits
 
 
 def test_curve_patience_and_best_weights(digits, one_thread):

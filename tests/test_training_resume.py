@@ -6,21 +6,14 @@ import pytest
 import torch
 
 import spatialadv.training.loop as loop
+from conftest import fc200_digits
 from spatialadv.data import DataSpec
 from spatialadv.defenses import ensemble_adversary
 from spatialadv.models import build_model
 from spatialadv.training import ModelSpec, Objective, TrainConfig, TrainingParts, load_or_train, model_key, train_model
 from spatialadv.training.objectives import OBJECTIVES, register_objective
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return DataSpec("digits").train()
-
-
-def _net(seed: int = 0):
-    torch.manual_seed(seed)
-    return build_model("fc-200", image_size=8)
+_net = fc200_digits
 
 
 PGD = Objective("pgd-at", eps=0.2, steps=3, step_size=0.08, warmup=2)

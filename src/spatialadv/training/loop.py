@@ -125,7 +125,7 @@ def _load_resume(path: Path, fingerprint: dict) -> dict | None:
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors, numbers, lists and dicts only
         problem = None if isinstance(state, dict) and state.get("fingerprint") == fingerprint else \
             "it was written for another run (format, config, objective or process count)"
     except Exception as exc:  # noqa: BLE001 - any unreadable file is ignored the same way

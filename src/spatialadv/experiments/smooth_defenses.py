@@ -34,7 +34,7 @@ from ..attacks import FGSM, IFGSM, PGD, CarliniWagnerL2, SmoothCarliniWagnerL2, 
 from ..data import TRAIN_SIZES, DataSpec
 from ..defenses import BilateralFilter, Defended
 from ..eval import operating_characteristic, protocol_summary
-from ..eval.compare import Cell, Comparison, Metric, PaperValue, mean, rate
+from ..eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, mean, rate
 from ..eval.runner import make_pairs
 from ..training import ModelSpec, Objective, TrainConfig
 from ..viz import operating_characteristic_plot
@@ -209,7 +209,7 @@ def _fidelity(est: dict, transfer: dict, variants: dict, cfg: Config) -> list:
     if transfer:
         cmp = {}
         for a, t in transfer.items():
-            ll, bil = (_from_json(t[k]["estimates"]["P_suc"]) for k in ("ll-at", "bilateral"))
+            ll, bil = (Estimate.from_json(t[k]["estimates"]["P_suc"]) for k in ("ll-at", "bilateral"))
             cmp[a] = ll.order(bil)
         state = _state(list(cmp.values()))
         lines.append(f"- **{state}** — transferred attacks fool the adversarially trained model far less often than the "
@@ -233,16 +233,6 @@ def _variant_note(variants: dict, label: str, cfg: Config) -> str:
     v = variants.get(label)
     eps, epochs = (cfg.at_eps, cfg.epochs) if v is None else (v["eps"], v["epochs"])
     return f"training ε {eps:g}, {epochs} epoch{'s' if epochs != 1 else ''}"
-
-
-def _from_json(d: dict):
-    """An :class:`Estimate` back from its ``to_json`` form."""
-    from ..eval.compare import Estimate
-
-    low, high = d["ci95"]
-    nan = float("nan")
-    return Estimate(nan if d["value"] is None else d["value"], nan if low is None else low, nan if high is None else high,
-                    d["n"], d["method"], d.get("k"))
 
 
 def _summary(records: list[dict]) -> dict:

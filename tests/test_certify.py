@@ -14,12 +14,14 @@ from _contract import run_checked
 from spatialadv.attacks import SmoothFlowPGD, StAdv
 from spatialadv.certify import (
     PairBounds,
+    attained_margin_range,
     box_half_widths,
     brute_force_max,
     certify,
     dual_objective,
     ellipsoid_constraints,
     flow_smoothness,
+    network_weights,
     neighbour_matrices,
     optimize_dual,
     pair_bounds,
@@ -369,6 +371,48 @@ def test_linear_bound_eq16_and_lower_bound_attack(nets):
         assert res.margin >= res.history[0]  # refinement never loses the best
     with pytest.raises(ValueError, match="linear"):
         pair_bounds(nets["mlp"], (1, 8, 8), method="linear")
+
+
+def test_attained_margin_range_exact_on_linear_nets_and_attained_on_hidden(nets):
+    lin, mlp = nets["lin"], nets["mlp"]
+    v = (lin[1].weight[3] - lin[1].weight[5]).detach().double()
+    c = float(lin[1].bias[3] - lin[1].bias[5])
+    low, high = attained_margin_range(lin, (1, 8, 8), pair=(3, 5))
+    # a linear margin's range over [-1, 1]^D is ±‖v‖₁ around its bias, reached at the vertex sign(±v)
+    assert low == pytest.approx(c - float(v.abs().sum()), rel=1e-9) and high == pytest.approx(c + float(v.abs().sum()), rel=1e-9)
+    low, high = attained_margin_range(mlp, (1, 8, 8), pair=(1, 0), restarts=4)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.where(torch.rand(2000, 1, 8, 8, generator=gen) < 0.5, -1.0, 1.0)
+    with torch.no_grad():
+        z = mlp(x)
+    m = (z[:, 1] - z[:, 0]).double()
+    assert low <= float(m.min()) and high >= float(m.max())  # better than random vertices
+    # the values are attained (below the interval bound of the hidden net's range) and the lower bounds stay inside them
+    net = network_weights(mlp)
+    vv, W, b = (net.V[1] - net.V[0]).double(), net.W.double(), net.b.double()
+    l1 = W.abs().sum(1)
+    c = float(net.c[1] - net.c[0])
+    sup = float((vv.clamp_min(0) * (l1 + b).clamp_min(0)).sum() - (vv.clamp_max(0).abs() * (b - l1).clamp_min(0)).sum()) + c
+    inf = float((vv.clamp_min(0) * (b - l1).clamp_min(0)).sum() - (vv.clamp_max(0).abs() * (l1 + b).clamp_min(0)).sum()) + c
+    assert inf - 1e-9 <= low <= high <= sup + 1e-9
+    for eps in (0.5, 50.0):  # a flow of any size stays under the margin's range (interval bound) over the box
+        assert lower_bound_attack(mlp, (1, 8, 8), eps, pair=(1, 0), iters=5).margin <= sup - inf
+    with pytest.raises(ValueError, match="pair"):
+        attained_margin_range(mlp, (1, 8, 8), pair=(1, 1))
+
+
+def test_warps_keep_the_box_so_the_margin_range_caps_every_flow():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 2, 9, 9, generator=gen, dtype=torch.float64) * 2 - 1
+    flow = torch.randn(4, 2, 9, 9, generator=gen, dtype=torch.float64) * 5
+    y = flow_warp(x, flow)
+    assert y.min() >= -1 and y.max() <= 1
+
+
+def test_lower_bound_result_keeps_thm1_exact_value(nets):
+    res = lower_bound_attack(nets["mlp"], (1, 8, 8), 1.0, pair=(1, 0), iters=3)
+    assert res.margin_theorem_exact == res.history[0]
+    assert len(res.history) == 4
 
 
 @pytest.mark.parametrize("eps", [0.2, 2.0])

@@ -56,6 +56,7 @@ from .bounds import (
 )
 from .lower_bound import (
     LowerBoundResult,
+    attained_margin_range,
     lower_bound_attack,
     pair_margin_change,
     rescale_to_budget,
@@ -82,7 +83,7 @@ from .smoothing import (
 __all__ = ["METHODS", "Certificate", "NetworkWeights", "brute_force_max", "certify", "dual_objective", "network_weights",
            "EllipsoidConstraints", "ellipsoid_constraints", "spectral_start", "optimize_dual", "pair_bounds", "pair_matrices", "ritz_top_eigen", "sdp_dual_bound", "sdp_exact",
            "BORDERS", "box_half_widths", "flow_smoothness", "gram_inverse", "gram_inverse_sqrt", "neighbour_matrices",
-           "smoothness_gram", "LowerBoundResult", "lower_bound_attack", "pair_margin_change",
+           "smoothness_gram", "LowerBoundResult", "lower_bound_attack", "attained_margin_range", "pair_margin_change",
            "rescale_to_budget", "warp_derivative", "PairBounds", "weights_fingerprint"]
 __all__ += ["SmoothedClassifier", "SmoothingCertificate", "GridCertificate", "FlowCertificate", "SmoothingAugmentation",
             "lower_confidence_bound", "cohen_radius", "bilinear_box_deviation", "rotation_interpolation_bound",

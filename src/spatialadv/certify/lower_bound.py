@@ -46,7 +46,8 @@ from ..ops.warp import flow_warp
 from ..threats import FlowSmoothnessBall
 from .bounds import check_input_range, network_weights
 
-__all__ = ["warp_derivative", "LowerBoundResult", "lower_bound_attack", "rescale_to_budget", "pair_margin_change"]
+__all__ = ["warp_derivative", "LowerBoundResult", "lower_bound_attack", "rescale_to_budget", "pair_margin_change",
+           "attained_margin_range"]
 
 #: names moved to :mod:`spatialadv.attacks` (attacks sit below certify): deprecated aliases
 __getattr__ = moved(__name__, {"SmoothFlowPGD": "spatialadv.attacks"})
@@ -125,7 +126,8 @@ class LowerBoundResult:
         margin: exact ``Δ`` on the bilinear warp (float, logit units).
         margin_midpoint: the midpoint-rule estimate of Δ (Eq. 7/13) at (x*, r*).
         margin_theorem: the Thm. 1/2 value of the linearised model at the initialisation.
-        history: exact Δ after each outer iteration (Fig. 4).
+        history: exact Δ at the initialisation, then after each outer iteration (Fig. 4); ``history[0]`` is
+            :attr:`margin_theorem_exact`.
     """
 
     x: Tensor
@@ -134,6 +136,15 @@ class LowerBoundResult:
     margin_midpoint: float
     margin_theorem: float
     history: tuple[float, ...]
+
+    @property
+    def margin_theorem_exact(self) -> float:
+        """Exact ``Δ`` on the bilinear warp at Thm. 1's own ``(x*, r*)`` (float, logit units).
+
+        Thm. 1's value (:attr:`margin_theorem`) is that of the paper's linearised loss; compare Alg. 1's exact
+        :attr:`margin` with this one, not with it.
+        """
+        return self.history[0]
 
 
 def _to_box(z: Tensor, lo: float, hi: float) -> Tensor:
@@ -290,3 +301,68 @@ def lower_bound_attack(model: nn.Module, image_shape, eps: float, *, pair: tuple
     val, x, r = best
     return LowerBoundResult(x=x.float(), flow=r.float(), margin=val, margin_midpoint=midpoint_value(x, r),
                             margin_theorem=margin_theorem, history=tuple(history))
+
+
+def attained_margin_range(model: nn.Module, image_shape, *, pair: tuple[int, int] = (1, 0), input_range=(-1.0, 1.0),
+                          restarts: int = 8, iters: int = 100, seed: int = 0) -> tuple[float, float]:
+    """The lowest and highest ``z_i − z_j`` found over inputs in the box: a lower estimate of the margin's range.
+
+    Every bilinear warp with zero padding maps an image of the box into the box when the box holds 0 (each output
+    pixel is a convex combination of input pixels and zeros), so no flow of any size changes ``z_i − z_j`` by more
+    than ``sup − inf`` over the box: the lower bounds of :func:`lower_bound_attack` are capped by that range,
+    whatever ε. This returns values *attained* at vertices of the box (``(low, high)``, ``high − low ≤ sup − inf``):
+    from ``restarts`` random sign vectors, ``x ← vertex(sign ∇)`` with the ReLU pattern of the current x (the
+    coordinate-wise maximiser of the margin for that pattern, as Alg. 1's x update) until it repeats or ``iters``
+    rounds, for each direction.
+
+    Args:
+        model: one-hidden-layer or linear network (:func:`~spatialadv.certify.network_weights`).
+        image_shape: ``(C, H, W)``.
+        pair: ``(i, j)``.
+        input_range: the box ``(lo, hi)``, as in :func:`lower_bound_attack`.
+        restarts: random starting vertices per direction, int ≥ 1.
+        iters: most vertex updates per start, int ≥ 1.
+        seed: seed of the random starts.
+
+    Returns:
+        ``(low, high)`` floats (logit units).
+
+    Raises:
+        ValueError, TypeError: bad arguments or unsupported model.
+    """
+    check_int(restarts, "restarts")
+    check_int(iters, "iters")
+    check_input_range(input_range)
+    lo, hi = map(float, input_range)
+    net = network_weights(model)
+    k = net.V.shape[0]
+    i, j = pair
+    if not (0 <= i < k and 0 <= j < k and i != j):
+        raise ValueError(f"pair must be two different classes in [0, {k}), got {pair}")
+    dtype = torch.float64
+    v = (net.V[i] - net.V[j]).detach().to(dtype)
+    d = int(torch.tensor(image_shape).prod())
+    W = net.W.detach().to(dtype) if net.W is not None else None
+    b = net.b.detach().to(dtype) if net.b is not None else torch.zeros(W.shape[0] if W is not None else 0, dtype=dtype)
+    c = float(net.c[i] - net.c[j])
+    gen = torch.Generator().manual_seed(seed)
+
+    def f(x: Tensor) -> Tensor:  # (B, D) → (B,): z_i − z_j
+        return (x @ v if W is None else torch.relu(x @ W.T + b) @ v) + c
+
+    def grad(x: Tensor) -> Tensor:  # ∇ of f with the ReLU pattern of x frozen
+        return v.expand_as(x) if W is None else ((x @ W.T + b > 0).to(dtype) * v) @ W
+
+    out = []
+    for sign in (-1.0, 1.0):
+        x = torch.where(torch.rand(restarts, d, generator=gen, dtype=dtype) < 0.5, lo, hi).to(dtype)
+        best = f(x)
+        for _ in range(iters):
+            x_new = torch.where(sign * grad(x) > 0, hi, lo).to(dtype)
+            val = f(x_new)
+            best = torch.maximum(best, val) if sign > 0 else torch.minimum(best, val)
+            if torch.equal(x_new, x):
+                break
+            x = x_new
+        out.append(float(best.max() if sign > 0 else best.min()))
+    return out[0], out[1]

@@ -15,18 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, rate
 from ..viz.curves import Curve, Panel, curve_panels
 from .framework import Table
 
-__all__ = ["PAPER", "THESIS", "model_rows", "estimate", "models_comparison", "fig2_section", "fig5_section",
+__all__ = ["PAPER", "THESIS", "model_rows", "estimate", "models_comparison", "fig2_section", "lower_bound_samples_section",
+           "fig5_section",
            "fig6_section", "thesis_section", "gap_section"]
 
 #: What the papers report (figures without printed values are described in words).
 PAPER: dict[str, Any] = {
     "fig2": "provable defenses Fig. 2: Alg. 1 lower bounds grow roughly exponentially as ε goes from 0 to 7.84 (512-unit nets, "
             "normal/random/adversarially trained); Alg. 1 is well above the Thm. 1 initialisation. No values printed.",
+    "fig3": "provable defenses Figs. 3, 9, 10: samples of the benign input x* and adversarial input g(r*; x*) Alg. 1 finds, "
+            "with their flow r*, for the normal (Fig. 3), random (Fig. 9: ε = 0.05, 0.5, 5) and adversarially trained "
+            "(Fig. 10) nets. Images only.",
+    "fig4": "provable defenses Fig. 4: Alg. 1 typically converges fast under varied networks and ε. No values printed.",
     "fig5": "provable defenses Fig. 5: all upper bounds are loose — the bounded 0/1 adversarial loss reaches 1 by ε ≈ 0.1 for every "
             "variant; the SDP bound is slightly tighter than Frobenius/spectral on f_sdp. No values printed.",
     "fig6": "provable defenses Fig. 6: f_sdp lowers the stAdv success rate by ≈ 0.1 and raises adversarial accuracy by ≈ 0.08 "
@@ -82,25 +88,155 @@ def models_comparison(models: dict, paper: dict[str, PaperValue] | None = None, 
 
 
 # ------------------------------------------------------------------------------------------------ certify-bounds
+def _growth(rows: list[dict]) -> list[float | None]:
+    """Local growth exponent p of Alg. 1's exact Δ between consecutive ε (Δ ∝ ε^p): None for the first or a Δ ≤ 0."""
+    out: list[float | None] = [None]
+    for a, b in zip(rows, rows[1:]):
+        ok = a["alg1"] > 0 and b["alg1"] > 0 and b["eps"] > a["eps"] > 0
+        out.append(math.log(b["alg1"] / a["alg1"]) / math.log(b["eps"] / a["eps"]) if ok else None)
+    return out
+
+
 def fig2_section(f2: dict, out: Path) -> tuple[list, list[str]]:
-    """Fig. 2: the lower bounds (Thm. 1, Alg. 1) beside the upper bounds per ε — blocks and figure names."""
+    """Fig. 2: the lower bounds (Thm. 1, Alg. 1; exact and linearised) beside the upper bounds per ε, and their growth."""
     figures = []
+    ranges = f2.get("range", {})
     if f2["variants"]:
-        curves = []
+        curves, lin = [], []
         for v, rows in f2["variants"].items():
             eps = [r["eps"] for r in rows]
             curves += [Curve(eps, [r["alg1"] for r in rows], f"{v}: Alg. 1 (exact Δ)", "o-"),
                        Curve(eps, [r["thm1"] for r in rows], f"{v}: Thm. 1 (linearised)", "x--")]
-        p = curve_panels([Panel("", "ε (ℓ_diff budget)", f"lower bound on Δ(z_{f2['pair'][0]} − z_{f2['pair'][1]})",
-                                curves, logy=True)], out / "fig2_lower_bounds.png", size=(6.0, 4.0))
+            if all("thm1_exact" in r for r in rows):
+                curves.append(Curve(eps, [r["thm1_exact"] if r["thm1_exact"] > 0 else math.nan for r in rows],
+                                    f"{v}: Thm. 1 (exact Δ at its x*, r*)", "+:"))
+            lin += [Curve(eps, [r["alg1"] for r in rows], f"{v}: Alg. 1 (exact Δ)", "o-"),
+                    Curve(eps, [r["upper_sdp"] for r in rows], f"{v}: SDP upper bound", "--")]
+            if v in ranges:
+                lin.append(Curve([eps[0], eps[-1]], [ranges[v]["high"] - ranges[v]["low"]] * 2,
+                                 f"{v}: attained range of the margin", ":"))
+        pair = f"Δ(z_{f2['pair'][0]} − z_{f2['pair'][1]})"
+        p = curve_panels([Panel("log scale", "ε (ℓ_diff budget)", f"lower bound on {pair}", curves, logy=True),
+                          Panel("linear scale, with the upper bounds", "ε (ℓ_diff budget)", pair, lin,
+                                ylim=(0.0, 1.15 * max(max(r["alg1"] for r in rs) for rs in f2["variants"].values())
+                                      + 1.15 * max([rg["high"] - rg["low"] for rg in ranges.values()] or [0.0])))],
+                         out / "fig2_lower_bounds.png", size=(6.0, 4.2), columns=2)
         figures.append(p.name)
-    rows = [[v, r["eps"], f"{r['thm1']:.3g}", f"{r['alg1_midpoint']:.3g}", f"{r['alg1']:.3g}", f"{r['upper_sdp']:.3g}",
-             f"{r['upper_spectral']:.3g}"] for v, rs in f2["variants"].items() for r in rs]
+    rows = []
+    for v, rs in f2["variants"].items():
+        for r, g in zip(rs, _growth(rs)):
+            te = r.get("thm1_exact")
+            rows.append([v, r["eps"], f"{r['thm1']:.3g}", "–" if te is None else f"{te:.3g}", f"{r['alg1_midpoint']:.3g}",
+                         f"{r['alg1']:.3g}", "–" if g is None else f"{g:.2f}", f"{r['alg1'] / r['upper_sdp']:.3f}",
+                         f"{r['upper_sdp']:.3g}", f"{r['upper_spectral']:.3g}"])
     blocks: list = ["## Fig. 2 — lower bounds (Alg. 1) vs ε", f"Paper: {PAPER['fig2']}",
-              Table(["net", "ε", "Thm. 1 (linearised)", "Alg. 1 midpoint", "Alg. 1 exact Δ", "SDP upper", "spectral upper"],
-                    rows, f"Ours: class pair {f2['pair']}, inputs x* in [−1, 1] (as the paper), exact Δ on the bilinear "
-                    "warp; upper bounds for the same box (ρ = 2) beside them. One network and one optimised input per "
-                    "cell: no sampling, no interval.")]
+                    Table(["net", "ε", "Thm. 1 (linearised)", "Thm. 1 (exact Δ)", "Alg. 1 midpoint", "Alg. 1 exact Δ",
+                           "growth p", "Alg. 1 ÷ SDP upper", "SDP upper", "spectral upper"],
+                          rows, f"Ours: class pair {f2['pair']}, inputs x* in [−1, 1] (as the paper); 'exact Δ' is the "
+                          "margin change on the bilinear warp, 'linearised' the paper's first-order model (Thm. 1's "
+                          "value), 'midpoint' Eq. 7's estimate at Alg. 1's (x*, r*); growth p is the local exponent of "
+                          "Alg. 1's exact Δ ∝ ε^p from the previous ε; upper bounds (2ε·Q, linear in ε) for the same box; the "
+                          "figure's log panel leaves out Thm. 1's negative exact values. One network and one optimised input per cell: no sampling, no interval.")]
+    blocks += _growth_text(f2)
+    return blocks, figures
+
+
+def _growth_text(f2: dict) -> list:
+    """The measured reading of Fig. 2: growth exponents, exact against linearised, the margin's range."""
+    ranges = f2.get("range", {})
+    parts = []
+    for v, rs in f2["variants"].items():
+        g = [x for x in _growth(rs) if x is not None]
+        if len(rs) < 2 or not g:
+            continue
+        lo, hi = rs[0], rs[-1]
+        txt = (f"{v}: p = {g[0]:.2f} from ε = {lo['eps']:g} to {rs[1]['eps']:g}, {g[-1]:.2f} from {rs[-2]['eps']:g} to "
+               f"{hi['eps']:g}; Alg. 1 reaches {hi['alg1'] / hi['upper_sdp']:.1%} of the SDP upper bound at ε = "
+               f"{hi['eps']:g} ({lo['alg1'] / lo['upper_sdp']:.1%} at {lo['eps']:g})")
+        if v in ranges:
+            span = ranges[v]["high"] - ranges[v]["low"]
+            txt += f"; the margin's attained range over the box is {span:.3g}, and Alg. 1's Δ at ε = {hi['eps']:g} is {hi['alg1'] / span:.0%} of it"
+        if "thm1_exact" in hi:
+            txt += (f"; exact Δ at Thm. 1's own (x*, r*): {lo['thm1_exact']:.3g} at ε = {lo['eps']:g} and "
+                    f"{hi['thm1_exact']:.3g} at {hi['eps']:g} (linearised: {lo['thm1']:.3g} and {hi['thm1']:.3g})")
+        parts.append(txt + ".")
+    if not parts:
+        return []
+    mid = [abs(r["alg1_midpoint"] - r["alg1"]) / abs(r["alg1"]) for rs in f2["variants"].values() for r in rs if r["alg1"]]
+    thm = [r["thm1_exact"] / r["thm1"] for rs in f2["variants"].values() for r in rs if "thm1_exact" in r and r["thm1"] > 0]
+    return ["**Growth, measured.** " + " ".join(parts) + " Exponential growth would need p to rise with ε; a p near 1 "
+            "means Δ linear in ε, as the first-order model predicts, and p below 1 a bend. Two facts bound the curve: "
+            "every exact Δ is at most the certified 2ε·Q (linear in ε), and no flow of any size changes the margin by "
+            "more than its range over the box [−1, 1]^D, because a bilinear warp with zero padding keeps an input in that "
+            "box (each output pixel is a convex combination of input pixels and 0)."
+            + (f" Alg. 1's midpoint estimate (Eq. 7) differs from its exact Δ by at most {max(mid):.1%}, so the shape is "
+               "not an artefact of the midpoint rule." if mid else "")
+            + (" The paper's 'Alg. 1 well above Thm. 1' compares an exact value with a linearised one. Thm. 1's "
+               "linearisation (Dg(0; x) = diag(x)) is not the bilinear warp's derivative: on the real warp its own "
+               f"(x*, r*) gives between {min(thm):.2f} and {max(thm):.2f} times its linearised value"
+               + (", so compared exactly, Alg. 1's gain over Thm. 1 is larger than the linearised comparison shows."
+                  if max(thm) < 1 else ".") if thm else "")]
+
+
+def lower_bound_samples_section(f2: dict, samples: dict, shape: tuple, out: Path) -> tuple[list, list[str]]:
+    """Figs. 3, 9, 10 (Alg. 1's x*, g(r*; x*), r*) and Fig. 4 (Alg. 1's convergence), from the stored results."""
+    from ..ops import flow_warp
+    from ..viz import flow_quiver
+
+    blocks: list = []
+    figures: list[str] = []
+    fig_of = {"normal": "Fig. 3", "random": "Fig. 9", "stadv-at": "Fig. 10"}
+    shown = (0.05, 0.5, 5.0)
+    for v, by_eps in samples.items():
+        eps = [e for e in shown if e in by_eps] or sorted(by_eps)[:3]
+        panels = []
+        for e in eps:
+            x = torch.tensor(by_eps[e][0], dtype=torch.float64).view(1, *shape)
+            fl = torch.tensor(by_eps[e][1], dtype=torch.float64).view(1, 2, *shape[1:])
+            xa = flow_warp(x, fl)
+            panels.append((((x[0] + 1) / 2).numpy(), ((xa[0] + 1) / 2).numpy(), fl[0].numpy(), f"g(r*; x*), ε = {e:g}"))
+        p = flow_quiver(panels, out / f"lower_bound_samples_{v}.png")
+        figures.append(p.name)
+    if samples:
+        blocks += [f"## {', '.join(fig_of.get(v, v) for v in samples)} — the inputs and flows Alg. 1 finds",
+                   f"Paper: {PAPER['fig3']}",
+                   "Ours: per net, the benign input x* (left; [−1, 1] shown as black to white), the adversarial input "
+                   "g(r*; x*) and the flow r* drawn over it (arrows from each pixel to where it samples; arrows under "
+                   "0.05 px omitted), at ε = " + ", ".join(f"{e:g}" for e in shown) + " where stored: "
+                   + ", ".join(f"{fig_of.get(v, v)}: `lower_bound_samples_{v}.png`" for v in samples) + ". x* is a "
+                   "vertex of the box (Alg. 1's sign update), not a natural image, as in the paper's figures."]
+    hist = {v: rs for v, rs in f2["variants"].items() if all(r.get("history") for r in rs)}
+    if hist:
+        conv: list[Panel] = []
+        rows = []
+        lows: list[float] = []
+        reach: list[int] = []
+        for v, rs in hist.items():
+            curves = []
+            for r in rs:
+                h, best = r["history"], max(r["history"])
+                curves.append(Curve(list(range(len(h))), [a / best if best > 0 else math.nan for a in h], f"ε = {r['eps']:g}", ".-"))
+                k90 = next(k for k, a in enumerate(h) if a >= 0.9 * best) if best > 0 else None
+                after = min(h[k90:]) / best if k90 is not None else None
+                rows.append([v, r["eps"], f"{h[0]:.3g}", f"{h[1]:.3g}" if len(h) > 1 else "–", f"{best:.3g}",
+                             "–" if k90 is None else k90, "–" if after is None else f"{after:.2f}", len(h) - 1])
+                if after is not None and k90 is not None:
+                    lows.append(after)
+                    reach.append(k90)
+            conv.append(Panel(v, "outer iteration (0: Thm. 1's start)", "exact Δ ÷ best Δ", curves, ylim=(-0.1, 1.05)))
+        p = curve_panels(conv, out / "fig4_convergence.png", size=(3.4, 3.2))
+        figures.append(p.name)
+        blocks += ["## Fig. 4 — convergence of Alg. 1", f"Paper: {PAPER['fig4']}",
+                   Table(["net", "ε", "exact Δ at start (Thm. 1)", "after 1 iteration", "best", "iterations to 90 % of best",
+                          "lowest after that ÷ best", "iterations run"], rows,
+                         "Ours: exact Δ after each outer iteration (x refinement, then the flow update of Eq. 8); one "
+                         "run per cell, no interval.")]
+        if lows:
+            blocks.append(f"**Convergence, measured.** Every cell reaches 90 % of its best Δ within {max(reach)} outer "
+                          f"iterations (median {int(np.median(reach))}), as the paper says: fast. It does not settle: "
+                          f"after that the exact Δ moves between {min(lows):.2f} and 1 times the best. Each step maximises "
+                          "the midpoint model with the ReLU pattern frozen, not the exact Δ, so a step can lose; "
+                          "the lower bound reported is the best iterate, so the bound itself never drops.")
     return blocks, figures
 
 

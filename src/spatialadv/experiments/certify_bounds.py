@@ -1,4 +1,4 @@
-"""``spatialadv reproduce certify-bounds``: lower bounds vs ε (Fig. 2) and upper bounds on the 0/1 loss (Fig. 5).
+"""``spatialadv reproduce certify-bounds``: lower bounds vs ε (Figs. 2-4, 9, 10) and upper bounds on the 0/1 loss (Fig. 5).
 
 *Provable Defenses against Spatially Transformed Adversarial Inputs: Impossibility and Possibility Results*
 (ICLR 2019 submission), on MNIST-5k with the one-hidden-layer fc-500 training variants
@@ -23,12 +23,19 @@ from dataclasses import dataclass
 import torch
 
 from ..attacks import SmoothFlowPGD
-from ..certify import certify, lower_bound_attack, pair_bounds
+from ..certify import attained_margin_range, certify, lower_bound_attack, pair_bounds
 from ..data import DataSpec
 from ..eval.compare import rate
 from ..eval.runner import make_pairs
 from ..training import TrainConfig, certify_spec
-from ._certify_report import PAPER, fig2_section, fig5_section, model_rows, models_comparison
+from ._certify_report import (
+    PAPER,
+    fig2_section,
+    fig5_section,
+    lower_bound_samples_section,
+    model_rows,
+    models_comparison,
+)
 from .framework import MAX_THREADS, AttackRun, Experiment, Report, TaskRun, option
 
 __all__ = ["Config", "PAPER", "VARIANTS", "plan", "report", "EXPERIMENTS"]
@@ -56,7 +63,8 @@ class Config:
     pair: tuple[int, int] = option((1, 0), "class pair (i, j) of Fig. 2", minimum=0, maximum=9)
     eps_upper: tuple[float, ...] = option((0.0, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1),
                                           "ℓ_diff budgets of Fig. 5", minimum=0.0, maximum=1e6)
-    eps_lower: tuple[float, ...] = option((0.05, 0.1, 0.5, 1.0, 2.0, 4.0, 7.84), "ℓ_diff budgets of Fig. 2", minimum=0.0, maximum=1e6)
+    eps_lower: tuple[float, ...] = option((0.05, 0.1, 0.5, 1.0, 2.0, 4.0, 5.0, 7.84),
+                                          "ℓ_diff budgets of Fig. 2 (0.05, 0.5 and 5 are those of Figs. 3, 9 and 10)", minimum=0.0, maximum=1e6)
     threads: int = option(1, "torch intra-op threads (small tensors: more threads only add overhead)", minimum=1,
                          maximum=MAX_THREADS)
 
@@ -89,8 +97,15 @@ def _lower_bounds(model, shape, pair, items: list[str]) -> dict:
     out = {}
     for it in items:
         r = lower_bound_attack(model, shape, float(it), pair=tuple(pair), input_range=(-1.0, 1.0))
-        out[it] = {"alg1": r.margin, "alg1_midpoint": r.margin_midpoint, "thm1": r.margin_theorem, "history": list(r.history)}
+        out[it] = {"alg1": r.margin, "alg1_midpoint": r.margin_midpoint, "thm1": r.margin_theorem,
+                   "thm1_exact": r.margin_theorem_exact, "history": list(r.history),
+                   "x": [round(float(a), 6) for a in r.x.flatten()], "flow": [round(float(a), 6) for a in r.flow.flatten()]}
     return out
+
+
+def _margin_range(model, shape, pair, items: list[str]) -> dict:
+    low, high = attained_margin_range(model, shape, pair=tuple(pair), input_range=(-1.0, 1.0))
+    return {"range": {"low": low, "high": high}}
 
 
 def plan(cfg: Config, ctx):
@@ -125,9 +140,12 @@ def plan(cfg: Config, ctx):
                                     info["key"], test.x, test.y, f"mnist-test-seed{cfg.seed}", pairs, "untargeted",
                                     tags={"kind": "attack", "eps": e}, batch_size=n_att)
         if v in FIG2:
-            yield TaskRun(v, "lower bound", {"pair": list(cfg.pair), "input_range": [-1.0, 1.0]}, info["key"],
-                          [repr(e) for e in cfg.eps_lower], functools.partial(_lower_bounds, model, shape, cfg.pair),
-                          tags={"kind": "lower"}, batch_size=1)
+            # "stores": a new key, so lower bounds stored before x*, r* and Thm. 1's exact Δ were kept are recomputed
+            yield TaskRun(v, "lower bound", {"pair": list(cfg.pair), "input_range": [-1.0, 1.0], "stores": "x-flow"},
+                          info["key"], [repr(e) for e in cfg.eps_lower],
+                          functools.partial(_lower_bounds, model, shape, cfg.pair), tags={"kind": "lower"}, batch_size=1)
+            yield TaskRun(v, "margin range", {"pair": list(cfg.pair), "input_range": [-1.0, 1.0]}, info["key"], ["range"],
+                          functools.partial(_margin_range, model, shape, cfg.pair), tags={"kind": "range"}, batch_size=1)
 
 
 def report(cfg: Config, results) -> Report:
@@ -166,24 +184,36 @@ def report(cfg: Config, results) -> Report:
             entry["attack_ci95"].append(est.to_json()["ci95"])
             entry["attack_estimates"].append(est.to_json())
         fig5[v] = entry
-    fig2 = {}
+    fig2: dict = {}
+    samples: dict = {}
+    ranges: dict = {}
     for v in [v for v in FIG2 if v in cfg.variants]:
         run = results.get(v, "lower bound")
         if run is None or not q.get((v, "sdp")) or not q.get((v, "spectral")):
             continue
         q_sdp, q_spe = q[(v, "sdp")]["Q"][i][j], q[(v, "spectral")]["Q"][i][j]
-        fig2[v] = [{"eps": float(k), **val, "upper_sdp": 2 * float(k) * q_sdp, "upper_spectral": 2 * float(k) * q_spe}
-                   for k, val in run.items().items()]
+        rows = []
+        for k, val in sorted(run.items().items(), key=lambda kv: float(kv[0])):
+            val = dict(val)
+            x, flow = val.pop("x", None), val.pop("flow", None)
+            if x is not None and flow is not None:
+                samples.setdefault(v, {})[float(k)] = (x, flow)
+            rows.append({"eps": float(k), **val, "upper_sdp": 2 * float(k) * q_sdp, "upper_spectral": 2 * float(k) * q_spe})
+        fig2[v] = rows
+        rr = results.get(v, "margin range")
+        if rr is not None and rr.items().get("range"):
+            ranges[v] = rr.items()["range"]
     pgd_runs = results.find(attack="SmoothFlowPGD")
     n_att = len(pgd_runs[0].records()) if pgd_runs else 0
     res = {"models": models, "fig5": {"eps": list(cfg.eps_upper), "variants": fig5, "n_certify": 1000, "n_attack": n_att},
-           "fig2": {"pair": list(cfg.pair), "variants": fig2}}
+           "fig2": {"pair": list(cfg.pair), "variants": fig2, "range": ranges}}
     out = results.out
     b2, f2 = fig2_section(res["fig2"], out)
+    b3, f3 = lower_bound_samples_section(res["fig2"], samples, tuple(results.data("mnist", "test", cfg.seed).x.shape[1:]), out)
     b5, f5 = fig5_section(res["fig5"], res["fig2"], out)
-    blocks: list = ["## Models", models_comparison(models), *b2, *b5]
-    return Report("Certificates against smooth flows — lower bounds (Fig. 2) and upper bounds (Fig. 5)", blocks,
-                  {"paper": PAPER, "results": res}, f2 + f5)
+    blocks: list = ["## Models", models_comparison(models), *b2, *b3, *b5]
+    return Report("Certificates against smooth flows — lower bounds (Figs. 2-4, 9, 10) and upper bounds (Fig. 5)", blocks,
+                  {"paper": PAPER, "results": res}, f2 + f3 + f5)
 
 
 EXPERIMENTS = [

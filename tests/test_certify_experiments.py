@@ -88,7 +88,8 @@ def test_certify_stadv_tiny(cache, capsys, one_thread):
     out = cache / "cs"
     args = ["reproduce", "certify-stadv", "--out", str(out), "--variants", "normal", "sdp", "--epochs", "1", "--n", "6",
             "--n-thesis", "6", "--taus", "0", "0.05", "--max-iter", "3", "--thesis-max-iter", "3", "--search-steps", "1",
-            "--flow-budgets", "7", "250", "--gap-budgets", "400", "--gap-check-budgets", "250", "--quiet"]
+            "--flow-budgets", "7", "250", "--gap-budgets", "400", "--gap-check-budgets", "250", "--gap-iters", "2",
+            "--gap-train-sizes", "200", "--quiet"]
     assert main(args) == 0
     rep = json.loads((out / "report.json").read_text())
     fig6 = rep["results"]["fig6"]["variants"]
@@ -99,8 +100,15 @@ def test_certify_stadv_tiny(cache, capsys, one_thread):
     gap = rep["results"]["thesis"]["gap"]  # the measured explanation of the gap: τ range and training strength
     assert set(gap["tau"]) == {"normal@250.0", "sdp@250.0"} and set(gap["strength"]) == {"sdp-strong@250.0"}
     assert gap["tau_range"] == [0.0, 10.0] and gap["eps_train"] == 0.1
+    # attack strength (fewer L-BFGS steps) and training-set size (the same recipe on 200 images), per net and budget
+    assert set(gap["iters"]) == {"normal@250.0@2", "sdp@250.0@2"}
+    assert set(gap["size"]) == {"normal@250.0@200", "sdp@250.0@200"} and gap["base_train_size"] == 4000
+    assert {"normal-n200", "sdp-n200"} <= set(rep["results"]["models"])
+    for t in thesis.values():  # three ways of counting the same runs: each at least as permissive as ours where it must be
+        assert t["successes"] <= t["target_reached_any_lflow"] <= t["n"] and 0 <= t["misclassified_within_budget"] <= t["n"]
     md = (out / "report.md").read_text()
     assert "Fig. 6" in md and "seed 00" not in md and "Why our counts differ" in md and "Training strength" in md
+    assert "**Counting.**" in md and "**Attack strength.**" in md and "**Training-set size.**" in md
     # the thesis table: our success rates, recomputed from the stored records, beside the thesis' counts at budget 7
     table = next(c for c in rep["comparisons"] if c["keys"] == ["L_flow budget"])
     rows = {r["L_flow budget"]: r for r in table["rows"]}

@@ -41,7 +41,7 @@ TINY: dict[str, dict] = {
                            eps_upper=(0.0, 0.05), eps_lower=(0.1,)),
     "certify-stadv": dict(variants=("normal", "sdp"), epochs=1, n=6, n_thesis=6, taus=(0.0, 0.05), max_iter=3,
                           thesis_max_iter=3, search_steps=1, flow_budgets=(250.0,), gap_budgets=(400.0,),
-                          gap_check_budgets=(250.0,)),
+                          gap_check_budgets=(250.0,), gap_iters=(2,), gap_train_sizes=(200,)),
     "certify-smoothing": dict(datasets=("mnist",), n=4, epochs=1, n0=16, samples=40, predict_samples=40, max_angle=4.0,
                               angle_budgets=(0.0, 2.0, 4.0), max_shift=1, flow_deltas=(0.0, 0.01), pgd_steps=2),
     "attention-maps": dict(datasets=("mnist",), n=2, figure_images=1, epochs=1, max_train=300, cw_steps=3),

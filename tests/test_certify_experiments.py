@@ -94,6 +94,11 @@ def test_certify_stadv_tiny(cache, capsys, one_thread):
     rep = json.loads((out / "report.json").read_text())
     fig6 = rep["results"]["fig6"]["variants"]
     assert set(fig6) == {"normal", "sdp"} and all(len(v["rows"]) == 2 for v in fig6.values())
+    # Fig. 6 at equal τ per unit of logit margin: the sdp net at τ × (its median margin ÷ the normal net's), τ > 0 only
+    (norm,) = fig6["sdp"]["normalised_rows"]
+    ratio = fig6["sdp"]["median_logit_margin"] / fig6["normal"]["median_logit_margin"]
+    assert norm["tau_normal"] == 0.05 and norm["tau"] == pytest.approx(0.05 * ratio, rel=1e-9)
+    assert fig6["normal"]["normalised_rows"] == []
     thesis = rep["results"]["thesis"]["variants"]
     assert set(thesis) == {f"{v}@{b}" for v in ("normal", "sdp") for b in (7.0, 250.0, 400.0)}
     assert all(t["n"] == 6 for t in thesis.values())

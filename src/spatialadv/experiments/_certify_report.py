@@ -304,8 +304,22 @@ def fig6_section(f6: dict, out: Path) -> tuple[list, list[str]]:
             curves.append(Curve(taus, [r[key] for r in e["rows"]], v, "o-", [c[0] for c in ci], [c[1] for c in ci]))
         rows += [[v, r["tau"], estimate(r["success_estimate"]), estimate(r["adv_accuracy_estimate"])] for r in e["rows"]]
         vrows.append([v, estimate(e["clean_accuracy_subset_estimate"]), f"{e.get('median_logit_margin', math.nan):.2f}"])
-    p = curve_panels([Panel("", "τ", "stAdv success rate", success), Panel("", "τ", "accuracy on stAdv inputs", accuracy)],
-                     out / "fig6_stadv_vs_tau.png", size=(4.5, 3.6))
+    norm_curves, norm_rows = [], []
+    for v, e in f6["variants"].items():
+        zero = [(r["tau"], r["success_rate"], r["success_rate_ci95"]) for r in e["rows"] if r["tau"] == 0]  # same on all
+        pts = sorted([(r["tau"], r["success_rate"], r["success_rate_ci95"]) for r in e["rows"]] if v == "normal" else
+                     zero + [(r["tau_normal"], r["success_estimate"]["value"], r["success_estimate"]["ci95"])
+                             for r in e.get("normalised_rows", [])])
+        if pts and (v == "normal" or e.get("normalised_rows")):
+            norm_curves.append(Curve([p_[0] for p_ in pts], [p_[1] for p_ in pts], v, "o-", [p_[2][0] for p_ in pts],
+                                     [p_[2][1] for p_ in pts]))
+        norm_rows += [[v, r["tau_normal"], f"{r['tau']:.4g}", estimate(r["success_estimate"]),
+                       estimate(r["adv_accuracy_estimate"])] for r in sorted(e.get("normalised_rows", []), key=lambda r: r["tau"])]
+    panels = [Panel("equal τ", "τ", "stAdv success rate", success), Panel("equal τ", "τ", "accuracy on stAdv inputs", accuracy)]
+    if norm_rows:
+        panels.append(Panel("equal τ per unit of logit margin", "τ × (normal net's margin ÷ the net's)", "stAdv success rate",
+                            norm_curves))
+    p = curve_panels(panels, out / "fig6_stadv_vs_tau.png", size=(4.5, 3.6))
     blocks: list = ["## Fig. 6 — untargeted stAdv vs τ", f"Paper: {PAPER['fig6']}",
               Table(["variant", "clean accuracy (subset)", "median clean logit margin"], vrows,
                     f"The first {f6['n']} test images. The median clean logit margin is shown because stAdv's τ weighs "
@@ -315,6 +329,13 @@ def fig6_section(f6: dict, out: Path) -> tuple[list, list[str]]:
               Table(["variant", "τ", "success rate", "adversarial accuracy"], rows,
                     f"StAdv(τ, max_iter={f6['max_iter']}) on the first {f6['n']} test images; success among correctly "
                     "classified images, adversarial accuracy over all images.", formats=[(0, False)] * 2 + [(3, False)] * 2)]
+    if norm_rows:
+        blocks += ["**Fig. 6 at equal τ per unit of logit margin.** Each net attacked at τ × (its median clean logit "
+                   "margin ÷ the normal net's), so that τ weighs L_flow against the same fraction of a typical margin on "
+                   "every net (the normal net's rows above are its own reference):",
+                   Table(["variant", "normal net's τ", "τ used", "success rate", "adversarial accuracy"], norm_rows,
+                         f"StAdv(τ, max_iter={f6['max_iter']}) on the same {f6['n']} test images.",
+                         formats=[(0, False)] * 3 + [(3, False)] * 2)]
     return blocks, [p.name]
 
 

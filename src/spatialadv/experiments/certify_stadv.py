@@ -61,6 +61,8 @@ class Config:
                                  "the thesis searches [0, 1000])", above=0.0, maximum=1e6)
     gap_eps_train: float = option(0.1, "SDP training strength ε_train of a more strongly SDP-trained net (thesis gap: "
                                   "training strength; the sdp variant uses 0.02)", minimum=0.0)
+    fig6_normalised: bool = option(True, "also run Fig. 6 at each net's margin-normalised τ: τ × (its median clean logit "
+                                   "margin ÷ the normal net's), equal τ per unit of logit margin")
     gap_iters: tuple[int, ...] = option((10, 20), "L-BFGS steps per τ-search run of the attack-strength check (thesis gap: "
                                         "the thesis' iteration limit is unstated; ours 60)", minimum=1)
     gap_train_sizes: tuple[int, ...] = option((1000, 2000), "training images of the data-size check (thesis gap: the "
@@ -102,14 +104,30 @@ def plan(cfg: Config, ctx):
     n = min(cfg.n, len(test))
     pairs = make_pairs(torch.arange(n), test.y, test.num_classes, "untargeted")
     nets = {}
+    median_margin = {}
     for v in cfg.variants:
         model, info = ctx.model(v, certify_spec(v, data, tc))
         nets[v] = (model, info)
-        yield TaskRun(v, "logit margin", {}, info["key"], [str(i) for i in range(n)], functools.partial(_margins, model, test.x),
-                      tags={"kind": "margin"}, batch_size=n)
+        task = TaskRun(v, "logit margin", {}, info["key"], [str(i) for i in range(n)],
+                       functools.partial(_margins, model, test.x), tags={"kind": "margin"}, batch_size=n)
+        yield task
+        with torch.no_grad():
+            ok = (model(test.x[:n]).argmax(1) == test.y[:n]).tolist()
+        m = ctx.store.items(task.key())
+        median_margin[v] = float(np.median([m[str(i)] for i in range(n) if ok[i]])) if any(ok) else float("nan")
         for tau in cfg.taus:
             yield AttackRun(v, "stAdv", model, pixel_stadv(tau, cfg.max_iter), info["key"], test.x, test.y, data_key,
                             pairs, "untargeted", tags={"kind": "fig6", "tau": tau}, batch_size=n)
+    ref = median_margin.get("normal", float("nan"))
+    if cfg.fig6_normalised and np.isfinite(ref) and ref > 0:
+        for v, (model, info) in nets.items():
+            scale = median_margin[v] / ref
+            if v == "normal" or not np.isfinite(scale) or scale <= 0:
+                continue
+            for tau in [t for t in cfg.taus if t > 0]:  # τ = 0 is the same attack on every net: its run above
+                yield AttackRun(v, "stAdv", model, pixel_stadv(tau * scale, cfg.max_iter), info["key"], test.x, test.y,
+                                data_key, pairs, "untargeted", tags={"kind": "fig6-norm", "tau": tau * scale,
+                                                                      "tau_normal": tau}, batch_size=n)
     nt = min(cfg.n_thesis, len(test))
     target = thesis_targets(test.y[:nt], cfg.seed)
     tpairs = [(i, int(t)) for i, t in enumerate(target.tolist())]
@@ -168,10 +186,16 @@ def report(cfg: Config, results) -> Report:
                          "adv_accuracy_ci95": est["robust_accuracy"].to_json()["ci95"],
                          "success_estimate": est["P_suc"].to_json(),
                          "adv_accuracy_estimate": est["robust_accuracy"].to_json()})
+        norm_rows = []
+        for r in results.find(v, "stAdv", kind="fig6-norm"):
+            est = r.estimates()
+            norm_rows.append({"tau": r.tags["tau"], "tau_normal": r.tags["tau_normal"],
+                              "success_estimate": est["P_suc"].to_json(),
+                              "adv_accuracy_estimate": est["robust_accuracy"].to_json()})
         mrun = results.get(v, "logit margin")
         margins = mrun.items() if mrun else {}
         ok = [str(r["idx"]) for r in recs0 if r["clean_pred"] == r["label"]]
-        fig6[v] = {"rows": rows, "clean_accuracy_subset": len(ok) / len(recs0) if recs0 else float("nan"),
+        fig6[v] = {"rows": rows, "normalised_rows": norm_rows, "clean_accuracy_subset": len(ok) / len(recs0) if recs0 else float("nan"),
                    "clean_accuracy_subset_estimate": rate(len(ok), len(recs0)).to_json(),
                    "median_logit_margin": float(np.median([margins[i] for i in ok if i in margins])) if ok else float("nan")}
     thesis: dict = {}

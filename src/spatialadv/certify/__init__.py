@@ -64,6 +64,7 @@ from .lower_bound import (
 )
 from .smoothing import (
     FlowCertificate,
+    FlowSmoothedClassifier,
     GridCertificate,
     SmoothedClassifier,
     SmoothingAugmentation,
@@ -85,7 +86,7 @@ __all__ = ["METHODS", "Certificate", "NetworkWeights", "brute_force_max", "certi
            "BORDERS", "box_half_widths", "flow_smoothness", "gram_inverse", "gram_inverse_sqrt", "neighbour_matrices",
            "smoothness_gram", "LowerBoundResult", "lower_bound_attack", "attained_margin_range", "pair_margin_change",
            "rescale_to_budget", "warp_derivative", "PairBounds", "weights_fingerprint"]
-__all__ += ["SmoothedClassifier", "SmoothingCertificate", "GridCertificate", "FlowCertificate", "SmoothingAugmentation",
+__all__ += ["SmoothedClassifier", "FlowSmoothedClassifier", "SmoothingCertificate", "GridCertificate", "FlowCertificate", "SmoothingAugmentation",
             "lower_confidence_bound", "cohen_radius", "bilinear_box_deviation", "rotation_interpolation_bound",
             "translation_interpolation_bound", "flow_linf_bound", "certify_rotation", "certify_translation",
             "exhaustive_translation", "certify_flow"]

@@ -54,7 +54,7 @@ from ..ops.affine import affine_flow, affine_warp, rotation_translation_theta
 from ..ops.warp import flow_warp
 from ..threats.base import example_generator
 
-__all__ = ["SmoothedClassifier", "SmoothingCertificate", "GridCertificate", "FlowCertificate", "lower_confidence_bound",
+__all__ = ["SmoothedClassifier", "FlowSmoothedClassifier", "SmoothingCertificate", "GridCertificate", "FlowCertificate", "lower_confidence_bound",
            "cohen_radius", "bilinear_box_deviation", "rotation_interpolation_bound", "translation_interpolation_bound",
            "flow_linf_bound", "certify_grid", "certify_rotation", "certify_translation", "exhaustive_translation",
            "certify_flow", "rotation_cells", "FP_SLACK", "SmoothingAugmentation"]
@@ -225,12 +225,16 @@ class SmoothedClassifier:
 
     # -------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def _counts_many(self, zs: Tensor, num: int, gens: list[torch.Generator]) -> Tensor:
+    def _counts_many(self, zs: Tensor, num: int, gens: list[torch.Generator], *,
+                     noise_shape: tuple[int, ...] | None = None,
+                     make: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
         """Class counts ``(K, num_classes)`` of ``num`` noisy copies of each ``zs[k]`` drawn from ``gens[k]``.
 
         Each image's noise is drawn in chunks of ``batch_size`` from its own
         generator, independent of the other images; chunks are packed into
-        forward passes of about ``batch_size`` samples.
+        forward passes of about ``batch_size`` samples. ``make(k, noise)`` turns
+        a chunk of standard normal noise ``(m, *noise_shape)`` into the model's
+        inputs for example k (default: ``zs[k] + σ·noise``, noise of ``zs[k]``'s shape).
         """
         k_img = zs.shape[0]
         counts = torch.zeros(k_img, self.num_classes, dtype=torch.int64)
@@ -249,12 +253,15 @@ class SmoothedClassifier:
             counts.index_put_((owner, pred), torch.ones_like(pred), accumulate=True)
             buf, owners, filled = [], [], 0
 
-        shape = tuple(zs.shape[1:])
+        shape = tuple(zs.shape[1:]) if noise_shape is None else tuple(noise_shape)
+        if make is None:
+            def make(k: int, noise: Tensor) -> Tensor:
+                return zs[k] + self.sigma * noise
         for k in range(k_img):
             for s in range(0, num, self.batch_size):
                 m = min(self.batch_size, num - s)
                 noise = torch.randn((m, *shape), generator=gens[k], dtype=zs.dtype).to(zs.device)
-                buf.append(zs[k] + self.sigma * noise)
+                buf.append(make(k, noise))
                 owners.append(torch.full((m,), k, dtype=torch.int64))
                 filled += m
                 if filled >= self.batch_size:
@@ -336,14 +343,7 @@ class SmoothedClassifier:
             TypeError, ValueError: bad arguments.
         """
         alpha = _check_alpha(alpha)
-        c = self.counts(x, n, seed=seed, index=index, stream=(2,))
-        top2 = c.topk(2, dim=1)
-        out = torch.full((c.shape[0],), _ABSTAIN, dtype=torch.int64)
-        for i in range(c.shape[0]):
-            na, nb = int(top2.values[i, 0]), int(top2.values[i, 1])
-            if na > 0 and binomtest(na, na + nb, 0.5).pvalue <= alpha:
-                out[i] = int(top2.indices[i, 0])
-        return out
+        return _predict_from_counts(self.counts(x, n, seed=seed, index=index, stream=(2,)), alpha)
 
     def certify(self, x: Tensor, *, n0: int = 100, n: int = 10_000, alpha: float = 0.001, seed: int = 0,
                 index: Tensor | None = None, stream: tuple[int, ...] = ()) -> SmoothingCertificate:
@@ -373,17 +373,33 @@ class SmoothedClassifier:
         check_int(n, "n", minimum=1)
         alpha = _check_alpha(alpha)
         sel = self.counts(x, n0, seed=seed, index=index, stream=(*stream, 0))
-        c_hat = sel.argmax(1)
         est = self.counts(x, n, seed=seed, index=index, stream=(*stream, 1))
-        k = est.gather(1, c_hat[:, None])[:, 0].numpy()
-        p = lower_confidence_bound(k, n, alpha)
-        r = cohen_radius(p, self.sigma)
-        pred = torch.where(torch.from_numpy(p > 0.5), c_hat, torch.full_like(c_hat, _ABSTAIN))
-        return SmoothingCertificate(pred, torch.from_numpy(p), torch.from_numpy(r), torch.from_numpy(k).to(torch.int64))
+        return _certify_from_counts(sel, est, n, alpha, self.sigma)
 
     def max_radius(self, n: int, alpha: float) -> float:
         """The largest radius ``n`` estimation samples can certify at confidence ``alpha`` (all ``n`` votes for one class)."""
         return float(cohen_radius(lower_confidence_bound(n, n, alpha), self.sigma))
+
+
+def _predict_from_counts(c: Tensor, alpha: float) -> Tensor:
+    """PREDICT's decision from class counts ``(B, K)``: the top class if it wins the binomial test at α, else −1."""
+    top2 = c.topk(2, dim=1)
+    out = torch.full((c.shape[0],), _ABSTAIN, dtype=torch.int64)
+    for i in range(c.shape[0]):
+        na, nb = int(top2.values[i, 0]), int(top2.values[i, 1])
+        if na > 0 and binomtest(na, na + nb, 0.5).pvalue <= alpha:
+            out[i] = int(top2.indices[i, 0])
+    return out
+
+
+def _certify_from_counts(sel: Tensor, est: Tensor, n: int, alpha: float, sigma: float) -> SmoothingCertificate:
+    """CERTIFY's outcome from selection counts ``(B, K)`` and ``n`` independent estimation counts ``(B, K)``."""
+    c_hat = sel.argmax(1)
+    k = est.gather(1, c_hat[:, None])[:, 0].numpy()
+    p = lower_confidence_bound(k, n, alpha)
+    r = cohen_radius(p, sigma)
+    pred = torch.where(torch.from_numpy(p > 0.5), c_hat, torch.full_like(c_hat, _ABSTAIN))
+    return SmoothingCertificate(pred, torch.from_numpy(p), torch.from_numpy(r), torch.from_numpy(k).to(torch.int64))
 
 
 # ------------------------------------------------------------------------------------------------ interpolation bounds
@@ -1074,6 +1090,157 @@ def certify_flow(smoothed: SmoothedClassifier, x: Tensor, deltas, *, n0: int = 6
     return FlowCertificate(cert.prediction, cert.radius, deltas, bounds, ok)
 
 
+# ------------------------------------------------------------------------------------------------ flow-space smoothing
+class FlowSmoothedClassifier(SmoothedClassifier):
+    """Smoothing in flow space: ``G_x(ψ) = argmax_c P_{φ ~ N(0, σ² I)}(f(flow_warp(x, ψ + φ)) = c)``.
+
+    The noise ``φ`` is a flow ``(2, H, W)`` in pixels, i.i.d. Gaussian per
+    component; the base classifier ``f`` receives ``flow_warp(x, ψ + φ)``
+    (:func:`~spatialadv.ops.flow_warp`, bilinear, zero padding): one warp of
+    the clean image ``x`` at the summed flow, so no interpolation error enters.
+    CERTIFY and PREDICT are Cohen et al.'s (ICML 2019, Algorithm 1, Theorem 1)
+    applied to the classifier ``ψ ↦ f(flow_warp(x, ψ))`` of the flow: the
+    certified radius ``R = σ Φ⁻¹(p_A)`` is an L2 radius **in flow space**
+    (pixels, over all ``2·H·W`` components). Source: Alfarra, Bibi, Khan, Torr
+    & Ghanem, "DeformRS: Certifying Input Deformations with Randomized
+    Smoothing", AAAI 2022 (DeformRS-VF, the vector-field smoothed classifier and
+    its L2 certificate).
+
+    Guarantee of :meth:`certify` at ``flow = ψ`` (default 0): with probability
+    ≥ 1 − α over the samples, ``G_x(ψ + e) = c`` for every flow ``e``
+    ``(2, H, W)`` with ``‖e‖₂ < R``. At ``ψ = 0``: every image
+    ``flow_warp(x, e)`` with ``‖e‖₂ < R`` is classified ``c`` **by the
+    defender who smooths around the clean x in flow space**, i.e. who is given
+    ``(x, e)`` and evaluates ``G_x(e)``.
+
+    Convention:
+        Flows in pixels, channel 0 horizontal (along W), channel 1 vertical
+        (along H), output pixel ``p`` samples ``p + flow(p)``
+        (:func:`~spatialadv.ops.flow_warp`); σ and radii are L2 over all
+        ``2·H·W`` flow components, in pixels. The warped image is not clipped
+        (bilinear interpolation of a [0, 1] image stays in [0, 1]).
+        What the certificate does **not** cover: the flow-smoothed classifier
+        applied to a received image ``z = flow_warp(x, e)`` is
+        ``G_z(0) = argmax P(f(flow_warp(flow_warp(x, e), φ)))``, and
+        ``flow_warp(flow_warp(x, e), φ) ≠ flow_warp(x, e + φ)`` (warps do not
+        compose additively: the second warp samples the first at displaced
+        points, and bilinear resampling twice blurs), so ``G_z(0)`` may
+        differ from the certified ``G_x(e)``; no bound on that difference is
+        claimed here. Nor does it cover images that are not a warp of ``x``
+        (pixel noise, clipping), nor flows with ``‖e‖₂ ≥ R`` however small
+        their ‖·‖∞ (``‖e‖₂ ≤ √(2HW)·‖e‖_∞``, so the L∞ radius it implies is
+        ``R / √(2HW)``).
+
+    Args:
+        model: base classifier ``f``, ``(B, C, H, W)`` → logits ``(B, K)``; its mode is not changed.
+        sigma: flow noise σ > 0, pixels.
+        num_classes: K.
+        batch_size: as :class:`SmoothedClassifier`.
+        forward_batch: as :class:`SmoothedClassifier`.
+
+    Raises:
+        TypeError, ValueError: as :class:`SmoothedClassifier`; at sampling time also a ``flow`` that is not
+            a float tensor ``(B, 2, H, W)`` of ``x``'s dtype with finite values.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> g = FlowSmoothedClassifier(net, sigma=0.5, num_classes=3)
+        >>> g.certify(torch.rand(2, 1, 4, 4), n0=8, n=20).radius.shape
+        torch.Size([2])
+    """
+
+    def _flow(self, x: Tensor, flow: Tensor | None) -> Tensor:
+        b, _, h, w = x.shape
+        if flow is None:
+            return torch.zeros(b, 2, h, w, dtype=x.dtype, device=x.device)
+        if not isinstance(flow, Tensor) or not flow.is_floating_point():
+            raise TypeError(f"flow must be a float tensor (B, 2, H, W) in pixels, got {type(flow).__name__}")
+        if tuple(flow.shape) != (b, 2, h, w):
+            raise ValueError(f"flow must have shape (B, 2, H, W) = {(b, 2, h, w)} (pixels), got {tuple(flow.shape)}")
+        if flow.dtype != x.dtype:
+            raise TypeError(f"flow has dtype {flow.dtype} but x has {x.dtype}; convert one of them")
+        if not bool(torch.isfinite(flow).all()):
+            raise ValueError("flow must be finite (pixels), got NaN or inf")
+        return flow.detach().to(x.device)
+
+    def counts(self, x: Tensor, num: int, *, flow: Tensor | None = None, seed: int = 0, index: Tensor | None = None,
+               stream: tuple[int, ...] = (0,)) -> Tensor:
+        """Counts of each class among ``f(flow_warp(x_i, ψ_i + φ_j))``, ``j = 1..num``: ``(B, num_classes)`` int64.
+
+        Args:
+            x: ``(B, C, H, W)`` in [0, 1].
+            num: samples per image, int ≥ 1.
+            flow: ``(B, 2, H, W)`` centre flows ψ in pixels (default zero).
+            seed: int ≥ 0.
+            index: per-example identities (default positions).
+            stream: extra ints appended to each generator key.
+
+        Raises:
+            TypeError, ValueError: bad images, flows, ``num``, ``seed`` or ``index``.
+        """
+        check_int(num, "num", minimum=1)
+        check_int(seed, "seed", minimum=0)
+        x = check_images(x)
+        psi = self._flow(x, flow)
+        x, rows = self._prepare(x, index)
+        gens = [example_generator(seed, [*row, *stream]) for row in rows]
+        c, h, w = x.shape[1:]
+        sigma = self.sigma
+
+        def make(k: int, noise: Tensor) -> Tensor:
+            return flow_warp(x[k : k + 1].expand(noise.shape[0], c, h, w), psi[k] + sigma * noise)
+
+        return self._counts_many(x, num, gens, noise_shape=(2, h, w), make=make)
+
+    def predict(self, x: Tensor, n: int, alpha: float = 0.001, *, flow: Tensor | None = None, seed: int = 0,
+                index: Tensor | None = None) -> Tensor:
+        """PREDICT (Cohen et al. 2019, Algorithm 1) of ``G_x(ψ)``: ``(B,)`` int64, −1 where abstained.
+
+        Args:
+            x: ``(B, C, H, W)`` in [0, 1].
+            n: samples, int ≥ 1.
+            alpha: in (0, 1).
+            flow: ``(B, 2, H, W)`` ψ in pixels (default zero).
+            seed: as :meth:`counts` (stream ``(2,)``).
+            index: as :meth:`counts`.
+
+        Raises:
+            TypeError, ValueError: bad arguments.
+        """
+        alpha = _check_alpha(alpha)
+        return _predict_from_counts(self.counts(x, n, flow=flow, seed=seed, index=index, stream=(2,)), alpha)
+
+    def certify(self, x: Tensor, *, flow: Tensor | None = None, n0: int = 100, n: int = 10_000, alpha: float = 0.001,
+                seed: int = 0, index: Tensor | None = None, stream: tuple[int, ...] = ()) -> SmoothingCertificate:
+        """CERTIFY (Cohen et al. 2019, Algorithm 1) of ``G_x`` at ``ψ``: radius in flow space (L2, pixels).
+
+        With probability ≥ 1 − α: ``G_x(ψ + e) = prediction`` for every ``‖e‖₂ < radius`` (see the class
+        docstring for what this covers and what it does not).
+
+        Args:
+            x: ``(B, C, H, W)`` in [0, 1].
+            flow: ``(B, 2, H, W)`` ψ in pixels (default zero: certify around the clean image).
+            n0: selection samples, int ≥ 1.
+            n: estimation samples, int ≥ 1.
+            alpha: in (0, 1).
+            seed: int ≥ 0.
+            index: per-example identities (default positions).
+            stream: extra ints in the generator keys (selection ``(*stream, 0)``, estimation ``(*stream, 1)``).
+
+        Returns:
+            :class:`SmoothingCertificate` with ``radius`` in flow-space L2 pixels.
+
+        Raises:
+            TypeError, ValueError: bad images, flows, ``n0``, ``n``, ``alpha``, ``seed`` or ``index``.
+        """
+        check_int(n0, "n0", minimum=1)
+        check_int(n, "n", minimum=1)
+        alpha = _check_alpha(alpha)
+        sel = self.counts(x, n0, flow=flow, seed=seed, index=index, stream=(*stream, 0))
+        est = self.counts(x, n, flow=flow, seed=seed, index=index, stream=(*stream, 1))
+        return _certify_from_counts(sel, est, n, alpha, self.sigma)
+
+
 # ------------------------------------------------------------------------------------------------ training
 class SmoothingAugmentation:
     """Draws from the smoothing distribution for training: a random rotation and translation, then Gaussian noise.
@@ -1081,7 +1248,9 @@ class SmoothingAugmentation:
     ``x_aug = T_{θ, tx, ty}(x) + σ ε`` with ``θ ~ U[−rotation, rotation]`` degrees, ``tx, ty ~ U[−translation,
     translation]`` pixels (independent per image), ``ε ~ N(0, I)``; ``T`` is
     :func:`~spatialadv.ops.affine_warp` of :func:`~spatialadv.ops.rotation_translation_theta` (bilinear, zero padding),
-    the warp the certificates are stated for. Training the base classifier on this distribution is what makes the
+    the warp the certificates are stated for. With ``flow_sigma`` > 0 the image is first warped by a Gaussian flow,
+    ``flow_warp(x, φ)`` with ``φ ~ N(0, flow_sigma² I)`` ``(2, H, W)`` pixels: the distribution of
+    :class:`FlowSmoothedClassifier` (DeformRS, Alfarra et al. AAAI 2022, train their base models on it). Training the base classifier on this distribution is what makes the
     smoothed classifier accurate (Gaussian data augmentation: Cohen et al. 2019, §4; transformation augmentation:
     TSS, Li et al. ACM CCS 2021, §6).
 
@@ -1090,14 +1259,19 @@ class SmoothingAugmentation:
 
     Args:
         sigma: noise level σ ≥ 0. rotation: degrees ≥ 0. translation: pixels ≥ 0. seed: int ≥ 0.
+        flow_sigma: Gaussian flow noise, pixels ≥ 0 (0: none, and no draw is made, so the other draws are
+            those of a generator without it).
     """
 
-    def __init__(self, *, sigma: float, rotation: float = 0.0, translation: float = 0.0, seed: int = 0):
-        for name, v in (("sigma", sigma), ("rotation", rotation), ("translation", translation)):
+    def __init__(self, *, sigma: float, rotation: float = 0.0, translation: float = 0.0, seed: int = 0,
+                 flow_sigma: float = 0.0):
+        for name, v in (("sigma", sigma), ("rotation", rotation), ("translation", translation),
+                        ("flow_sigma", flow_sigma)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number ≥ 0, got {v!r}")
         check_int(seed, "seed", minimum=0)
         self.sigma, self.rotation, self.translation = float(sigma), float(rotation), float(translation)
+        self.flow_sigma = float(flow_sigma)
         self.gen = torch.Generator().manual_seed(int(seed) + 7919)
 
     @torch.no_grad()
@@ -1110,6 +1284,10 @@ class SmoothingAugmentation:
             theta = rotation_translation_theta(u[0] * self.rotation, u[1] * self.translation, u[2] * self.translation,
                                                dtype=x.dtype, device=x.device)
             out = affine_warp(x, theta, units="pixels")
+        if self.flow_sigma > 0:
+            b, _, h, w = x.shape
+            phi = self.flow_sigma * torch.randn((b, 2, h, w), generator=self.gen, dtype=x.dtype).to(x.device)
+            out = flow_warp(out, phi)
         if self.sigma > 0:
             out = out + self.sigma * torch.randn(x.shape, generator=self.gen, dtype=x.dtype).to(x.device)
         return out

@@ -56,6 +56,9 @@ as ``Objective(name, **options)`` (options and their defaults in brackets):
                 distribution: rotation U[±``rotation``°], translation U[±``translation`` px], + N(0, ``sigma``²)
                 (``sigma`` = 0.25, ``rotation`` = 30, ``translation`` = 3, ``aug_weight`` = 1);
                 :class:`spatialadv.certify.smoothing.SmoothingAugmentation`.
+``flow-noise``  as ``smoothing`` with x_aug = ``flow_warp(x, φ)``, φ ~ N(0, ``sigma``²) per flow component
+                (pixels; ``sigma`` = 0.5): the distribution of
+                :class:`spatialadv.certify.smoothing.FlowSmoothedClassifier` (DeformRS, Alfarra et al. 2022).
 ==============  ===============================================================================
 
 The certificate objectives (``random`` … ``stadv-at``) are the training
@@ -208,6 +211,11 @@ def _smoothing(model, data, config, options) -> TrainingParts:
     return TrainingParts(adversary=aug, adv_weight=options["aug_weight"])
 
 
+def _flow_noise(model, data, config, options) -> TrainingParts:
+    aug = SmoothingAugmentation(sigma=0.0, flow_sigma=options["sigma"], seed=config.seed)
+    return TrainingParts(adversary=aug, adv_weight=options["aug_weight"])
+
+
 def _stadv_at(model, data, config, options) -> TrainingParts:
     pen = StAdvPoolPenalty(data, lam_r=options["lam_r"], tau=options["tau"], refresh=options["refresh"],
                            pool_size=options["pool_size"], seed=config.seed)
@@ -247,6 +255,10 @@ register_objective("smoothing", _smoothing, description="CE on the smoothing dis
                    "+ Gaussian noise (Cohen et al. 2019; TSS, Li et al. 2021)",
                    options={"sigma": OptionSpec(0.25, float, **_NONNEG), "rotation": OptionSpec(30.0, float, 0.0, 180.0),
                             "translation": OptionSpec(3.0, float, **_NONNEG), "aug_weight": OptionSpec(1.0, float, 0.0, 1.0)})
+register_objective("flow-noise", _flow_noise, description="CE on warps by a Gaussian flow, the flow-space "
+                   "smoothing distribution (DeformRS, Alfarra et al. 2022; sigma in pixels)",
+                   options={"sigma": OptionSpec(0.5, float, 0.0, low_open=True),
+                            "aug_weight": OptionSpec(1.0, float, 0.0, 1.0)})
 
 
 #: variant name → (architecture, objective name), see the module docstring.

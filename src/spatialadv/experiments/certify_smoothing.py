@@ -337,9 +337,9 @@ def _rescue_items(rot: dict, max_angle: float) -> list[str]:
 def plan(cfg: Config, ctx):
     """Per dataset: train (or load) the base models, then the certificate, empirical and limit tasks, per example.
 
-    Order (MNIST): rotation certificate, flow-space certificate, empirical checks, the rotation limits (re-certification
-    with more samples; base models trained for fewer epochs), integer shifts, pixel-space flow certificate, exact
-    shifts of f. An interrupted job keeps what it stored and resumes.
+    Order (MNIST): flow-space certificate (the cheapest), rotation certificate, empirical checks, the rotation
+    limits (re-certification with more samples; base models trained for fewer epochs), integer shifts, pixel-space
+    flow certificate, exact shifts of f. An interrupted job keeps what it stored and resumes.
     """
     common = {"sigma": cfg.sigma, "n0": cfg.n0, "samples": cfg.samples, "alpha": cfg.alpha, "seed": cfg.seed}
     rot_conf = {"max_angle": cfg.max_angle, "bound_fraction": cfg.bound_fraction, "refine": cfg.refine,
@@ -347,18 +347,8 @@ def plan(cfg: Config, ctx):
     for ds in cfg.datasets:
         test = ctx.data(ds, "test", cfg.seed)
         data = f"{ds}-test-seed{cfg.seed}"
-        model, info = ctx.model(ds, _spec(cfg, ds))
-        g = SmoothedClassifier(model, sigma=cfg.sigma, num_classes=test.num_classes)
         n = min(cfg.n, len(test))
         items = [str(i) for i in range(n)]
-
-        def certify(kind: str, extra: dict):
-            return TaskRun(ds, f"certify {kind}", {**common, **extra, "data": data}, info["key"], items,
-                           _timed(functools.partial(_certify_task, kind, g, model, test.x, test.y, cfg)),
-                           tags={"kind": kind}, batch_size=10)
-
-        rotation = certify("rotation", rot_conf)
-        yield rotation
         fmodel, finfo = ctx.model(f"{ds}/flow-noise", _spec(cfg, ds, flow=True))
         gf = FlowSmoothedClassifier(fmodel, sigma=cfg.flow_sigma, num_classes=test.num_classes)
         yield TaskRun(ds, "certify flow-space", {"flow_sigma": cfg.flow_sigma, "n0": cfg.n0, "samples": cfg.flow_samples,
@@ -367,6 +357,16 @@ def plan(cfg: Config, ctx):
                                                  "data": data}, finfo["key"], items,
                       _timed(functools.partial(_flow_space_task, gf, fmodel, test.x, test.y, cfg)),
                       tags={"kind": "flow-space"}, batch_size=50)
+        model, info = ctx.model(ds, _spec(cfg, ds))
+        g = SmoothedClassifier(model, sigma=cfg.sigma, num_classes=test.num_classes)
+
+        def certify(kind: str, extra: dict):
+            return TaskRun(ds, f"certify {kind}", {**common, **extra, "data": data}, info["key"], items,
+                           _timed(functools.partial(_certify_task, kind, g, model, test.x, test.y, cfg)),
+                           tags={"kind": kind}, batch_size=10)
+
+        rotation = certify("rotation", rot_conf)
+        yield rotation
         conf = {**common, "max_angle": cfg.max_angle, "max_shift": cfg.max_shift, "deltas": list(cfg.flow_deltas),
                 "predict_samples": cfg.predict_samples, "pgd_steps": cfg.pgd_steps, "stadv_tau": cfg.stadv_tau,
                 "stadv_steps": cfg.stadv_steps, "data": data}

@@ -528,6 +528,8 @@ def _flow_space_blocks(cfg: Config, fs: dict, ds: str) -> list:
         v = e[k]
         return "–" if v is None else v.format(d, pct=pct)
 
+    z = _max_z(cfg.flow_samples, cfg.alpha)
+    cap, need = cfg.flow_sigma * z, med["stadv_l2"] / z
     rows = [["accuracy of G's base model f on the clean images (%)", _est(fs["clean_f"]).format(1, pct=True)],
             ["stAdv (τ = %g, %d iterations) on f: success (%%)" % (cfg.stadv_tau, cfg.stadv_steps),
              f("stadv_success", 1, True)],
@@ -537,6 +539,9 @@ def _flow_space_blocks(cfg: Config, fs: dict, ds: str) -> list:
             ["certified radius R (px, L2; correct certified images): mean; median", f"{f('radius', 3)}; {med['radius']:.3f}"],
             [f"L∞ radius implied, median R/√{dim} (px)", f"{med['radius'] / math.sqrt(dim):.4f}"],
             ["median ‖ψ_stAdv‖₂ / R (images certified correct and attacked)", f"{med['ratio']:.1f}"],
+            [f"largest R that n = {cfg.flow_samples} samples allow, σ_f Φ⁻¹(α^(1/n)) (px)", f"{cap:.3f}"],
+            [f"σ_f at which that cap reaches the median ‖ψ_stAdv‖₂ (px per component, n = {cfg.flow_samples})",
+             f"{need:.1f}"],
             ["R > ‖ψ_stAdv‖₂: stAdv's flow inside the certified ball (% of all images)",
              f("reach", 1, True)],
             ["G_x(ψ_stAdv) correct or abstains (% of all images)", f("g_at_stadv_ok", 1, True)],

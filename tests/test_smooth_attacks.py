@@ -9,7 +9,7 @@ import torch
 
 from _contract import run_checked
 from spatialadv.attacks import FGSM, PGD, CarliniWagnerL2, MinDistortionSweep, SmoothCarliniWagnerL2, SmoothPGDL2
-from spatialadv.eval import edge_flat_energy, operating_characteristic, protocol_summary
+from spatialadv.eval import edge_flat_energy, magnified_change, operating_characteristic, protocol_summary
 from spatialadv.ops.filters import joint_bilateral, magnify
 from spatialadv.ops.smoothing import smooth
 
@@ -161,6 +161,27 @@ def test_edge_flat_energy_separates_smooth_from_noise():
     f_s, e_s = edge_flat_energy(smooth_like, x)
     assert 0.7 < float(f_n) < 1.3 and 0.5 < float(e_n) < 1.5
     assert float(f_s) == 0.0 and float(e_s) == pytest.approx(2.0)
+
+
+def test_magnified_change_locates_the_change_and_checks_inputs():
+    x = torch.zeros(2, 1, 16, 16, dtype=torch.float64)
+    x[..., 4:12, 4:12] = 1.0  # a bright square on a flat background
+    change, share = magnified_change(x, x)
+    assert torch.all(change == 0) and torch.all(torch.isnan(share))
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    bump = 0.05 * torch.exp(-((yy - 1.5) ** 2 + (xx - 13.5) ** 2) / 4.0).double()  # a smooth bump in a flat corner
+    xa = x.clone()
+    xa[0, 0] += bump
+    xa[1, 0, 3:13, 3:13] += 0.05 * torch.randn(10, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    change, share = magnified_change(xa.clamp(0, 1), x)
+    assert float(change[0]) > 0.5 and float(share[0]) > 0.9  # small in amplitude, large once magnified, all on flat pixels
+    assert float(share[1]) < float(share[0])  # noise around the square's edges is partly on non-flat pixels
+    same = magnified_change(xa.clamp(0, 1).float(), x.float())
+    assert torch.allclose(same[0], change, rtol=1e-4)
+    with pytest.raises(ValueError, match="same shape"):
+        magnified_change(xa[:1], x)
+    with pytest.raises(ValueError, match="flat"):
+        magnified_change(xa, x, flat=-1.0)
 
 
 def _bilateral_reference(v, g, ss, sr):

@@ -375,6 +375,10 @@ def _crossing(points: list[tuple[float, int]], level: float) -> float | None:
     return None
 
 
+#: Ratios of success counts below this many (either net) are left out of the factor summary: too noisy to compare.
+MIN_RATIO_COUNT = 30
+
+
 def gap_section(th: dict) -> list:
     """The measured explanation of the gap to the thesis' counts: units of the budget, τ range, training strength."""
     gap = th.get("gap") or {}
@@ -435,7 +439,7 @@ def gap_section(th: dict) -> list:
     ratios: dict[str, list[tuple[float, float]]] = {}
 
     def ratio(label: str, b: float, a: dict | None, c: dict | None, key: str = "successes") -> None:
-        if a is not None and c is not None and c[key] > 0:
+        if a is not None and c is not None and min(a[key], c[key]) >= MIN_RATIO_COUNT:  # smaller counts: noise
             ratios.setdefault(label, []).append((b, a[key] / c[key]))
 
     by_b = {(e["variant"], e["budget"]): e for e in th["variants"].values()}
@@ -515,7 +519,7 @@ def gap_section(th: dict) -> list:
                 trend = (f"; at budget {b:g} the ratio goes " + " → ".join(f"{r:.2f}" for _, r in pts) + " as the training "
                          "set grows " + " → ".join(str(k) for k, _ in pts) + " images")
         B.append(f"**The plain ÷ certified ratio under each factor** (successes of the plain net over the SDP-trained "
-                 f"one, largest over the budgets run; thesis: {want:.1f}): " + "; ".join(parts) + ". "
+                 f"one, largest over the budgets where both nets have ≥ {MIN_RATIO_COUNT}; thesis: {want:.1f}): " + "; ".join(parts) + ". "
                  + (f"No factor measured here comes within a factor 2 of the thesis' ratio: the largest is {best:.2f}. "
                     "What remains untested is the thesis' own networks and training data (60 000 images, 98 % "
                     "accuracy), which this offline install does not have" + trend + "." if best < want / 2 else

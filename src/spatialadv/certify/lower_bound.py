@@ -147,6 +147,17 @@ class LowerBoundResult:
         return self.history[0]
 
 
+def _pair_weights(model: nn.Module, pair: tuple[int, int]):
+    """The network's weights, ``v = V_i − V_j`` and ``W`` in float64; ValueError for a bad class pair."""
+    net = network_weights(model)
+    k = net.V.shape[0]
+    i, j = pair
+    if not (0 <= i < k and 0 <= j < k and i != j):
+        raise ValueError(f"pair must be two different classes in [0, {k}), got {pair}")
+    W = net.W.detach().to(torch.float64) if net.W is not None else None
+    return net, (net.V[i] - net.V[j]).detach().to(torch.float64), W
+
+
 def _to_box(z: Tensor, lo: float, hi: float) -> Tensor:
     """π∞ to ``[−1, 1]`` then the affine map onto ``[lo, hi]``."""
     z = z / z.abs().max().clamp_min(1e-300)
@@ -211,15 +222,9 @@ def lower_bound_attack(model: nn.Module, image_shape, eps: float, *, pair: tuple
     check_input_range(input_range)
     lo, hi = map(float, input_range)
     ch, h, w = image_shape
-    net = network_weights(model)
-    k = net.V.shape[0]
-    i, j = pair
-    if not (0 <= i < k and 0 <= j < k and i != j):
-        raise ValueError(f"pair must be two different classes in [0, {k}), got {pair}")
+    net, v, W = _pair_weights(model, pair)
     dtype = torch.float64
     ginv = torch.tensor(gram_inverse(h, w, border=border, ridge=ridge), dtype=dtype)
-    v = (net.V[i] - net.V[j]).detach().to(dtype)
-    W = net.W.detach().to(dtype) if net.W is not None else None
     b = net.b.detach().to(dtype) if net.b is not None else None
     d = h * w
 
@@ -334,15 +339,10 @@ def attained_margin_range(model: nn.Module, image_shape, *, pair: tuple[int, int
     check_int(iters, "iters")
     check_input_range(input_range)
     lo, hi = map(float, input_range)
-    net = network_weights(model)
-    k = net.V.shape[0]
+    net, v, W = _pair_weights(model, pair)
     i, j = pair
-    if not (0 <= i < k and 0 <= j < k and i != j):
-        raise ValueError(f"pair must be two different classes in [0, {k}), got {pair}")
     dtype = torch.float64
-    v = (net.V[i] - net.V[j]).detach().to(dtype)
     d = int(torch.tensor(image_shape).prod())
-    W = net.W.detach().to(dtype) if net.W is not None else None
     b = net.b.detach().to(dtype) if net.b is not None else torch.zeros(W.shape[0] if W is not None else 0, dtype=dtype)
     c = float(net.c[i] - net.c[j])
     gen = torch.Generator().manual_seed(seed)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from ..eval.compare import Cell, Comparison, Estimate, Metric, PaperValue, rate
+from ..ops import flow_warp
+from ..viz import flow_quiver
 from ..viz.curves import Curve, Panel, curve_panels
 from .framework import Table
 
@@ -180,9 +182,6 @@ def _growth_text(f2: dict) -> list:
 
 def lower_bound_samples_section(f2: dict, samples: dict, shape: tuple, out: Path) -> tuple[list, list[str]]:
     """Figs. 3, 9, 10 (Alg. 1's x*, g(r*; x*), r*) and Fig. 4 (Alg. 1's convergence), from the stored results."""
-    from ..ops import flow_warp
-    from ..viz import flow_quiver
-
     blocks: list = []
     figures: list[str] = []
     fig_of = {"normal": "Fig. 3", "random": "Fig. 9", "stadv-at": "Fig. 10"}

@@ -79,6 +79,12 @@ def _margins(model, x, items: list[str]) -> dict:
     return {i: float(m) for i, m in zip(items, (top2[:, 0] - top2[:, 1]).tolist())}
 
 
+def median_margin(margins: dict, correct) -> float:
+    """Median clean logit margin over the correctly classified images (``margins``: image index str → margin)."""
+    vals = [margins[str(i)] for i in correct if str(i) in margins]
+    return float(np.median(vals)) if vals else float("nan")
+
+
 def thesis_targets(y: torch.Tensor, seed: int) -> torch.Tensor:
     """The thesis experiment's random targets ≠ label, ``(N,)``, from ``torch.Generator().manual_seed(seed + 12345)``."""
     return random_targets(y, seed + 12345, 10)
@@ -104,7 +110,7 @@ def plan(cfg: Config, ctx):
     n = min(cfg.n, len(test))
     pairs = make_pairs(torch.arange(n), test.y, test.num_classes, "untargeted")
     nets = {}
-    median_margin = {}
+    medians = {}
     for v in cfg.variants:
         model, info = ctx.model(v, certify_spec(v, data, tc))
         nets[v] = (model, info)
@@ -112,16 +118,15 @@ def plan(cfg: Config, ctx):
                        functools.partial(_margins, model, test.x), tags={"kind": "margin"}, batch_size=n)
         yield task
         with torch.no_grad():
-            ok = (model(test.x[:n]).argmax(1) == test.y[:n]).tolist()
-        m = ctx.store.items(task.key())
-        median_margin[v] = float(np.median([m[str(i)] for i in range(n) if ok[i]])) if any(ok) else float("nan")
+            ok = (model(test.x[:n]).argmax(1) == test.y[:n]).nonzero()[:, 0].tolist()
+        medians[v] = median_margin(ctx.store.items(task.key()), ok)
         for tau in cfg.taus:
             yield AttackRun(v, "stAdv", model, pixel_stadv(tau, cfg.max_iter), info["key"], test.x, test.y, data_key,
                             pairs, "untargeted", tags={"kind": "fig6", "tau": tau}, batch_size=n)
-    ref = median_margin.get("normal", float("nan"))
+    ref = medians.get("normal", float("nan"))
     if cfg.fig6_normalised and np.isfinite(ref) and ref > 0:
         for v, (model, info) in nets.items():
-            scale = median_margin[v] / ref
+            scale = medians[v] / ref
             if v == "normal" or not np.isfinite(scale) or scale <= 0:
                 continue
             for tau in [t for t in cfg.taus if t > 0]:  # τ = 0 is the same attack on every net: its run above
@@ -197,7 +202,7 @@ def report(cfg: Config, results) -> Report:
         ok = [str(r["idx"]) for r in recs0 if r["clean_pred"] == r["label"]]
         fig6[v] = {"rows": rows, "normalised_rows": norm_rows, "clean_accuracy_subset": len(ok) / len(recs0) if recs0 else float("nan"),
                    "clean_accuracy_subset_estimate": rate(len(ok), len(recs0)).to_json(),
-                   "median_logit_margin": float(np.median([margins[i] for i in ok if i in margins])) if ok else float("nan")}
+                   "median_logit_margin": median_margin(margins, ok)}
     thesis: dict = {}
     gap: dict[str, dict] = {"tau": {}, "strength": {}, "iters": {}, "size": {}}
     for r in results.find(attack="stAdv τ search"):

@@ -142,7 +142,8 @@ def test_certify_smoothing_tiny(cache, capsys, one_thread):
     out = cache / "sm"
     args = ["reproduce", "certify-smoothing", "--out", str(out), "--datasets", "mnist", "--n", "4", "--epochs", "1",
             "--n0", "16", "--samples", "40", "--predict-samples", "40", "--max-angle", "4", "--angle-budgets", "0", "2", "4",
-            "--max-shift", "1", "--flow-deltas", "0", "0.01", "--pgd-steps", "2", "--quiet"]
+            "--max-shift", "1", "--flow-deltas", "0", "0.01", "--pgd-steps", "2", "--flow-epochs", "1", "--flow-samples",
+            "40", "--limit-samples", "40", "--limit-epochs", "2", "--limit-n", "3", "--flow-sigma-sweep", "1", "--quiet"]
     assert main(args) == 0
     rep = json.loads((out / "report.json").read_text())
     c = rep["curves"]["mnist"]
@@ -154,6 +155,13 @@ def test_certify_smoothing_tiny(cache, capsys, one_thread):
         assert rot["config"]["refine"] == 4 and st.count(rot["run_key"]) == 4
     md = (out / "report.md").read_text()
     assert "split once into 4 sub-cells" in md and "α/(2K)" in md
+    # the σ_f sweep: one row per σ_f (the main model's and the sweep's) over the first --limit-n images
+    sweep = md.split("## What limits the flow-space certificate")[1].split("##")[0]
+    assert "The first 3 MNIST test images" in sweep
+    assert [ln.split("|")[1].strip() for ln in sweep.splitlines() if ln.startswith("| ") and "σ_f" not in ln] == ["0.5", "1"]
+    with ResultStore(out / "results.sqlite") as st:
+        sw = next(r for r in st.runs() if r["attack"] == "limits flow sigma")
+        assert sw["config"]["flow_sigma"] == 1.0 and st.count(sw["run_key"]) == 3
     # the rotation table against a recomputation from the stored certificates: correct and certified beyond Θ
     table = next(x for x in rep["comparisons"] if x["keys"] == ["rotation budget Θ"])
     with ResultStore(out / "results.sqlite") as st:

@@ -45,7 +45,7 @@ TINY: dict[str, dict] = {
     "certify-smoothing": dict(datasets=("mnist",), n=4, epochs=1, n0=16, samples=40, predict_samples=40, max_angle=4.0,
                               angle_budgets=(0.0, 2.0, 4.0), max_shift=1, flow_deltas=(0.0, 0.01), pgd_steps=2,
                               stadv_steps=3, flow_epochs=1, flow_samples=40, flow_radii=(0.0, 0.1), limit_samples=40,
-                              limit_epochs=(2,), limit_n=2),
+                              limit_epochs=(2,), limit_n=2, flow_sigma_sweep=(1.0,)),
     "attention-maps": dict(datasets=("mnist",), n=2, figure_images=1, epochs=1, max_train=300, cw_steps=3),
     "lan-detection": dict(datasets=("mnist",), n=2, min_pairs=1, max_attacked=4, epochs=1, max_train=300, lan_epochs=1,
                           f2_epochs=1, cw_steps=3, adaptive_steps=3, why_betas=(10.0,)),

@@ -30,6 +30,7 @@ Every record stores the seconds it took, so the report gives each part's cost. E
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -129,6 +130,9 @@ class Config:
     limit_epochs: tuple[int, ...] = option((30, 60), "MNIST rotation limits: epochs of the base models compared with "
                                            "--epochs on the first --limit-n images", minimum=1)
     limit_n: int = option(100, "MNIST rotation limits: images of the base-model comparison (the first N)", minimum=1)
+    flow_sigma_sweep: tuple[float, ...] = option((1.0, 2.0, 4.0), "MNIST flow-space limits: σ_f of further flow-noise "
+                                                 "base models (--flow-epochs each), certified with stAdv beside them on "
+                                                 "the first --limit-n images (empty: skip)", above=0.0, maximum=28.0)
     seed: int = option(0, "seed of training and sampling", minimum=0)
     threads: int = option(2, "torch intra-op threads", minimum=1, maximum=MAX_THREADS)
 
@@ -329,6 +333,13 @@ def _spec(cfg: Config, dataset: str, *, flow: bool = False, epochs: int | None =
                      TrainConfig(epochs=cfg.fashion_epochs, seed=cfg.seed), obj)
 
 
+def _flow_space_conf(cfg: Config, data: str) -> dict:
+    """Everything that changes a flow-space record (hashed into its run key)."""
+    return {"flow_sigma": cfg.flow_sigma, "n0": cfg.n0, "samples": cfg.flow_samples, "alpha": cfg.alpha, "seed": cfg.seed,
+            "stadv_tau": cfg.stadv_tau, "stadv_steps": cfg.stadv_steps, "predict_samples": cfg.predict_samples,
+            "data": data}
+
+
 def _rescue_items(rot: dict, max_angle: float) -> list[str]:
     """Images whose identity cell certified the label but whose rotation certificate stops before ±max_angle."""
     return [i for i, r in rot.items() if r["prediction"] == r["label"] and not _cert_at(r, max_angle, max_angle)]
@@ -351,10 +362,7 @@ def plan(cfg: Config, ctx):
         items = [str(i) for i in range(n)]
         fmodel, finfo = ctx.model(f"{ds}/flow-noise", _spec(cfg, ds, flow=True))
         gf = FlowSmoothedClassifier(fmodel, sigma=cfg.flow_sigma, num_classes=test.num_classes)
-        yield TaskRun(ds, "certify flow-space", {"flow_sigma": cfg.flow_sigma, "n0": cfg.n0, "samples": cfg.flow_samples,
-                                                 "alpha": cfg.alpha, "seed": cfg.seed, "stadv_tau": cfg.stadv_tau,
-                                                 "stadv_steps": cfg.stadv_steps, "predict_samples": cfg.predict_samples,
-                                                 "data": data}, finfo["key"], items,
+        yield TaskRun(ds, "certify flow-space", _flow_space_conf(cfg, data), finfo["key"], items,
                       _timed(functools.partial(_flow_space_task, gf, fmodel, test.x, test.y, cfg)),
                       tags={"kind": "flow-space"}, batch_size=50)
         model, info = ctx.model(ds, _spec(cfg, ds))
@@ -395,6 +403,13 @@ def _limit_runs(cfg: Config, ctx, ds, test, g, info, rotation: TaskRun, common, 
         yield TaskRun(f"{ds}/{e} epochs", "limits epochs", {**common, **rot_conf, "data": data}, info_e["key"], sub,
                       _timed(functools.partial(_epochs_task, g_e, m_e, test.x, test.y, cfg)),
                       tags={"kind": "limits-epochs", "epochs": e}, batch_size=10)
+    for s in sorted(set(cfg.flow_sigma_sweep) - {cfg.flow_sigma}):
+        cfg_s = dataclasses.replace(cfg, flow_sigma=float(s))
+        m_s, info_s = ctx.model(f"{ds}/flow-noise σ_f {s:g}", _spec(cfg_s, ds, flow=True))
+        gf_s = FlowSmoothedClassifier(m_s, sigma=float(s), num_classes=test.num_classes)
+        yield TaskRun(f"{ds}/flow-noise σ_f {s:g}", "limits flow sigma", _flow_space_conf(cfg_s, data), info_s["key"], sub,
+                      _timed(functools.partial(_flow_space_task, gf_s, m_s, test.x, test.y, cfg_s)),
+                      tags={"kind": "limits-flow-sigma", "flow_sigma": float(s)}, batch_size=25)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -616,6 +631,47 @@ def _limits(cfg: Config, results) -> list:
     return blocks
 
 
+def _flow_sigma_limits(cfg: Config, results) -> list:
+    """MNIST flow-space certificates at larger σ_f: how far the certified radius moves toward stAdv's flows, and at what cost."""
+    main = results.get("mnist", "certify flow-space")
+    sweep = results.find(attack="limits flow sigma")
+    if main is None or not sweep:
+        return []
+    sub = [str(i) for i in range(min(cfg.limit_n, cfg.n, len(results.data("mnist", "test", cfg.seed))))]
+    runs = [(cfg.flow_sigma, "mnist/flow-noise", main)] + sorted(
+        ((float(r.tags["flow_sigma"]), r.model, r) for r in sweep), key=lambda t: t[0])
+    rows, reach_by = [], {}
+    for s, label, run in runs:
+        it = run.items()
+        if not all(k in it for k in sub):
+            continue  # not finished: no row rather than a row over other images
+        recs = [it[k] for k in sub]
+        ok = [r["prediction"] == r["label"] for r in recs]
+        cert_r = [r["radius"] for o, r in zip(ok, recs) if o]
+        succ = [r["stadv_l2"] for r in recs if r["stadv_success"]]
+        reach = _acc([o and r["stadv_success"] and r["radius"] > r["stadv_l2"] for o, r in zip(ok, recs)])
+        reach_by[s] = reach
+        acc = results.models.get(label, {}).get("test_accuracy")
+        med = (lambda v: f"{float(np.median(v)):.2f}" if v else "–")
+        rows.append([f"{s:g}", "–" if acc is None else f"{100 * acc:.1f}", _acc(ok), med(cert_r),
+                     f"{s * _max_z(cfg.flow_samples, cfg.alpha):.2f}", _acc([r["stadv_success"] for r in recs]), med(succ),
+                     reach])
+    if len(rows) < 2:
+        return []
+    best = max(reach_by, key=lambda k: reach_by[k].value)
+    return ["## What limits the flow-space certificate",
+            Table(["σ_f (px)", "clean accuracy of f, test split (%)", "G correct, certified (R > 0) (%)",
+                   "median R (px, L2)", f"largest R at n = {cfg.flow_samples} (px)", "stAdv success on f (%)",
+                   "median ‖ψ_stAdv‖₂ (px)", "stAdv's flow inside the certified ball (%)"], rows,
+                  f"The first {len(sub)} MNIST test images; a flow-noise base model per σ_f (the same recipe, "
+                  f"{cfg.flow_epochs} epochs), the same certificate (n0 = {cfg.n0}, n = {cfg.flow_samples}, α = "
+                  f"{cfg.alpha}) and stAdv (τ = {cfg.stadv_tau}, {cfg.stadv_steps} iterations) on each base model. "
+                  f"A larger σ_f raises the radius cap linearly and makes f smoother, so stAdv needs larger flows; the "
+                  f"share of images whose stAdv flow lies inside the certified ball is highest at σ_f = {best:g} "
+                  f"({reach_by[best].format(1, pct=True)}).",
+                  formats=[(0, False), (0, False), (1, True), (0, False), (0, False), (1, True), (0, False), (1, True)])]
+
+
 def _costs(cfg: Config, results) -> list:
     """Wall time of each part, from the seconds stored with every record, and of each model's training."""
     rows = []
@@ -745,6 +801,7 @@ def report(cfg: Config, results) -> Report:
     for ds, fs in flow_space.items():
         blocks.extend(_flow_space_blocks(cfg, fs, ds))
     if "mnist" in cfg.datasets:
+        blocks.extend(_flow_sigma_limits(cfg, results))
         blocks.extend(_limits(cfg, results))
     blocks.extend(_costs(cfg, results))
     figures = [_figure(curves, results.out)] if curves else []

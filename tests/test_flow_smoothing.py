@@ -173,3 +173,39 @@ def test_config_options_of_the_flow_certificate_and_the_limits():
            "2": {"prediction": 3, "label": 4, "certified_below": None},   # wrong class: no
            "3": {"prediction": -1, "label": 4, "certified_below": 0.0}}   # abstained: no
     assert cs._rescue_items(rot, 30.0) == ["1"]
+
+
+class _Run:
+    def __init__(self, items: dict):
+        self._items = items
+
+    def items(self) -> dict:
+        return self._items
+
+
+class _Results:
+    """The few parts of the framework's Results that the MNIST limits section reads."""
+
+    def __init__(self, rot: dict, emp: dict):
+        self.runs = {("mnist", "certify rotation"): _Run(rot), ("mnist", "empirical"): _Run(emp)}
+        self.models: dict = {}
+
+    def get(self, model, attack):
+        return self.runs.get((model, attack))
+
+    def find(self, attack=None):
+        return []
+
+
+@pytest.mark.parametrize("broken, below", [(40, True), (2, False)])
+def test_the_rotation_limits_say_whether_g_itself_caps_the_figure_below_tss(broken, below):
+    """With g broken empirically on many images no certificate of g can reach TSS's 95.8 %: the report says so,
+    and only when the empirical interval lies wholly below it."""
+    n = 200
+    rot = {str(i): {"label": 1, "prediction": 1, "certified_below": None if i >= broken else 12.0} for i in range(n)}
+    emp = {str(i): {"label": 1, "g_clean": 1, "g_rotation_break": 12.0 if i < broken else None, "f_clean": 1,
+                    "f_rotation_break": None} for i in range(n)}
+    text = " ".join(b for b in cs._limits(cs.Config(), _Results(rot, emp)) if isinstance(b, str))
+    capped = "whose whole interval lies below TSS's 95.8 %" in text
+    assert capped == below and ("does not rule out TSS's 95.8 %" in text) == (not below)
+    assert f"{100 * (n - broken) / n:.1f} [" in text

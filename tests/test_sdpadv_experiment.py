@@ -195,3 +195,24 @@ def test_adv_critic_classifier_is_fine_tuned_from_the_plain_one():
     default = Config()  # per classifier: one c4 epoch costs about 20 fc-200 epochs
     assert model_spec("c4", "advcritic", default).train.epochs == 1
     assert model_spec("fc-200", "advcritic", default).train.epochs == 8
+
+
+@pytest.mark.parametrize("dgan_k, plain_k, verdict, reason", [
+    (90, 92, "holds", None),
+    (66, 90, "does not hold", "reproduces it"),
+    (66, 70, "does not hold", "does not reach it either"),
+])
+def test_defense_gan_clean_accuracy_is_set_beside_the_classifier_without_the_projection(dgan_k, plain_k, verdict, reason):
+    """The Fidelity line on Defense-GAN's clean accuracy: the projection's cost measured on the same images, and
+    the paper's cell read against its own non-robust accuracy (equal to four digits in all four of its tables)."""
+    from types import SimpleNamespace
+
+    from spatialadv.eval.compare import rate
+    from spatialadv.experiments.sdpadv import PAPER_TABLES, _dgan_clean_lines
+
+    assert all(t[m]["No attack"][2] == t[m]["No attack"][0] for t in PAPER_TABLES.values() for m in t)
+    ms = SimpleNamespace(dgan={"c4": {"No attack": rate(dgan_k, 100)}}, dgan_plain={"c4": rate(plain_k, 100)})
+    (line,) = _dgan_clean_lines({"dataset": "fashion-mnist", "models": ["c4", "fc-200"]}, ms)
+    assert line.startswith(f"- **{verdict}** — Model A (c4)") and "Table 2: 0.9016" in line
+    assert f"the projection costs {plain_k - dgan_k:.1f} points" in line
+    assert (reason is None and "paper's own tables" not in line) or (reason is not None and reason in line)

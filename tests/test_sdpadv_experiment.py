@@ -216,3 +216,24 @@ def test_defense_gan_clean_accuracy_is_set_beside_the_classifier_without_the_pro
     assert line.startswith(f"- **{verdict}** — Model A (c4)") and "Table 2: 0.9016" in line
     assert f"the projection costs {plain_k - dgan_k:.1f} points" in line
     assert (reason is None and "paper's own tables" not in line) or (reason is not None and reason in line)
+
+
+def test_every_model_gets_the_monotonicity_line_and_its_warm_start_note():
+    """SdpAdv's accuracy non-increasing in ε, tested per model (not the first one only); a generator that kept its
+    warm start (best epoch 0) is named as such under its model."""
+    from types import SimpleNamespace
+
+    from spatialadv.eval.compare import rate
+    from spatialadv.experiments.sdpadv import _fidelity
+
+    acc = {("c4", 0.1): 5, ("c4", 0.2): 4, ("c4", 0.3): 3, ("fc-200", 0.1): 12, ("fc-200", 0.2): 4, ("fc-200", 0.3): 40}
+    ms = SimpleNamespace(acc=lambda m, d, a, e: rate(acc[(m, e)], 1000) if a == "SdpAdv" and e is not None else None,
+                         stm={}, dgan={}, dgan_plain={})
+    gen = {"best_epoch": 0, "init_val_success": 0.9, "val_success": [0.8, 0.85], "epochs": 2,
+           "warm_start": "fc-200-none-SdpAdv-eps0.2-abc"}
+    rep = {"config": {"models": ["c4", "fc-200"], "dataset": "mnist"}, "generators": {"fc-200/none/SdpAdv/0.3": gen}}
+    (text,) = _fidelity(rep, ms)
+    assert "- **holds** — SdpAdv's accuracy on Model A (c4) is non-increasing in ε" in text
+    assert "- **does not hold** — SdpAdv's accuracy on Model B (fc-200) is non-increasing in ε" in text
+    assert "The ε = 0.3 generator of Model B (fc-200) is its warm start (SdpAdv eps0.2)" in text
+    assert "generator of Model A" not in text

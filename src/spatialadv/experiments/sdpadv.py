@@ -927,9 +927,10 @@ def _fidelity(rep, ms: _Measured) -> list:
                      f"{'–' if sdp is None else sdp.format(4)}; "
                      + "; ".join(f"{k} {present[k].format(4)}: SdpAdv {v}" for k, v in verdicts.items())
                      + (f". Attacks leaving a lower accuracy than SdpAdv: {', '.join(worse)}." if worse else "."))
-    first: str = cfg["models"][0] if cfg["models"] else ""
-    by: list[tuple[float, Estimate]] = [(e, a) for e in EPS if (a := ms.acc(first, "none", "SdpAdv", e)) is not None]
-    if len(by) > 1:
+    for first in cfg["models"]:
+        by: list[tuple[float, Estimate]] = [(e, a) for e in EPS if (a := ms.acc(first, "none", "SdpAdv", e)) is not None]
+        if len(by) < 2:
+            continue
         ups = [(e0, e1) for (e0, a0), (e1, a1) in zip(by, by[1:]) if a1.value > a0.value]
         sig = [(e0, e1) for (e0, a0), (e1, a1) in zip(by, by[1:]) if a1.low > a0.high]
         state = "holds" if not ups else "holds up to sampling noise" if not sig else "does not hold"
@@ -949,8 +950,8 @@ def _fidelity(rep, ms: _Measured) -> list:
             lines.append(f"  - The ε = {e_g:g} generator of {MODEL_LABEL.get(first, first)} is its warm start "
                          f"({g['warm_start'].split('-')[-3]} {g['warm_start'].split('-')[-2]}): over its {g['epochs']} "
                          f"epochs at ε = {e_g:g} the validation success ({seq}) never exceeded the start's "
-                         f"{g['init_val_success']:.3f}, so the fit kept epoch 0 and its cells repeat the smaller ε's "
-                         "(measured in Generators). The larger budget did not raise the generator's success within "
+                         f"{g['init_val_success']:.3f}, so the fit kept epoch 0: its network is the start's, its "
+                         f"perturbation clipped at ε = {e_g:g} (measured in Generators). The larger budget did not raise the generator's success within "
                          "these epochs; the paper trains each ε from scratch for 100 epochs.")
     lines += _dgan_clean_lines(cfg, ms)
     for m in cfg["models"]:

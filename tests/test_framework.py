@@ -199,3 +199,45 @@ def test_mean_over_one_cluster_has_no_interval():
     assert one.value == 7 / 3 and math.isnan(one.low) and math.isnan(one.high) and one.n == 3
     two = mean([1.0, 2.0, 4.0, 5.0], clusters=[7, 7, 8, 8])
     assert two.low < two.value < two.high
+
+
+def test_the_wall_time_counts_a_killed_invocation_up_to_its_last_stored_record(tmp_path):
+    """SIGKILL runs no `finally`: the clock is stored with every batch, so the time of a killed invocation is kept,
+    and the report says how many invocations its wall time adds up."""
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+
+    def child():
+        def plan(cfg, ctx):
+            def compute(items):
+                if "4" in items:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(0.2)
+                return {i: {"value": cfg.scale * int(i)} for i in items}
+
+            yield TaskRun("toy", "double", {"scale": cfg.scale}, "model-key", [str(i) for i in range(cfg.n)], compute,
+                          tags={"kind": "toy"}, batch_size=2)
+
+        run_experiment(Experiment("toy", "a toy experiment", ToyConfig(), plan, _toy_report), ToyConfig(n=6), out,
+                       progress=False)
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+    with ResultStore(out / "results.sqlite") as st:
+        assert st.get_meta("invocations") == 1 and not st.get_meta("complete")
+        killed = st.get_meta("elapsed_s")
+    assert killed >= 0.4  # the two batches stored before the kill, 0.2 s each
+    run_experiment(TOY, ToyConfig(n=6), out, progress=False)
+    with ResultStore(out / "results.sqlite") as st:
+        assert st.get_meta("invocations") == 2 and st.get_meta("elapsed_s") > killed
+    md = (out / "report.md").read_text()
+    assert "(training included; 2 invocations, each counted up to its last stored record)" in md
+    one = tmp_path / "one"
+    run_experiment(TOY, ToyConfig(n=6), one, progress=False)
+    assert "(training included): " in (one / "report.md").read_text()

@@ -257,7 +257,8 @@ def execute_run(run: AttackRun | TaskRun, store: ResultStore, *, progress: bool 
     return entry
 
 
-def _execute(run, key: str, store: ResultStore, progress: bool) -> None:
+def _execute(run, key: str, store: ResultStore, progress: bool, tick=lambda: None) -> None:
+    """Compute and store the run's missing records; ``tick()`` after every stored batch of a task (the wall-time clock)."""
     if isinstance(run, AttackRun):
         run_attack(store, key, run.net, run.attack, run.x, run.y, run.pairs, batch_size=run.batch_size, progress=progress,
                    desc=f"{run.model} {run.label}")
@@ -274,6 +275,7 @@ def _execute(run, key: str, store: ResultStore, progress: bool) -> None:
             if missing:
                 raise RuntimeError(f"task {run.label!r} returned no value for {sorted(missing)[:3]}")
             store.add_items(key, {i: values[i] for i in chunk})
+            tick()
             bar.update(len(chunk))
         bar.close()
     finally:
@@ -314,6 +316,16 @@ def run_experiment(exp: Experiment, cfg: Any, out: str | Path, *, progress: bool
             # one transaction: a kill never leaves a new config beside an old plan
             store.set_metas({"config": stored, "plan": [], "complete": False, "models": {}})
     with store:
+        # the wall time accumulates over invocations; it is stored with every record so that a killed invocation
+        # (SIGTERM, SIGKILL: no `finally`) still counts up to its last stored record
+        base = float(store.get_meta("elapsed_s", 0.0) or 0.0)
+        if lead:
+            store.set_meta("invocations", int(store.get_meta("invocations", 0) or 0) + 1)
+
+        def tick() -> None:
+            if lead:
+                store.set_meta("elapsed_s", base + (time.perf_counter() - t_start))
+
         ctx = Context(out, store, progress)
         plan: list[dict] = []
         try:
@@ -324,13 +336,13 @@ def run_experiment(exp: Experiment, cfg: Any, out: str | Path, *, progress: bool
                 entry = _register(run, store)
                 plan.append(entry)
                 ctx.meta("plan", plan)  # registered when it starts: an interrupted folder lists it
-                _execute(run, entry["run_key"], store, progress)
+                _execute(run, entry["run_key"], store, progress, tick)
+                tick()
             ctx.meta("environment", _environment())
             ctx.meta("complete", True)
         finally:
             torch.set_num_threads(threads_before)
-            if lead:
-                store.set_meta("elapsed_s", store.get_meta("elapsed_s", 0.0) + (time.perf_counter() - t_start))
+            tick()
     if not lead:
         return {}
     return rebuild(out, exp)
@@ -394,6 +406,7 @@ class Results:
         self.store = store
         self.environment = store.get_meta("environment", {})
         self.elapsed_s = store.get_meta("elapsed_s")
+        self.invocations = store.get_meta("invocations")
         self.models = store.get_meta("models", {})
         self.complete = bool(store.get_meta("complete", False))
         self.runs = [RunView(store, e) for e in store.get_meta("plan", [])]
@@ -546,10 +559,12 @@ def render(exp: Experiment, cfg: Any, results: Results, rep: Report) -> dict:
     for b in rep.blocks:
         lines += [b.markdown() if isinstance(b, (Table, Comparison)) else str(b), ""]
     lines += ["## Run", ""]
-    el = results.elapsed_s
+    el, k = results.elapsed_s, results.invocations
+    how = "training included" if not k or k == 1 else (f"training included; {k} invocations, each counted up to its last "
+                                                       "stored record")
     lines.append(f"Command: `spatialadv reproduce {exp.name}` with configuration `{json.dumps(config_to_dict(cfg))}`. "
                  f"torch {env.get('torch')}, Python {env.get('python')}, {env.get('threads')} CPU threads; wall time of all "
-                 f"runs into this folder (training included): {'–' if el is None else f'{el:.0f} s'}.")
+                 f"runs into this folder ({how}): {'–' if el is None else f'{el:.0f} s'}.")
     lines.append("")
     if rep.figures:
         lines += ["## Figures", ""]

@@ -176,8 +176,9 @@ def test_config_options_of_the_flow_certificate_and_the_limits():
 
 
 class _Run:
-    def __init__(self, items: dict):
+    def __init__(self, items: dict, tags: dict | None = None):
         self._items = items
+        self.tags = tags or {}
 
     def items(self) -> dict:
         return self._items
@@ -186,15 +187,16 @@ class _Run:
 class _Results:
     """The few parts of the framework's Results that the MNIST limits section reads."""
 
-    def __init__(self, rot: dict, emp: dict):
+    def __init__(self, rot: dict, emp: dict, epochs: list | None = None):
         self.runs = {("mnist", "certify rotation"): _Run(rot), ("mnist", "empirical"): _Run(emp)}
         self.models: dict = {}
+        self.epochs = epochs or []
 
     def get(self, model, attack):
         return self.runs.get((model, attack))
 
     def find(self, attack=None):
-        return []
+        return self.epochs if attack == "limits epochs" else []
 
 
 @pytest.mark.parametrize("broken, below", [(40, True), (2, False)])
@@ -209,3 +211,17 @@ def test_the_rotation_limits_say_whether_g_itself_caps_the_figure_below_tss(brok
     capped = "whose whole interval lies below TSS's 95.8 %" in text
     assert capped == below and ("does not rule out TSS's 95.8 %" in text) == (not below)
     assert f"{100 * (n - broken) / n:.1f} [" in text
+
+
+@pytest.mark.parametrize("certified_240, verdict", [(100, "more epochs are a lever left"),
+                                                    (60, "the base model's epochs have plateaued at 120")])
+def test_the_epochs_table_says_whether_more_epochs_still_help(certified_240, verdict):
+    n = 100
+    rot = {str(i): {"label": 1, "prediction": 1, "certified_below": None if i < 70 else 12.0} for i in range(n)}
+    emp = {str(i): {"label": 1, "g_clean": 1, "g_rotation_break": None, "f_clean": 1, "f_rotation_break": None}
+           for i in range(n)}
+    longer = {str(i): {"label": 1, "prediction": 1, "certified_below": None if i < certified_240 else 12.0, "f_clean": 1,
+                       "f_rotation_break": None} for i in range(n)}
+    res = _Results(rot, emp, [_Run(longer, {"epochs": 240})])
+    text = " ".join(b for b in cs._limits(cs.Config(), res) if isinstance(b, str))
+    assert f"Training 240 epochs instead of 120: certified {certified_240:.1f} [" in text and verdict in text

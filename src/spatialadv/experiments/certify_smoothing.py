@@ -646,6 +646,16 @@ def _limits(cfg: Config, results) -> list:
                              f"f robust to ±{th:g}° (STM 0.1°, %)", f"certified g at ±{th:g}° (%)"], ep_rows,
                             f"The base model trained for other numbers of epochs, everything else equal; the first "
                             f"{len(sub)} test images.", formats=[(0, False), (0, False), (1, True), (1, True)]))
+        more = [e for e in rows_by_e if e > cfg.epochs]
+        if cfg.epochs in rows_by_e and more:
+            base, longest = rows_by_e[cfg.epochs][3], rows_by_e[max(more)][3]
+            order = longest.order(base)
+            blocks.append(f"Training {max(more)} epochs instead of {cfg.epochs}: certified "
+                          f"{longest.format(1, pct=True)} % against {base.format(1, pct=True)} % on these images, "
+                          + ("higher (the intervals are disjoint): more epochs are a lever left."
+                             if order == "higher" else "not higher (" + ("the intervals overlap" if order.startswith("tie")
+                                                                           else "lower") +
+                             f"): the base model's epochs have plateaued at {cfg.epochs}."))
     return blocks
 
 

@@ -556,7 +556,7 @@ def _flow_space_blocks(cfg: Config, fs: dict, ds: str) -> list:
              % (cfg.stadv_tau, cfg.stadv_steps),
              f("stadv_success", 1, True)],
             ["stAdv's flow ‖ψ‖₂ (px, successes on correctly classified images): mean; median", f"{f('stadv_l2')}; {med['stadv_l2']:.2f}"],
-            ["stAdv's flow ‖ψ‖∞ (px, successes): mean; median", f"{f('stadv_linf')}; {med['stadv_linf']:.2f}"],
+            ["stAdv's flow ‖ψ‖∞ (px, the same successes): mean; median", f"{f('stadv_linf')}; {med['stadv_linf']:.2f}"],
             ["stAdv's largest per-pixel displacement (px, median)", f"{med['stadv_pixel_max']:.2f}"],
             ["certified radius R (px, L2; correct certified images): mean; median", f"{f('radius', 3)}; {med['radius']:.3f}"],
             [f"L∞ radius implied, median R/√{dim} (px)", f"{med['radius'] / math.sqrt(dim):.4f}"],

@@ -927,14 +927,14 @@ def _fidelity(rep, ms: _Measured) -> list:
                      f"{'–' if sdp is None else sdp.format(4)}; "
                      + "; ".join(f"{k} {present[k].format(4)}: SdpAdv {v}" for k, v in verdicts.items())
                      + (f". Attacks leaving a lower accuracy than SdpAdv: {', '.join(worse)}." if worse else "."))
-    for first in cfg["models"]:
-        by: list[tuple[float, Estimate]] = [(e, a) for e in EPS if (a := ms.acc(first, "none", "SdpAdv", e)) is not None]
+    for mdl in cfg["models"]:
+        by: list[tuple[float, Estimate]] = [(e, a) for e in EPS if (a := ms.acc(mdl, "none", "SdpAdv", e)) is not None]
         if len(by) < 2:
             continue
         ups = [(e0, e1) for (e0, a0), (e1, a1) in zip(by, by[1:]) if a1.value > a0.value]
         sig = [(e0, e1) for (e0, a0), (e1, a1) in zip(by, by[1:]) if a1.low > a0.high]
         state = "holds" if not ups else "holds up to sampling noise" if not sig else "does not hold"
-        lines.append(f"- **{state}** — SdpAdv's accuracy on {MODEL_LABEL.get(first, first)} is non-increasing in ε (a "
+        lines.append(f"- **{state}** — SdpAdv's accuracy on {MODEL_LABEL.get(mdl, mdl)} is non-increasing in ε (a "
                      "larger threat set contains the smaller): "
                      + ", ".join(f"ε={e:g}: {a.format(4)}" for e, a in by)
                      + ("" if not ups else ". Where a larger ε leaves a higher accuracy, "
@@ -943,16 +943,17 @@ def _fidelity(rep, ms: _Measured) -> list:
                            "epoch and validation success).")))
         # a warm-started generator that kept its start (best epoch 0) is the previous ε's generator: say so, measured
         for e_g, _ in by:
-            g = rep.get("generators", {}).get(f"{first}/none/SdpAdv/{e_g:g}")
+            g = rep.get("generators", {}).get(f"{mdl}/none/SdpAdv/{e_g:g}")
             if g is None or g.get("best_epoch") != 0 or g.get("init_val_success") is None:
                 continue
             seq = ", ".join(f"{v:.3f}" for v in g.get("val_success", []))
-            lines.append(f"  - The ε = {e_g:g} generator of {MODEL_LABEL.get(first, first)} is its warm start "
+            lines.append(f"  - The ε = {e_g:g} generator of {MODEL_LABEL.get(mdl, mdl)} is its warm start "
                          f"({g['warm_start'].split('-')[-3]} {g['warm_start'].split('-')[-2]}): over its {g['epochs']} "
                          f"epochs at ε = {e_g:g} the validation success ({seq}) never exceeded the start's "
                          f"{g['init_val_success']:.3f}, so the fit kept epoch 0: its network is the start's, its "
-                         f"perturbation clipped at ε = {e_g:g} (measured in Generators). The larger budget did not raise the generator's success within "
-                         "these epochs; the paper trains each ε from scratch for 100 epochs.")
+                         f"perturbation clipped at ε = {e_g:g} (measured in Generators). The larger budget did not "
+                         "raise the generator's success within these epochs; the paper trains each ε from scratch for "
+                         "100 epochs.")
     lines += _dgan_clean_lines(cfg, ms)
     for m in cfg["models"]:
         e, shift = ms.stm.get((m, "none")), ms.stm.get((m, "shift"))

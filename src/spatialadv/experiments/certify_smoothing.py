@@ -489,9 +489,14 @@ def _curves(cfg: Config, results, ds: str) -> dict | None:
     return out
 
 
+def _f_ok(rec: dict) -> bool:
+    """True when the flow-space record's base model classified the clean image correctly (where stAdv is an attack)."""
+    return rec["f_clean"] == rec["label"]
+
+
 def _fooled(rec: dict) -> bool:
     """True when stAdv fooled a base model that classified the clean image correctly (its flow is an attack, not a no-op)."""
-    return bool(rec["stadv_success"]) and rec["f_clean"] == rec["label"]
+    return bool(rec["stadv_success"]) and _f_ok(rec)
 
 
 def _flow_space(cfg: Config, results, ds: str) -> dict | None:
@@ -509,7 +514,7 @@ def _flow_space(cfg: Config, results, ds: str) -> dict | None:
     succ = [r for r in recs if _fooled(r)]
     cert = [r for o, r in zip(ok, recs) if o]
     both = [r for o, r in zip(ok, recs) if o and _fooled(r)]
-    est = {"stadv_success": rate([r["stadv_success"] for r in recs if r["f_clean"] == r["label"]]),
+    est = {"stadv_success": rate([r["stadv_success"] for r in recs if _f_ok(r)]),
            "stadv_l2": mean([r["stadv_l2"] for r in succ]) if succ else None,
            "stadv_linf": mean([r["stadv_linf"] for r in succ]) if succ else None,
            "radius": mean([r["radius"] for r in cert]) if cert else None,
@@ -686,7 +691,7 @@ def _flow_sigma_limits(cfg: Config, results) -> list:
         if acc is not None:
             accs.append((s, 100 * acc))
         rows.append([f"{s:g}", "–" if acc is None else f"{100 * acc:.1f}", _acc(ok), med(cert_r),
-                     f"{s * _max_z(cfg.flow_samples, cfg.alpha):.2f}", _acc([r["stadv_success"] for r in recs if r["f_clean"] == r["label"]]), med(succ),
+                     f"{s * _max_z(cfg.flow_samples, cfg.alpha):.2f}", _acc([r["stadv_success"] for r in recs if _f_ok(r)]), med(succ),
                      reach])
     if len(rows) < 2:
         return []

@@ -178,7 +178,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
-#: The shared options each command takes (the table in the README and in spatialadv.cli's docstring).
+#: The shared options each command takes (the table in the user guide, docs/guide/cli.md, and in spatialadv.cli's docstring).
 SHARED = {"train": {"--quiet", "--threads", "--device"}, "attack": {"--quiet", "--threads", "--device"},
           "audit": {"--quiet", "--threads", "--device", "--out"}, "reproduce": {"--quiet", "--threads", "--out"},
           "evaluate": set(), "report": set()}

@@ -149,15 +149,15 @@ def test_store_refuses_unusable_files(tmp_path):
 
 
 def test_readme_experiment_is_one_file(tmp_path, monkeypatch):
-    """The README's 'How to add an experiment' module, dropped into the package folder, is a new command."""
+    """The user guide's 'How to add an experiment' module, dropped into the package folder, is a new command."""
     import re
     from pathlib import Path
 
     import spatialadv.experiments as pkg
     from spatialadv.cli import build_parser
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("### How to add an experiment", 1)[1]
+    guide = (Path(__file__).parents[1] / "docs" / "guide" / "architecture.md").read_text()
+    section = guide.split("### How to add an experiment", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     (tmp_path / "pgd_c4_example.py").write_text(code)
     monkeypatch.setattr(pkg, "__path__", [*pkg.__path__, str(tmp_path)])

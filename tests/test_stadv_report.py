@@ -67,3 +67,29 @@ def test_paper_in_ci_flag_follows_the_interval(run, monkeypatch):
         assert Cell(None, PaperValue(value, "stadv", "Table 1")).inside is None
     monkeypatch.undo()
     rebuild(run)
+
+
+def test_fidelity_opens_the_report_and_its_verdicts_follow_the_intervals(run, monkeypatch):
+    """The Fidelity section comes before Table 1; each verdict is read from the 95 % intervals of the tables below it."""
+    rep = json.loads((run / "report.json").read_text())
+    t1, t6 = rep["comparisons"][:2]
+    succ = _cell(t1, "fc-200", "stAdv success (%)")["ours"]
+    tv = _cell(t6, "fc-200", "TV mean (Eq. 5, normalised)")["ours"]["value"]
+    l2 = _cell(t6, "fc-200", "L2 mean (Eq. 6, normalised)")["ours"]["value"]
+    md = (run / "report.md").read_text()
+    assert md.index("## Fidelity") < md.index("## Table 1")
+    assert "stAdv breaks almost every targeted pair" not in md  # fc-200 has no paper number: no verdict
+    monkeypatch.setitem(stadv.PAPER["stadv_success"], "fc-200", 100 * succ["value"])
+    monkeypatch.setitem(stadv.PAPER, "flow_tv", (tv, 0.005))
+    monkeypatch.setitem(stadv.PAPER, "flow_l2", (l2, 0.05))
+    rebuild(run)
+    md = (run / "report.md").read_text()
+    assert "- **holds** — stAdv breaks almost every targeted pair" in md
+    assert "- **holds** — the flows of successful examples are as small as Table 6's: mean TV 1.00× the paper's" in md
+    monkeypatch.setitem(stadv.PAPER, "flow_tv", (tv / 3, 0.005))
+    rebuild(run)
+    md = (run / "report.md").read_text()
+    assert "- **does not hold** — the flows of successful examples are as small as Table 6's: mean TV 3.00×" in md
+    assert "App. C's τ search with τ in pixel units" in md
+    monkeypatch.undo()
+    rebuild(run)

@@ -18,7 +18,7 @@ def test_stadv_defenses_tiny_end_to_end(tmp_path, monkeypatch, one_thread):
     out = tmp_path / "std"
     args = ["reproduce", "stadv-defenses", "--out", str(out), "--n", "3", "--models", "mnist-b", "--epochs", "1",
             "--at-epochs", "2", "--max-train", "200", "--holdout", "20", "--patience", "1", "--pgd-steps", "1",
-            "--pgd-warmup", "1", "--quiet"]
+            "--pgd-warmup", "1", "--pgd-bf16", "on", "--quiet"]  # bf16 on: the float32 control runs on every machine
     assert main(args) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["n"] == {"mnist-b": 3}
@@ -94,3 +94,23 @@ def test_attacks_and_config_checks():
         Config(filter_size=4)
     with pytest.raises(ValueError, match="eps"):
         Config(eps=1.5)
+
+
+def test_bf16_auto_resolves_on_this_machine_and_decides_the_control(monkeypatch):
+    """``--pgd-bf16 auto`` is resolved when the Config is made: bf16 PGD steps (and model B's float32 control) only where
+    the CPU computes bfloat16 in hardware; a stored bool of an earlier version reads as on/off."""
+    import spatialadv.experiments.stadv_defenses as sd
+    from spatialadv.defenses import bf16_is_native
+
+    assert bf16_is_native("meta") is False
+    assert Config().pgd_bf16 == ("on" if bf16_is_native() else "off")
+    for native, want in ((True, "on"), (False, "off")):
+        monkeypatch.setattr(sd, "bf16_is_native", lambda device="cpu", v=native: v)
+        cfg = Config(pgd_bf16="auto")
+        assert cfg.pgd_bf16 == want
+        assert (sd._control(cfg, sd.CONTROL_ARCH) is not None) is native
+        assert sd._specs(cfg, sd.CONTROL_ARCH)["PGD"].objective.options["bf16"] == int(native)
+    assert Config(pgd_bf16="on").pgd_bf16 == "on" and Config(pgd_bf16="off").pgd_bf16 == "off"
+    assert Config(pgd_bf16=True).pgd_bf16 == "on" and Config(pgd_bf16=False).pgd_bf16 == "off"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pgd_bf16|--pgd-bf16"):
+        Config(pgd_bf16="maybe")

@@ -8,6 +8,7 @@ latent attention detection (LAN): :mod:`.lan`.
 from .._deprecated import moved
 from .adversarial import (
     attack_adversary,
+    bf16_is_native,
     ensemble_adversary,
     fgsm_adversary,
     ll_adversary,
@@ -27,7 +28,7 @@ from .lan import (
     train_mask_classifier,
 )
 
-__all__ = ["fgsm_adversary", "pgd_adversary", "ll_adversary", "ensemble_adversary", "attack_adversary",
+__all__ = ["fgsm_adversary", "pgd_adversary", "bf16_is_native", "ll_adversary", "ensemble_adversary", "attack_adversary",
            "DefenseGANProjection", "GANConfig", "load_or_train_generator",
            "MeanFilter", "MedianFilter", "BilateralFilter", "Defended", "mean_filter", "median_filter",
            "MaskGenerator", "MaskClassifier", "corrupt", "lan_loss", "train_lan",

@@ -40,7 +40,7 @@ import torch
 
 from ..attacks import FGSM, PGD, CarliniWagnerL2, StAdv
 from ..data import TRAIN_SIZES, DataSpec
-from ..defenses import Defended, MeanFilter
+from ..defenses import Defended, MeanFilter, bf16_is_native
 from ..eval.compare import Cell, Comparison, Metric, PaperValue, mean, rate
 from ..eval.runner import make_pairs
 from ..training import ModelSpec, Objective, TrainConfig
@@ -93,10 +93,13 @@ class Config:
     pgd_step_size: float = option(0.01, "PGD training step size (Madry et al. on MNIST: 0.01)", above=0.0, maximum=1.0)
     pgd_warmup: int = option(5, "epochs over which PGD training's ε and step size ramp up linearly (0: none; from scratch "
                              "at the full ε the models can collapse to chance)", minimum=0)
-    pgd_bf16: bool = option(True, "PGD training steps under bfloat16 autocast (about 1.7× faster on a CPU with AVX-512 "
-                            "BF16; the report measures its effect on model B)")
-    bf16_control: bool = option(True, "with --pgd-bf16, also train model B's PGD defense with float32 steps and compare "
-                                "(the measured effect of bf16)")
+    pgd_bf16: str = option("auto", "PGD training steps under bfloat16 autocast: on, off, or auto: on where the CPU "
+                           "computes bfloat16 in hardware (AVX-512 BF16 or AMX; about 1.7× faster steps), off elsewhere "
+                           "(emulated bfloat16 made the steps 10-12× slower on an AVX2 CPU); the stored configuration "
+                           "and the report say which ran, and the float32 control measures its effect on model B",
+                           choices=("auto", "on", "off"))
+    bf16_control: bool = option(True, "with bf16 steps (--pgd-bf16 on, or auto where it resolves to on), also train model "
+                                "B's PGD defense with float32 steps and compare (the measured effect of bf16)")
     filter_size: int = option(3, "side of the mean filter of Table 5, odd", minimum=1, maximum=27,
                               check=lambda v: None if v % 2 else "odd")
     batch_size: int = option(100, "images per attack call", minimum=1)
@@ -105,6 +108,12 @@ class Config:
                          "bf16 control); the report is then no reproduction")
 
     def __post_init__(self) -> None:
+        # bf16: a stored configuration of an earlier version holds a bool; "auto" is resolved on this machine, once,
+        # so the stored configuration and the report name what ran
+        bf16 = {True: "on", False: "off"}.get(self.pgd_bf16, self.pgd_bf16)  # type: ignore[call-overload]
+        if bf16 not in ("auto", "on", "off"):
+            raise ValueError(f"--pgd-bf16 must be one of auto, on, off, got {self.pgd_bf16!r}")
+        object.__setattr__(self, "pgd_bf16", ("on" if bf16_is_native() else "off") if bf16 == "auto" else bf16)
         if self.quick:
             for f in fields(self):
                 if f.name in QUICK and getattr(self, f.name) == f.default:
@@ -144,7 +153,7 @@ def _specs(cfg: Config, arch: str) -> dict:
             "Adv.": ModelSpec(arch, data, at, Objective("fgsm-at", eps=cfg.eps)),
             "Ens.": ModelSpec(arch, data, at, Objective("ens-at", eps=cfg.eps, static_epochs=cfg.epochs,
                                                         static_seed=cfg.seed)),
-            "PGD": _pgd_spec(cfg, arch, data, at, cfg.pgd_bf16)}
+            "PGD": _pgd_spec(cfg, arch, data, at, cfg.pgd_bf16 == "on")}
 
 
 #: The label of the PGD run over the first N test images, correctly classified or not (Madry et al.'s accuracy).
@@ -162,7 +171,7 @@ def _pgd_spec(cfg: Config, arch: str, data: DataSpec, at: TrainConfig, bf16: boo
 
 def _control(cfg: Config, arch: str) -> ModelSpec | None:
     """The float32-step twin of ``arch``'s PGD defense, when the job trains one."""
-    if not (cfg.pgd_bf16 and cfg.bf16_control and arch == CONTROL_ARCH):
+    if not (cfg.pgd_bf16 == "on" and cfg.bf16_control and arch == CONTROL_ARCH):
         return None
     return _pgd_spec(cfg, arch, *_data_and_at(cfg), False)
 
@@ -314,7 +323,8 @@ def report(cfg: Config, res) -> Report:
         "examples crafted in turn on the current model and on the two other plain architectures, frozen (Tramèr et al. "
         f"2018); **PGD** CE(x_PGD), PGD from a uniform random start, {cfg.pgd_steps} steps of {cfg.pgd_step_size:g} "
         f"(Madry et al. 2018), ε and step ramped up linearly over the first {cfg.pgd_warmup} epoch(s)"
-        + (", steps under bfloat16 autocast (the float32 control below measures its effect)" if cfg.pgd_bf16 else "")
+        + (", steps under bfloat16 autocast (the float32 control below measures its effect)" if cfg.pgd_bf16 == "on"
+           else ", steps in float32")
         + ". Attacked per architecture: the first N test images that the plain model and its three defended versions "
         f"all classify correctly (N = {', '.join(f'{NAMES[a]} {n[a]}' for a in cfg.models)}), untargeted.",
         "Convention: the paper does not say whether Table 3's examples were crafted on the defended models or on the "
